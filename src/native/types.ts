@@ -1,0 +1,115 @@
+/**
+ * The raw surface of the native addon (`native/vfio_user_native.c`). Plain
+ * syscall wrappers, nothing more: all protocol logic lives in TypeScript.
+ *
+ * Conventions:
+ * - Hot-path calls (`sendmsg`, `recvmsg`, `accept`, `connect`, `read`, `write`,
+ *   `eventfdRead`, `eventfdWrite`) never throw for an OS error: they return a
+ *   negative errno (`-11` for EAGAIN). They throw `TypeError` for bad arguments.
+ * - Set-up calls throw an `Error` with numeric `errno` (positive) and `syscall`
+ *   properties; `src/native/addon.ts` turns it into a {@link SystemError}.
+ * - Every fd the addon creates is `O_CLOEXEC`; sockets and eventfds are
+ *   non-blocking.
+ */
+export interface NativeBinding {
+  /** `socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)`. Throws. */
+  unixSocket(): number;
+  /** `bind()` to a filesystem path (≤ 107 bytes). Throws. */
+  bind(fd: number, path: string): void;
+  /** `listen()`. Throws. */
+  listen(fd: number, backlog: number): void;
+  /** `accept4(..., SOCK_NONBLOCK | SOCK_CLOEXEC)`: the new fd, or -errno. */
+  accept(fd: number): number;
+  /** `connect()` to a path: 0, or -errno (`-EAGAIN` when the backlog is full). */
+  connect(fd: number, path: string): number;
+  /** `socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC)`. Throws. */
+  socketPair(): [number, number];
+  /**
+   * One `sendmsg(MSG_NOSIGNAL | MSG_DONTWAIT)` of `data` (gathered as an iovec
+   * list, up to 16 entries) with `fds` as one SCM_RIGHTS cmsg (at most 1024).
+   * Returns bytes sent (fds go with the first byte), or -errno.
+   */
+  sendmsg(fd: number, data: readonly Uint8Array[], fds: readonly number[] | null): number;
+  /**
+   * One `recvmsg(MSG_CMSG_CLOEXEC | MSG_DONTWAIT)` into `buf`, accepting up to
+   * `meta.length - 2` fds. Returns bytes read (0 = EOF) or -errno. On return
+   * `meta[0]` = number of fds received, `meta[1]` = flags (bit 0: MSG_CTRUNC —
+   * fds were lost, bit 1: MSG_TRUNC), `meta[2 ..]` = the fds. Fds from every
+   * SCM_RIGHTS cmsg are collected; those beyond `meta`'s room are closed and
+   * reported as truncation.
+   */
+  recvmsg(fd: number, buf: Uint8Array, meta: Int32Array): number;
+  /** `shutdown(fd, how)` (0 RD, 1 WR, 2 RDWR). Returns 0 or -errno. */
+  shutdown(fd: number, how: number): number;
+  /** `getsockopt(SO_PEERCRED)`. Throws. */
+  peerCred(fd: number): { pid: number; uid: number; gid: number };
+  /** `close()`. Returns 0 or -errno (never throws, so it is safe in `finally`). */
+  close(fd: number): number;
+  /** `read()` into `buf`: bytes, or -errno. */
+  read(fd: number, buf: Uint8Array): number;
+  /** `write()` of `buf`: bytes, or -errno. */
+  write(fd: number, buf: Uint8Array): number;
+  /** `fstat()`: size, mode and st_blksize. Throws. */
+  fstat(fd: number): { size: number; mode: number; blksize: number };
+  /** `memfd_create(name, flags | MFD_CLOEXEC)`. Throws. */
+  memfdCreate(name: string, flags: number): number;
+  /** `ftruncate()`. Throws. */
+  ftruncate(fd: number, size: number): void;
+  /** `eventfd(initval, flags | EFD_CLOEXEC | EFD_NONBLOCK)`. Throws. */
+  eventfd(initval: number, flags: number): number;
+  /** Reads an eventfd counter: the value (bigint > 0), or -errno as a number. */
+  eventfdRead(fd: number): bigint | number;
+  /** Adds `value` to an eventfd counter (an 8-byte `write()`): 0 or -errno. */
+  eventfdWrite(fd: number, value: bigint): number;
+  /**
+   * `mmap(NULL, length, prot, MAP_SHARED, fd, offset)` exposed as an external
+   * ArrayBuffer. `offset` must be page aligned. Throws.
+   */
+  mmap(fd: number, offset: number, length: number, prot: number): ArrayBuffer;
+  /**
+   * Detaches `buffer` (every view becomes length 0) and `munmap`s it. A second
+   * call, or a call on a buffer that `mmap` did not create, is a no-op that
+   * returns false; otherwise returns true. If never called, GC unmaps.
+   */
+  munmap(buffer: ArrayBuffer): boolean;
+  /** `msync(MS_SYNC)` over a mapping. Throws. */
+  msync(buffer: ArrayBuffer): void;
+  /**
+   * `ioctl(fd, request, arg)`: `arg` is passed by pointer when it is a
+   * Uint8Array, by value when a number. Returns the ioctl's result, or -errno.
+   */
+  ioctl(fd: number, request: number, arg: Uint8Array | number): number;
+  /**
+   * A `uv_poll_t` watching `fd`. The callback runs through
+   * `napi_make_callback` (so exceptions reach `uncaughtException` and promise
+   * jobs drain after it) with `(status, events)`: status 0 or -errno,
+   * events a mask of `constants.UV_READABLE | UV_WRITABLE | UV_DISCONNECT`.
+   * While started, the poller keeps the event loop alive and itself from GC.
+   */
+  Poller: new (fd: number, callback: (status: number, events: number) => void) => NativePoller;
+  /** Constants from the system headers. */
+  constants: NativeConstants;
+}
+
+/** A started or stopped `uv_poll_t`. */
+export interface NativePoller {
+  /** (Re)start watching for `events` (UV_READABLE | UV_WRITABLE). */
+  start(events: number): void;
+  /** Stop watching; the poller can be started again. */
+  stop(): void;
+  /** Stop and release the handle (does not close the fd). Idempotent. */
+  close(): void;
+}
+
+/** Numeric constants exported by the addon. */
+export interface NativeConstants {
+  readonly UV_READABLE: number;
+  readonly UV_WRITABLE: number;
+  readonly UV_DISCONNECT: number;
+  readonly PROT_READ: number;
+  readonly PROT_WRITE: number;
+  readonly MFD_ALLOW_SEALING: number;
+  readonly EFD_SEMAPHORE: number;
+  readonly PAGE_SIZE: number;
+  readonly MAX_SEND_FDS: number;
+}
