@@ -27,7 +27,9 @@ export interface NativeBinding {
   /**
    * One `sendmsg(MSG_NOSIGNAL | MSG_DONTWAIT)` of `data` (gathered as an iovec
    * list, up to 16 entries) with `fds` as one SCM_RIGHTS cmsg (at most 1024).
-   * Returns bytes sent (fds go with the first byte), or -errno.
+   * Returns bytes sent (fds go with the first byte), or -errno. Fds need at
+   * least one byte of data (TypeError otherwise), and Linux refuses more than
+   * `constants.SCM_MAX_FD` (253) in one message with -EINVAL.
    */
   sendmsg(fd: number, data: readonly Uint8Array[], fds: readonly number[] | null): number;
   /**
@@ -36,7 +38,7 @@ export interface NativeBinding {
    * `meta[0]` = number of fds received, `meta[1]` = flags (bit 0: MSG_CTRUNC —
    * fds were lost, bit 1: MSG_TRUNC), `meta[2 ..]` = the fds. Fds from every
    * SCM_RIGHTS cmsg are collected; those beyond `meta`'s room are closed and
-   * reported as truncation.
+   * reported as truncation. An empty `buf` is a TypeError (0 would read as EOF).
    */
   recvmsg(fd: number, buf: Uint8Array, meta: Int32Array): number;
   /** `shutdown(fd, how)` (0 RD, 1 WR, 2 RDWR). Returns 0 or -errno. */
@@ -45,7 +47,9 @@ export interface NativeBinding {
   peerCred(fd: number): { pid: number; uid: number; gid: number };
   /** `close()`. Returns 0 or -errno (never throws, so it is safe in `finally`). */
   close(fd: number): number;
-  /** `read()` into `buf`: bytes, or -errno. */
+  /** `fcntl(F_DUPFD_CLOEXEC)`: a new fd for the same file, or -errno. */
+  dup(fd: number): number;
+  /** `read()` into `buf` (not empty: TypeError): bytes, or -errno. */
   read(fd: number, buf: Uint8Array): number;
   /** `write()` of `buf`: bytes, or -errno. */
   write(fd: number, buf: Uint8Array): number;
@@ -112,4 +116,10 @@ export interface NativeConstants {
   readonly EFD_SEMAPHORE: number;
   readonly PAGE_SIZE: number;
   readonly MAX_SEND_FDS: number;
+  /**
+   * Linux's limit on fds in one SCM_RIGHTS message (253, `SCM_MAX_FD` in the
+   * kernel; not in the uapi headers): `sendmsg` with more returns -EINVAL.
+   * The most fds a peer can be told it may send in one message.
+   */
+  readonly SCM_MAX_FD: number;
 }

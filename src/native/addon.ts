@@ -1,0 +1,173 @@
+/**
+ * Loads the native addon and wraps its set-up calls in helpers that throw
+ * {@link SystemError}. Hot-path calls (`sendmsg`, `recvmsg`, `read`, ...)
+ * stay raw on {@link native}: they return `-errno` instead of throwing; pass
+ * their result to {@link throwIfErrno} where an error is fatal.
+ *
+ * Two hazards every user of this module must respect:
+ * - Close a {@link NativePoller} before closing the fd it watches. libuv
+ *   aborts the process if it finds a watched fd closed, and refuses
+ *   (`EEXIST`) a second poller on an fd number it still watches.
+ * - A mapping is live memory: touching it past the end of the file (the file
+ *   shrank, or the mapping was longer than the file) kills the process with
+ *   SIGBUS, and writing to a `PROT_READ`-only mapping with SIGSEGV. Check
+ *   sizes with `native.fstat` and map read-only regions with care.
+ */
+import { createRequire } from 'node:module';
+import { SystemError } from '../errors.js';
+import type { NativeBinding } from './types.js';
+
+export type { NativeBinding, NativeConstants, NativePoller } from './types.js';
+
+/** Where the addon may be, relative to this file once compiled (`dist/src/native/`). */
+const CANDIDATES = [
+  '../../../build/Release/vfio_user_native.node',
+  '../../../build/Debug/vfio_user_native.node',
+];
+
+function load(): NativeBinding {
+  const require = createRequire(import.meta.url);
+  let notFound: unknown;
+  for (const candidate of CANDIDATES) {
+    try {
+      return require(candidate) as NativeBinding;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw error;
+      notFound ??= error;
+    }
+  }
+  throw new Error('vfio-user: the native addon is not built; run `npm run build`', {
+    cause: notFound,
+  });
+}
+
+/** The raw addon. Hot-path calls return `-errno`; set-up calls throw a plain `Error`. */
+export const native: NativeBinding = load();
+
+/** What the addon attaches to the errors it throws. */
+interface NativeError extends Error {
+  errno: number;
+  syscall: string;
+}
+
+function isNativeError(error: unknown): error is NativeError {
+  return (
+    error instanceof Error &&
+    typeof (error as Partial<NativeError>).errno === 'number' &&
+    typeof (error as Partial<NativeError>).syscall === 'string'
+  );
+}
+
+/**
+ * Runs a set-up call of the addon, turning the `Error` it throws for a failed
+ * syscall into a {@link SystemError} (with the original as `cause`).
+ * `TypeError`s for bad arguments pass through unchanged.
+ */
+export function callNative<T>(call: () => T, detail = ''): T {
+  try {
+    return call();
+  } catch (error) {
+    if (isNativeError(error)) throw new SystemError(error.syscall, error.errno, detail, { cause: error });
+    throw error;
+  }
+}
+
+/**
+ * Returns `result` unless it is negative, in which case it is `-errno` and a
+ * {@link SystemError} for `syscall` is thrown.
+ *
+ * @throws {SystemError} with `errno = -result` when `result < 0`.
+ */
+export function throwIfErrno(result: number, syscall: string, detail = ''): number {
+  if (result < 0) throw new SystemError(syscall, -result, detail);
+  return result;
+}
+
+/**
+ * A connected pair of non-blocking, close-on-exec UNIX stream sockets.
+ *
+ * @throws {SystemError} `EMFILE`/`ENFILE` when out of fds.
+ */
+export function socketPair(): [number, number] {
+  return callNative(() => native.socketPair());
+}
+
+/**
+ * Creates an anonymous memory file (`memfd_create`) of `size` bytes.
+ * `flags` may include `native.constants.MFD_ALLOW_SEALING`.
+ *
+ * @throws {SystemError} `EMFILE` when out of fds, `EINVAL` for bad flags,
+ *   `EFBIG`/`ENOSPC`/`ENOMEM` when `size` cannot be allocated. The fd is
+ *   closed if sizing fails.
+ */
+export function memfdCreate(name: string, size: number, flags = 0): number {
+  const fd = callNative(() => native.memfdCreate(name, flags), name);
+  try {
+    callNative(() => native.ftruncate(fd, size), name);
+  } catch (error) {
+    native.close(fd);
+    throw error;
+  }
+  return fd;
+}
+
+/**
+ * Maps `length` bytes of `fd` from `offset` (`MAP_SHARED`) as an ArrayBuffer.
+ * Release it with {@link unmap}; if you do not, GC unmaps it.
+ *
+ * @param offset - must be a multiple of `native.constants.PAGE_SIZE`.
+ * @param writable - `PROT_READ | PROT_WRITE` when true, else `PROT_READ`
+ *   (then any write through a view crashes the process with SIGSEGV).
+ * @throws {SystemError} `EINVAL` for a misaligned offset, `EACCES` when the fd
+ *   is not open for the access asked, `ENODEV` when it cannot be mapped,
+ *   `ENOMEM` when out of address space; `EBADF` for a bad fd.
+ * @throws {TypeError} when `length` is 0.
+ */
+export function mapFd(fd: number, offset: number, length: number, writable: boolean): ArrayBuffer {
+  const { PROT_READ, PROT_WRITE } = native.constants;
+  const prot = writable ? PROT_READ | PROT_WRITE : PROT_READ;
+  return callNative(() => native.mmap(fd, offset, length, prot));
+}
+
+/**
+ * Unmaps a buffer from {@link mapFd} right away: every view of it becomes
+ * empty (length 0, reads give `undefined`). Returns false, doing nothing, if
+ * it was already unmapped or did not come from {@link mapFd}.
+ *
+ * Never unmap a buffer that an asynchronous operation (a pending `fs.write`,
+ * a worker) is still reading: native code holding its raw pointer would fault.
+ */
+export function unmap(buffer: ArrayBuffer): boolean {
+  return native.munmap(buffer);
+}
+
+/**
+ * A non-blocking, close-on-exec eventfd.
+ *
+ * @param flags - 0 or `native.constants.EFD_SEMAPHORE`.
+ * @throws {SystemError} `EMFILE`/`ENFILE` when out of fds, `EINVAL` for bad flags.
+ */
+export function createEventFd(initval = 0, flags = 0): number {
+  return callNative(() => native.eventfd(initval, flags));
+}
+
+/**
+ * Closes `fd`. An `EINTR` is ignored (Linux has released the fd anyway).
+ * Use `native.close` where an error must not throw (cleanup paths).
+ *
+ * @throws {SystemError} `EBADF` when `fd` is not open, `EIO` on a write-back error.
+ */
+export function closeFd(fd: number): void {
+  const result = native.close(fd);
+  if (result !== -4) throwIfErrno(result, 'close');
+}
+
+/**
+ * The process at the other end of a connected UNIX socket (`SO_PEERCRED`):
+ * as it was when it called `connect()` or `socketpair()`.
+ *
+ * @throws {SystemError} `ENOTSOCK` when `fd` is not a socket, `EBADF` for a bad fd.
+ */
+export function peerCredentials(fd: number): { pid: number; uid: number; gid: number } {
+  return callNative(() => native.peerCred(fd));
+}

@@ -1,0 +1,288 @@
+/**
+ * A {@link Transport} over a non-blocking UNIX stream socket, driven by one
+ * `uv_poll` watcher. Reads drain many queued messages per wake-up into a pooled
+ * buffer (payloads are views into it, never reused); writes go out as one
+ * `sendmsg` per message with its fds, and queue with back-pressure on EAGAIN or a
+ * partial write.
+ */
+import { ConnectionClosedError, InvalidArgumentError, SystemError } from '../errors.js';
+import { Errno } from '../protocol/errno.js';
+import { SERVER_MAX_MSG_SIZE } from '../protocol/constants.js';
+import { native } from '../native/addon.js';
+import type { NativePoller } from '../native/types.js';
+import { Framer, FramingError } from './framer.js';
+import { frameOutgoing } from './outgoing.js';
+import type { OutgoingHeader, PeerCredentials, Transport, TransportHandler } from './transport.js';
+
+const { UV_READABLE, UV_WRITABLE, UV_DISCONNECT } = native.constants;
+const POOL_SIZE = 256 * 1024;
+const MIN_POOL_ROOM = 16 * 1024;
+const MAX_READS_PER_WAKE = 64;
+/** Linux caps the fds of one `sendmsg` at 253 (SCM_MAX_FD), so no read can bring more. */
+const SCM_MAX_FD = 253;
+
+/** Options for {@link UnixSocketTransport}. */
+export interface UnixSocketTransportOptions {
+  /** Largest `msg_size` accepted from the peer (default 1,048,608, libvfio-user's). */
+  maxMessageSize?: number;
+  /** Bytes queued beyond which `send` returns false (default 4 MiB). */
+  highWaterMark?: number;
+  /**
+   * Most fds accepted with one read (default 253, all that Linux can send at
+   * once). More are closed and reported as a stream error (EMSGSIZE).
+   */
+  maxReceiveFds?: number;
+}
+
+interface PendingWrite {
+  chunks: Uint8Array[];
+  fds: number[] | null; // duplicates owned by the queue; sent with the first byte
+}
+
+/** A message transport over a connected, non-blocking UNIX stream socket fd. */
+export class UnixSocketTransport implements Transport {
+  readonly #fd: number;
+  readonly #framer: Framer;
+  readonly #poller: NativePoller;
+  readonly #highWaterMark: number;
+  readonly #meta: Int32Array;
+  #handler: TransportHandler | undefined;
+  #pool = new Uint8Array(POOL_SIZE);
+  #poolOffset = 0;
+  #queue: PendingWrite[] = [];
+  #queuedBytes = 0;
+  #needDrain = false;
+  #reading = false;
+  #paused = false;
+  #closed = false;
+  #watching = 0;
+
+  /**
+   * Takes ownership of `fd` (closed by {@link close}). The socket must be
+   * non-blocking; every fd made by this package's addon is.
+   */
+  constructor(fd: number, options: UnixSocketTransportOptions = {}) {
+    this.#fd = fd;
+    this.#highWaterMark = options.highWaterMark ?? 4 * 1024 * 1024;
+    this.#meta = new Int32Array(2 + (options.maxReceiveFds ?? SCM_MAX_FD));
+    this.#framer = new Framer({
+      maxMessageSize: options.maxMessageSize ?? SERVER_MAX_MSG_SIZE,
+      closeFd: (f) => native.close(f),
+    });
+    this.#poller = new native.Poller(fd, (status, events) => this.#onPoll(status, events));
+  }
+
+  /** The socket's fd (owned by the transport). */
+  get fd(): number {
+    return this.#fd;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  get pendingWriteBytes(): number {
+    return this.#queuedBytes;
+  }
+
+  start(handler: TransportHandler): void {
+    if (this.#handler) throw new InvalidArgumentError('transport already started');
+    this.#handler = handler;
+    this.#reading = true;
+    this.#updatePoll();
+  }
+
+  peerCredentials(): PeerCredentials | undefined {
+    return this.#closed ? undefined : native.peerCred(this.#fd);
+  }
+
+  pause(): void {
+    this.#paused = true;
+    this.#updatePoll();
+  }
+
+  resume(): void {
+    if (!this.#paused) return;
+    this.#paused = false;
+    this.#updatePoll();
+  }
+
+  send(header: OutgoingHeader, payload?: Uint8Array | readonly Uint8Array[], fds?: readonly number[]): boolean {
+    if (this.#closed) throw new ConnectionClosedError(`send of cmd ${header.cmd}: transport is closed`);
+    const chunks = frameOutgoing(header, payload);
+    const fdList = fds && fds.length > 0 ? fds : null;
+    if (this.#queue.length === 0) {
+      const sent = native.sendmsg(this.#fd, chunks, fdList);
+      if (sent >= 0) {
+        const rest = dropSent(chunks, sent);
+        if (rest.length === 0) return true;
+        this.#enqueue({ chunks: rest, fds: null });
+        return this.#afterEnqueue();
+      }
+      if (sent !== -Errno.EAGAIN) {
+        this.#fail(new SystemError('sendmsg', -sent));
+        return false;
+      }
+    }
+    this.#enqueue({ chunks, fds: fdList ? fdList.map((f) => dupOrThrow(f)) : null });
+    return this.#afterEnqueue();
+  }
+
+  close(): void {
+    this.#shutdown(undefined);
+  }
+
+  #enqueue(write: PendingWrite): void {
+    this.#queue.push(write);
+    for (const c of write.chunks) this.#queuedBytes += c.length;
+  }
+
+  #afterEnqueue(): boolean {
+    this.#updatePoll();
+    if (this.#queuedBytes >= this.#highWaterMark) this.#needDrain = true;
+    return !this.#needDrain;
+  }
+
+  #onPoll(status: number, events: number): void {
+    if (this.#closed) return;
+    if (status < 0) {
+      this.#fail(new SystemError('poll', -status));
+      return;
+    }
+    if (events & UV_WRITABLE) this.#flush();
+    if (events & (UV_READABLE | UV_DISCONNECT)) this.#readSome();
+  }
+
+  #flush(): void {
+    while (this.#queue.length > 0 && !this.#closed) {
+      const head = this.#queue[0] as PendingWrite;
+      const sent = native.sendmsg(this.#fd, head.chunks, head.fds);
+      if (sent === -Errno.EAGAIN) return;
+      if (sent < 0) return this.#fail(new SystemError('sendmsg', -sent));
+      this.#queuedBytes -= sent;
+      closeFds(head.fds);
+      head.fds = null;
+      head.chunks = dropSent(head.chunks, sent);
+      if (head.chunks.length === 0) this.#queue.shift();
+    }
+    this.#updatePoll();
+    if (this.#needDrain && this.#queue.length === 0) {
+      this.#needDrain = false;
+      this.#handler?.onDrain?.();
+    }
+  }
+
+  #readSome(): void {
+    for (let i = 0; i < MAX_READS_PER_WAKE; i++) {
+      if (this.#closed || this.#paused || !this.#reading) return;
+      if (POOL_SIZE - this.#poolOffset < MIN_POOL_ROOM) {
+        this.#pool = new Uint8Array(POOL_SIZE);
+        this.#poolOffset = 0;
+      }
+      const room = this.#pool.subarray(this.#poolOffset);
+      const n = native.recvmsg(this.#fd, room, this.#meta);
+      if (n === -Errno.EAGAIN) return;
+      if (n < 0) return this.#fail(new SystemError('recvmsg', -n));
+      const fds = this.#takeMetaFds();
+      if (n === 0) return this.#onEof(fds);
+      const chunk = room.subarray(0, n);
+      this.#poolOffset += n;
+      if (this.#meta[1] !== 0) return this.#onFdsLost(fds);
+      this.#deliver(chunk, fds);
+      if (n < room.length && fds.length === 0) return; // drained; poll is level-triggered
+    }
+  }
+
+  #takeMetaFds(): number[] {
+    const count = this.#meta[0] as number;
+    if (count === 0) return [];
+    return Array.from(this.#meta.subarray(2, 2 + count));
+  }
+
+  #deliver(chunk: Uint8Array, fds: number[]): void {
+    const { messages, error } = this.#framer.push(chunk, fds);
+    const handler = this.#handler as TransportHandler;
+    for (let i = 0; i < messages.length; i++) {
+      const m = messages[i]!;
+      if (this.#closed) {
+        m.fds.closeRemaining();
+        continue;
+      }
+      handler.onMessage(m);
+    }
+    if (error && !this.#closed) this.#streamError(error);
+  }
+
+  #onFdsLost(fds: number[]): void {
+    closeFds(fds);
+    this.#streamError(
+      new FramingError('recvmsg: file descriptors were truncated (MSG_CTRUNC); the message they belonged to is lost', Errno.EMSGSIZE),
+    );
+  }
+
+  #onEof(fds: number[]): void {
+    closeFds(fds);
+    const error = this.#framer.midMessage
+      ? new ConnectionClosedError('peer closed the connection in the middle of a message', { errno: Errno.ECONNRESET })
+      : undefined;
+    this.#shutdown(error);
+  }
+
+  #streamError(error: FramingError): void {
+    this.#reading = false;
+    this.#updatePoll();
+    const handler = this.#handler as TransportHandler;
+    if (handler.onStreamError) handler.onStreamError(error);
+    else this.#shutdown(error);
+  }
+
+  #fail(error: Error): void {
+    this.#shutdown(error);
+  }
+
+  #shutdown(error: Error | undefined): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#poller.close();
+    this.#framer.dispose();
+    for (const w of this.#queue) closeFds(w.fds);
+    this.#queue = [];
+    this.#queuedBytes = 0;
+    native.close(this.#fd);
+    this.#handler?.onClose(error);
+  }
+
+  #updatePoll(): void {
+    if (this.#closed) return;
+    let events = 0;
+    if (this.#reading && !this.#paused) events |= UV_READABLE;
+    if (this.#queue.length > 0) events |= UV_WRITABLE;
+    if (events === this.#watching) return;
+    this.#watching = events;
+    if (events === 0) this.#poller.stop();
+    else this.#poller.start(events);
+  }
+}
+
+/** The chunks left after `sent` bytes went out (views, no copies). */
+function dropSent(chunks: Uint8Array[], sent: number): Uint8Array[] {
+  let i = 0;
+  while (i < chunks.length && sent >= (chunks[i] as Uint8Array).length) {
+    sent -= (chunks[i] as Uint8Array).length;
+    i++;
+  }
+  if (i === chunks.length) return [];
+  const rest = chunks.slice(i);
+  rest[0] = (rest[0] as Uint8Array).subarray(sent);
+  return rest;
+}
+
+function dupOrThrow(fd: number): number {
+  const copy = native.dup(fd);
+  if (copy < 0) throw new SystemError('dup', -copy, `fd ${fd}`);
+  return copy;
+}
+
+function closeFds(fds: number[] | null): void {
+  if (fds) for (const fd of fds) native.close(fd);
+}
