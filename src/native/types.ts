@@ -1,6 +1,7 @@
 /**
- * The raw surface of the native addon (`native/vfio_user_native.c`). Plain
- * syscall wrappers, nothing more: all protocol logic lives in TypeScript.
+ * The raw surface of the native addon (`native/*.c`, entry point
+ * `native/addon.c`). Plain syscall wrappers, nothing more: all protocol logic
+ * lives in TypeScript.
  *
  * Conventions:
  * - Hot-path calls (`sendmsg`, `recvmsg`, `accept`, `connect`, `read`, `write`,
@@ -59,6 +60,19 @@ export interface NativeBinding {
   memfdCreate(name: string, flags: number): number;
   /** `ftruncate()`. Throws. */
   ftruncate(fd: number, size: number): void;
+  /**
+   * `fcntl(F_GET_SEALS)`: the file's seals (a mask of `constants.F_SEAL_*`),
+   * or -errno (`-EINVAL` when the file does not support sealing).
+   */
+  getSeals(fd: number): number;
+  /**
+   * `fcntl(F_ADD_SEALS, seals)` with a mask of `constants.F_SEAL_*`: 0, or
+   * -errno. -EPERM once `F_SEAL_SEAL` is set (a memfd created without
+   * `MFD_ALLOW_SEALING` starts with it); -EBUSY for `F_SEAL_WRITE` while a
+   * writable shared mapping exists. `F_SEAL_SHRINK` stops a peer from
+   * shrinking a memfd under our mappings (SIGBUS past the new end).
+   */
+  addSeals(fd: number, seals: number): number;
   /** `eventfd(initval, flags | EFD_CLOEXEC | EFD_NONBLOCK)`. Throws. */
   eventfd(initval: number, flags: number): number;
   /** Reads an eventfd counter: the value (bigint > 0), or -errno as a number. */
@@ -113,6 +127,14 @@ export interface NativeConstants {
   readonly PROT_READ: number;
   readonly PROT_WRITE: number;
   readonly MFD_ALLOW_SEALING: number;
+  /** Seal for `addSeals`: no further seals can be added. */
+  readonly F_SEAL_SEAL: number;
+  /** Seal for `addSeals`: the file cannot shrink (`ftruncate` smaller fails with EPERM). */
+  readonly F_SEAL_SHRINK: number;
+  /** Seal for `addSeals`: the file cannot grow. */
+  readonly F_SEAL_GROW: number;
+  /** Seal for `addSeals`: the contents cannot be modified. */
+  readonly F_SEAL_WRITE: number;
   readonly EFD_SEMAPHORE: number;
   readonly PAGE_SIZE: number;
   readonly MAX_SEND_FDS: number;
