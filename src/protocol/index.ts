@@ -215,3 +215,6 @@ export type {
   MigDataSize,
 } from './feature.js';
 export type { MigDataReadRequest, MigData } from './migration-data.js';
+
+export { decodeRequest, checkRequestFds } from './request.js';
+export type { DecodedRequest, RequestBodies, RequestCommand, FdRule } from './request.js';
