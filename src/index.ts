@@ -13,52 +13,18 @@ export {
   InvalidArgumentError,
   StateError,
   SystemError,
-  ReceivedFds,
-  FramingError,
-  UnixSocketTransport,
-  UnixListener,
-  connectUnix,
-  createMemoryTransportPair,
-  socketPair,
-  memfdCreate,
-  mapFd,
-  unmap,
-  createEventFd,
-  closeFd,
-  peerCredentials,
-  VERSION,
-};
-export type {
-  VfioUserErrorOptions,
-  FdCloser,
-  Message,
-  OutgoingHeader,
-  PeerCredentials,
-  Transport,
-  TransportHandler,
-  UnixSocketTransportOptions,
-  UnixListenOptions,
-  ConnectOptions,
-  MemoryTransportEnd,
-  MemoryTransportOptions,
-};
-
-import {
-  VfioUserError,
-  ProtocolError,
-  RemoteError,
-  ConnectionClosedError,
-  TimeoutError,
-  InvalidArgumentError,
-  StateError,
-  SystemError,
-  type VfioUserErrorOptions,
 } from './errors.js';
-import { ReceivedFds, type FdCloser } from './transport/fds.js';
-import { FramingError } from './transport/framer.js';
-import type { Message, OutgoingHeader, PeerCredentials, Transport, TransportHandler } from './transport/transport.js';
-import { UnixSocketTransport, type UnixSocketTransportOptions } from './transport/unix-socket.js';
-import { UnixListener, connectUnix, type UnixListenOptions, type ConnectOptions } from './transport/unix-listener.js';
-import { createMemoryTransportPair, type MemoryTransportEnd, type MemoryTransportOptions } from './transport/memory.js';
-import { socketPair, memfdCreate, mapFd, unmap, createEventFd, closeFd, peerCredentials } from './native/addon.js';
-import { VERSION } from './version.js';
+export { ReceivedFds } from './transport/fds.js';
+export { FramingError } from './transport/framer.js';
+export { UnixSocketTransport } from './transport/unix-socket.js';
+export { UnixListener, connectUnix } from './transport/unix-listener.js';
+export { createMemoryTransportPair } from './transport/memory.js';
+export { socketPair, memfdCreate, mapFd, unmap, createEventFd, closeFd, peerCredentials } from './native/addon.js';
+export { VERSION } from './version.js';
+
+export type { VfioUserErrorOptions } from './errors.js';
+export type { FdCloser } from './transport/fds.js';
+export type { Message, OutgoingHeader, PeerCredentials, Transport, TransportHandler } from './transport/transport.js';
+export type { UnixSocketTransportOptions } from './transport/unix-socket.js';
+export type { UnixListenOptions, ConnectOptions } from './transport/unix-listener.js';
+export type { MemoryTransportEnd, MemoryTransportOptions } from './transport/memory.js';
