@@ -3,9 +3,10 @@
  * The `vfio-user` command line. Every command has `--help`; failures print one
  * line on stderr and exit non-zero.
  */
-import { Command as Cli } from 'commander';
+import { Argument, Command as Cli } from 'commander';
 import { runDemo } from './commands/demo.js';
 import { runDemoPeer } from './commands/demo-peer.js';
+import { SERVE_DEVICES, runServe, type ServeCommandOptions } from './commands/serve.js';
 import { VERSION } from '../version.js';
 
 function fail(error: unknown): never {
@@ -23,6 +24,17 @@ program
   .description('run the foundation demo: two processes, VERSION, shared guest RAM, an eventfd interrupt, latency')
   .action(async () => {
     await runDemo();
+  });
+
+program
+  .command('serve')
+  .description('serve a sample device on a UNIX socket until SIGINT/SIGTERM')
+  .addArgument(new Argument('<device>', 'the device to serve').choices(SERVE_DEVICES))
+  .requiredOption('--socket <path>', 'socket path to create (removed on exit)')
+  .option('--size <bytes>', 'memory device: BAR0 size, a power of two (K/M/G suffixes allowed; default 1M)')
+  .option('--allow-uid <uid...>', 'only serve clients running as these uids')
+  .action(async (device: string, options: ServeCommandOptions) => {
+    await runServe(device, options);
   });
 
 program.command('demo-peer', { hidden: true }).action(() => runDemoPeer());

@@ -1,0 +1,161 @@
+/**
+ * The device's regions other than config space: BARs, expansion ROM and VGA.
+ * Each is served from shared memory (a memfd the client may mmap in its sparse
+ * areas), from the author's callbacks, or both; the MSI-X table and PBA are
+ * carved out of their BAR and routed to the MSI-X emulation.
+ */
+import { InvalidArgumentError } from '../errors.js';
+import { RegionIndex, RegionInfoFlags } from '../protocol/constants.js';
+import { mapFd, memfdCreate, native, unmap } from '../native/addon.js';
+import type { BarDefinition, DeviceDefinition, RegionDefinition, RegionSpan } from './types.js';
+import type { RegionDescription } from '../server/types.js';
+
+/** The MSI-X structures' accessors (from config space) a region may host. */
+export interface MsixWindow {
+  tableOffset: number;
+  tableSize: number;
+  pbaOffset: number;
+  pbaSize: number;
+  tableRead(offset: number, length: number): Uint8Array;
+  tableWrite(offset: number, data: Uint8Array): void;
+  pbaRead(offset: number, length: number): Uint8Array;
+}
+
+const PAGE = native.constants.PAGE_SIZE;
+/** Size of the vfio VGA region: legacy memory 0xa0000–0xbffff plus the VGA I/O ports. */
+export const VGA_REGION_SIZE = 0xc0000;
+
+/** One realized region. */
+export class Region {
+  readonly index: number;
+  readonly size: number;
+  readonly readable: boolean;
+  readonly writable: boolean;
+  readonly definition: RegionDefinition;
+  /** Shared memory, mapped in this process (undefined when not shared). */
+  readonly memory: Uint8Array | undefined;
+  readonly fd: number | undefined;
+  readonly sparse: readonly RegionSpan[];
+  msix: MsixWindow | undefined;
+
+  constructor(index: number, definition: RegionDefinition, msixCarveOut: RegionSpan[]) {
+    this.index = index;
+    this.size = definition.size;
+    this.definition = definition;
+    this.readable = definition.readable ?? true;
+    this.writable = index !== RegionIndex.ROM && (definition.writable ?? true);
+    if (definition.shared) {
+      const length = roundUp(this.size, PAGE);
+      this.fd = memfdCreate(`vfio-user-region-${index}`, length);
+      this.memory = new Uint8Array(mapFd(this.fd, 0, length, true), 0, this.size);
+      const declared = typeof definition.shared === 'object' ? definition.shared.sparse : undefined;
+      this.sparse = declared ? checkSparse(index, declared, this.size) : defaultSparse(this.size, msixCarveOut);
+    } else {
+      this.memory = undefined;
+      this.fd = undefined;
+      this.sparse = [];
+    }
+  }
+
+  /** What GET_REGION_INFO reports. */
+  describe(): RegionDescription {
+    let flags = 0;
+    if (this.readable) flags |= RegionInfoFlags.READ;
+    if (this.writable) flags |= RegionInfoFlags.WRITE;
+    if (this.fd === undefined || this.sparse.length === 0) return { flags, size: BigInt(this.size), fdOffset: 0n };
+    return {
+      flags: flags | RegionInfoFlags.MMAP,
+      size: BigInt(this.size),
+      fdOffset: 0n,
+      fd: this.fd,
+      sparse: this.sparse.map((s) => ({ offset: BigInt(s.offset), size: BigInt(s.size) })),
+    };
+  }
+
+  /** Reads `length` bytes at `offset` (inside the region; checked by the caller). */
+  read(offset: number, length: number): Uint8Array | Promise<Uint8Array> {
+    const m = this.msix;
+    if (m && this.#hits(offset, length, m.tableOffset, m.tableSize)) return m.tableRead(offset - m.tableOffset, length);
+    if (m && this.#hits(offset, length, m.pbaOffset, m.pbaSize)) return m.pbaRead(offset - m.pbaOffset, length);
+    if (this.memory && (this.#inSparse(offset, length) || !this.definition.read)) return this.memory.slice(offset, offset + length);
+    if (this.definition.read) return this.definition.read(offset, length);
+    throw new InvalidArgumentError(`region ${this.index} has no read handler for offset 0x${offset.toString(16)}`);
+  }
+
+  /** Writes `data` at `offset` (inside the region; checked by the caller). */
+  write(offset: number, data: Uint8Array): void | Promise<void> {
+    const m = this.msix;
+    if (m && this.#hits(offset, data.length, m.tableOffset, m.tableSize)) return m.tableWrite(offset - m.tableOffset, data);
+    if (m && this.#hits(offset, data.length, m.pbaOffset, m.pbaSize)) return; // the PBA is read-only
+    if (this.memory && (this.#inSparse(offset, data.length) || !this.definition.write)) {
+      this.memory.set(data, offset);
+      return;
+    }
+    if (this.definition.write) return this.definition.write(offset, data);
+    throw new InvalidArgumentError(`region ${this.index} has no write handler for offset 0x${offset.toString(16)}`);
+  }
+
+  /** Unmaps and closes the shared memory. */
+  dispose(): void {
+    if (this.memory) unmap(this.memory.buffer as ArrayBuffer);
+    if (this.fd !== undefined) native.close(this.fd);
+  }
+
+  /** Whether an access falls in an MSI-X structure; one that straddles its edge is refused. */
+  #hits(offset: number, length: number, start: number, size: number): boolean {
+    if (!overlaps(offset, length, start, size)) return false;
+    if (offset >= start && offset + length <= start + size) return true;
+    throw new InvalidArgumentError(`region ${this.index}: access 0x${offset.toString(16)}+${length} straddles the MSI-X table or PBA`);
+  }
+
+  #inSparse(offset: number, length: number): boolean {
+    return this.sparse.some((s) => offset >= s.offset && offset + length <= s.offset + s.size);
+  }
+}
+
+/** The BARs, ROM and VGA regions declared by a device, by vfio region index. */
+export function buildRegions(def: DeviceDefinition, msixCarveOut: (bar: number) => RegionSpan[]): (Region | undefined)[] {
+  const r = def.regions ?? {};
+  const bars: (BarDefinition | undefined)[] = [r.bar0, r.bar1, r.bar2, r.bar3, r.bar4, r.bar5];
+  const out: (Region | undefined)[] = [];
+  bars.forEach((bar, i) => (out[i] = bar ? new Region(i, bar, msixCarveOut(i)) : undefined));
+  out[RegionIndex.ROM] = r.rom ? new Region(RegionIndex.ROM, r.rom, []) : undefined;
+  out[RegionIndex.CONFIG] = undefined; // config space is emulated by the device itself
+  out[RegionIndex.VGA] = r.vga ? new Region(RegionIndex.VGA, { ...r.vga, size: r.vga.size || VGA_REGION_SIZE }, []) : undefined;
+  return out;
+}
+
+/** The whole region, page-aligned, minus the pages holding the MSI-X table/PBA. */
+function defaultSparse(size: number, carveOut: RegionSpan[]): RegionSpan[] {
+  const excluded = carveOut.map((c) => ({ start: roundDown(c.offset, PAGE), end: roundUp(c.offset + c.size, PAGE) })).sort((a, b) => a.start - b.start);
+  const areas: RegionSpan[] = [];
+  let at = 0;
+  for (const e of excluded) {
+    if (e.start > at) areas.push({ offset: at, size: e.start - at });
+    at = Math.max(at, e.end);
+  }
+  const end = roundUp(size, PAGE);
+  if (at < end) areas.push({ offset: at, size: Math.min(end, size) - at });
+  return areas.filter((a) => a.size > 0);
+}
+
+function checkSparse(index: number, areas: readonly RegionSpan[], size: number): RegionSpan[] {
+  for (const a of areas) {
+    if (a.offset % PAGE !== 0 || a.size <= 0 || a.offset + a.size > size) {
+      throw new InvalidArgumentError(`region ${index}: sparse area 0x${a.offset.toString(16)}+0x${a.size.toString(16)} must be page aligned and inside the region`);
+    }
+  }
+  return [...areas];
+}
+
+function overlaps(offset: number, length: number, start: number, size: number): boolean {
+  return offset < start + size && offset + length > start;
+}
+
+function roundUp(x: number, to: number): number {
+  return Math.ceil(x / to) * to;
+}
+
+function roundDown(x: number, to: number): number {
+  return Math.floor(x / to) * to;
+}

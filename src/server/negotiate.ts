@@ -1,0 +1,82 @@
+/**
+ * VERSION negotiation, the first message of every session: major 0, minor up
+ * to 2, the client's capabilities honoured (`max_data_xfer_size` chunks
+ * server→client DMA, `max_msg_fds`, `twin_socket`), ours advertised in JSON.
+ * With a twin socket the reply carries one fd: the client's end of a socket pair
+ * on which the server sends its own commands.
+ */
+import { ProtocolError } from '../errors.js';
+import { Command, DEFAULT_PGSIZES, PROTOCOL_MAJOR, PROTOCOL_MINOR } from '../protocol/constants.js';
+import { isReply } from '../protocol/header.js';
+import { checkRequestFds, decodeRequest } from '../protocol/request.js';
+import { encodeVersion } from '../protocol/version.js';
+import { resolveCapabilities, type Capabilities, type ResolvedCapabilities } from '../protocol/capabilities.js';
+import { native, socketPair } from '../native/addon.js';
+import { UnixSocketTransport } from '../transport/unix-socket.js';
+import type { Message, Transport } from '../transport/transport.js';
+import type { Logger } from '../log.js';
+import type { ServerRequests } from './server-requests.js';
+import type { HandlerReply, ServerLimits } from './types.js';
+
+/** The outcome of a successful negotiation. */
+export interface Negotiated {
+  client: ResolvedCapabilities;
+  minor: number;
+  reply: HandlerReply;
+  /** The server's end of the twin socket, when negotiated. */
+  twin: Transport | undefined;
+}
+
+/**
+ * Answers the first message of a session.
+ * @throws {ProtocolError} EINVAL when the message is not VERSION, carries fds,
+ *   has major ≠ 0 or malformed capabilities (the session is then closed).
+ */
+export function negotiate(m: Message, limits: ServerLimits, requests: ServerRequests, logger: Logger): Negotiated {
+  if (m.header.cmd !== Command.VERSION) throw new ProtocolError(`the first message must be VERSION, not command ${m.header.cmd}`);
+  const request = decodeRequest(m.header, m.payload);
+  if (request.cmd !== Command.VERSION) throw new ProtocolError('the first message must be VERSION');
+  checkRequestFds(request, m.fds.count);
+  const version = request.body;
+  if (version.major !== PROTOCOL_MAJOR) throw new ProtocolError(`protocol major ${version.major} is not supported (only ${PROTOCOL_MAJOR})`);
+  const client = resolveCapabilities(version.capabilities);
+  const minor = Math.min(version.minor, PROTOCOL_MINOR);
+  const caps: Capabilities = {
+    maxMsgFds: limits.maxMsgFds,
+    maxDataXferSize: limits.maxDataXferSize,
+    maxDmaMaps: limits.maxDmaMaps,
+    pgsizes: DEFAULT_PGSIZES,
+    writeMultiple: limits.writeMultiple,
+  };
+  const wantsTwin = client.twinSocket.supported && client.maxMsgFds > 0;
+  if (!wantsTwin) return { client, minor, twin: undefined, reply: { payload: encodeVersion({ major: PROTOCOL_MAJOR, minor, capabilities: caps }) } };
+  const [ours, theirs] = socketPair();
+  const twin = openTwin(ours, requests, logger);
+  caps.twinSocket = { supported: true, fdIndex: 0 };
+  return {
+    client,
+    minor,
+    twin,
+    reply: {
+      payload: encodeVersion({ major: PROTOCOL_MAJOR, minor, capabilities: caps }),
+      fds: [theirs],
+      afterSend: () => native.close(theirs),
+    },
+  };
+}
+
+function openTwin(fd: number, requests: ServerRequests, logger: Logger): Transport {
+  const twin = new UnixSocketTransport(fd);
+  twin.start({
+    onMessage(m) {
+      if (isReply(m.header)) return requests.settle(m, 'twin socket');
+      m.fds.closeRemaining();
+      logger.warn({ cmd: m.header.cmd }, 'the client sent a command on the twin socket; ignored');
+    },
+    onClose(error) {
+      if (error) logger.warn({ err: error }, 'twin socket lost');
+    },
+  });
+  requests.useChannel(twin);
+  return twin;
+}

@@ -1,0 +1,142 @@
+/**
+ * Serving one device on a UNIX socket path: one client at a time. A second
+ * client is refused clearly (its first message is answered with EBUSY, then it
+ * is closed), never queued silently; a peer whose uid is not allowed gets EPERM.
+ * When a client goes away its session tears down (DMA unmapped, IRQ fds closed,
+ * the device reset with reason LOST_CONNECTION) and the next client is served.
+ */
+import { Errno } from '../protocol/errno.js';
+import { HeaderFlags, SERVER_MAX_DATA_XFER_SIZE, SERVER_MAX_MSG_SIZE, DEFAULT_MAX_DMA_MAPS } from '../protocol/constants.js';
+import { UnixListener } from '../transport/unix-listener.js';
+import type { Transport } from '../transport/transport.js';
+import { Session } from './session.js';
+import type { ServerLimits, SessionDevice } from './types.js';
+
+/** Options of {@link DeviceServer.listen}. */
+export interface ServeOptions {
+  /** Socket path to create (mode 0600 unless `mode` says otherwise). */
+  path: string;
+  mode?: number;
+  /** If set, only peers with one of these uids (SO_PEERCRED) are served. */
+  allowedUids?: readonly number[];
+  /** Limits advertised to clients (defaults: 1 MiB transfers, 253 fds, 65535 maps, write_multiple). */
+  limits?: Partial<ServerLimits>;
+  /** How long a server→client DMA request waits for its reply (default 10 s). */
+  dmaTimeoutMs?: number;
+  /** How long a refused client may stay connected before it is closed (default 5 s). */
+  refusalTimeoutMs?: number;
+}
+
+/** Most fds Linux delivers with one message (SCM_MAX_FD). */
+const SERVER_RECEIVE_FDS = 253;
+
+/** A device served on a socket path. */
+export class DeviceServer {
+  readonly path: string;
+  readonly #device: SessionDevice;
+  readonly #options: ServeOptions;
+  readonly #limits: ServerLimits;
+  readonly #listener: UnixListener;
+  #session: Session | undefined;
+  #waiting: Transport | undefined;
+  #cleanup: Promise<unknown> = Promise.resolve();
+  #sessions = 0;
+  #closed = false;
+
+  private constructor(device: SessionDevice, options: ServeOptions) {
+    this.path = options.path;
+    this.#device = device;
+    this.#options = options;
+    this.#limits = {
+      maxDataXferSize: SERVER_MAX_DATA_XFER_SIZE,
+      maxMsgFds: SERVER_RECEIVE_FDS,
+      maxDmaMaps: DEFAULT_MAX_DMA_MAPS,
+      writeMultiple: true,
+      ...options.limits,
+    };
+    this.#listener = UnixListener.listen(options.path, { mode: options.mode ?? 0o600 }, (t) => this.#onConnection(t));
+  }
+
+  /**
+   * Starts serving `device` on `options.path`.
+   * @throws {SystemError} EADDRINUSE if another server owns the path; EACCES/ENOENT from bind.
+   */
+  static listen(device: SessionDevice, options: ServeOptions): DeviceServer {
+    return new DeviceServer(device, options);
+  }
+
+  /** The current client's session, if one is connected. */
+  get session(): Session | undefined {
+    return this.#session;
+  }
+
+  /** How many sessions have been started so far. */
+  get sessionCount(): number {
+    return this.#sessions;
+  }
+
+  /** Resolves when no session is active and the device has been cleaned up. */
+  async idle(): Promise<void> {
+    while (this.#session) await this.#session.closed;
+    await this.#cleanup;
+  }
+
+  /** Stops listening (removes the socket file), ends the session, waits for the device's cleanup. */
+  async close(): Promise<void> {
+    if (this.#closed) return this.idle();
+    this.#closed = true;
+    this.#listener.close();
+    this.#waiting?.close();
+    this.#session?.close();
+    await this.idle();
+  }
+
+  #onConnection(t: Transport): void {
+    const creds = t.peerCredentials();
+    const allowed = this.#options.allowedUids;
+    if (allowed && (!creds || !allowed.includes(creds.uid))) {
+      this.#device.logger.warn({ uid: creds?.uid, pid: creds?.pid }, 'client refused: uid not allowed');
+      return this.#refuse(t, Errno.EPERM);
+    }
+    if (this.#session || this.#waiting || this.#closed) {
+      this.#device.logger.warn({ pid: creds?.pid }, 'client refused: the device already has a client');
+      return this.#refuse(t, Errno.EBUSY);
+    }
+    // The previous client's cleanup (DMA unmap, reset hook) finishes before the next one starts.
+    this.#waiting = t;
+    void this.#cleanup.then(() => {
+      this.#waiting = undefined;
+      if (this.#closed || t.closed) return t.close();
+      this.#startSession(t);
+    });
+  }
+
+  #startSession(t: Transport): void {
+    this.#sessions++;
+    const session = new Session(this.#device, t, {
+      limits: this.#limits,
+      maxMessageSize: Math.max(SERVER_MAX_MSG_SIZE, this.#limits.maxDataXferSize + 32),
+      ...(this.#options.dmaTimeoutMs === undefined ? {} : { dmaTimeoutMs: this.#options.dmaTimeoutMs }),
+    });
+    this.#session = session;
+    this.#cleanup = session.closed.then((error) => {
+      if (this.#session === session) this.#session = undefined;
+      this.#device.logger.info({ err: error }, 'client disconnected');
+    });
+  }
+
+  /** Answers the client's first message with `errno`, then closes it. */
+  #refuse(t: Transport, errno: number): void {
+    const timer = setTimeout(() => t.close(), this.#options.refusalTimeoutMs ?? 5000);
+    t.start({
+      onMessage(m) {
+        m.fds.closeRemaining();
+        if (t.closed) return;
+        t.send({ msgId: m.header.msgId, cmd: m.header.cmd, flags: HeaderFlags.TYPE_REPLY | HeaderFlags.ERROR, errorNo: errno });
+        setImmediate(() => t.close());
+      },
+      onStreamError: () => t.close(),
+      onClose: () => clearTimeout(timer),
+    });
+  }
+}

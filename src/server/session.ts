@@ -1,0 +1,219 @@
+/**
+ * One client's session with a device: VERSION first, then every command
+ * decoded, validated and handled strictly in arrival order (pipelined requests
+ * are queued; replies leave in the same order), NO_REPLY honoured. Server→client
+ * DMA_READ/DMA_WRITE go out on the twin socket when negotiated, otherwise
+ * interleaved on the main socket: replies to them are picked out of the stream
+ * while the request that needs them waits, so neither side deadlocks.
+ */
+import { ConnectionClosedError, ProtocolError, VfioUserError } from '../errors.js';
+import { Command, HeaderFlags, commandName } from '../protocol/constants.js';
+import { Errno } from '../protocol/errno.js';
+import { isReply } from '../protocol/header.js';
+import { checkRequestFds, decodeRequest } from '../protocol/request.js';
+import type { ResolvedCapabilities } from '../protocol/capabilities.js';
+import type { Message, Transport } from '../transport/transport.js';
+import type { FramingError } from '../transport/framer.js';
+import { DmaController } from '../device/dma.js';
+import { ResetReason } from '../device/types.js';
+import { HANDLERS } from './dispatch.js';
+import { negotiate, type Negotiated } from './negotiate.js';
+import { ServerRequests } from './server-requests.js';
+import type { HandlerContext, HandlerReply, ServerLimits, SessionDevice } from './types.js';
+
+/** Options of a {@link Session}. */
+export interface SessionOptions {
+  limits: ServerLimits;
+  /** Largest message accepted (header included). */
+  maxMessageSize: number;
+  /** How long a server→client DMA request may wait for its reply (default 10 s). */
+  dmaTimeoutMs?: number;
+  /** Requests queued beyond this pause reading from the socket (default 256). */
+  maxQueued?: number;
+}
+
+/** A served client. Resolves `closed` once the device has been cleaned up. */
+export class Session {
+  readonly #device: SessionDevice;
+  readonly #transport: Transport;
+  readonly #options: SessionOptions;
+  readonly #queue: Message[] = [];
+  readonly #requests: ServerRequests;
+  readonly #dma: DmaController;
+  #negotiated: Negotiated | undefined;
+  #context: HandlerContext | undefined;
+  #busy = false;
+  #closing = false;
+  #resolveClosed!: (error: Error | undefined) => void;
+  /** Resolves with the reason (undefined for an orderly EOF) after cleanup. */
+  readonly closed: Promise<Error | undefined>;
+
+  constructor(device: SessionDevice, transport: Transport, options: SessionOptions) {
+    this.#device = device;
+    this.#transport = transport;
+    this.#options = options;
+    this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
+    this.#requests = new ServerRequests(transport, options.dmaTimeoutMs ?? 10_000);
+    this.#dma = new DmaController({ transport: this.#requests.dmaTransport(() => this.#clientCaps()) });
+    device.attach(this.#dma);
+    transport.start({
+      onMessage: (m) => this.#onMessage(m),
+      onStreamError: (e) => this.#onStreamError(e),
+      onClose: (e) => void this.#teardown(e),
+    });
+  }
+
+  /** The client's negotiated capabilities, once VERSION is done. */
+  get client(): ResolvedCapabilities | undefined {
+    return this.#negotiated?.client;
+  }
+
+  /** Ends the session (the device is reset for the next client). */
+  close(): void {
+    this.#transport.close();
+  }
+
+  #clientCaps(): ResolvedCapabilities | undefined {
+    return this.#negotiated?.client;
+  }
+
+  #onMessage(m: Message): void {
+    if (isReply(m.header)) {
+      this.#requests.settle(m, 'main socket');
+      return;
+    }
+    this.#queue.push(m);
+    if (this.#queue.length > (this.#options.maxQueued ?? 256)) this.#transport.pause();
+    this.#pump();
+  }
+
+  /** Handles queued requests in order; synchronous ones inline, an async one blocks the queue. */
+  #pump(): void {
+    while (!this.#busy && this.#queue.length > 0 && !this.#closing) {
+      const m = this.#queue.shift() as Message;
+      const pending = this.#handle(m);
+      if (pending) {
+        this.#busy = true;
+        void pending.then(() => {
+          this.#busy = false;
+          this.#pump();
+        });
+        return;
+      }
+    }
+    if (this.#queue.length === 0 && !this.#closing) this.#transport.resume();
+  }
+
+  /** Handles one request; returns a promise only if the handler went asynchronous. */
+  #handle(m: Message): Promise<void> | undefined {
+    let result: HandlerReply | undefined | Promise<HandlerReply | undefined>;
+    try {
+      result = this.#dispatch(m);
+    } catch (error) {
+      m.fds.closeRemaining();
+      this.#replyError(m, error);
+      return undefined;
+    }
+    if (!(result instanceof Promise)) {
+      m.fds.closeRemaining();
+      this.#reply(m, result);
+      return undefined;
+    }
+    return result.then(
+      (reply) => this.#reply(m, reply),
+      (error: unknown) => this.#replyError(m, error),
+    ).finally(() => m.fds.closeRemaining());
+  }
+
+  /** Decodes and runs one request. */
+  #dispatch(m: Message): HandlerReply | undefined | Promise<HandlerReply | undefined> {
+    if (!this.#negotiated) return this.#negotiate(m);
+    const request = decodeRequest(m.header, m.payload, this.#options.maxMessageSize);
+    const { use } = checkRequestFds(request, m.fds.count);
+    const handler = HANDLERS[request.cmd];
+    return handler(this.#context as HandlerContext, request as never, m.fds, use);
+  }
+
+  #negotiate(m: Message): HandlerReply {
+    try {
+      const result = negotiate(m, this.#options.limits, this.#requests, this.#device.logger);
+      this.#negotiated = result;
+      this.#context = {
+        device: this.#device,
+        dma: this.#dma,
+        client: result.client,
+        server: this.#options.limits,
+        dmaTransport: this.#requests.dmaTransport(() => result.client),
+        logger: this.#device.logger,
+      };
+      return result.reply;
+    } catch (error) {
+      // A failed negotiation ends the session (libvfio-user closes too), after the error reply.
+      setImmediate(() => this.close());
+      throw error;
+    }
+  }
+
+  #reply(m: Message, reply: HandlerReply | undefined): void {
+    try {
+      if (this.#transport.closed || (m.header.flags & HeaderFlags.NO_REPLY) !== 0) return;
+      this.#transport.send({ msgId: m.header.msgId, cmd: m.header.cmd, flags: HeaderFlags.TYPE_REPLY }, reply?.payload, reply?.fds);
+    } finally {
+      reply?.afterSend?.();
+    }
+  }
+
+  #replyError(m: Message, error: unknown): void {
+    const errno = errnoOf(error);
+    this.#device.logger.debug({ cmd: commandName(m.header.cmd), msgId: m.header.msgId, errno, err: error }, 'request failed');
+    if (this.#transport.closed || (m.header.flags & HeaderFlags.NO_REPLY) !== 0) return;
+    const payload = error instanceof ReplyWithPayload ? error.payload : undefined;
+    const flags = HeaderFlags.TYPE_REPLY | HeaderFlags.ERROR;
+    this.#transport.send({ msgId: m.header.msgId, cmd: m.header.cmd, flags, errorNo: errno }, payload);
+  }
+
+  #onStreamError(error: FramingError): void {
+    // The stream is out of sync: answer the offending header if there was one, then close.
+    this.#device.logger.warn({ err: error }, 'stream error, closing the session');
+    if (error.header && !isReply(error.header)) {
+      this.#transport.send({ msgId: error.header.msgId, cmd: error.header.cmd, flags: HeaderFlags.TYPE_REPLY | HeaderFlags.ERROR, errorNo: error.errno });
+    }
+    this.#transport.close();
+  }
+
+  async #teardown(error: Error | undefined): Promise<void> {
+    if (this.#closing) return;
+    this.#closing = true;
+    for (const m of this.#queue.splice(0)) m.fds.closeRemaining();
+    this.#requests.close(new ConnectionClosedError('the client went away', { cause: error }));
+    this.#negotiated?.twin?.close();
+    this.#dma.close();
+    try {
+      await this.#device.reset(ResetReason.LOST_CONNECTION);
+    } catch (resetError) {
+      this.#device.logger.error({ err: resetError }, 'device reset after disconnect failed');
+    }
+    this.#device.detach();
+    this.#resolveClosed(error);
+  }
+}
+
+/** A request error whose reply carries a payload (a failed DEVICE_FEATURE echoes its request). */
+export class ReplyWithPayload extends ProtocolError {
+  readonly payload: Uint8Array;
+  constructor(message: string, errno: number, payload: Uint8Array) {
+    super(message, { errno });
+    this.name = 'ReplyWithPayload';
+    this.payload = payload;
+  }
+}
+
+/** The errno to reply with: the error's own, or EIO for anything that is not ours (a device bug). */
+export function errnoOf(error: unknown): number {
+  if (error instanceof VfioUserError && error.errno !== undefined && error.errno > 0) return error.errno;
+  if (typeof error === 'object' && error !== null && 'errno' in error) {
+    const errno = Math.abs(Number((error as { errno: unknown }).errno));
+    if (Number.isInteger(errno) && errno > 0 && errno < 4096) return errno;
+  }
+  return Errno.EIO;
+}
