@@ -11,11 +11,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runTransportBench, type TransportResult } from './transport.js';
 import { runCodecBench, type CodecResult } from './codec.js';
+import { runServerBench, type ServerResult } from './server.js';
 
 interface Report {
   pinnedCpu: string | null;
   transport: TransportResult;
   codec: CodecResult;
+  server: ServerResult;
 }
 
 function hasTaskset(): boolean {
@@ -38,7 +40,8 @@ async function main(): Promise<void> {
     const echo = buildC(dir);
     const transport = await runTransportBench({ dir, echo, pin, iterations: quick ? 20_000 : 200_000, log: !json });
     const codec = runCodecBench({ seconds: quick ? 0.3 : 1, log: !json });
-    const report: Report = { pinnedCpu: pin.length ? '0' : null, transport, codec };
+    const server = await runServerBench({ dir, echo, pin, iterations: quick ? 20_000 : 160_000, log: !json });
+    const report: Report = { pinnedCpu: pin.length ? '0' : null, transport, codec, server };
     if (json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -11,7 +11,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define MAX_IOV 16
+#define MAX_IOV 64
 #define RECV_STACK_FDS (MAX_SEND_FDS + 8)
 
 static napi_value js_unix_socket(napi_env env, napi_callback_info info) {

@@ -1,9 +1,12 @@
 /*
- * Reference floor for the transport benchmark: a C echo over a UNIX stream
- * socket, speaking vfio-user framing (16-byte header, msg_size, reply flag).
- *   echo server PATH                 accept one client, echo each message as a reply
- *   echo client PATH ITERATIONS SIZE send SIZE-byte messages one at a time, print JSON
- * Built by bench/run.ts at bench time; not part of the library.
+ * Reference floors for the benchmarks, built by bench/run.ts at bench time (not
+ * part of the library):
+ *   echo server PATH                       accept one client, echo each message as a reply
+ *   echo client PATH ITER SIZE [DEPTH]     send SIZE-byte messages, DEPTH in flight (default 1), print JSON
+ *   echo vfu PATH ITER [DEPTH]             a vfio-user client: VERSION, then 4-byte REGION_READs
+ *                                          of BAR0 with DEPTH in flight, print JSON
+ *   echo memcpy BYTES ITER                 memcpy BYTES between two buffers ITER times, print JSON
+ * Replies are read generically (16-byte header, then msg_size - 16 bytes).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -81,37 +84,111 @@ static int cmp_i64(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static int client(const char *path, long iterations, uint32_t size) {
+static int connect_to(const char *path) {
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
     struct sockaddr_un sa = address(path);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) { perror("connect"); return 1; }
-    unsigned char *msg = calloc(1, size), *reply = calloc(1, size);
-    uint16_t cmd = 9;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) { perror("connect"); exit(1); }
+    return fd;
+}
+
+/* Reads one whole message; returns its msg_id, or -1. */
+static int read_message(int fd, unsigned char *buf, size_t cap) {
+    if (read_full(fd, buf, 16) <= 0) return -1;
+    uint32_t size, flags;
+    memcpy(&size, buf + 4, 4);
+    memcpy(&flags, buf + 8, 4);
+    if (size < 16 || size > cap || (flags & 0x20)) { fprintf(stderr, "bad reply (size %u flags 0x%x)\n", size, flags); return -1; }
+    if (read_full(fd, buf + 16, size - 16) <= 0) return -1;
+    uint16_t id;
+    memcpy(&id, buf, 2);
+    return id;
+}
+
+static void put_header(unsigned char *msg, uint16_t cmd, uint32_t size) {
+    memset(msg, 0, 16);
     memcpy(msg + 2, &cmd, 2);
     memcpy(msg + 4, &size, 4);
-    int64_t *samples = calloc((size_t)iterations, sizeof(int64_t));
-    long warmup = iterations / 10 + 100;
-    for (long i = -warmup; i < iterations; i++) {
-        uint16_t id = (uint16_t)i;
-        memcpy(msg, &id, 2);
+}
+
+/* Round trips of `msg` (SIZE bytes) with DEPTH in flight; prints per-request latency JSON. */
+static int run_loop(int fd, unsigned char *msg, uint32_t size, long iterations, long depth) {
+    static unsigned char reply[1 << 20];
+    unsigned char *batch = calloc((size_t)depth, size);
+    long rounds = iterations / depth, warmup = rounds / 10 + 10;
+    int64_t *samples = calloc((size_t)rounds, sizeof(int64_t));
+    for (long r = -warmup; r < rounds; r++) {
+        for (long k = 0; k < depth; k++) {
+            memcpy(batch + k * size, msg, size);
+            uint16_t id = (uint16_t)(r * depth + k);
+            memcpy(batch + k * size, &id, 2);
+        }
         int64_t t0 = now_ns();
-        if (write_full(fd, msg, size) < 0 || read_full(fd, reply, size) <= 0) { fprintf(stderr, "echo failed\n"); return 1; }
+        if (write_full(fd, batch, (size_t)size * depth) < 0) { fprintf(stderr, "write failed\n"); return 1; }
+        for (long k = 0; k < depth; k++) {
+            int id = read_message(fd, reply, sizeof(reply));
+            if (id != (uint16_t)(r * depth + k)) { fprintf(stderr, "reply id mismatch\n"); return 1; }
+        }
         int64_t t1 = now_ns();
-        if (memcmp(reply, msg, 2) != 0) { fprintf(stderr, "reply id mismatch\n"); return 1; }
-        if (i >= 0) samples[i] = t1 - t0;
+        if (r >= 0) samples[r] = (t1 - t0) / depth;
     }
     double sum = 0;
-    for (long i = 0; i < iterations; i++) sum += (double)samples[i];
-    qsort(samples, (size_t)iterations, sizeof(int64_t), cmp_i64);
-    printf("{\"iterations\":%ld,\"meanNs\":%.1f,\"p50Ns\":%lld,\"p99Ns\":%lld}\n", iterations, sum / (double)iterations,
-           (long long)samples[iterations / 2], (long long)samples[iterations * 99 / 100]);
-    close(fd);
+    for (long i = 0; i < rounds; i++) sum += (double)samples[i];
+    qsort(samples, (size_t)rounds, sizeof(int64_t), cmp_i64);
+    printf("{\"iterations\":%ld,\"depth\":%ld,\"meanNs\":%.1f,\"p50Ns\":%lld,\"p99Ns\":%lld}\n", rounds * depth, depth, sum / (double)rounds,
+           (long long)samples[rounds / 2], (long long)samples[rounds * 99 / 100]);
+    return 0;
+}
+
+static int client(const char *path, long iterations, uint32_t size, long depth) {
+    int fd = connect_to(path);
+    unsigned char *msg = calloc(1, size);
+    put_header(msg, 9, size);
+    return run_loop(fd, msg, size, iterations, depth);
+}
+
+static int vfu_client(const char *path, long iterations, long depth) {
+    int fd = connect_to(path);
+    static unsigned char buf[1 << 16];
+    const char *json = "{\"capabilities\":{\"max_msg_fds\":8}}";
+    uint32_t vsize = 16 + 4 + (uint32_t)strlen(json) + 1;
+    put_header(buf, 1, vsize);
+    uint16_t major = 0, minor = 2;
+    memcpy(buf + 16, &major, 2);
+    memcpy(buf + 18, &minor, 2);
+    memcpy(buf + 20, json, strlen(json) + 1);
+    if (write_full(fd, buf, vsize) < 0 || read_message(fd, buf, sizeof(buf)) < 0) { fprintf(stderr, "VERSION failed\n"); return 1; }
+    unsigned char msg[32];
+    put_header(msg, 9, 32); /* REGION_READ {u64 offset 0, u32 region 0, u32 count 4} */
+    uint64_t offset = 0;
+    uint32_t region = 0, count = 4;
+    memcpy(msg + 16, &offset, 8);
+    memcpy(msg + 24, &region, 4);
+    memcpy(msg + 28, &count, 4);
+    return run_loop(fd, msg, 32, iterations, depth);
+}
+
+static int copy_bench(size_t bytes, long iterations) {
+    unsigned char *a = aligned_alloc(4096, bytes), *b = aligned_alloc(4096, bytes);
+    memset(a, 1, bytes);
+    memset(b, 2, bytes);
+    for (long i = 0; i < iterations / 10; i++) memcpy(i & 1 ? a : b, i & 1 ? b : a, bytes);
+    int64_t t0 = now_ns();
+    for (long i = 0; i < iterations; i++) {
+        memcpy(i & 1 ? a : b, i & 1 ? b : a, bytes);
+        __asm__ volatile("" ::: "memory");
+    }
+    int64_t t1 = now_ns();
+    double ns = (double)(t1 - t0) / (double)iterations;
+    printf("{\"bytes\":%zu,\"iterations\":%ld,\"nsPerCopy\":%.1f,\"gbPerSecond\":%.2f}\n", bytes, iterations, ns, (double)bytes / ns);
     return 0;
 }
 
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "server") == 0) return serve(argv[2]);
-    if (argc == 5 && strcmp(argv[1], "client") == 0) return client(argv[2], atol(argv[3]), (uint32_t)atol(argv[4]));
-    fprintf(stderr, "usage: %s server PATH | client PATH ITERATIONS SIZE\n", argv[0]);
+    if ((argc == 5 || argc == 6) && strcmp(argv[1], "client") == 0)
+        return client(argv[2], atol(argv[3]), (uint32_t)atol(argv[4]), argc == 6 ? atol(argv[5]) : 1);
+    if ((argc == 4 || argc == 5) && strcmp(argv[1], "vfu") == 0) return vfu_client(argv[2], atol(argv[3]), argc == 5 ? atol(argv[4]) : 1);
+    if (argc == 4 && strcmp(argv[1], "memcpy") == 0) return copy_bench((size_t)atol(argv[2]), atol(argv[3]));
+    fprintf(stderr, "usage: %s server PATH | client PATH ITER SIZE [DEPTH] | vfu PATH ITER [DEPTH] | memcpy BYTES ITER\n", argv[0]);
     return 2;
 }

@@ -287,14 +287,24 @@ export class DmaController {
    *   segment is message mode. @throws {StateError} ENOTCONN when closed.
    */
   readSync(iova: bigint, length: number): Uint8Array {
-    const segments = this.#resolveSync('read', iova, length, DmaAccess.READ);
     const out = new Uint8Array(length);
+    this.readInto(iova, out);
+    return out;
+  }
+
+  /**
+   * Like {@link readSync}, into the caller's buffer (no allocation): reads
+   * `target.length` bytes at `iova`.
+   * @throws {InvalidArgumentError} EFAULT, EACCES, EINVAL; ENOTSUP when a
+   *   segment is message mode. @throws {StateError} ENOTCONN when closed.
+   */
+  readInto(iova: bigint, target: Uint8Array): void {
+    const segments = this.#resolveSync('read', iova, target.length, DmaAccess.READ);
     let pos = 0;
     for (const seg of segments) {
-      seg.region.copyOut(seg.off, out, pos, seg.length);
+      seg.region.copyOut(seg.off, target, pos, seg.length);
       pos += seg.length;
     }
-    return out;
   }
 
   /**

@@ -27,7 +27,7 @@ export interface NativeBinding {
   socketPair(): [number, number];
   /**
    * One `sendmsg(MSG_NOSIGNAL | MSG_DONTWAIT)` of `data` (gathered as an iovec
-   * list, up to 16 entries) with `fds` as one SCM_RIGHTS cmsg (at most 1024).
+   * list, up to 64 entries) with `fds` as one SCM_RIGHTS cmsg (at most 1024).
    * Returns bytes sent (fds go with the first byte), or -errno. Fds need at
    * least one byte of data (TypeError otherwise), and Linux refuses more than
    * `constants.SCM_MAX_FD` (253) in one message with -EINVAL.

@@ -43,8 +43,20 @@ function hex(n: number): string {
 
 /**
  * One function's config space. Build it once from a {@link ConfigSpaceOptions}
- * (validated all at once), then serve driver `read`/`write` accesses; the IRQ
- * layer reads the state accessors and listens with {@link onChange}.
+ * (validated all at once), then serve driver `read`/`write` accesses.
+ *
+ * How the IRQ layer hooks in:
+ * * To decide how to signal, read {@link interruptMode} (`msix` > `msi` >
+ *   `intx` > `none`) and, per vector, `msix.isMasked(v)` / `msi.isMasked(v)`.
+ * * When a vector fires while masked, call `setPending(v, true)`; the driver
+ *   sees it in the PBA / Pending Bits. INTx level goes to {@link setIntxAsserted}.
+ * * Listen with {@link onChange}: on `msix-unmask` / `msi-unmask` with
+ *   `pending: true`, deliver the held interrupt and call `setPending(v, false)`;
+ *   on `interrupt-mode`, re-check pending vectors and drop or raise INTx; on
+ *   `command`, note Bus Master / INTx Disable. Unmask events are raised whatever
+ *   the enable bits say; check {@link interruptMode} before delivering.
+ * * MSI-X table and PBA accesses arrive through the BAR named in `msix.table`
+ *   / `msix.pba`; route them to `msix.tableRead`/`tableWrite`/`pbaRead`/`pbaWrite`.
  */
 export class ConfigSpace {
   /** 256, or 4096 with the PCI Express capability. */

@@ -58,8 +58,10 @@ export interface Transport {
   start(handler: TransportHandler): void;
   /**
    * Sends one message (header + payload + fds) as one unit: on a socket, one
-   * `sendmsg` with the fds attached to its first byte. Never takes ownership of
-   * `fds`: they may be closed as soon as `send` returns.
+   * `sendmsg` with the fds attached to its first byte (replies produced while a
+   * batch of received messages is delivered may share one `sendmsg`). Never
+   * takes ownership of `fds`: they may be closed as soon as `send` returns. The
+   * payload is not copied: do not modify it after `send`.
    * @returns false when the message had to be queued (back-pressure): wait for
    *   `onDrain` before sending more bulk data.
    * @throws {ConnectionClosedError} ENOTCONN if the transport is closed.

@@ -18,6 +18,8 @@ const { UV_READABLE, UV_WRITABLE, UV_DISCONNECT } = native.constants;
 const POOL_SIZE = 256 * 1024;
 const MIN_POOL_ROOM = 16 * 1024;
 const MAX_READS_PER_WAKE = 64;
+/** Chunks one `sendmsg` may gather (the addon's iovec limit). */
+const MAX_IOV = 64;
 /** Linux caps the fds of one `sendmsg` at 253 (SCM_MAX_FD), so no read can bring more. */
 const SCM_MAX_FD = 253;
 
@@ -50,6 +52,9 @@ export class UnixSocketTransport implements Transport {
   #pool = new Uint8Array(POOL_SIZE);
   #poolOffset = 0;
   #queue: PendingWrite[] = [];
+  /** Replies produced while one read's messages are delivered, sent together afterwards. */
+  #cork: Uint8Array[] = [];
+  #corked = false;
   #queuedBytes = 0;
   #needDrain = false;
   #reading = false;
@@ -111,6 +116,18 @@ export class UnixSocketTransport implements Transport {
     if (this.#closed) throw new ConnectionClosedError(`send of cmd ${header.cmd}: transport is closed`);
     const chunks = frameOutgoing(header, payload);
     const fdList = fds && fds.length > 0 ? fds : null;
+    if (this.#corked && !fdList) {
+      if (this.#cork.length + chunks.length > MAX_IOV) this.#flushCork();
+      for (const c of chunks) this.#cork.push(c);
+      return !this.#needDrain;
+    }
+    this.#flushCork(); // keep order: corked messages go first
+    return this.#write(chunks, fdList);
+  }
+
+  /** One `sendmsg` of `chunks` (fds with the first byte); queues what does not go out. */
+  #write(chunks: Uint8Array[], fdList: readonly number[] | null): boolean {
+    if (this.#closed) return false;
     if (this.#queue.length === 0) {
       const sent = native.sendmsg(this.#fd, chunks, fdList);
       if (sent >= 0) {
@@ -126,6 +143,13 @@ export class UnixSocketTransport implements Transport {
     }
     this.#enqueue({ chunks, fds: fdList ? fdList.map((f) => dupOrThrow(f)) : null });
     return this.#afterEnqueue();
+  }
+
+  #flushCork(): void {
+    if (this.#cork.length === 0) return;
+    const chunks = this.#cork;
+    this.#cork = [];
+    this.#write(chunks, null);
   }
 
   close(): void {
@@ -202,13 +226,19 @@ export class UnixSocketTransport implements Transport {
   #deliver(chunk: Uint8Array, fds: number[]): void {
     const { messages, error } = this.#framer.push(chunk, fds);
     const handler = this.#handler as TransportHandler;
-    for (let i = 0; i < messages.length; i++) {
-      const m = messages[i]!;
-      if (this.#closed) {
-        m.fds.closeRemaining();
-        continue;
+    this.#corked = messages.length > 1;
+    try {
+      for (let i = 0; i < messages.length; i++) {
+        const m = messages[i]!;
+        if (this.#closed) {
+          m.fds.closeRemaining();
+          continue;
+        }
+        handler.onMessage(m);
       }
-      handler.onMessage(m);
+    } finally {
+      this.#corked = false;
+      this.#flushCork();
     }
     if (error && !this.#closed) this.#streamError(error);
   }
@@ -247,6 +277,7 @@ export class UnixSocketTransport implements Transport {
     this.#framer.dispose();
     for (const w of this.#queue) closeFds(w.fds);
     this.#queue = [];
+    this.#cork = [];
     this.#queuedBytes = 0;
     native.close(this.#fd);
     this.#handler?.onClose(error);

@@ -246,8 +246,8 @@ export const msixCapability: CapabilityDefinition = {
   name: 'msix',
   extended: false,
   plan(options, bars) {
-    const o = options.msix;
-    if (o === undefined) return [];
+    if (options.msix === undefined) return [];
+    const o = { ...options.msix };
     validateMsix(o, bars);
     return [{ size: MSIX_SIZE, install: (ctx, offset) => new MsixCapability(ctx, offset, o) }];
   },
