@@ -43,7 +43,7 @@ export class VfioUserDevice implements SessionDevice {
     this.name = definition.name ?? `${hex4(definition.pci.vendorId)}:${hex4(definition.pci.deviceId)}`;
     this.logger = (definition.logger ?? getDefaultLogger()).child({ device: this.name });
     this.config = new ConfigSpace(configSpaceOptions(definition));
-    this.#regions = buildRegions(definition, (bar) => msixCarveOut(definition, bar));
+    this.#regions = buildRegions(definition, (bar) => msixCarveOut(definition, bar), this.logger);
     const msix = definition.msix;
     const msixRegion = msix ? this.#regions[msix.bar] : undefined;
     if (msixRegion) msixRegion.msix = msixWindow(this.config);
@@ -112,8 +112,8 @@ export class VfioUserDevice implements SessionDevice {
     return this.#regions[index]?.describe();
   }
 
-  regionIoEventFds(_index: number): readonly IoEventFdDescription[] {
-    return [];
+  regionIoEventFds(index: number): readonly IoEventFdDescription[] {
+    return this.#regions[index]?.describeIoEventFds() ?? [];
   }
 
   regionRead(index: number, offset: number, count: number): Uint8Array | Promise<Uint8Array> {

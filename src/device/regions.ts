@@ -7,8 +7,10 @@
 import { InvalidArgumentError } from '../errors.js';
 import { RegionIndex, RegionInfoFlags } from '../protocol/constants.js';
 import { mapFd, memfdCreate, native, unmap } from '../native/addon.js';
+import type { Logger } from '../log.js';
 import type { BarDefinition, DeviceDefinition, RegionDefinition, RegionSpan } from './types.js';
-import type { RegionDescription } from '../server/types.js';
+import type { IoEventFdDescription, RegionDescription } from '../server/types.js';
+import { IoEventFd, checkIoEventFd } from './ioeventfds.js';
 
 /** The MSI-X structures' accessors (from config space) a region may host. */
 export interface MsixWindow {
@@ -36,10 +38,15 @@ export class Region {
   readonly memory: Uint8Array | undefined;
   readonly fd: number | undefined;
   readonly sparse: readonly RegionSpan[];
+  readonly ioEventFds: readonly IoEventFd[];
   msix: MsixWindow | undefined;
+  readonly #logger: Logger | undefined;
 
-  constructor(index: number, definition: RegionDefinition, msixCarveOut: RegionSpan[]) {
+  constructor(index: number, definition: RegionDefinition, msixCarveOut: RegionSpan[], logger?: Logger) {
+    const declaredIoFds = (definition as BarDefinition).ioeventfds ?? [];
+    for (const d of declaredIoFds) checkIoEventFd(definition.size, d); // validate before allocating anything
     this.index = index;
+    this.#logger = logger;
     this.size = definition.size;
     this.definition = definition;
     this.readable = definition.readable ?? true;
@@ -54,6 +61,23 @@ export class Region {
       this.memory = undefined;
       this.fd = undefined;
       this.sparse = [];
+    }
+    this.ioEventFds = declaredIoFds.map((d) => new IoEventFd(this.size, d, (offset, data) => this.#signalled(offset, data)));
+  }
+
+  /** The records GET_REGION_IO_FDS reports. */
+  describeIoEventFds(): IoEventFdDescription[] {
+    return this.ioEventFds.map((e) => e.describe());
+  }
+
+  /** An ioeventfd fired: the device sees a write. Nobody waits for a reply, so a failure is logged. */
+  #signalled(offset: number, data: Uint8Array): void {
+    const report = (err: unknown): void => this.#logger?.error({ err, region: this.index, offset }, 'ioeventfd write handler failed');
+    try {
+      const done = this.write(offset, data);
+      if (done instanceof Promise) done.catch(report);
+    } catch (err) {
+      report(err);
     }
   }
 
@@ -97,6 +121,7 @@ export class Region {
 
   /** Unmaps and closes the shared memory. */
   dispose(): void {
+    for (const e of this.ioEventFds) e.dispose();
     if (this.memory) unmap(this.memory.buffer as ArrayBuffer);
     if (this.fd !== undefined) native.close(this.fd);
   }
@@ -114,14 +139,19 @@ export class Region {
 }
 
 /** The BARs, ROM and VGA regions declared by a device, by vfio region index. */
-export function buildRegions(def: DeviceDefinition, msixCarveOut: (bar: number) => RegionSpan[]): (Region | undefined)[] {
+export function buildRegions(def: DeviceDefinition, msixCarveOut: (bar: number) => RegionSpan[], logger?: Logger): (Region | undefined)[] {
   const r = def.regions ?? {};
   const bars: (BarDefinition | undefined)[] = [r.bar0, r.bar1, r.bar2, r.bar3, r.bar4, r.bar5];
   const out: (Region | undefined)[] = [];
-  bars.forEach((bar, i) => (out[i] = bar ? new Region(i, bar, msixCarveOut(i)) : undefined));
-  out[RegionIndex.ROM] = r.rom ? new Region(RegionIndex.ROM, r.rom, []) : undefined;
-  out[RegionIndex.CONFIG] = undefined; // config space is emulated by the device itself
-  out[RegionIndex.VGA] = r.vga ? new Region(RegionIndex.VGA, { ...r.vga, size: r.vga.size || VGA_REGION_SIZE }, []) : undefined;
+  try {
+    bars.forEach((bar, i) => (out[i] = bar ? new Region(i, bar, msixCarveOut(i), logger) : undefined));
+    out[RegionIndex.ROM] = r.rom ? new Region(RegionIndex.ROM, r.rom, []) : undefined;
+    out[RegionIndex.CONFIG] = undefined; // config space is emulated by the device itself
+    out[RegionIndex.VGA] = r.vga ? new Region(RegionIndex.VGA, { ...r.vga, size: r.vga.size || VGA_REGION_SIZE }, []) : undefined;
+  } catch (error) {
+    for (const region of out) region?.dispose(); // all or nothing
+    throw error;
+  }
   return out;
 }
 

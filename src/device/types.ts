@@ -4,6 +4,7 @@
  * and returns a {@link VfioUserDevice} that can be served on a socket.
  */
 import type { Logger } from '../log.js';
+import type { IoEventFdDefinition } from './ioeventfds.js';
 
 /** PCI identity of the device (type-0 header). */
 export interface PciIdentity {
@@ -71,6 +72,11 @@ export interface BarDefinition extends RegionDefinition {
   /** `mem32` (default), `mem64` (takes the next BAR slot too) or `io`. */
   type?: 'mem32' | 'mem64' | 'io';
   prefetchable?: boolean;
+  /**
+   * Doorbell registers offered as ioeventfds (DEVICE_GET_REGION_IO_FDS): each
+   * signal reaches the region's write path as a write of `datamatch` (or zeros).
+   */
+  ioeventfds?: readonly IoEventFdDefinition[];
 }
 
 /** The device's regions, by vfio-user region index name. */

@@ -316,13 +316,13 @@ describe('DMA engine sample device', () => {
 
   it('DEVICE_RESET in the middle of a job stops it and clears the engine', async () => {
     await withBench(async ({ engine, client, guest }) => {
-      for (let i = 0; i < 7; i++) post(guest, i, { src: iova(MiB), dst: iova(2 * MiB), length: MiB, flags: COPY });
-      await write32(client, BAR0, DmaEngineReg.TAIL, 7);
+      for (let i = 0; i < 16; i++) post(guest, i, { src: iova(MiB), dst: iova(2 * MiB), length: MiB, flags: COPY });
+      await write32(client, BAR0, DmaEngineReg.TAIL, 16);
       assert.ok(engine.engineState().busy);
       await client.ok(Command.DEVICE_RESET);
       assert.equal(engine.engineState().busy, false, 'the reset waited for the job to stop');
-      assert.ok(result(guest, 6).status === DescriptorStatus.PENDING, 'the last descriptor was never processed');
+      assert.equal(result(guest, 15).status, DescriptorStatus.PENDING, 'the last descriptor was never processed');
       assert.equal(engine.engineState().enabled, false);
-    }, 4 * MiB, 8);
+    }, 4 * MiB, 32);
   });
 });
