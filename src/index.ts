@@ -21,6 +21,13 @@ export { UnixListener, connectUnix } from './transport/unix-listener.js';
 export { createMemoryTransportPair } from './transport/memory.js';
 export { socketPair, memfdCreate, mapFd, unmap, createEventFd, closeFd, peerCredentials } from './native/addon.js';
 export { VERSION } from './version.js';
+export { createDevice, VfioUserDevice } from './device/device.js';
+export { ResetReason } from './device/types.js';
+export { DmaController } from './device/dma.js';
+export { DeviceServer } from './server/server.js';
+export { ConfigSpace, formatLspciDump } from './pci/index.js';
+export { silentLogger } from './log.js';
+export * from './devices/index.js';
 
 export type { VfioUserErrorOptions } from './errors.js';
 export type { FdCloser } from './transport/fds.js';
@@ -28,3 +35,22 @@ export type { Message, OutgoingHeader, PeerCredentials, Transport, TransportHand
 export type { UnixSocketTransportOptions } from './transport/unix-socket.js';
 export type { UnixListenOptions, ConnectOptions } from './transport/unix-listener.js';
 export type { MemoryTransportEnd, MemoryTransportOptions } from './transport/memory.js';
+export type {
+  DeviceDefinition,
+  PciIdentity,
+  RegionDefinition,
+  BarDefinition,
+  RegionsDefinition,
+  RegionCallbacks,
+  RegionSpan,
+  IrqsDefinition,
+  MsixPlacement,
+  CapabilitiesDefinition,
+  MaybePromise,
+} from './device/types.js';
+export type { IoEventFdDefinition } from './device/ioeventfds.js';
+export type { DmaRegion, DmaSegment, DmaMessageTransport, DmaControllerOptions } from './device/dma.js';
+export type { ServeOptions } from './server/server.js';
+export type { ServerLimits } from './server/types.js';
+export type { ConfigSpaceEvent, ConfigSpaceOptions, InterruptMode } from './pci/index.js';
+export type { Logger } from './log.js';

@@ -63,9 +63,9 @@ export class VfioUserDevice implements SessionDevice {
     return this.#dma;
   }
 
-  /** Whether a client is connected (and `dma` usable). */
+  /** Whether a client is connected and `dma` usable (false from the moment its session starts tearing down). */
   get connected(): boolean {
-    return this.#dma !== undefined;
+    return this.#dma !== undefined && !this.#dma.closed;
   }
 
   /**
@@ -75,6 +75,14 @@ export class VfioUserDevice implements SessionDevice {
    */
   interrupt(vector = 0): boolean {
     return this.irqs.interrupt(vector);
+  }
+
+  /**
+   * Deasserts the INTx line (level-triggered devices call this once the cause
+   * is cleared): clears Status bit 3. A no-op without an interrupt pin.
+   */
+  deassertIntx(): void {
+    if (this.config.interruptPin !== 0) this.config.setIntxAsserted(false);
   }
 
   /** Signals the client's ERR eventfd (vfio error reporting). @returns true if installed. */

@@ -18,8 +18,17 @@ function msixLayout(def: DeviceDefinition): { tableOffset: number; tableSize: nu
   if (vectors === 0) return undefined;
   const tableOffset = def.msix?.tableOffset ?? 0;
   const tableSize = vectors * MSIX_ENTRY;
-  const pbaOffset = def.msix?.pbaOffset ?? Math.ceil((tableOffset + tableSize) / 4096) * 4096;
-  return { tableOffset, tableSize, pbaOffset, pbaSize: Math.ceil(vectors / 64) * 8 };
+  const pbaSize = Math.ceil(vectors / 64) * 8;
+  return { tableOffset, tableSize, pbaOffset: def.msix?.pbaOffset ?? defaultPbaOffset(def, tableOffset + tableSize, pbaSize), pbaSize };
+}
+
+/** The page after the table when the BAR has room (so the table's pages stay apart), else the next 8 bytes. */
+function defaultPbaOffset(def: DeviceDefinition, tableEnd: number, pbaSize: number): number {
+  const r = def.regions ?? {};
+  const bar = def.msix ? [r.bar0, r.bar1, r.bar2, r.bar3, r.bar4, r.bar5][def.msix.bar] : undefined;
+  const nextPage = Math.ceil(tableEnd / 4096) * 4096;
+  if (!bar || nextPage + pbaSize <= bar.size) return nextPage;
+  return Math.ceil(tableEnd / 8) * 8;
 }
 
 /** The spans of BAR `bar` that hold the MSI-X table and PBA (none elsewhere). */

@@ -103,6 +103,7 @@ export class Region {
     if (m && this.#hits(offset, length, m.pbaOffset, m.pbaSize)) return m.pbaRead(offset - m.pbaOffset, length);
     if (this.memory && (this.#inSparse(offset, length) || !this.definition.read)) return this.memory.slice(offset, offset + length);
     if (this.definition.read) return this.definition.read(offset, length);
+    if (m) return new Uint8Array(length); // the rest of a BAR that only hosts MSI-X reads as zeros
     throw new InvalidArgumentError(`region ${this.index} has no read handler for offset 0x${offset.toString(16)}`);
   }
 
@@ -116,6 +117,7 @@ export class Region {
       return;
     }
     if (this.definition.write) return this.definition.write(offset, data);
+    if (m) return; // ... and ignores writes
     throw new InvalidArgumentError(`region ${this.index} has no write handler for offset 0x${offset.toString(16)}`);
   }
 

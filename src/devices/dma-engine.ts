@@ -140,11 +140,18 @@ class DmaEngine {
   #errors = 0;
   #generation = 0;
   #job: Promise<void> | undefined;
+  /** Generation the running job belongs to; a job of an older one is only winding down. */
+  #jobGeneration = -1;
   /** Set right after the device is created. */
   device!: VfioUserDevice;
 
+  /** A job of the current generation is running (a reset job winding down does not count). */
+  get #busy(): boolean {
+    return this.#job !== undefined && this.#jobGeneration === this.#generation;
+  }
+
   state(): DmaEngineState {
-    const busy = this.#job !== undefined;
+    const busy = this.#busy;
     return {
       enabled: this.#enabled,
       ringBase: this.#ringBase,
@@ -170,7 +177,7 @@ class DmaEngine {
 
   registers(): RegisterBlock {
     const whileDisabled = (apply: () => void): void => {
-      if (!this.#enabled && !this.#job) apply();
+      if (!this.#enabled && !this.#busy) apply();
     };
     return new RegisterBlock('dma-engine BAR0', DMA_ENGINE_BAR0_SIZE, {
       [DmaEngineReg.ID]: { read: () => DMA_ENGINE_ID },
@@ -247,6 +254,7 @@ class DmaEngine {
     if (this.#ringSize < 1 || this.#ringSize > DMA_ENGINE_MAX_RING || this.#tail >= this.#ringSize) return this.#halt();
     const device = this.device;
     if (!device.connected) return;
+    this.#jobGeneration = this.#generation;
     const job = this.#run(device.dma, this.#generation).catch((error: unknown) => {
       if (!(error instanceof JobAborted)) device.logger.error({ err: error }, 'dma-engine: job failed');
     });

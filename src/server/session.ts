@@ -7,7 +7,7 @@
  * while the request that needs them waits, so neither side deadlocks.
  */
 import { ConnectionClosedError, ProtocolError, VfioUserError } from '../errors.js';
-import { Command, HeaderFlags, commandName } from '../protocol/constants.js';
+import { HeaderFlags, commandName } from '../protocol/constants.js';
 import { Errno } from '../protocol/errno.js';
 import { isReply } from '../protocol/header.js';
 import { checkRequestFds, decodeRequest } from '../protocol/request.js';

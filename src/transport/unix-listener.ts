@@ -10,10 +10,7 @@ import { callNative, native } from '../native/addon.js';
 import type { NativePoller } from '../native/types.js';
 import { UnixSocketTransport, type UnixSocketTransportOptions } from './unix-socket.js';
 
-const ECONNREFUSED = 111;
-const EADDRINUSE = 98;
-const ECONNABORTED = 103;
-const ENFILE = 23;
+const { ECONNREFUSED, EADDRINUSE, ECONNABORTED, ENFILE } = Errno;
 
 /** Options for {@link UnixListener.listen}. */
 export interface UnixListenOptions {

@@ -11,6 +11,7 @@ import { DESCRIPTOR_SIZE, DescriptorFlags, DescriptorStatus, decodeResult, encod
 import { fnv1a32 } from '../../src/devices/fnv1a.js';
 import { Command, DmaMapFlags, HeaderFlags } from '../../src/protocol/constants.js';
 import { decodeDmaReadRequest, decodeDmaWriteRequest, encodeDmaAccess, encodeDmaAccessWithData, encodeDmaMapRequest } from '../../src/protocol/dma.js';
+import { encodeRegionAccessWithData } from '../../src/protocol/region-access.js';
 import { Errno } from '../../src/protocol/errno.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
 import { StepClient } from '../support/step-client.js';
@@ -323,6 +324,35 @@ describe('DMA engine sample device', () => {
       assert.equal(engine.engineState().busy, false, 'the reset waited for the job to stop');
       assert.equal(result(guest, 15).status, DescriptorStatus.PENDING, 'the last descriptor was never processed');
       assert.equal(engine.engineState().enabled, false);
+    }, 4 * MiB, 32);
+  });
+
+  it('CONTROL.RESET mid-job: ring registers can be programmed at once, pipelined, while the old job winds down', async () => {
+    await withBench(async ({ engine, client, guest, irq }) => {
+      for (let i = 0; i < 16; i++) post(guest, i, { src: iova(MiB), dst: iova(2 * MiB), length: MiB, flags: COPY });
+      await write32(client, BAR0, DmaEngineReg.TAIL, 16);
+      assert.ok(engine.engineState().busy);
+      const writes: [number, number][] = [
+        [DmaEngineReg.CONTROL, DmaEngineControl.RESET],
+        [DmaEngineReg.RING_BASE_LO, 0x10_0000],
+        [DmaEngineReg.RING_BASE_HI, 1],
+        [DmaEngineReg.RING_SIZE, 4],
+        [DmaEngineReg.CONTROL, DmaEngineControl.ENABLE],
+      ];
+      const ids = writes.map(([offset, value]) => {
+        const data = new Uint8Array(4);
+        new DataView(data.buffer).setUint32(0, value, true);
+        return client.post(Command.REGION_WRITE, encodeRegionAccessWithData({ offset: BigInt(offset), region: BAR0, count: 4, data }));
+      });
+      for (const id of ids) assert.equal((await client.replyTo(id)).errorNo, 0);
+      const state = engine.engineState();
+      assert.deepEqual([state.ringBase, state.ringSize, state.head, state.tail, state.enabled], [iova(MiB), 4, 0, 0, true]);
+      await engine.idle();
+      assert.equal(result(guest, 15).status, DescriptorStatus.PENDING, 'the old job stopped');
+      guest.bytes.set(encodeDescriptor({ src: iova(0x1000), dst: iova(0x2000), length: 8, flags: COPY }), MiB); // slot 0 of the new ring
+      await write32(client, BAR0, DmaEngineReg.TAIL, 1);
+      assert.equal(await waitEventFd(irq[0]!), 1n);
+      assert.equal(decodeResult(guest.bytes.subarray(MiB, MiB + 32)).status, DescriptorStatus.DONE);
     }, 4 * MiB, 32);
   });
 });

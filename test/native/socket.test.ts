@@ -62,7 +62,7 @@ describe('UNIX listening sockets', () => {
               error instanceof SystemError &&
               error.errno === 98 &&
               error.syscall === 'bind' &&
-              error.message === 'bind (taken.sock): errno 98' &&
+              error.message === 'bind (taken.sock): EADDRINUSE 98' &&
               (error.cause as { syscall?: string }).syscall === 'bind',
           );
           // Linux answers for an unconnected socket: no pid, uid and gid (uid_t)-1.

@@ -12,6 +12,7 @@ import { encodeVersion } from '../../protocol/version.js';
 import { encodeRegionAccess, encodeRegionAccessWithData } from '../../protocol/region-access.js';
 import { checkRequestFds, decodeRequest, type DecodedRequest } from '../../protocol/request.js';
 import { ProtocolError } from '../../errors.js';
+import { fnv1a32 } from '../../devices/fnv1a.js';
 import { UnixSocketTransport } from '../../transport/unix-socket.js';
 import type { Message } from '../../transport/transport.js';
 
@@ -88,15 +89,8 @@ function doorbell(state: PeerState, offset: bigint, data: Uint8Array): void {
   if (offset !== 0n || data.length !== 4 || !guest) throw new ProtocolError('REGION_WRITE: only the 4-byte doorbell at BAR0+0');
   const length = new DataView(data.buffer, data.byteOffset, 4).getUint32(0, true);
   if (length > guest.length) throw new ProtocolError('doorbell: length beyond guest RAM');
-  state.bar0.setUint32(8, fnv1a(guest.subarray(0, length)), true);
+  state.bar0.setUint32(8, fnv1a32(guest.subarray(0, length)), true);
   if (state.irqFd >= 0) native.eventfdWrite(state.irqFd, 1n);
-}
-
-/** FNV-1a over bytes: the checksum both demo processes compute. */
-export function fnv1a(bytes: Uint8Array): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < bytes.length; i++) h = Math.imul(h ^ (bytes[i] as number), 0x01000193);
-  return h >>> 0;
 }
 
 function releaseGuest(state: PeerState): void {

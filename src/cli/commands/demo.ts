@@ -17,7 +17,7 @@ import { decodeRegionReadReply, encodeRegionAccess, encodeRegionAccessWithData }
 import { RemoteError, ConnectionClosedError } from '../../errors.js';
 import { UnixSocketTransport } from '../../transport/unix-socket.js';
 import type { Message } from '../../transport/transport.js';
-import { fnv1a } from './demo-peer.js';
+import { fnv1a32 } from '../../devices/fnv1a.js';
 
 const GUEST_SIZE = 1 << 20;
 const MAIN = fileURLToPath(new URL('../main.js', import.meta.url));
@@ -95,7 +95,7 @@ async function ringDoorbell(caller: Caller, irqFd: number, guest: Uint8Array, lo
   const count = await interrupt;
   const reply = decodeRegionReadReply((await caller.call(Command.REGION_READ, encodeRegionAccess({ offset: 8n, region: 0, count: 4 }))).payload);
   const theirs = reply ? new DataView(reply.data.buffer, reply.data.byteOffset, 4).getUint32(0, true) : -1;
-  const ours = fnv1a(guest);
+  const ours = fnv1a32(guest);
   if (theirs !== ours) throw new Error(`checksum mismatch: device computed ${theirs.toString(16)}, expected ${ours.toString(16)}`);
   log(`doorbell: the peer checksummed guest RAM through its own mapping (fnv1a ${ours.toString(16)}) and raised ${count} interrupt(s)`);
 }
