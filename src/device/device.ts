@@ -82,7 +82,7 @@ export class VfioUserDevice implements SessionDevice {
    * is cleared): clears Status bit 3. A no-op without an interrupt pin.
    */
   deassertIntx(): void {
-    if (this.config.interruptPin !== 0) this.config.setIntxAsserted(false);
+    this.irqs.deassertIntx();
   }
 
   /** Signals the client's ERR eventfd (vfio error reporting). @returns true if installed. */
@@ -140,6 +140,7 @@ export class VfioUserDevice implements SessionDevice {
 
   async reset(reason: ResetReason): Promise<void> {
     this.config.reset();
+    this.irqs.clearPending();
     if (reason === 'lost-connection') this.irqs.reset();
     await this.definition.reset?.(reason);
   }

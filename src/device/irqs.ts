@@ -4,7 +4,7 @@
  * interrupt to INTx, MSI or MSI-X according to what the guest enabled in config
  * space — masked vectors become pending and fire when unmasked.
  */
-import { constants as fsConstants, openSync } from 'node:fs';
+import { constants as fsConstants, openSync, readlinkSync } from 'node:fs';
 import { IrqIndex, IrqSetFlags, NUM_IRQS } from '../protocol/constants.js';
 import { Errno } from '../protocol/errno.js';
 import type { IrqSet } from '../protocol/irq.js';
@@ -114,11 +114,12 @@ export class IrqController {
       case 'msi':
         if (vector >= s.msiEnabledVectors()) return false;
         return this.#raise(IrqIndex.MSI, vector, s.msiMasked(vector), (p) => s.setMsiPending(vector, p));
-      case 'intx':
-        s.setIntxStatus(true);
-        return s.intxDisabled() ? false : this.#raise(IrqIndex.INTX, 0, false, () => {});
       default:
-        return false;
+        // INTx (or nothing enabled): Status shows the interrupt even while Interrupt
+        // Disable is set, and it is delivered once the guest clears the bit.
+        if (this.count(IrqIndex.INTX) === 0) return false;
+        s.setIntxStatus(true);
+        return this.#raise(IrqIndex.INTX, 0, s.intxDisabled(), () => {});
     }
   }
 
@@ -134,17 +135,36 @@ export class IrqController {
   refreshPending(): void {
     const s = this.#state;
     const mode = s.mode();
-    const index = mode === 'msix' ? IrqIndex.MSIX : mode === 'msi' ? IrqIndex.MSI : undefined;
-    if (index === undefined) return;
-    this.#vectors[index]?.forEach((v, i) => {
-      if (!v.pending) return;
-      const masked = index === IrqIndex.MSIX ? s.msixMasked(i) : s.msiMasked(i);
-      if (masked || v.masked) return;
-      v.pending = false;
-      if (index === IrqIndex.MSIX) s.setMsixPending(i, false);
-      else s.setMsiPending(i, false);
-      this.#signal(index, i);
-    });
+    if (mode === 'msix' || mode === 'msi') {
+      const index = mode === 'msix' ? IrqIndex.MSIX : IrqIndex.MSI;
+      this.#vectors[index]?.forEach((v, i) => {
+        const masked = index === IrqIndex.MSIX ? s.msixMasked(i) : s.msiMasked(i);
+        if (!v.pending || masked || v.masked) return;
+        v.pending = false;
+        if (index === IrqIndex.MSIX) s.setMsixPending(i, false);
+        else s.setMsiPending(i, false);
+        this.#signal(index, i);
+      });
+      return;
+    }
+    const intx = this.#vectors[IrqIndex.INTX]?.[0];
+    if (intx?.pending && !intx.masked && !s.intxDisabled()) {
+      intx.pending = false;
+      this.#signal(IrqIndex.INTX, 0);
+    }
+  }
+
+  /** The device deasserted its INTx line: nothing left to deliver, Status bit 3 cleared. */
+  deassertIntx(): void {
+    const intx = this.#vectors[IrqIndex.INTX]?.[0];
+    if (!intx) return;
+    intx.pending = false;
+    this.#state.setIntxStatus(false);
+  }
+
+  /** Forgets undelivered interrupts (device reset); installed eventfds stay. */
+  clearPending(): void {
+    for (const vs of this.#vectors) for (const v of vs) v.pending = false;
   }
 
   /** Whether vector `vector` of `index` has an eventfd installed. */
@@ -185,7 +205,15 @@ export class IrqController {
 
   #install(set: IrqSet, fds: readonly number[]): void {
     if (fds.length === 0) return this.#disable(set.index, set.start, set.count);
-    const usable = fds.map(nonBlockingWriter);
+    const usable: number[] = [];
+    try {
+      for (const fd of fds) usable.push(writableEventFd(fd));
+    } catch (error) {
+      // writableEventFd closed the one that failed; close the converted ones and those not reached.
+      for (const fd of usable) native.close(fd);
+      for (const fd of fds.slice(usable.length + 1)) native.close(fd);
+      throw error;
+    }
     this.#disable(set.index, set.start, set.count);
     usable.forEach((fd, i) => {
       const v = this.#vectors[set.index]?.[set.start + i];
@@ -208,25 +236,32 @@ function isSingleBit(x: number): boolean {
 }
 
 /**
- * Makes sure signalling never blocks the server: a FIFO (the write end of a
- * pipe passed as an "eventfd") is reopened non-blocking through /proc, which
- * gives a new open file description and leaves the client's flags untouched.
- * Takes ownership of `fd`.
- * @throws {ProtocolError} EINVAL if the fd cannot be used.
+ * Makes sure signalling never blocks the server. An eventfd is used as is (an
+ * 8-byte write to it cannot block short of counter overflow); a FIFO (the write
+ * end of a pipe passed as an "eventfd", which libvfio-user accepts) is reopened
+ * non-blocking through /proc, which gives a new open file description and
+ * leaves the client's flags untouched; anything else (a socket, a blocking file)
+ * is refused. Takes ownership of `fd` (closed on failure).
+ * @throws {ProtocolError} EINVAL if the fd cannot be used as an interrupt.
  */
-function nonBlockingWriter(fd: number): number {
-  let mode: number;
+function writableEventFd(fd: number): number {
+  let mode = 0;
+  let target = '';
   try {
     mode = native.fstat(fd).mode;
+    target = readlinkSync(`/proc/self/fd/${fd}`);
   } catch {
-    native.close(fd);
-    throw new ProtocolError('SET_IRQS: unusable eventfd', { errno: Errno.EINVAL });
+    // reported below
   }
-  if ((mode & S_IFMT) !== S_IFIFO) return fd;
+  if (target === 'anon_inode:[eventfd]') return fd;
+  if ((mode & S_IFMT) !== S_IFIFO) {
+    native.close(fd);
+    throw new ProtocolError(`SET_IRQS: fd is not an eventfd or a pipe (${target || 'unknown'})`, { errno: Errno.EINVAL });
+  }
   try {
     return openSync(`/proc/self/fd/${fd}`, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK); // libuv adds O_CLOEXEC
   } catch {
-    throw new ProtocolError('SET_IRQS: a pipe given as eventfd could not be reopened non-blocking', { errno: Errno.EINVAL });
+    throw new ProtocolError('SET_IRQS: a pipe given as eventfd could not be reopened non-blocking (no reader?)', { errno: Errno.EINVAL });
   } finally {
     native.close(fd);
   }

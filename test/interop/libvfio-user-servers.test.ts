@@ -27,14 +27,30 @@ import {
   MigrationFlags,
   RegionIndex,
   RegionInfoFlags,
-} from '../../src/protocol/constants.js';
-import { decodeDeviceInfo, encodeDeviceInfo } from '../../src/protocol/device.js';
-import { decodeRegionInfo, encodeRegionInfoRequest, type RegionInfo } from '../../src/protocol/region.js';
-import { decodeIrqInfo, encodeIrqInfo, encodeIrqSet } from '../../src/protocol/irq.js';
-import { decodeRegionReadReply, decodeRegionWriteReply, encodeRegionAccess, encodeRegionAccessWithData } from '../../src/protocol/region-access.js';
-import { decodeDeviceFeature, decodeMigrationFeature, encodeDeviceFeature } from '../../src/protocol/feature.js';
-import { decodeDmaUnmapReply, encodeDmaMapRequest, encodeDmaUnmapRequest } from '../../src/protocol/dma.js';
-import { createEventFd, mapFd, memfdCreate, native, unmap } from '../../src/native/addon.js';
+  createEventFd,
+  decodeDeviceFeature,
+  decodeDeviceInfo,
+  decodeDmaUnmapReply,
+  decodeIrqInfo,
+  decodeMigrationFeature,
+  decodeRegionInfo,
+  decodeRegionReadReply,
+  decodeRegionWriteReply,
+  encodeDeviceFeature,
+  encodeDeviceInfo,
+  encodeDmaMapRequest,
+  encodeDmaUnmapRequest,
+  encodeIrqInfo,
+  encodeIrqSet,
+  encodeRegionAccess,
+  encodeRegionAccessWithData,
+  encodeRegionInfoRequest,
+  mapFd,
+  memfdCreate,
+  unmap,
+} from '../../src/index.js';
+import type { RegionInfo } from '../../src/index.js';
+import { native } from '../../src/internal.js';
 import { StepClient } from '../support/step-client.js';
 import { libvfioUserBuild, startSampleServer, type SampleServer } from './libvfio-user.js';
 

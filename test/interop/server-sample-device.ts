@@ -23,10 +23,10 @@
  *
  * Everything the device sees is written down in {@link SampleDeviceLog}.
  */
-import { createDevice, type VfioUserDevice } from '../../src/device/device.js';
-import type { DeviceDefinition, ResetReason } from '../../src/device/types.js';
-import type { DmaAccessMode } from '../../src/device/dma.js';
-import { InvalidArgumentError } from '../../src/errors.js';
+import { InvalidArgumentError, createDevice } from '../../src/index.js';
+import type { DeviceDefinition, DmaRegion, ResetReason, VfioUserDevice } from '../../src/index.js';
+
+type DmaAccessMode = DmaRegion['mode'];
 
 /** One DMA pass of the timer (`do_dma_io`). */
 export interface SampleDmaPass {
@@ -148,6 +148,8 @@ export function serverSampleDevice(): SampleDevice {
       bar1: { size: 0x4000, shared: { sparse: [{ offset: 0, size: 0x1000 }, { offset: 0x2000, size: 0x1000 }] } },
     },
     irqs: { intx: true, err: true, req: true },
+    // The sample's config space has no capabilities; ours would get Power Management by default.
+    capabilities: { pm: false },
     reset(reason) {
       log.resets.push(reason);
       if (reason === 'lost-connection') {

@@ -9,11 +9,8 @@
  * Used by the interop tests to see the exact wire exchange between
  * libvfio-user's `client` sample and our server, which neither side prints.
  */
-import { UnixListener, connectUnix } from '../../src/transport/unix-listener.js';
-import type { Message, Transport } from '../../src/transport/transport.js';
-import type { MessageHeader } from '../../src/protocol/header.js';
-import { HeaderFlags } from '../../src/protocol/constants.js';
-import { native } from '../../src/native/addon.js';
+import { HeaderFlags, UnixListener, closeFd, connectUnix } from '../../src/index.js';
+import type { Message, MessageHeader, Transport } from '../../src/index.js';
 
 /** One message that went through the tap. */
 export interface TapRecord {
@@ -115,14 +112,14 @@ export class Tap {
     } catch (e) {
       this.errors.push(e);
     } finally {
-      for (const fd of fds) native.close(fd);
+      for (const fd of fds) closeFd(fd);
     }
   }
 
   /** The tap answers a client command itself. */
   #answer(m: Message, client: Transport, reply: { payload?: Uint8Array; errorNo?: number }): void {
     const fds = m.fds.takeAll();
-    for (const fd of fds) native.close(fd);
+    for (const fd of fds) closeFd(fd);
     this.records.push({ dir: 'c2s', header: m.header, payload: m.payload, fds: fds.length, forwardedFds: 0 });
     const flags = HeaderFlags.TYPE_REPLY | (reply.errorNo ? HeaderFlags.ERROR : 0);
     const header = { msgId: m.header.msgId, cmd: m.header.cmd, flags, errorNo: reply.errorNo ?? 0 };

@@ -89,7 +89,7 @@ describe('REGION_READ / REGION_WRITE', () => {
       await client.ok(Command.REGION_READ, readReq(BAR0, 4096, 0)); // at the very end
     }));
 
-  it('writes the MSI-X table through BAR4, ignores PBA writes, refuses accesses straddling them', (t) =>
+  it('writes the MSI-X table through BAR4, ignores PBA writes, refuses accesses straddling the table', (t) =>
     withDevice(t, async ({ served, client, driver }) => {
       await driver.write(BAR4, 3 * 16, wb().u32(0xfee01000).u32(0x1).u32(0x4321).u32(0).build());
       assert.deepEqual(served.device.config.msix?.entry(3), { address: 0x1fee01000n, data: 0x4321, masked: false });
@@ -99,8 +99,9 @@ describe('REGION_READ / REGION_WRITE', () => {
       await driver.write(BAR4, 0x1000, Uint8Array.of(0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff));
       assert.equal(await driver.msixPending(), 0n, 'the PBA is read-only');
       await client.fails(Command.REGION_READ, readReq(BAR4, 8 * 16 - 8, 16), EINVAL); // past the 8-entry table
-      await client.fails(Command.REGION_READ, readReq(BAR4, 0x800, 4), EINVAL); // BAR4 has nothing else
-      await client.fails(Command.REGION_WRITE, writeReq(BAR4, 0x800, new Uint8Array(4)), EINVAL);
+      // the rest of a BAR that only hosts MSI-X reads as zeros and ignores writes
+      await driver.write(BAR4, 0x800, Uint8Array.of(1, 2, 3, 4));
+      assert.deepEqual([...(await driver.read(BAR4, 0x800, 4))], [0, 0, 0, 0]);
     }));
 
   it('a callback returning the wrong number of bytes fails the read with EINVAL', (t) =>

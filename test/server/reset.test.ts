@@ -53,7 +53,7 @@ describe('DEVICE_RESET', () => {
       }),
     ));
 
-  it('drops interrupts left pending before the reset (the PBA reads 0, so nothing may fire later)', { todo: 'src/device/device.ts reset() keeps IrqController pending bits on a client reset' }, (t) =>
+  it('drops interrupts left pending before the reset (the PBA reads 0, so nothing may fire later)', (t) =>
     withDevice(t, async ({ served, client, driver }) => {
       const fds = await installEventFds(client, IrqIndex.MSIX, 8);
       try {

@@ -1,0 +1,76 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { IrqController, type InterruptState } from '../../src/device/irqs.js';
+import { IrqSetFlags } from '../../src/protocol/constants.js';
+import { createEventFd, native } from '../../src/native/addon.js';
+import { assertNoFdLeak } from '../support/fd-count.js';
+
+function fakeState(): InterruptState & { intxDisabledNow: boolean; status: boolean; modeNow: 'intx' | 'none' | 'msi' | 'msix' } {
+  return {
+    intxDisabledNow: false,
+    status: false,
+    modeNow: 'intx',
+    mode() {
+      return this.modeNow;
+    },
+    msixMasked: () => false,
+    msiMasked: () => false,
+    msiEnabledVectors: () => 1,
+    intxDisabled() {
+      return this.intxDisabledNow;
+    },
+    setMsixPending: () => {},
+    setMsiPending: () => {},
+    setIntxStatus(asserted: boolean) {
+      this.status = asserted;
+    },
+  };
+}
+
+const drain = (fd: number): bigint | number => native.eventfdRead(fd);
+
+describe('IrqController INTx', () => {
+  it('holds an interrupt raised while Interrupt Disable is set and delivers it when the bit clears', async () => {
+    await assertNoFdLeak(() => {
+      const state = fakeState();
+      const irqs = new IrqController([1, 0, 0, 0, 0], state);
+      const efd = createEventFd();
+      irqs.apply({ argsz: 20, flags: IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, index: 0, start: 0, count: 1 }, [efd]);
+      state.intxDisabledNow = true;
+      state.modeNow = 'none';
+      assert.equal(irqs.interrupt(), false);
+      assert.equal(state.status, true, 'Status bit 3 shows the interrupt even while disabled');
+      assert.equal(drain(efd), -11);
+      state.intxDisabledNow = false;
+      state.modeNow = 'intx';
+      irqs.refreshPending();
+      assert.equal(drain(efd), 1n, 'delivered once Interrupt Disable cleared');
+      irqs.refreshPending();
+      assert.equal(drain(efd), -11, 'and only once');
+      irqs.reset();
+    });
+  });
+
+  it('forgets a held INTx the device deasserted, and pending state on clearPending', async () => {
+    await assertNoFdLeak(() => {
+      const state = fakeState();
+      const irqs = new IrqController([1, 0, 0, 0, 0], state);
+      const efd = createEventFd();
+      irqs.apply({ argsz: 20, flags: IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, index: 0, start: 0, count: 1 }, [efd]);
+      state.intxDisabledNow = true;
+      irqs.interrupt();
+      irqs.deassertIntx();
+      assert.equal(state.status, false);
+      state.intxDisabledNow = false;
+      irqs.refreshPending();
+      assert.equal(drain(efd), -11, 'a deasserted line is not delivered');
+      state.intxDisabledNow = true;
+      irqs.interrupt();
+      irqs.clearPending();
+      state.intxDisabledNow = false;
+      irqs.refreshPending();
+      assert.equal(drain(efd), -11, 'a reset drops it too');
+      irqs.reset();
+    });
+  });
+});
