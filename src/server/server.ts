@@ -1,7 +1,8 @@
 /**
  * Serving one device on a UNIX socket path: one client at a time. A second
  * client is refused clearly (its first message is answered with EBUSY, then it
- * is closed), never queued silently; a peer whose uid is not allowed gets EPERM.
+ * is closed) unless the first leaves within a short grace period; it is never
+ * queued silently. A peer whose uid is not allowed gets EPERM.
  * When a client goes away its session tears down (DMA unmapped, IRQ fds closed,
  * the device reset with reason LOST_CONNECTION) and the next client is served.
  */
@@ -25,6 +26,12 @@ export interface ServeOptions {
   dmaTimeoutMs?: number;
   /** How long a refused client may stay connected before it is closed (default 5 s). */
   refusalTimeoutMs?: number;
+  /**
+   * A client that connects while another is served waits this long (unread)
+   * for that session to end before it is refused with EBUSY, so a client that
+   * reconnects right after closing is served, not refused (default 500 ms).
+   */
+  busyGraceMs?: number;
 }
 
 /** Most fds Linux delivers with one message (SCM_MAX_FD). */
@@ -38,7 +45,7 @@ export class DeviceServer {
   readonly #limits: ServerLimits;
   readonly #listener: UnixListener;
   #session: Session | undefined;
-  #waiting: Transport | undefined;
+  #admission: Promise<void> = Promise.resolve();
   #cleanup: Promise<unknown> = Promise.resolve();
   #sessions = 0;
   #closed = false;
@@ -77,6 +84,7 @@ export class DeviceServer {
 
   /** Resolves when no session is active and the device has been cleaned up. */
   async idle(): Promise<void> {
+    await this.#admission;
     while (this.#session) await this.#session.closed;
     await this.#cleanup;
   }
@@ -86,7 +94,6 @@ export class DeviceServer {
     if (this.#closed) return this.idle();
     this.#closed = true;
     this.#listener.close();
-    this.#waiting?.close();
     this.#session?.close();
     await this.idle();
   }
@@ -98,17 +105,35 @@ export class DeviceServer {
       this.#device.logger.warn({ uid: creds?.uid, pid: creds?.pid }, 'client refused: uid not allowed');
       return this.#refuse(t, Errno.EPERM);
     }
-    if (this.#session || this.#waiting || this.#closed) {
-      this.#device.logger.warn({ pid: creds?.pid }, 'client refused: the device already has a client');
+    if (this.#closed) return this.#refuse(t, Errno.EBUSY);
+    // Admissions are served in arrival order: each waits (unread) for the
+    // previous client's session and cleanup, within its own grace period.
+    const deadline = Date.now() + (this.#options.busyGraceMs ?? 500);
+    this.#admission = this.#admission.then(() => this.#admit(t, deadline, creds?.pid));
+  }
+
+  async #admit(t: Transport, deadline: number, pid: number | undefined): Promise<void> {
+    const gone = await this.#previousGone(deadline - Date.now());
+    if (this.#closed) return t.close();
+    if (!gone) {
+      this.#device.logger.warn({ pid }, 'client refused: the device already has a client');
       return this.#refuse(t, Errno.EBUSY);
     }
-    // The previous client's cleanup (DMA unmap, reset hook) finishes before the next one starts.
-    this.#waiting = t;
-    void this.#cleanup.then(() => {
-      this.#waiting = undefined;
-      if (this.#closed || t.closed) return t.close();
-      this.#startSession(t);
-    });
+    this.#startSession(t);
+  }
+
+  /** Resolves true once no session is active and cleanup is done, false if one is still active after `graceMs`. */
+  async #previousGone(graceMs: number): Promise<boolean> {
+    const active = this.#session;
+    if (!active) return this.#cleanup.then(() => true);
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), Math.max(0, graceMs))));
+    const ended = active.closed.then(() => this.#cleanup).then(() => true as const);
+    try {
+      return await Promise.race([ended, expired]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   #startSession(t: Transport): void {

@@ -160,4 +160,58 @@ describe('session', () => {
     client.close();
     await served.close();
   });
+
+  it('serves several devices from one process, each with its own client', async () => {
+    const a = serveTestDevice(testDeviceDefinition({ name: 'a', pci: { vendorId: 0x1af4, deviceId: 0x1001, classCode: 0xff0000 } }));
+    const b = serveTestDevice(testDeviceDefinition({ name: 'b', pci: { vendorId: 0x1af4, deviceId: 0x1002, classCode: 0xff0000 } }));
+    try {
+      const [{ client: ca }, { client: cb }] = await Promise.all([StepClient.open(a.path), StepClient.open(b.path)]);
+      const ids = await Promise.all(
+        [ca, cb].map(async (c) => {
+          const r = await c.ok(Command.REGION_READ, encodeRegionAccess({ offset: 2n, region: 7, count: 2 }));
+          return new DataView(decodeRegionReadReply(r.payload)!.data.buffer, decodeRegionReadReply(r.payload)!.data.byteOffset).getUint16(0, true);
+        }),
+      );
+      assert.deepEqual(ids, [0x1001, 0x1002]);
+      ca.close();
+      cb.close();
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
+  it('cleans up after a client that leaves before VERSION, and during an async callback', async () => {
+    await assertNoFdLeak(async () => {
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      const resets: string[] = [];
+      const served = serveTestDevice(
+        testDeviceDefinition({
+          reset: (reason) => void resets.push(reason),
+          regions: {
+            bar0: { size: 64, read: async (_o, n) => (await gate, new Uint8Array(n)) },
+            bar4: { size: 0x2000 },
+          },
+        }),
+      );
+      try {
+        const silent = await StepClient.connect(served.path);
+        silent.close();
+        await served.server.idle();
+        const { client } = await StepClient.open(served.path);
+        client.post(Command.REGION_READ, read(0));
+        await new Promise((r) => setTimeout(r, 10));
+        client.close();
+        await new Promise((r) => setTimeout(r, 10));
+        release(); // the callback finishes after its client is gone: the reply is dropped
+        await served.server.idle();
+        assert.deepEqual(resets, ['lost-connection', 'lost-connection']);
+        const { client: next } = await StepClient.open(served.path);
+        await next.ok(Command.DEVICE_GET_INFO, getInfo);
+        next.close();
+      } finally {
+        await served.close();
+      }
+    });
+  });
 });
