@@ -85,9 +85,12 @@ async function regionReads(o: ServerBenchOptions, depth: number): Promise<DepthR
   return { depth, cEcho, cToNodeServer, ratio: round2(cToNodeServer.meanNs / cEcho.meanNs) };
 }
 
-function dmaBench(o: ServerBenchOptions): DmaResult {
+/** 64 KiB DMA through mapped guest memory vs C memcpy, best of five each. */
+export function dmaBench(o: Pick<ServerBenchOptions, "echo">): DmaResult {
   const bytes = 64 * 1024;
-  const memcpy = JSON.parse(execFileSync(o.echo, ['memcpy', String(bytes), '200000'], { encoding: 'utf8' })) as { gbPerSecond: number };
+  // Best of five on both sides: steady state against steady state.
+  const memcpyRuns = Array.from({ length: 5 }, () => JSON.parse(execFileSync(o.echo, ['memcpy', String(bytes), '200000'], { encoding: 'utf8' })) as { gbPerSecond: number });
+  const memcpy = { gbPerSecond: Math.max(...memcpyRuns.map((r) => r.gbPerSecond)) };
   const fd = memfdCreate('bench-guest', 1 << 20);
   const dma = new DmaController();
   dma.map({ argsz: 32, flags: DmaMapFlags.READ | DmaMapFlags.WRITE, offset: 0n, addr: 0x1000_0000n, size: 1n << 20n }, fd);
@@ -96,12 +99,18 @@ function dmaBench(o: ServerBenchOptions): DmaResult {
   const iterations = 200_000;
   const time = (fn: (i: number) => void): number => {
     for (let i = 0; i < iterations / 10; i++) fn(i);
-    const t0 = process.hrtime.bigint();
-    for (let i = 0; i < iterations; i++) fn(i);
-    return Number(process.hrtime.bigint() - t0) / iterations;
+    let best = Infinity;
+    for (let round = 0; round < 5; round++) {
+      const t0 = process.hrtime.bigint();
+      for (let i = 0; i < iterations; i++) fn(i);
+      best = Math.min(best, Number(process.hrtime.bigint() - t0) / iterations);
+    }
+    return best;
   };
-  const writeNs = time((i) => dma.writeSync(0x1000_0000n + BigInt((i & 7) * bytes), src));
-  const readNs = time((i) => dma.readInto(0x1000_0000n + BigInt((i & 7) * bytes), dst));
+  // Same footprint as the C reference (two 64 KiB buffers): one guest slot and one heap buffer.
+  const slot = 0x1000_0000n;
+  const writeNs = time(() => dma.writeSync(slot, src));
+  const readNs = time(() => dma.readInto(slot, dst));
   dma.close();
   native.close(fd);
   const dmaWriteGBps = round2(bytes / writeNs);

@@ -77,6 +77,12 @@ export class DmaRegionEntry implements DmaRegion {
   #fd: number;
   readonly #layout: WindowLayout | undefined;
   readonly #windows: (ArrayBuffer | undefined)[] = [];
+  /** The window the last fast-path access used: its bytes and its [start, end) in region-relative file offsets. */
+  #hitBytes: Uint8Array | undefined;
+  #hitStart = 0;
+  #hitEnd = -1;
+  /** `size` as a number (regions of 2^53 bytes or more never take the fast path). */
+  readonly #sizeNumber: number;
 
   /**
    * @param file - the fd (now owned by this entry) and its layout; `undefined` for message mode.
@@ -85,6 +91,7 @@ export class DmaRegionEntry implements DmaRegion {
     this.addr = addr;
     this.size = size;
     this.end = addr + size;
+    this.#sizeNumber = size <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(size) : -1;
     this.offset = offset;
     this.flags = flags;
     this.readable = (flags & DmaMapFlags.READ) !== 0;
@@ -130,6 +137,52 @@ export class DmaRegionEntry implements DmaRegion {
       pos += n;
       length -= n;
     }
+  }
+
+  /**
+   * The region offset of `[iova, iova + length)` when it lies inside this region, else -1.
+   * One bigint subtraction: the fast path's only 64-bit arithmetic.
+   */
+  offsetOf(iova: bigint, length: number): number {
+    const off = Number(iova - this.addr);
+    return off >= 0 && off + length <= this.#sizeNumber ? off : -1;
+  }
+
+  /**
+   * Copies `bytes` to region offset `off` when that range lies in one mapped
+   * window (the common case); returns false otherwise (use {@link copyIn}).
+   */
+  tryCopyIn(off: number, bytes: Uint8Array): boolean {
+    const at = this.#windowOffset(off, bytes.length);
+    if (at < 0) return false;
+    (this.#hitBytes as Uint8Array).set(bytes, at);
+    return true;
+  }
+
+  /** Like {@link tryCopyIn}, reading into `dst`. */
+  tryCopyOut(off: number, dst: Uint8Array): boolean {
+    const at = this.#windowOffset(off, dst.length);
+    if (at < 0) return false;
+    dst.set((this.#hitBytes as Uint8Array).subarray(at, at + dst.length));
+    return true;
+  }
+
+  /**
+   * The offset in {@link #hitBytes} of `[off, off + length)` when it lies in one
+   * window, else -1. The last window used is cached, so repeated accesses
+   * allocate nothing.
+   */
+  #windowOffset(off: number, length: number): number {
+    const layout = this.#layout;
+    if (!layout || !this.#mapped) return -1;
+    const rel = layout.delta + off;
+    if (rel >= this.#hitStart && rel + length <= this.#hitEnd) return rel - this.#hitStart;
+    const win = windowAt(layout, rel);
+    if (rel - win.start + length > win.length) return -1;
+    this.#hitBytes = new Uint8Array(this.#windows[win.index] ?? this.#buffer(win.index));
+    this.#hitStart = win.start;
+    this.#hitEnd = win.start + win.length;
+    return rel - win.start;
   }
 
   /** Copies `length` bytes of `src[pos ..]` to region offset `off`. */

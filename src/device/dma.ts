@@ -79,6 +79,8 @@ export class DmaController {
   readonly #regions: DmaRegionEntry[];
   #transport: DmaMessageTransport | undefined;
   #closed = false;
+  /** The region the last synchronous access hit (fast path for repeated accesses). */
+  #lastHit: DmaRegionEntry | undefined;
   readonly #log: DmaLog;
   readonly #onUnmap: ((region: DmaRegion) => void) | undefined;
   readonly #closeFd: (fd: number) => void;
@@ -299,6 +301,8 @@ export class DmaController {
    *   segment is message mode. @throws {StateError} ENOTCONN when closed.
    */
   readInto(iova: bigint, target: Uint8Array): void {
+    const off = this.#fastOffset(iova, target.length, false);
+    if (off >= 0 && (this.#lastHit as DmaRegionEntry).tryCopyOut(off, target)) return;
     const segments = this.#resolveSync('read', iova, target.length, DmaAccess.READ);
     let pos = 0;
     for (const seg of segments) {
@@ -313,6 +317,11 @@ export class DmaController {
    *   segment is message mode. @throws {StateError} ENOTCONN when closed.
    */
   writeSync(iova: bigint, data: Uint8Array): void {
+    const off = this.#fastOffset(iova, data.length, true);
+    if (off >= 0 && (this.#lastHit as DmaRegionEntry).tryCopyIn(off, data)) {
+      this.#lastHit?.bitmap?.mark(off, data.length);
+      return;
+    }
     let pos = 0;
     for (const seg of this.#resolveSync('write', iova, data.length, DmaAccess.WRITE)) {
       seg.region.copyIn(seg.off, data, pos, seg.length);
@@ -399,7 +408,21 @@ export class DmaController {
   }
 
   #resolveSync(site: string, iova: bigint, length: number, access: number): RegionSegment[] {
-    return requireMmap(site, this.#resolve(site, iova, length, access));
+    const segments = requireMmap(site, this.#resolve(site, iova, length, access));
+    if (segments.length === 1) this.#lastHit = segments[0]!.region;
+    return segments;
+  }
+
+  /**
+   * The offset in {@link #lastHit} of a synchronous access that lies inside the
+   * region the previous one hit, with the permission it needs; -1 sends the
+   * access down the general path (which also produces every error).
+   */
+  #fastOffset(iova: bigint, length: number, write: boolean): number {
+    const region = this.#lastHit;
+    if (!region || !region.mapped || this.#closed || length === 0) return -1;
+    if (write ? !region.writable : !region.readable) return -1;
+    return region.offsetOf(iova, length);
   }
 
   #transportFor(site: string): DmaMessageTransport {
