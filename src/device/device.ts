@@ -14,7 +14,7 @@ import { ConfigSpace } from '../pci/config-space.js';
 import { getDefaultLogger, type Logger } from '../log.js';
 import { DeviceServer, type ServeOptions } from '../server/server.js';
 import type { IoEventFdDescription, RegionDescription, SessionDevice } from '../server/types.js';
-import type { DmaController } from './dma.js';
+import type { DmaController, DmaRegion } from './dma.js';
 import { IrqController } from './irqs.js';
 import { buildRegions, type Region } from './regions.js';
 import { configSpaceOptions, interruptStateOf, msixCarveOut, msixWindow } from './realize.js';
@@ -136,6 +136,14 @@ export class VfioUserDevice implements SessionDevice {
 
   attach(dma: DmaController): void {
     this.#dma = dma;
+  }
+
+  dmaMapped(region: DmaRegion): void {
+    this.definition.dma?.onMap?.(region);
+  }
+
+  dmaUnmapping(region: DmaRegion): void {
+    this.definition.dma?.onUnmap?.(region);
   }
 
   async reset(reason: ResetReason): Promise<void> {

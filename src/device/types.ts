@@ -5,6 +5,7 @@
  */
 import type { Logger } from '../log.js';
 import type { IoEventFdDefinition } from './ioeventfds.js';
+import type { DmaRegion } from './dma.js';
 
 /** PCI identity of the device (type-0 header). */
 export interface PciIdentity {
@@ -147,6 +148,12 @@ export interface DeviceDefinition {
    * (offsets relative to config space). Without them, writes there fail EINVAL.
    */
   configVendorArea?: RegionCallbacks;
+  /**
+   * DMA hooks: the client mapped guest memory (`onMap`), or is unmapping it
+   * (`onUnmap`, called before the memory goes away: drop views and stop DMA
+   * into it; the library detaches every view right after anyway).
+   */
+  dma?: { onMap?(region: DmaRegion): void; onUnmap?(region: DmaRegion): void };
   /** Called on DEVICE_RESET and when a client goes away (after its DMA is unmapped). */
   reset?(reason: ResetReason): MaybePromise<void>;
   /** Logger (default: silent unless VFIO_USER_LOG is set). */

@@ -54,7 +54,10 @@ export class Session {
     this.#options = options;
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
     this.#requests = new ServerRequests(transport, options.dmaTimeoutMs ?? 10_000);
-    this.#dma = new DmaController({ transport: this.#requests.dmaTransport(() => this.#clientCaps()) });
+    this.#dma = new DmaController({
+      transport: this.#requests.dmaTransport(() => this.#clientCaps()),
+      onUnmap: (region) => this.#notify(() => device.dmaUnmapping?.(region)),
+    });
     device.attach(this.#dma);
     transport.start({
       onMessage: (m) => this.#onMessage(m),
@@ -71,6 +74,15 @@ export class Session {
   /** Ends the session (the device is reset for the next client). */
   close(): void {
     this.#transport.close();
+  }
+
+  /** Runs a device hook; a hook that throws is logged, never allowed to break the session. */
+  #notify(hook: () => void): void {
+    try {
+      hook();
+    } catch (err) {
+      this.#device.logger.error({ err }, 'device DMA hook failed');
+    }
   }
 
   #clientCaps(): ResolvedCapabilities | undefined {

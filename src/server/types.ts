@@ -4,7 +4,7 @@
  * mediator, a recorder, fault injection) can interpose on region info and
  * region access without forking the server.
  */
-import type { DmaController, DmaMessageTransport } from '../device/dma.js';
+import type { DmaController, DmaMessageTransport, DmaRegion } from '../device/dma.js';
 import type { IrqController } from '../device/irqs.js';
 import type { ResetReason } from '../device/types.js';
 import type { Logger } from '../log.js';
@@ -54,6 +54,10 @@ export interface SessionDevice {
   readonly irqs: IrqController;
   /** Called when a client is accepted: the device gets its DMA controller. */
   attach(dma: DmaController): void;
+  /** The client mapped guest memory (after DMA_MAP succeeded). */
+  dmaMapped?(region: DmaRegion): void;
+  /** Guest memory is being unmapped (before its memory goes away). */
+  dmaUnmapping?(region: DmaRegion): void;
   /** DEVICE_RESET (reason CLIENT) or the end of a session (reason LOST_CONNECTION, after DMA is unmapped). */
   reset(reason: ResetReason): void | Promise<void>;
   /** The client is gone: drop the DMA controller. */

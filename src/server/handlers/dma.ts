@@ -19,7 +19,12 @@ function rule(ok: boolean, what: string): void {
 export const handleDmaMap: Handler<Req<typeof Command.DMA_MAP>> = (ctx, request, fds, use) => {
   rule(request.body.argsz >= DMA_MAP_SIZE, `DMA_MAP: argsz ${request.body.argsz} below ${DMA_MAP_SIZE}`);
   const fd = use > 0 ? fds.take(0) : undefined;
-  ctx.dma.map(request.body, fd);
+  const region = ctx.dma.map(request.body, fd);
+  try {
+    ctx.device.dmaMapped?.(region);
+  } catch (err) {
+    ctx.logger.error({ err }, 'device DMA map hook failed');
+  }
   return undefined;
 };
 

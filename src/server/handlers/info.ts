@@ -51,11 +51,14 @@ export const handleGetRegionInfo: Handler<Req<typeof Command.DEVICE_GET_REGION_I
   const desc = ctx.device.regionInfo(index);
   const base: RegionInfo = { argsz: REGION_INFO_SIZE, flags: 0, index, capOffset: 0, size: 0n, offset: 0n, caps: [] };
   if (!desc) return { payload: encodeRegionInfo(base) };
-  const areas = desc.fd === undefined ? [] : (desc.sparse ?? [{ offset: 0n, size: desc.size }]);
+  // A client that takes no fds (max_msg_fds 0) cannot map anything: it gets the region without caps.
+  const canSendFd = desc.fd !== undefined && ctx.client.maxMsgFds > 0;
+  const areas = canSendFd ? (desc.sparse ?? [{ offset: 0n, size: desc.size }]) : [];
   const needed = REGION_INFO_SIZE + (areas.length > 0 ? SPARSE_MMAP_CAP_SIZE + SPARSE_MMAP_AREA_SIZE * areas.length : 0);
   const info: RegionInfo = { ...base, argsz: needed, flags: desc.flags, size: desc.size, offset: desc.fdOffset };
   if (areas.length === 0 || argsz < needed) {
-    return { payload: padTo(encodeRegionInfo({ ...info, flags: desc.flags & ~RegionInfoFlags.CAPS }), Math.min(argsz, needed)) };
+    const flags = desc.flags & ~RegionInfoFlags.CAPS & (canSendFd ? ~0 : ~RegionInfoFlags.MMAP);
+    return { payload: padTo(encodeRegionInfo({ ...info, flags }), Math.min(argsz, needed)) };
   }
   const caps = [{ kind: 'sparse-mmap' as const, version: SPARSE_MMAP_CAP_VERSION, areas: [...areas] }];
   return {
@@ -89,6 +92,8 @@ export const handleGetRegionIoFds: Handler<Req<typeof Command.DEVICE_GET_REGION_
   const header = { argsz: needed, flags: 0, index, count: ioFds.length };
   if (argsz < needed) return { payload: encodeRegionIoFdsReply({ ...header, subRegions: [] }) };
   const fds: number[] = [];
+  const distinct = new Set(ioFds.map((io) => io.fd)).size;
+  rule(distinct <= ctx.client.maxMsgFds, `GET_REGION_IO_FDS: ${distinct} fds exceed the client's max_msg_fds ${ctx.client.maxMsgFds}`);
   const subRegions: SubRegionIoFd[] = ioFds.map((io) => {
     let fdIndex = fds.indexOf(io.fd);
     if (fdIndex < 0) fdIndex = fds.push(io.fd) - 1;
