@@ -44,10 +44,13 @@ export class RemoteError extends VfioUserError {
   declare readonly errno: number;
   /** Command number of the failed request. */
   readonly command: number;
-  constructor(message: string, command: number, errno: number, options: ErrorOptions = {}) {
+  /** The error reply's payload, when it carried one (a failed DEVICE_FEATURE echoes its request). */
+  readonly payload: Uint8Array | undefined;
+  constructor(message: string, command: number, errno: number, options: ErrorOptions & { payload?: Uint8Array } = {}) {
     super(message, { ...options, errno });
     this.name = 'RemoteError';
     this.command = command;
+    this.payload = options.payload && options.payload.length > 0 ? options.payload : undefined;
   }
 }
 

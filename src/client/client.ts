@@ -1,0 +1,255 @@
+/**
+ * The vfio-user client (the VMM side): typed methods for every client→server
+ * command over {@link ClientCore}'s generic `request()`. Large region accesses
+ * are split to the server's `max_data_xfer_size`; eventfd sets to its
+ * `max_msg_fds`; GET_REGION_INFO retries with the argsz the server asks for.
+ */
+import { InvalidArgumentError, ProtocolError } from '../errors.js';
+import {
+  Command,
+  DEVICE_INFO_SIZE,
+  DMA_BITMAP_SIZE,
+  DMA_MAP_SIZE,
+  DMA_UNMAP_SIZE,
+  DmaUnmapFlags,
+  IRQ_INFO_SIZE,
+  IRQ_SET_SIZE,
+  IrqSetFlags,
+  REGION_INFO_SIZE,
+  REGION_IO_FDS_SIZE,
+} from '../protocol/constants.js';
+import { Errno } from '../protocol/errno.js';
+import { decodeDeviceInfo, encodeDeviceInfo, type DeviceInfo } from '../protocol/device.js';
+import { decodeRegionInfo, encodeRegionInfoRequest, type RegionInfo } from '../protocol/region.js';
+import { decodeRegionIoFdsReply, encodeRegionIoFdsRequest, type RegionIoFdsReply } from '../protocol/region-io-fds.js';
+import { decodeIrqInfo, encodeIrqInfo, encodeIrqSet, type IrqInfo, type IrqSet } from '../protocol/irq.js';
+import {
+  decodeRegionReadReply,
+  decodeRegionWriteMultiReply,
+  encodeRegionAccess,
+  encodeRegionAccessWithData,
+  encodeRegionWriteMulti,
+  type RegionAccessWithData,
+} from '../protocol/region-access.js';
+import { decodeDmaUnmapReply, encodeDmaMapRequest, encodeDmaUnmapRequest, type DmaUnmapReply } from '../protocol/dma.js';
+import { bitmapBytes, decodeDeviceFeature, encodeDeviceFeature, type DeviceFeaturePayload } from '../protocol/feature.js';
+import { decodeMigDataReadReply, encodeMigData, encodeMigDataReadRequest } from '../protocol/migration-data.js';
+import type { Message } from '../transport/transport.js';
+import { ClientCore, type ClientOptions } from './core.js';
+
+/** GET_REGION_INFO's answer: the info and, when the region can be mmapped, the fd (the caller owns it). */
+export interface RegionInfoResult {
+  info: RegionInfo;
+  fd: number | undefined;
+}
+
+/** GET_REGION_IO_FDS's answer: the records and their fds (the caller owns them). */
+export interface RegionIoFdsResult {
+  reply: RegionIoFdsReply;
+  fds: number[];
+}
+
+/** A DMA_MAP request. */
+export interface DmaMapOptions {
+  addr: bigint;
+  size: bigint;
+  /** DmaMapFlags bits (READ/WRITE, optionally MMAP/FILE_IO). */
+  flags: number;
+  /** Offset of `addr` in `fd` (default 0). */
+  offset?: bigint;
+}
+
+/** A connected, negotiated vfio-user client. */
+export class VfioUserClient extends ClientCore {
+  /**
+   * Connects to a vfio-user server and negotiates VERSION.
+   * @throws {SystemError} ENOENT/ECONNREFUSED/EACCES; {@link RemoteError} EBUSY/EPERM when refused;
+   *   {@link ProtocolError} EPROTO for a malformed VERSION reply.
+   */
+  static async connect(path: string, options: ClientOptions = {}): Promise<VfioUserClient> {
+    const client = new VfioUserClient(await ClientCore.connectTransport(path, options), options);
+    try {
+      await client.negotiate();
+    } catch (error) {
+      client.close();
+      throw error;
+    }
+    return client;
+  }
+
+  /** DEVICE_GET_INFO. @throws {RemoteError} the server's errno. */
+  async deviceInfo(): Promise<DeviceInfo> {
+    const m = await this.request(Command.DEVICE_GET_INFO, encodeDeviceInfo({ argsz: DEVICE_INFO_SIZE, flags: 0, numRegions: 0, numIrqs: 0 }));
+    return decodeReply(m, decodeDeviceInfo);
+  }
+
+  /**
+   * DEVICE_GET_REGION_INFO, retrying once with the argsz the server needs for
+   * its capabilities. The sparse-mmap fd, if any, is returned (caller closes it).
+   * @throws {RemoteError} EINVAL for an index the device does not have.
+   */
+  async regionInfo(index: number, argsz = 256): Promise<RegionInfoResult> {
+    let m = await this.request(Command.DEVICE_GET_REGION_INFO, encodeRegionInfoRequest({ argsz: Math.max(argsz, REGION_INFO_SIZE), index }));
+    let info = decodeReply(m, decodeRegionInfo, true);
+    if (info.argsz > Math.max(argsz, REGION_INFO_SIZE)) {
+      m.fds.closeRemaining();
+      m = await this.request(Command.DEVICE_GET_REGION_INFO, encodeRegionInfoRequest({ argsz: info.argsz, index }));
+      info = decodeReply(m, decodeRegionInfo, true);
+    }
+    const fd = m.fds.count > 0 ? m.fds.take(0) : undefined;
+    m.fds.closeRemaining();
+    return { info, fd };
+  }
+
+  /** DEVICE_GET_REGION_IO_FDS, with the argsz retry; the fds belong to the caller. */
+  async regionIoFds(index: number): Promise<RegionIoFdsResult> {
+    const ask = (argsz: number): Promise<Message> => this.request(Command.DEVICE_GET_REGION_IO_FDS, encodeRegionIoFdsRequest({ argsz, flags: 0, index, count: 0 }));
+    let m = await ask(4096);
+    let reply = decodeReply(m, decodeRegionIoFdsReply, true);
+    if (reply.count > 0 && reply.subRegions.length === 0) {
+      m.fds.closeRemaining();
+      m = await ask(Math.max(reply.argsz, REGION_IO_FDS_SIZE));
+      reply = decodeReply(m, decodeRegionIoFdsReply, true);
+    }
+    return { reply, fds: m.fds.takeAll() };
+  }
+
+  /** DEVICE_GET_IRQ_INFO. @throws {RemoteError} EINVAL for an index beyond the device's. */
+  async irqInfo(index: number): Promise<IrqInfo> {
+    const m = await this.request(Command.DEVICE_GET_IRQ_INFO, encodeIrqInfo({ argsz: IRQ_INFO_SIZE, flags: 0, index, count: 0 }));
+    return decodeReply(m, decodeIrqInfo);
+  }
+
+  /**
+   * DEVICE_SET_IRQS. With DATA_EVENTFD, `fds` (one per vector; the caller keeps
+   * ownership) are sent in batches of the server's `max_msg_fds`.
+   * @throws {RemoteError} the server's errno (EINVAL for a rule it refuses).
+   */
+  async setIrqs(set: Omit<IrqSet, 'argsz'>, fds: readonly number[] = []): Promise<void> {
+    const batch = Math.max(1, this.server.maxMsgFds);
+    if ((set.flags & IrqSetFlags.DATA_EVENTFD) === 0 || fds.length <= batch) {
+      await this.request(Command.DEVICE_SET_IRQS, encodeIrqSet({ ...set, argsz: IRQ_SET_SIZE + (set.data?.length ?? 0) }), { fds });
+      return;
+    }
+    if (fds.length !== set.count) throw new InvalidArgumentError(`setIrqs: ${fds.length} fds for ${set.count} vectors`);
+    for (let i = 0; i < fds.length; i += batch) {
+      const part = fds.slice(i, i + batch);
+      await this.request(Command.DEVICE_SET_IRQS, encodeIrqSet({ ...set, argsz: IRQ_SET_SIZE, start: set.start + i, count: part.length }), { fds: part });
+    }
+  }
+
+  /**
+   * Reads `count` bytes of region `index` at `offset` through REGION_READ messages
+   * (split to the server's `max_data_xfer_size`).
+   * @throws {RemoteError} EINVAL for an access the device refuses (bounds, region).
+   */
+  async regionRead(index: number, offset: bigint, count: number): Promise<Uint8Array> {
+    const chunk = Math.max(1, this.server.maxDataXferSize);
+    if (count <= chunk) return this.#readChunk(index, offset, count);
+    const out = new Uint8Array(count);
+    for (let done = 0; done < count; done += chunk) {
+      out.set(await this.#readChunk(index, offset + BigInt(done), Math.min(chunk, count - done)), done);
+    }
+    return out;
+  }
+
+  async #readChunk(index: number, offset: bigint, count: number): Promise<Uint8Array> {
+    const m = await this.request(Command.REGION_READ, encodeRegionAccess({ offset, region: index, count }));
+    const reply = decodeReply(m, decodeRegionReadReply);
+    if (count === 0) return new Uint8Array(0);
+    if (!reply || reply.count !== count || reply.offset !== offset || reply.region !== index) {
+      throw new ProtocolError(`REGION_READ reply does not answer region ${index} 0x${offset.toString(16)}+${count}`, { errno: Errno.EPROTO });
+    }
+    return reply.data;
+  }
+
+  /** Writes `data` to region `index` at `offset` (split to `max_data_xfer_size`). @throws {RemoteError} EINVAL when refused. */
+  async regionWrite(index: number, offset: bigint, data: Uint8Array): Promise<void> {
+    const chunk = Math.max(1, this.server.maxDataXferSize);
+    for (let done = 0; done < data.length || (done === 0 && data.length === 0); done += chunk) {
+      const part = data.subarray(done, done + chunk);
+      const m = await this.request(Command.REGION_WRITE, encodeRegionAccessWithData({ offset: offset + BigInt(done), region: index, count: part.length, data: part }));
+      m.fds.closeRemaining();
+      if (data.length === 0) break;
+    }
+  }
+
+  /**
+   * REGION_WRITE_MULTI: several writes of ≤ 8 bytes in one message, only if the
+   * server advertised `write_multiple`. @returns the number of writes done.
+   * @throws {ProtocolError} ENOTSUP when the server did not advertise it.
+   */
+  async regionWriteMulti(writes: readonly RegionAccessWithData[]): Promise<bigint> {
+    if (!this.server.writeMultiple) throw new ProtocolError('the server did not advertise write_multiple', { errno: Errno.ENOTSUP });
+    const m = await this.request(Command.REGION_WRITE_MULTI, encodeRegionWriteMulti({ writes: [...writes] }));
+    return decodeReply(m, decodeRegionWriteMultiReply).wrCnt;
+  }
+
+  /** DMA_MAP of guest memory: with `fd` (caller keeps it) the server maps it, without it the server uses DMA_READ/WRITE messages. */
+  async dmaMap(map: DmaMapOptions, fd?: number): Promise<void> {
+    const m = await this.request(Command.DMA_MAP, encodeDmaMapRequest({ argsz: DMA_MAP_SIZE, flags: map.flags, offset: map.offset ?? 0n, addr: map.addr, size: map.size }), fd === undefined ? {} : { fds: [fd] });
+    m.fds.closeRemaining();
+  }
+
+  /**
+   * DMA_UNMAP of exactly one mapping; with `dirtyPageSize` the reply carries its dirty bitmap.
+   * @throws {RemoteError} ENOENT when no mapping matches exactly.
+   */
+  async dmaUnmap(addr: bigint, size: bigint, options: { dirtyPageSize?: bigint } = {}): Promise<DmaUnmapReply> {
+    const pgsize = options.dirtyPageSize;
+    const bitmap = pgsize === undefined ? undefined : { pgsize, size: bitmapBytes(size, pgsize) };
+    const argsz = DMA_UNMAP_SIZE + (bitmap ? DMA_BITMAP_SIZE + Number(bitmap.size) : 0);
+    const flags = bitmap ? DmaUnmapFlags.GET_DIRTY_BITMAP : 0;
+    const m = await this.request(Command.DMA_UNMAP, encodeDmaUnmapRequest({ argsz, flags, addr, size, ...(bitmap ? { bitmap } : {}) }));
+    return decodeReply(m, decodeDmaUnmapReply);
+  }
+
+  /** DMA_UNMAP with ALL: every mapping. */
+  async dmaUnmapAll(): Promise<void> {
+    const m = await this.request(Command.DMA_UNMAP, encodeDmaUnmapRequest({ argsz: DMA_UNMAP_SIZE, flags: DmaUnmapFlags.ALL, addr: 0n, size: 0n }));
+    m.fds.closeRemaining();
+  }
+
+  /** DEVICE_RESET. */
+  async reset(): Promise<void> {
+    (await this.request(Command.DEVICE_RESET)).fds.closeRemaining();
+  }
+
+  /**
+   * DEVICE_FEATURE: `flags` = feature index | GET/SET/PROBE bits; `data` its payload;
+   * `argsz` the largest reply accepted (default 8 + data + 4 KiB).
+   * @throws {RemoteError} the server's errno (its echoed payload attached).
+   */
+  async deviceFeature(flags: number, data: Uint8Array = new Uint8Array(0), argsz = 8 + data.length + 4096): Promise<DeviceFeaturePayload> {
+    const m = await this.request(Command.DEVICE_FEATURE, encodeDeviceFeature({ argsz, flags, data }));
+    return decodeReply(m, decodeDeviceFeature);
+  }
+
+  /** MIG_DATA_READ of up to `size` bytes; an empty result means no data right now. */
+  async migDataRead(size: number): Promise<Uint8Array> {
+    const m = await this.request(Command.MIG_DATA_READ, encodeMigDataReadRequest({ argsz: 8 + size, size }));
+    const reply = decodeReply(m, decodeMigDataReadReply);
+    if (reply.size > size) throw new ProtocolError(`MIG_DATA_READ returned ${reply.size} bytes for ${size} asked`, { errno: Errno.EPROTO });
+    return reply.data;
+  }
+
+  /** MIG_DATA_WRITE of `data` (the caller chunks to `max_data_xfer_size`). */
+  async migDataWrite(data: Uint8Array): Promise<void> {
+    (await this.request(Command.MIG_DATA_WRITE, encodeMigData({ argsz: 8 + data.length, size: data.length, data }))).fds.closeRemaining();
+  }
+}
+
+/**
+ * Decodes a reply's payload; a bad payload is EPROTO. Fds the reply should not
+ * carry are closed unless `keepFds` (the caller then takes what it uses).
+ */
+function decodeReply<T>(m: Message, decode: (payload: Uint8Array) => T, keepFds = false): T {
+  try {
+    return decode(m.payload);
+  } catch (cause) {
+    m.fds.closeRemaining();
+    throw new ProtocolError(`malformed reply to command ${m.header.cmd}: ${(cause as Error).message}`, { errno: Errno.EPROTO, cause });
+  } finally {
+    if (!keepFds) m.fds.closeRemaining();
+  }
+}
