@@ -140,11 +140,11 @@ export class VfioUserClient extends ClientCore {
 
   /**
    * Reads `count` bytes of region `index` at `offset` through REGION_READ messages
-   * (split to the server's `max_data_xfer_size`).
+   * (split to {@link maxTransferSize}).
    * @throws {RemoteError} EINVAL for an access the device refuses (bounds, region).
    */
   async regionRead(index: number, offset: bigint, count: number): Promise<Uint8Array> {
-    const chunk = Math.max(1, this.server.maxDataXferSize);
+    const chunk = this.maxTransferSize;
     if (count <= chunk) return this.#readChunk(index, offset, count);
     const out = new Uint8Array(count);
     for (let done = 0; done < count; done += chunk) {
@@ -163,9 +163,9 @@ export class VfioUserClient extends ClientCore {
     return reply.data;
   }
 
-  /** Writes `data` to region `index` at `offset` (split to `max_data_xfer_size`). @throws {RemoteError} EINVAL when refused. */
+  /** Writes `data` to region `index` at `offset` (split to {@link maxTransferSize}). @throws {RemoteError} EINVAL when refused. */
   async regionWrite(index: number, offset: bigint, data: Uint8Array): Promise<void> {
-    const chunk = Math.max(1, this.server.maxDataXferSize);
+    const chunk = this.maxTransferSize;
     for (let done = 0; done < data.length || (done === 0 && data.length === 0); done += chunk) {
       const part = data.subarray(done, done + chunk);
       const m = await this.request(Command.REGION_WRITE, encodeRegionAccessWithData({ offset: offset + BigInt(done), region: index, count: part.length, data: part }));

@@ -77,6 +77,8 @@ export class ClientCore {
   readonly #options: ClientOptions;
   #twin: Transport | undefined;
   #dma: DmaResponder | undefined;
+  /** The max_data_xfer_size we advertised: the most a server may ask us to move in one DMA message. */
+  #maxDataXferSize = DEFAULT_MAX_DATA_XFER_SIZE;
   #resolveClosed!: (e: Error | undefined) => void;
 
   /** Starts reading `transport`; {@link negotiate} must run before anything else is sent. */
@@ -106,6 +108,7 @@ export class ClientCore {
   protected async negotiate(): Promise<void> {
     const caps: Capabilities = { maxMsgFds: CLIENT_RECEIVE_FDS, maxDataXferSize: DEFAULT_MAX_DATA_XFER_SIZE, ...this.#options.capabilities };
     if (this.#options.twinSocket) caps.twinSocket = { supported: true };
+    this.#maxDataXferSize = caps.maxDataXferSize ?? DEFAULT_MAX_DATA_XFER_SIZE;
     const reply = await this.request(Command.VERSION, encodeVersion({ major: PROTOCOL_MAJOR, minor: PROTOCOL_MINOR, capabilities: caps }));
     const fds = reply.fds.takeAll();
     try {
@@ -165,7 +168,18 @@ export class ClientCore {
    */
   post(cmd: number, payload?: Uint8Array, fds?: readonly number[]): void {
     if (this.#transport.closed) throw new ConnectionClosedError(`${commandName(cmd)}: the connection is closed`);
-    this.#transport.send({ msgId: 0, cmd, flags: HeaderFlags.NO_REPLY }, payload, fds);
+    const header = { msgId: 0, cmd, flags: HeaderFlags.NO_REPLY, errorNo: 0 };
+    this.#transport.send(header, payload, fds);
+    this.#trace('send', 'main', { ...header, msgSize: 16 + (payload?.length ?? 0) }, payload, fds?.length ?? 0);
+  }
+
+  /**
+   * The most data one region/DMA message may carry in either direction: the
+   * smaller of the server's `max_data_xfer_size` and ours (a bigger reply would
+   * exceed what our transport accepts).
+   */
+  get maxTransferSize(): number {
+    return Math.max(1, Math.min(this.server.maxDataXferSize, this.#maxDataXferSize));
   }
 
   /** Requests still waiting for their reply. */
@@ -216,11 +230,13 @@ export class ClientCore {
     const dma = this.#dma;
     if (m.header.cmd === Command.DMA_READ) {
       const a = decodeDmaReadRequest(m.payload);
+      this.#checkDmaCount(a.count, 'DMA_READ');
       if (!dma) throw new ProtocolError('DMA_READ: no guest memory to read', { errno: Errno.EFAULT });
       return encodeDmaAccessWithData({ addr: a.addr, count: a.count, data: dma.read(a.addr, Number(a.count)) });
     }
     if (m.header.cmd === Command.DMA_WRITE) {
       const a = decodeDmaWriteRequest(m.payload);
+      this.#checkDmaCount(a.count, 'DMA_WRITE');
       if (!dma) throw new ProtocolError('DMA_WRITE: no guest memory to write', { errno: Errno.EFAULT });
       dma.write(a.addr, a.data);
       return encodeDmaAccess({ addr: a.addr, count: a.count });
@@ -228,10 +244,17 @@ export class ClientCore {
     throw new ProtocolError(`the server sent ${commandName(m.header.cmd)}, which only clients send`);
   }
 
-  #send(via: Transport, channel: 'main' | 'twin', header: MessageHeader | (Omit<MessageHeader, 'msgSize'>), payload?: Uint8Array): void {
+  /** A server may not move more than our advertised max_data_xfer_size in one DMA message. */
+  #checkDmaCount(count: bigint, what: string): void {
+    if (count > BigInt(this.#maxDataXferSize)) {
+      throw new ProtocolError(`${what} of ${count} bytes exceeds our max_data_xfer_size ${this.#maxDataXferSize}`, { errno: Errno.EINVAL });
+    }
+  }
+
+  #send(via: Transport, channel: 'main' | 'twin', header: Omit<MessageHeader, 'msgSize'>, payload?: Uint8Array): void {
     if (via.closed) return;
     via.send(header, payload);
-    this.#trace('send', channel, { ...header, msgSize: 16 + (payload?.length ?? 0) }, payload ?? new Uint8Array(0), 0);
+    this.#trace('send', channel, { ...header, msgSize: 16 + (payload?.length ?? 0) }, payload, 0);
   }
 
   #trace(direction: 'send' | 'recv', channel: 'main' | 'twin', header: MessageHeader, payload: Uint8Array | readonly Uint8Array[] | undefined, fds: number, latencyNs?: bigint): void {
