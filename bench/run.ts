@@ -12,12 +12,14 @@ import { join } from 'node:path';
 import { runTransportBench, type TransportResult } from './transport.js';
 import { runCodecBench, type CodecResult } from './codec.js';
 import { runServerBench, type ServerResult } from './server.js';
+import { runClientBench, type ClientResult } from './client.js';
 
 interface Report {
   pinnedCpu: string | null;
   transport: TransportResult;
   codec: CodecResult;
   server: ServerResult;
+  client: ClientResult;
 }
 
 function hasTaskset(): boolean {
@@ -41,7 +43,8 @@ async function main(): Promise<void> {
     const transport = await runTransportBench({ dir, echo, pin, iterations: quick ? 20_000 : 200_000, log: !json });
     const codec = runCodecBench({ seconds: quick ? 0.3 : 1, log: !json });
     const server = await runServerBench({ dir, echo, pin, iterations: quick ? 20_000 : 160_000, log: !json });
-    const report: Report = { pinnedCpu: pin.length ? '0' : null, transport, codec, server };
+    const client = await runClientBench({ dir, pin, count: quick ? 10_000 : 50_000, cFloorNs: transport.cToC.meanNs, log: !json });
+    const report: Report = { pinnedCpu: pin.length ? '0' : null, transport, codec, server, client };
     if (json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -1,30 +1,57 @@
 #!/usr/bin/env node
 /**
- * The `vfio-user` command line. Every command has `--help`; failures print one
- * line on stderr and exit non-zero.
+ * The `vfio-user` command line. Every command has `--help`; results go to
+ * stdout (`--json` for machine output); `--trace` prints every protocol
+ * message on stderr; failures print one line on stderr and exit 1.
  */
-import { Argument, Command as Cli } from 'commander';
-import { runDemo } from './commands/demo.js';
-import { runDemoPeer } from './commands/demo-peer.js';
+import { Argument, Command as Cli, Option } from 'commander';
+import { runDemo, type DemoOptions } from './commands/demo.js';
 import { SERVE_DEVICES, runServe, type ServeCommandOptions } from './commands/serve.js';
+import { runInfo, type InfoOptions } from './commands/info.js';
+import { runLspci, type LspciOptions } from './commands/lspci.js';
+import { runRead, runWrite, type ReadOptions, type WriteOptions } from './commands/access.js';
+import { runBench, type BenchOptions } from './commands/bench.js';
+import { describeError, type GlobalOptions } from './common.js';
 import { VERSION } from '../version.js';
 
 function fail(error: unknown): never {
-  process.stderr.write(`vfio-user: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.stderr.write(`vfio-user: ${describeError(error)}\n`);
   process.exit(1);
 }
 
 const program = new Cli()
   .name('vfio-user')
   .description('vfio-user in TypeScript: write PCI devices, serve them over a UNIX socket, drive them')
-  .version(VERSION);
+  .version(VERSION)
+  .option('--trace', 'print every vfio-user message on stderr, one decoded line each (time, direction, command, reply latency)')
+  .option('--timeout <ms>', 'per-request (and connect) timeout in milliseconds', '10000')
+  .configureOutput({ outputError: (text, write) => write(`vfio-user: ${text.replace(/^error: /, '').split('\n')[0] ?? ''}\n`) })
+  .addHelpText(
+    'after',
+    `
+Global options go before or after the command. --json prints one JSON document on stdout;
+--trace prints one line per message on stderr. Failures print one line on stderr, exit 1.
+
+Examples:
+  vfio-user serve dma-engine --socket /tmp/dma.sock &
+  vfio-user info /tmp/dma.sock
+  vfio-user lspci -v /tmp/dma.sock
+  vfio-user lspci --dump /tmp/dma.sock > dump.txt && lspci -F dump.txt -vv
+  vfio-user read /tmp/dma.sock bar0 0x0 --count 10
+  vfio-user --trace write /tmp/dma.sock bar0 0x14 64
+  taskset -c 0 vfio-user bench /tmp/dma.sock --count 100000
+  npm start   # = vfio-user demo`,
+  );
+
+const globals = (): GlobalOptions => program.opts<GlobalOptions>();
+const json = new Option('--json', 'machine-readable output (one JSON document)');
 
 program
   .command('demo')
-  .description('run the foundation demo: two processes, VERSION, shared guest RAM, an eventfd interrupt, latency')
-  .action(async () => {
-    await runDemo();
-  });
+  .description('serve the DMA engine in a child process and drive it as a VMM would: guest RAM, MSI-X, a stream of verified DMA copies')
+  .option('--jobs <n>', 'number of copy jobs', '2000')
+  .addOption(json)
+  .action((options: DemoOptions) => runDemo(options, globals()));
 
 program
   .command('serve')
@@ -37,7 +64,63 @@ program
     await runServe(device, options);
   });
 
-program.command('demo-peer', { hidden: true }).action(() => runDemoPeer());
+program
+  .command('info')
+  .description('negotiated version and capabilities, device info, every region and IRQ index')
+  .argument('<socket>', 'the server socket')
+  .addOption(json)
+  .action((socket: string, options: InfoOptions) => runInfo(socket, options, globals()));
+
+program
+  .command('lspci')
+  .description('read config space and decode it like lspci (BAR sizes from a sizing probe)')
+  .argument('<socket>', 'the server socket')
+  .option('-v, --verbose', 'decode every capability')
+  .option('--dump', 'print the hex dump that `lspci -F FILE` reads (does not touch the device)')
+  .addOption(json)
+  .action((socket: string, options: LspciOptions) => runLspci(socket, options, globals()));
+
+const regionHelp = 'bar0..bar5, rom, config, vga, or a region index';
+program
+  .command('read')
+  .description('read registers: one REGION_READ of --width bytes per value, little-endian, printed in hex')
+  .argument('<socket>', 'the server socket')
+  .argument('<region>', regionHelp)
+  .argument('<offset>', 'byte offset in the region (decimal or 0x-hex)')
+  .option('--count <n>', 'number of values to read', '1')
+  .option('--width <bytes>', 'access width: 1, 2, 4 or 8', '4')
+  .addOption(json)
+  .action((socket: string, region: string, offset: string, options: ReadOptions) => runRead(socket, region, offset, options, globals()));
+
+program
+  .command('write')
+  .description('write one register: a REGION_WRITE of --width bytes, little-endian')
+  .argument('<socket>', 'the server socket')
+  .argument('<region>', regionHelp)
+  .argument('<offset>', 'byte offset in the region (decimal or 0x-hex)')
+  .argument('<value>', 'the value (decimal or 0x-hex); must fit in --width bytes')
+  .option('--width <bytes>', 'access width: 1, 2, 4 or 8', '4')
+  .addOption(json)
+  .action((socket: string, region: string, offset: string, value: string, options: WriteOptions) => runWrite(socket, region, offset, value, options, globals()));
+
+program
+  .command('bench')
+  .description('REGION_READ latency percentiles (1 in flight) and throughput (pipelined); pin with taskset yourself')
+  .argument('<socket>', 'the server socket')
+  .option('--region <region>', regionHelp, 'bar0')
+  .option('--offset <offset>', 'byte offset in the region', '0')
+  .option('--size <bytes>', 'bytes per read', '4')
+  .option('--count <n>', 'requests per measurement', '10000')
+  .option('--depth <n>', 'requests in flight for the throughput rows', '16')
+  .option('--large-size <bytes>', 'bytes per read for the MB/s row (K/M suffixes; capped to the region and max_data_xfer_size)', '64K')
+  .addOption(json)
+  .action((socket: string, options: BenchOptions) => runBench(socket, options, globals()));
+
+// `vfio-user lspci SOCK --dump | head`: a closed pipe ends the output, not the process with a stack trace.
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code === 'EPIPE') process.exit(0);
+  fail(error);
+});
 
 try {
   await program.parseAsync(process.argv);

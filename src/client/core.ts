@@ -69,6 +69,10 @@ export class ClientCore {
   server!: ResolvedCapabilities;
   /** Negotiated protocol version. */
   version!: { major: number; minor: number };
+  /** The capabilities we sent in VERSION. */
+  advertised!: Capabilities;
+  /** The capabilities the server sent, as sent (before defaults); undefined if it sent no JSON. */
+  serverAdvertised: Capabilities | undefined;
   /** Resolves with the reason once the connection is gone (undefined for a local close or orderly EOF). */
   readonly closed: Promise<Error | undefined>;
   protected readonly logger: Logger;
@@ -97,7 +101,7 @@ export class ClientCore {
   /** Connects a transport to `path` sized for the replies we accept. @throws {SystemError} ENOENT/ECONNREFUSED/EACCES. */
   protected static async connectTransport(path: string, options: ClientOptions): Promise<Transport> {
     const maxMessageSize = Math.max(SERVER_MAX_MSG_SIZE, (options.capabilities?.maxDataXferSize ?? DEFAULT_MAX_DATA_XFER_SIZE) + 64);
-    return connectUnix(path, { timeoutMs: options.connectTimeoutMs ?? 5000, transport: { maxMessageSize } });
+    return connectUnix(path, { timeoutMs: options.connectTimeoutMs ?? 5000, transport: { maxMessageSize, coalesceWrites: true } });
   }
 
   /**
@@ -109,10 +113,12 @@ export class ClientCore {
     const caps: Capabilities = { maxMsgFds: CLIENT_RECEIVE_FDS, maxDataXferSize: DEFAULT_MAX_DATA_XFER_SIZE, ...this.#options.capabilities };
     if (this.#options.twinSocket) caps.twinSocket = { supported: true };
     this.#maxDataXferSize = caps.maxDataXferSize ?? DEFAULT_MAX_DATA_XFER_SIZE;
+    this.advertised = caps;
     const reply = await this.request(Command.VERSION, encodeVersion({ major: PROTOCOL_MAJOR, minor: PROTOCOL_MINOR, capabilities: caps }));
     const fds = reply.fds.takeAll();
     try {
       const version = decodeReplyVersion(reply.payload);
+      this.serverAdvertised = version.capabilities;
       this.server = resolveCapabilities(version.capabilities);
       this.version = { major: version.major, minor: version.minor };
       const twinIndex = this.server.twinSocket.supported ? (this.server.twinSocket.fdIndex ?? 0) : -1;
@@ -147,12 +153,13 @@ export class ClientCore {
    */
   async request(cmd: number, payload?: Uint8Array | readonly Uint8Array[], options: RequestOptions = {}): Promise<Message> {
     const { msgId, reply } = this.#pending.add(cmd, options.timeoutMs ?? this.#options.timeoutMs ?? 10_000);
+    // Traced as it goes out, so a reply's latency and the two timestamps agree.
+    this.#trace('send', 'main', { msgId, cmd, msgSize: 16 + byteLength(payload), flags: 0, errorNo: 0 }, payload, options.fds?.length ?? 0);
     try {
       this.#transport.send({ msgId, cmd, flags: HeaderFlags.TYPE_COMMAND }, payload, options.fds);
     } catch (error) {
       this.#pending.reject(msgId, error as Error);
     }
-    this.#trace('send', 'main', { msgId, cmd, msgSize: 16 + byteLength(payload), flags: 0, errorNo: 0 }, payload, options.fds?.length ?? 0);
     const m = await reply;
     if (isError(m.header)) {
       m.fds.closeRemaining();

@@ -1,44 +1,67 @@
+/**
+ * The `vfio-user` binary as a whole: --version, --help on every command,
+ * unknown commands and options, and connection failures — each failure one
+ * line on stderr with exit status 1.
+ */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { runCli, stderrLines } from './support.js';
 
-const MAIN = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
 const PACKAGE = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
-
-function cli(...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [MAIN, ...args], { encoding: 'utf8', timeout: 30_000 });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+const COMMANDS = ['demo', 'serve', 'info', 'lspci', 'read', 'write', 'bench'];
 
 describe('vfio-user CLI', () => {
-  it('--version prints the package version', () => {
-    const r = cli('--version');
-    assert.equal(r.status, 0);
+  it('--version prints the package version', async () => {
+    const r = await runCli(['--version']);
+    assert.equal(r.code, 0);
     assert.equal(r.stdout.trim(), PACKAGE.version);
   });
 
-  it('--help lists the commands', () => {
-    const r = cli('--help');
-    assert.equal(r.status, 0);
+  it('--help lists every command and the global options', async () => {
+    const r = await runCli(['--help']);
+    assert.equal(r.code, 0);
     assert.match(r.stdout, /Usage: vfio-user/);
-    assert.match(r.stdout, /demo/);
+    for (const c of COMMANDS) assert.match(r.stdout, new RegExp(`^  ${c}\\b`, 'm'), c);
+    assert.match(r.stdout, /--trace/);
+    assert.match(r.stdout, /--timeout <ms>/);
     assert.doesNotMatch(r.stdout, /demo-peer/);
   });
 
-  it('an unknown command fails with a one-line reason and a non-zero exit', () => {
-    const r = cli('frobnicate');
-    assert.notEqual(r.status, 0);
-    assert.match(r.stderr, /unknown command 'frobnicate'/);
-    assert.equal(r.stderr.trim().split('\n').length, 1);
+  it('every command has --help', async () => {
+    const results = await Promise.all(COMMANDS.map((c) => runCli([c, '--help'])));
+    results.forEach((r, i) => {
+      assert.equal(r.code, 0, COMMANDS[i]);
+      assert.match(r.stdout, new RegExp(`Usage: vfio-user ${COMMANDS[i]}`));
+    });
+    assert.match(results[COMMANDS.indexOf('read')]?.stdout ?? '', /--width <bytes>/);
+    assert.match(results[COMMANDS.indexOf('bench')]?.stdout ?? '', /--depth <n>/);
+    assert.match(results[COMMANDS.indexOf('lspci')]?.stdout ?? '', /--dump/);
   });
 
-  it('demo runs two processes end to end and verifies the checksum', () => {
-    const r = cli('demo');
-    assert.equal(r.status, 0, r.stderr);
-    assert.match(r.stdout, /negotiated vfio-user 0\.2/);
-    assert.match(r.stdout, /checksummed guest RAM through its own mapping \(fnv1a [0-9a-f]+\) and raised 1 interrupt/);
-    assert.match(r.stdout, /10000 REGION_READ round trips/);
+  it('an unknown command or option fails with a one-line reason and exit 1', async () => {
+    for (const args of [['frobnicate'], ['info', '/x.sock', '--bogus'], ['read', '/x.sock'], ['info']]) {
+      const r = await runCli(args);
+      assert.equal(r.code, 1, args.join(' '));
+      assert.equal(stderrLines(r).length, 1, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, /^vfio-user: /);
+    }
+    assert.match((await runCli(['frobnicate'])).stderr, /unknown command 'frobnicate'/);
+  });
+
+  it('a socket nobody serves: exit 1 and `connect PATH: ENOENT 2`', async () => {
+    for (const command of [['info'], ['lspci'], ['read', '-', 'bar0', '0'], ['write', '-', 'bar0', '0', '1'], ['bench']]) {
+      const args = [command[0] ?? '', '/nonexistent/vfio.sock', ...command.slice(2)];
+      const r = await runCli(args);
+      assert.equal(r.code, 1, args.join(' '));
+      assert.deepEqual(stderrLines(r), ['vfio-user: connect /nonexistent/vfio.sock: ENOENT 2'], args.join(' '));
+      assert.equal(r.stdout, '');
+    }
+  });
+
+  it('a bad --timeout is refused before connecting', async () => {
+    const r = await runCli(['--timeout', 'soon', 'info', '/nonexistent/vfio.sock']);
+    assert.equal(r.code, 1);
+    assert.deepEqual(stderrLines(r), ["vfio-user: --timeout: 'soon' is not a positive number of milliseconds"]);
   });
 });

@@ -297,6 +297,26 @@ describe('client vs a hostile server: commands from the server', () => {
       assert.deepEqual([...good.payload], [...wb().u64(0x1000n).u64(4n).build(), 0, 0, 0, 0]);
       await staysUsable(client);
     }));
+
+  it('DMA_READ / DMA_WRITE beyond the max_data_xfer_size the client advertised get EINVAL; the responder is not called', () =>
+    withFake(
+      async ({ client, conn }) => {
+        const calls: number[] = [];
+        client.setDmaResponder({ read: (_a, n) => (calls.push(n), new Uint8Array(n)), write: (_a, d) => void calls.push(d.length) });
+        const requests = [
+          [Wire.DMA_READ, wb().u64(0x1000n).u64(4097n).build()],
+          [Wire.DMA_READ, wb().u64(0x1000n).u64(1n << 40n).build()],
+          [Wire.DMA_WRITE, wb().u64(0x1000n).u64(8192n).bytes(new Uint8Array(8192)).build()],
+        ] as const;
+        for (const [cmd, payload] of requests) {
+          const reply = await conn.command(cmd, payload);
+          assert.deepEqual([reply.header.flags, reply.header.errorNo], [Wire.REPLY | Wire.ERROR, E.EINVAL], `cmd ${cmd}`);
+        }
+        assert.deepEqual(calls, []);
+        await staysUsable(client);
+      },
+      { client: { capabilities: { maxDataXferSize: 4096 } } },
+    ));
 });
 
 describe('client vs a hostile server: VERSION', () => {
@@ -342,6 +362,15 @@ describe('client vs a hostile server: VERSION', () => {
         await staysUsable(client);
       },
       { fake: { onVersion: (m, c) => c.reply(m, versionPayload(0, 2, null)) } },
+    ));
+
+  it('a twin socket granted without its fd: no twin, the client works', () =>
+    withFake(
+      async ({ client }) => {
+        assert.equal(client.hasTwinSocket, false);
+        await staysUsable(client);
+      },
+      { fake: { onVersion: (m, c) => c.reply(m, versionPayload(0, 2, '{"capabilities":{"twin_socket":{"supported":true,"fd_index":3}}}')) }, client: { twinSocket: true } },
     ));
 
   it('fds the client did not ask for on the VERSION reply are closed', () =>

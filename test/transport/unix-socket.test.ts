@@ -198,6 +198,35 @@ describe('UnixSocketTransport', () => {
     });
   });
 
+  it('coalesces sends made in one tick into one sendmsg when asked, keeping order and fds with their message', async () => {
+    await assertNoFdLeak(async () => {
+      const [fdA, fdB] = socketPair();
+      const a = new UnixSocketTransport(fdA, { coalesceWrites: true });
+      const b = new UnixSocketTransport(fdB);
+      collect(a);
+      const cb = collect(b);
+      const calls: [number, number][] = []; // [chunks, fds] of each sendmsg
+      const real = native.sendmsg;
+      native.sendmsg = (fd, data, fds) => (calls.push([data.length, fds?.length ?? 0]), real(fd, data, fds));
+      try {
+        const efd = createEventFd();
+        for (let i = 0; i < 5; i++) a.send({ msgId: i, cmd: 9, flags: 0 }, Uint8Array.of(i));
+        a.send({ msgId: 5, cmd: 8, flags: 0 }, new Uint8Array(20), [efd]); // flushes what precedes it, goes with its fd
+        for (let i = 6; i < 9; i++) a.send({ msgId: i, cmd: 9, flags: 0 }, Uint8Array.of(i));
+        native.close(efd);
+        assert.deepEqual(calls, [[10, 0], [2, 1]], 'the first five together, then the fd message; the rest wait for the microtask');
+        await cb.message(8);
+        assert.deepEqual(calls, [[10, 0], [2, 1], [6, 0]]);
+      } finally {
+        native.sendmsg = real;
+      }
+      assert.deepEqual(cb.messages.map((m) => [m.header.msgId, m.fds.count]), [[0, 0], [1, 0], [2, 0], [3, 0], [4, 0], [5, 1], [6, 0], [7, 0], [8, 0]]);
+      cb.messages.forEach((m) => m.fds.closeRemaining());
+      a.close();
+      b.close();
+    });
+  });
+
   it('refuses to send on a closed transport', () => {
     const [a, b] = pair();
     a.close();

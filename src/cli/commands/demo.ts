@@ -1,122 +1,202 @@
 /**
- * `vfio-user demo` (what `npm start` runs for now): the foundation layers end to
- * end across two processes. A peer process is started on one end of a socket
- * pair; this process negotiates VERSION, shares 1 MiB of memfd "guest RAM" with
- * DMA_MAP, installs an eventfd with SET_IRQS, rings a doorbell that makes the
- * peer checksum guest RAM and interrupt, checks the result, and measures the
- * round trip of a 4-byte REGION_READ.
+ * `vfio-user demo` (what `npm start` runs): the DMA engine served by a child
+ * process (`vfio-user serve dma-engine`), driven from this one as a VMM and its
+ * guest driver would: connect and negotiate, 64 MiB of guest RAM (a memfd the
+ * device mmaps through DMA_MAP), bus master and MSI-X on with vectors 0 and 1
+ * unmasked, eventfds for MSI-X, the descriptor ring programmed, then a stream
+ * of copy jobs of 64 KiB–1 MiB of random data. Each job is verified twice: the
+ * destination bytes against the source, and the checksum the device wrote back
+ * against one computed here. Completions are learnt from MSI-X interrupts.
+ * Exit status 0 only if every job verified.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomFillSync, randomInt } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createEventFd, mapFd, memfdCreate, native, socketPair, unmap } from '../../native/addon.js';
-import { Command, DmaMapFlags, HeaderFlags, IrqIndex, IrqSetFlags } from '../../protocol/constants.js';
-import { decodeVersion, encodeVersion } from '../../protocol/version.js';
-import { encodeDmaMapRequest } from '../../protocol/dma.js';
-import { encodeIrqSet } from '../../protocol/irq.js';
-import { decodeRegionReadReply, encodeRegionAccess, encodeRegionAccessWithData } from '../../protocol/region-access.js';
-import { RemoteError, ConnectionClosedError } from '../../errors.js';
-import { UnixSocketTransport } from '../../transport/unix-socket.js';
-import type { Message } from '../../transport/transport.js';
+import type { VfioUserClient } from '../../client/client.js';
+import { GuestMemory } from '../../client/guest-memory.js';
+import { Interrupts } from '../../client/interrupts.js';
+import { enableBusMaster, enableMsix, readConfig, unmaskMsixVector } from '../../client/pci-config.js';
+import { IrqIndex } from '../../protocol/constants.js';
+import { DescriptorStatus } from '../../devices/dma-descriptor.js';
+import { DmaEngineReg } from '../../devices/dma-engine.js';
 import { fnv1a32 } from '../../devices/fnv1a.js';
+import { CliError, hex, parseCount, stdio, toJson, withClient, type GlobalOptions, type Output } from '../common.js';
+import { DmaEngineDriver, type CopyJob } from '../dma-driver.js';
 
-const GUEST_SIZE = 1 << 20;
+/** Options of `demo`. */
+export interface DemoOptions {
+  jobs?: string;
+  json?: boolean;
+}
+
+/** The demo's outcome (also its `--json` form). */
+export interface DemoSummary {
+  jobs: number;
+  bytes: number;
+  elapsedMs: number;
+  mbPerSec: number;
+  interrupts: { completion: bigint; error: bigint; waits: number };
+  errors: number;
+  device: { completed: number; errors: number };
+  firstErrors: string[];
+}
+
 const MAIN = fileURLToPath(new URL('../main.js', import.meta.url));
+const GUEST_RAM = 64 << 20;
+/** Where the device sees guest RAM: above 4 GiB, so the ring base needs RING_BASE_HI. */
+const IOVA = 0x1_0000_0000n;
+const RING_GPA = 0n;
+const RING_SIZE = 64;
+const DATA_GPA = 1 << 20;
+const MAX_JOB = 1 << 20;
+const MIN_JOB = 64 << 10;
+/** Jobs per batch; two batches' buffers (source + destination each) fit in guest RAM. */
+const BATCH = 15;
+const SLOT = 2 * MAX_JOB;
+const INTERRUPT_TIMEOUT_MS = 5000;
 
-/** A minimal request/reply correlator (the full client library is `src/client`). */
-class Caller {
-  readonly #transport: UnixSocketTransport;
-  readonly #pending = new Map<number, { resolve: (m: Message) => void; reject: (e: Error) => void }>();
-  #nextId = 1;
-
-  constructor(transport: UnixSocketTransport) {
-    this.#transport = transport;
-    transport.start({
-      onMessage: (m) => this.#settle(m),
-      onClose: (error) => {
-        for (const p of this.#pending.values()) p.reject(error ?? new ConnectionClosedError('peer closed'));
-        this.#pending.clear();
-      },
-    });
-  }
-
-  call(cmd: number, payload?: Uint8Array, fds?: number[]): Promise<Message> {
-    const msgId = this.#nextId++ & 0xffff;
-    return new Promise((resolve, reject) => {
-      this.#pending.set(msgId, { resolve, reject });
-      this.#transport.send({ msgId, cmd, flags: HeaderFlags.TYPE_COMMAND }, payload, fds);
-    });
-  }
-
-  #settle(m: Message): void {
-    m.fds.closeRemaining();
-    const p = this.#pending.get(m.header.msgId);
-    if (!p) return;
-    this.#pending.delete(m.header.msgId);
-    if (m.header.flags & HeaderFlags.ERROR) p.reject(new RemoteError(`command ${m.header.cmd} failed`, m.header.cmd, m.header.errorNo));
-    else p.resolve(m);
-  }
+/** A `vfio-user serve dma-engine` child process. */
+interface ServerProcess {
+  child: ChildProcess;
+  stop(): Promise<void>;
 }
 
-/** Runs the demo and prints a summary; resolves when the peer has exited. */
-export async function runDemo(log: (line: string) => void = console.log): Promise<void> {
-  const [mine, theirs] = socketPair();
-  const peer = spawn(process.execPath, [MAIN, 'demo-peer'], { stdio: ['ignore', 'inherit', 'inherit', theirs] });
-  native.close(theirs);
-  const transport = new UnixSocketTransport(mine);
-  const caller = new Caller(transport);
-  const guestFd = memfdCreate('demo-guest-ram', GUEST_SIZE);
-  const irqFd = createEventFd();
-  const guest = new Uint8Array(mapFd(guestFd, 0, GUEST_SIZE, true));
-  try {
-    const version = decodeVersion((await caller.call(Command.VERSION, encodeVersion({ major: 0, minor: 2, capabilities: { maxMsgFds: 8 } }))).payload);
-    log(`negotiated vfio-user ${version.major}.${version.minor} with peer pid ${peer.pid}; peer capabilities ${JSON.stringify(version.capabilities)}`);
-    for (let i = 0; i < guest.length; i++) guest[i] = (i * 31 + 7) & 0xff;
-    const map = { argsz: 32, flags: DmaMapFlags.READ | DmaMapFlags.WRITE, offset: 0n, addr: 0x1000_0000n, size: BigInt(GUEST_SIZE) };
-    await caller.call(Command.DMA_MAP, encodeDmaMapRequest(map), [guestFd]);
-    const irqSet = { argsz: 20, flags: IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, index: IrqIndex.MSIX, start: 0, count: 1 };
-    await caller.call(Command.DEVICE_SET_IRQS, encodeIrqSet(irqSet), [irqFd]);
-    log(`shared ${GUEST_SIZE >> 10} KiB of guest RAM (memfd) at IOVA 0x10000000 and one MSI-X eventfd`);
-    await ringDoorbell(caller, irqFd, guest, log);
-    await measureLatency(caller, log);
-    await caller.call(Command.DEVICE_RESET);
-  } finally {
-    unmap(guest.buffer as ArrayBuffer);
-    native.close(guestFd);
-    native.close(irqFd);
-    transport.close();
-  }
-  await new Promise((resolve) => peer.once('exit', resolve));
-}
-
-async function ringDoorbell(caller: Caller, irqFd: number, guest: Uint8Array, log: (line: string) => void): Promise<void> {
-  const interrupt = waitForEventFd(irqFd);
-  const length = Uint8Array.of(0, 0, 0x10, 0); // 1 MiB, little-endian
-  await caller.call(Command.REGION_WRITE, encodeRegionAccessWithData({ offset: 0n, region: 0, count: 4, data: length }));
-  const count = await interrupt;
-  const reply = decodeRegionReadReply((await caller.call(Command.REGION_READ, encodeRegionAccess({ offset: 8n, region: 0, count: 4 }))).payload);
-  const theirs = reply ? new DataView(reply.data.buffer, reply.data.byteOffset, 4).getUint32(0, true) : -1;
-  const ours = fnv1a32(guest);
-  if (theirs !== ours) throw new Error(`checksum mismatch: device computed ${theirs.toString(16)}, expected ${ours.toString(16)}`);
-  log(`doorbell: the peer checksummed guest RAM through its own mapping (fnv1a ${ours.toString(16)}) and raised ${count} interrupt(s)`);
-}
-
-function waitForEventFd(fd: number): Promise<bigint> {
-  return new Promise((resolve) => {
-    const poller = new native.Poller(fd, () => {
-      const value = native.eventfdRead(fd);
-      if (typeof value !== 'bigint') return;
-      poller.close();
-      resolve(value);
+function startServer(socket: string): Promise<ServerProcess> {
+  const child = spawn(process.execPath, [MAIN, 'serve', 'dma-engine', '--socket', socket], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const stop = async (): Promise<void> => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+    await exited;
+    clearTimeout(timer);
+  };
+  return new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout?.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('\n')) resolve({ child, stop });
     });
-    poller.start(native.constants.UV_READABLE);
+    child.once('error', reject);
+    void exited.then((code) => reject(new CliError(`vfio-user serve dma-engine exited with ${code} before listening`)));
   });
 }
 
-async function measureLatency(caller: Caller, log: (line: string) => void): Promise<void> {
-  const read = encodeRegionAccess({ offset: 8n, region: 0, count: 4 });
-  const n = 10_000;
+/** Fills one batch's sources with random bytes and checksums them here. */
+function prepare(memory: GuestMemory, firstSeq: number, count: number, half: number, firstSlot: number): CopyJob[] {
+  const jobs: CopyJob[] = [];
+  for (let i = 0; i < count; i++) {
+    const base = BigInt(DATA_GPA + (half * BATCH + i) * SLOT);
+    const length = randomInt(MIN_JOB, MAX_JOB + 1);
+    const source = memory.view(base, length);
+    randomFillSync(source);
+    jobs.push({ seq: firstSeq + i, slot: (firstSlot + i) % RING_SIZE, src: base, dst: base + BigInt(MAX_JOB), length, expected: fnv1a32(source) });
+  }
+  return jobs;
+}
+
+/** Checks one completed job (status, device checksum, destination bytes); returns what is wrong with it, if anything. */
+export function verifyJob(driver: DmaEngineDriver, job: CopyJob): string | undefined {
+  const { status, checksum } = driver.result(job);
+  if ((status & 0xffff) !== DescriptorStatus.DONE) return `job ${job.seq}: status ${hex(status, 8)} (errno ${status >>> 16})`;
+  if (checksum !== job.expected) return `job ${job.seq}: device checksum ${hex(checksum, 8)}, expected ${hex(job.expected, 8)}`;
+  const src = Buffer.from(driver.memory.view(job.src, job.length));
+  const dst = Buffer.from(driver.memory.view(job.dst, job.length));
+  if (!src.equals(dst)) return `job ${job.seq}: destination differs from source`;
+  return undefined;
+}
+
+/** Runs `total` jobs, two batches in the pipeline: the next is filled while the device copies the current one. */
+async function runJobs(driver: DmaEngineDriver, irqs: Interrupts, total: number): Promise<Omit<DemoSummary, 'device' | 'interrupts'> & { waits: number }> {
+  const failures: string[] = [];
+  let bytes = 0;
+  let waits = 0;
+  const batches = Math.ceil(total / BATCH);
+  const batchJobs = (b: number): CopyJob[] => prepare(driver.memory, b * BATCH, Math.min(BATCH, total - b * BATCH), b % 2, driver.tail);
   const start = process.hrtime.bigint();
-  for (let i = 0; i < n; i++) await caller.call(Command.REGION_READ, read);
-  const us = Number(process.hrtime.bigint() - start) / n / 1000;
-  log(`${n} REGION_READ round trips of 4 bytes: ${us.toFixed(1)} µs each (unpinned; see npm run bench for pinned figures)`);
+  let current = batchJobs(0);
+  await driver.post(current);
+  for (let b = 0; b < batches; b++) {
+    const next = b + 1 < batches ? batchJobs(b + 1) : undefined; // ring slots follow the posted batch's
+    waits += await driver.waitFor(current, irqs, INTERRUPT_TIMEOUT_MS);
+    for (const job of current) {
+      const problem = verifyJob(driver, job);
+      if (problem) failures.push(problem);
+      else bytes += job.length;
+    }
+    if (!next) break;
+    await driver.post(next);
+    current = next;
+  }
+  const elapsedMs = Number(process.hrtime.bigint() - start) / 1e6;
+  return { jobs: total, bytes, elapsedMs, mbPerSec: bytes / 1e6 / (elapsedMs / 1000), errors: failures.length, firstErrors: failures.slice(0, 5), waits };
+}
+
+async function drive(client: VfioUserClient, jobs: number, out: Output, quiet: boolean): Promise<DemoSummary> {
+  const say = (line: string): void => void (quiet || out.line(line));
+  const info = await client.deviceInfo();
+  const ids = await readConfig(client, 0, 4);
+  say(`connected  vfio-user ${client.version.major}.${client.version.minor}; device ${(ids & 0xffff).toString(16).padStart(4, "0")}:${(ids >>> 16).toString(16).padStart(4, "0")}, ${info.numRegions} regions, ${info.numIrqs} IRQ indexes`);
+  const memory = GuestMemory.create(GUEST_RAM, { name: 'demo-guest-ram' });
+  try {
+    await memory.attach(client, { iova: IOVA, mode: 'fd' });
+    say(`guest RAM  ${GUEST_RAM >> 20} MiB memfd, DMA_MAP at IOVA ${hex(IOVA)} with its fd (the device mmaps it)`);
+    await enableBusMaster(client);
+    const irqs = await Interrupts.enable(client, IrqIndex.MSIX);
+    try {
+      const msix = await enableMsix(client);
+      for (let v = 0; v < Math.min(2, msix.tableSize); v++) await unmaskMsixVector(client, v, msix);
+      say(`PCI        bus master on; MSI-X on, ${msix.tableSize} vectors (table BAR${msix.tableBar}+${hex(msix.tableOffset)}) with eventfds, vectors 0 (done) and 1 (error) unmasked`);
+      const driver = new DmaEngineDriver(client, memory, IOVA, RING_GPA, RING_SIZE);
+      await driver.start();
+      say(`ring       ${RING_SIZE} descriptors at IOVA ${hex(IOVA + RING_GPA)}, engine enabled; ${jobs} copy jobs of ${MIN_JOB >> 10} KiB..${MAX_JOB >> 20} MiB of random data, ${BATCH} per doorbell`);
+      const result = await runJobs(driver, irqs, jobs);
+      const device = { completed: await driver.reg(DmaEngineReg.COMPLETED), errors: await driver.reg(DmaEngineReg.ERRORS) };
+      await driver.stop();
+      const { waits, ...rest } = result;
+      return { ...rest, device, interrupts: { completion: irqs.total(0), error: irqs.total(1), waits } };
+    } finally {
+      await irqs.disable();
+    }
+    await memory.detach(client); // DMA_UNMAP, as a VMM does before it lets go of guest RAM
+  } finally {
+    memory.dispose();
+  }
+}
+
+/** The summary line(s) of a run. */
+export function formatSummary(s: DemoSummary): string[] {
+  const lines = [
+    `summary    ${s.jobs} jobs, ${(s.bytes / 1e6).toFixed(1)} MB copied and verified in ${(s.elapsedMs / 1000).toFixed(2)} s = ${s.mbPerSec.toFixed(1)} MB/s; ` +
+      `MSI-X interrupts: ${s.interrupts.completion} completion, ${s.interrupts.error} error; errors ${s.errors}; device COMPLETED=${s.device.completed} ERRORS=${s.device.errors}`,
+  ];
+  for (const e of s.firstErrors) lines.push(`error      ${e}`);
+  return lines;
+}
+
+/**
+ * Runs the demo.
+ * @throws {CliError} when a job fails verification (after printing the summary), or the device misbehaves.
+ */
+export async function runDemo(options: DemoOptions = {}, global: GlobalOptions = {}, out: Output = stdio): Promise<void> {
+  const jobs = parseCount(options.jobs ?? '2000', '--jobs', 1_000_000);
+  const dir = mkdtempSync(join(tmpdir(), 'vfio-user-demo-'));
+  const socket = join(dir, 'dma.sock');
+  try {
+    const server = await startServer(socket);
+    let summary: DemoSummary;
+    try {
+      if (!options.json) out.line(`server     pid ${server.child.pid}: vfio-user serve dma-engine --socket ${socket}`);
+      summary = await withClient(socket, global, (client) => drive(client, jobs, out, options.json === true), { out });
+    } finally {
+      await server.stop();
+    }
+    if (options.json) out.line(toJson(summary));
+    else formatSummary(summary).forEach((l) => out.line(l));
+    if (summary.errors > 0 || summary.device.errors > 0) throw new CliError(`demo: ${summary.errors} of ${summary.jobs} jobs failed verification`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }

@@ -1,0 +1,160 @@
+/**
+ * `vfio-user lspci SOCKET [-v] [--dump] [--json]`: reads the whole config
+ * space (256 bytes, or 4096 when region 7 is that large) and prints an
+ * lspci-style decode. BAR and ROM sizes come from the sizing probe a BIOS or OS
+ * does (memory/I-O decode off, save, write all ones, read back, restore).
+ * `--dump` prints the hex format `lspci -F FILE` reads instead, without
+ * touching the device.
+ */
+import type { VfioUserClient } from '../../client/client.js';
+import { RemoteError } from '../../errors.js';
+import { native } from '../../native/addon.js';
+import { RegionIndex } from '../../protocol/constants.js';
+import { formatLspciDump } from '../../pci/lspci.js';
+import { CONFIG_SPACE_SIZE, EXPRESS_CONFIG_SPACE_SIZE, PciHeader, RomFlags } from '../../pci/registers.js';
+import { CliError, siteError, stdio, toJson, withClient, type GlobalOptions, type Output } from '../common.js';
+import { capabilityLines, decodeCapabilities, headerLines, sizeFromMask, titleLine, type BarProbe, type RomProbe } from '../pci-decode.js';
+
+/** Options of `lspci`. */
+export interface LspciOptions {
+  verbose?: boolean;
+  dump?: boolean;
+  json?: boolean;
+}
+
+const SLOT = '00:00.0';
+const CFG = RegionIndex.CONFIG;
+
+async function read32(client: VfioUserClient, at: number): Promise<number> {
+  const b = await client.regionRead(CFG, BigInt(at), 4);
+  return ((b[0] ?? 0) | ((b[1] ?? 0) << 8) | ((b[2] ?? 0) << 16) | ((b[3] ?? 0) << 24)) >>> 0;
+}
+
+async function write32(client: VfioUserClient, at: number, value: number): Promise<void> {
+  await client.regionWrite(CFG, BigInt(at), Uint8Array.of(value & 0xff, (value >>> 8) & 0xff, (value >>> 16) & 0xff, value >>> 24));
+}
+
+async function write16(client: VfioUserClient, at: number, value: number): Promise<void> {
+  await client.regionWrite(CFG, BigInt(at), Uint8Array.of(value & 0xff, (value >>> 8) & 0xff));
+}
+
+/** Saves the dword at `at`, writes `probe`, reads what sticks, restores. */
+async function sizeProbe(client: VfioUserClient, at: number, probe = 0xffff_ffff): Promise<{ original: number; readBack: number }> {
+  const original = await read32(client, at);
+  await write32(client, at, probe);
+  const readBack = await read32(client, at);
+  await write32(client, at, original);
+  return { original, readBack };
+}
+
+/** Sizes BAR `index` (and its upper half if 64-bit); `undefined` when not implemented. */
+async function probeBar(client: VfioUserClient, index: number): Promise<BarProbe | undefined> {
+  const at = PciHeader.BASE_ADDRESS_0 + 4 * index;
+  const low = await sizeProbe(client, at);
+  const io = (low.original & 1) !== 0;
+  const bits64 = !io && ((low.original >>> 1) & 3) === 2 && index < 5;
+  let mask = BigInt((low.readBack & (io ? ~3 : ~0xf)) >>> 0);
+  let address = BigInt((low.original & (io ? ~3 : ~0xf)) >>> 0);
+  if (bits64) {
+    const high = await sizeProbe(client, at + 4);
+    mask |= BigInt(high.readBack) << 32n;
+    address |= BigInt(high.original) << 32n;
+  } else if (io && low.readBack >>> 16 === 0) {
+    mask &= 0xffffn; // a 16-bit I/O decoder
+  }
+  const size = sizeFromMask(mask);
+  if (size === 0n) return undefined;
+  return { index, kind: io ? 'io' : 'memory', bits64, prefetchable: !io && (low.original & 8) !== 0, address, size };
+}
+
+/** Sizes the BARs and the ROM with memory and I/O decode turned off, as an OS does. */
+async function probe(client: VfioUserClient, config: Uint8Array): Promise<{ bars: BarProbe[]; rom: RomProbe | undefined }> {
+  const command = (config[PciHeader.COMMAND] ?? 0) | ((config[PciHeader.COMMAND + 1] ?? 0) << 8);
+  const decoding = command & 3;
+  if (decoding) await write16(client, PciHeader.COMMAND, command & ~3);
+  try {
+    const bars: BarProbe[] = [];
+    for (let i = 0; i < 6; i++) {
+      const bar = await probeBar(client, i);
+      if (bar) bars.push(bar);
+      if (bar?.bits64) i++;
+    }
+    const rom = await sizeProbe(client, PciHeader.ROM_ADDRESS, RomFlags.ADDRESS_MASK);
+    const romSize = Number(sizeFromMask(BigInt((rom.readBack & RomFlags.ADDRESS_MASK) >>> 0)));
+    const romProbe = romSize === 0 ? undefined : { address: (rom.original & RomFlags.ADDRESS_MASK) >>> 0, enabled: (rom.original & RomFlags.ENABLE) !== 0, size: romSize };
+    return { bars, rom: romProbe };
+  } finally {
+    if (decoding) await write16(client, PciHeader.COMMAND, command);
+  }
+}
+
+/** Reads all of config space: 256 bytes, or 4096 for a PCI Express function. */
+export async function readConfigSpace(client: VfioUserClient): Promise<Uint8Array> {
+  const { info, fd } = await client.regionInfo(CFG);
+  if (fd !== undefined) native.close(fd);
+  if (info.size < BigInt(CONFIG_SPACE_SIZE)) throw new CliError(`config space (region 7) is ${info.size} bytes, less than 256`);
+  const size = info.size >= BigInt(EXPRESS_CONFIG_SPACE_SIZE) ? EXPRESS_CONFIG_SPACE_SIZE : CONFIG_SPACE_SIZE;
+  try {
+    return await client.regionRead(CFG, 0n, size);
+  } catch (error) {
+    if (!(error instanceof RemoteError)) throw error;
+  }
+  // a server that refuses one large access (register-at-a-time config handlers): dword by dword
+  const bytes = new Uint8Array(size);
+  for (let at = 0; at < size; at += 4) bytes.set(await client.regionRead(CFG, BigInt(at), 4), at);
+  return bytes;
+}
+
+function jsonReport(config: Uint8Array, bars: BarProbe[], rom: RomProbe | undefined): unknown {
+  const v = new DataView(config.buffer, config.byteOffset, config.byteLength);
+  const classCode = v.getUint32(PciHeader.REVISION_ID, true) >>> 8;
+  return {
+    slot: SLOT,
+    configSize: config.length,
+    vendorId: v.getUint16(PciHeader.VENDOR_ID, true),
+    deviceId: v.getUint16(PciHeader.DEVICE_ID, true),
+    classCode,
+    revision: v.getUint8(PciHeader.REVISION_ID),
+    subsystemVendorId: v.getUint16(PciHeader.SUBSYSTEM_VENDOR_ID, true),
+    subsystemId: v.getUint16(PciHeader.SUBSYSTEM_ID, true),
+    command: v.getUint16(PciHeader.COMMAND, true),
+    status: v.getUint16(PciHeader.STATUS, true),
+    interruptPin: v.getUint8(PciHeader.INTERRUPT_PIN),
+    bars,
+    rom: rom ?? null,
+    capabilities: decodeCapabilities(config),
+  };
+}
+
+/** Runs `lspci`. */
+export async function runLspci(socket: string, options: LspciOptions, global: GlobalOptions, out: Output = stdio): Promise<void> {
+  const result = await withClient(
+    socket,
+    global,
+    async (client) => {
+      let config: Uint8Array;
+      try {
+        config = await readConfigSpace(client);
+      } catch (error) {
+        throw error instanceof CliError ? error : siteError('read config space', error);
+      }
+      if (options.dump) return { config, bars: [], rom: undefined };
+      try {
+        return { config, ...(await probe(client, config)) };
+      } catch (error) {
+        throw siteError('BAR sizing probe', error);
+      }
+    },
+    { out },
+  );
+  const { config, bars, rom } = result;
+  if (options.dump) {
+    for (const line of formatLspciDump(config, { slot: SLOT }).replace(/\n+$/, '').split('\n')) out.line(line);
+    out.line('');
+    return;
+  }
+  if (options.json) return out.line(toJson(jsonReport(config, bars, rom)));
+  out.line(titleLine(config, SLOT));
+  for (const line of headerLines(config, bars, rom)) out.line(line);
+  for (const line of capabilityLines(decodeCapabilities(config), options.verbose === true)) out.line(line);
+}

@@ -1,0 +1,88 @@
+/** `vfio-user info`: negotiation, device, regions and IRQs, as text and as JSON. */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createDmaEngineDevice } from '../../src/devices/dma-engine.js';
+import { createMemoryDevice } from '../../src/devices/memory.js';
+import { createRichDevice, runCli, serve, type Served } from './support.js';
+
+interface InfoJson {
+  socket: string;
+  version: { major: number; minor: number };
+  advertised: { client: Record<string, unknown>; server: Record<string, unknown> };
+  server: { maxMsgFds: number; maxDataXferSize: number; writeMultiple: boolean; twinSocket: { supported: boolean } };
+  device: { flags: string[]; rawFlags: number; numRegions: number; numIrqs: number };
+  regions: Array<{ index: number; name: string; size: number; flags: string[]; fdOffset: number; fd: boolean; sparse: Array<{ offset: number; size: number }> }>;
+  irqs: Array<{ index: number; name: string; count: number; flags: string[] }>;
+}
+
+describe('vfio-user info', () => {
+  let rich: Served;
+  let memory: Served;
+  before(() => {
+    rich = serve(createRichDevice());
+    memory = serve(createMemoryDevice({ size: 1 << 20 }).device);
+  });
+  after(async () => {
+    await rich.close();
+    await memory.close();
+  });
+
+  it('--json has the version, both sides\' capabilities, device flags, every region and IRQ', async () => {
+    const r = await runCli(['info', rich.path, '--json']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stderr, '');
+    const info = JSON.parse(r.stdout) as InfoJson;
+    assert.equal(info.socket, rich.path);
+    assert.deepEqual(info.version, { major: 0, minor: 2 });
+    assert.equal(info.advertised.client['max_msg_fds'], 16);
+    assert.equal(typeof info.advertised.server['max_data_xfer_size'], 'number');
+    assert.equal(info.server.maxDataXferSize, info.advertised.server['max_data_xfer_size']);
+    assert.deepEqual(info.device, { flags: ['RESET', 'PCI'], rawFlags: 3, numRegions: 9, numIrqs: 5 });
+    assert.deepEqual(info.regions.map((g) => g.name), ['BAR0', 'BAR1', 'BAR2', 'BAR3', 'BAR4', 'BAR5', 'ROM', 'CONFIG', 'VGA']);
+    const [bar0, bar1, bar2, bar3, , , rom, config] = info.regions;
+    assert.deepEqual([bar0?.size, bar0?.flags, bar0?.fd], [4096, ['R', 'W'], false]);
+    assert.deepEqual([bar1?.size, bar1?.flags], [256, ['R', 'W']]);
+    assert.deepEqual([bar2?.size, bar2?.flags, bar2?.fd, bar2?.sparse], [0x10000, ['R', 'W', 'MMAP', 'CAPS'], true, [{ offset: 0, size: 0x10000 }]]);
+    assert.deepEqual([bar3?.size, bar3?.flags], [0, []]);
+    assert.deepEqual([rom?.size, rom?.flags], [2048, ['R']]);
+    assert.deepEqual([config?.size, config?.flags], [4096, ['R', 'W']]);
+    assert.deepEqual(
+      info.irqs.map((i) => [i.name, i.count, i.flags]),
+      [
+        ['INTX', 1, ['EVENTFD']],
+        ['MSI', 4, ['EVENTFD']],
+        ['MSIX', 8, ['EVENTFD']],
+        ['ERR', 1, ['EVENTFD']],
+        ['REQ', 1, ['EVENTFD']],
+      ],
+    );
+  });
+
+  it('prints a readable report', async () => {
+    const r = await runCli(['info', memory.path]);
+    assert.equal(r.code, 0, r.stderr);
+    const out = r.stdout;
+    assert.match(out, /^protocol +vfio-user 0\.2$/m);
+    assert.match(out, /^client sent +\{"max_msg_fds":16,"max_data_xfer_size":1048576\}$/m);
+    assert.match(out, /^server sent +\{.*"max_data_xfer_size":\d+.*\}$/m);
+    assert.match(out, /^server caps +max_msg_fds=\d+ max_data_xfer_size=\d+ max_dma_maps=\d+ pgsizes=0x1000 migration=no twin_socket=no write_multiple=(yes|no)$/m);
+    assert.match(out, /^device +flags 0x3 \(RESET PCI\), 9 regions, 5 IRQ indexes$/m);
+    assert.match(out, /^ {2}0 +BAR0 +0x100000 \(1M\) +R W MMAP CAPS +0x0 +0x0\+0x100000$/m, 'the shared BAR with its sparse area');
+    assert.match(out, /^ {2}2 +BAR2 +0x100 \(256\) +R W +- +-$/m);
+    assert.match(out, /^ {2}7 +CONFIG +0x100 \(256\) +R W/m);
+    assert.match(out, /^ {2}2 +MSIX +0 +EVENTFD$/m);
+  });
+
+  it('works against the DMA engine (MSI-X with 2 vectors, 4 KiB config space)', async () => {
+    const dma = serve(createDmaEngineDevice().device);
+    try {
+      const r = await runCli(['info', dma.path, '--json']);
+      assert.equal(r.code, 0, r.stderr);
+      const info = JSON.parse(r.stdout) as InfoJson;
+      assert.equal(info.irqs[2]?.count, 2);
+      assert.equal(info.regions[7]?.size, 4096);
+    } finally {
+      await dma.close();
+    }
+  });
+});
