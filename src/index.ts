@@ -28,6 +28,7 @@ export { DeviceServer } from './server/server.js';
 export { ConfigSpace, formatLspciDump } from './pci/index.js';
 export { silentLogger } from './log.js';
 export * from './devices/index.js';
+export * from './client/index.js';
 
 export type { VfioUserErrorOptions } from './errors.js';
 export type { FdCloser } from './transport/fds.js';
