@@ -4,10 +4,12 @@
  * are split to the server's `max_data_xfer_size`; eventfd sets to its
  * `max_msg_fds`; GET_REGION_INFO retries with the argsz the server asks for.
  */
-import { InvalidArgumentError, ProtocolError } from '../errors.js';
+import { InvalidArgumentError, ProtocolError, RemoteError } from '../errors.js';
 import {
   Command,
   DEVICE_INFO_SIZE,
+  DeviceFeature,
+  DeviceFeatureFlags,
   DMA_BITMAP_SIZE,
   DMA_MAP_SIZE,
   DMA_UNMAP_SIZE,
@@ -32,7 +34,17 @@ import {
   type RegionAccessWithData,
 } from '../protocol/region-access.js';
 import { decodeDmaUnmapReply, encodeDmaMapRequest, encodeDmaUnmapRequest, type DmaUnmapReply } from '../protocol/dma.js';
-import { bitmapBytes, decodeDeviceFeature, encodeDeviceFeature, type DeviceFeaturePayload } from '../protocol/feature.js';
+import {
+  bitmapBytes,
+  decodeDeviceFeature,
+  decodeDmaLoggingControl,
+  decodeDmaLoggingReportReply,
+  encodeDeviceFeature,
+  encodeDmaLoggingControl,
+  encodeDmaLoggingReport,
+  type DeviceFeaturePayload,
+  type DmaLoggingRange,
+} from '../protocol/feature.js';
 import { decodeMigDataReadReply, encodeMigData, encodeMigDataReadRequest } from '../protocol/migration-data.js';
 import type { Message } from '../transport/transport.js';
 import { ClientCore, type ClientOptions } from './core.js';
@@ -225,6 +237,54 @@ export class VfioUserClient extends ClientCore {
     return decodeReply(m, decodeDeviceFeature);
   }
 
+  /**
+   * DEVICE_FEATURE PROBE: whether the device supports feature `index` with the
+   * given DeviceFeatureFlags GET/SET bits.
+   * @throws {RemoteError} for errors other than the EINVAL that means "unsupported".
+   */
+  async probeFeature(index: number, ops: number): Promise<boolean> {
+    try {
+      await this.deviceFeature(index | ops | DeviceFeatureFlags.PROBE);
+      return true;
+    } catch (error) {
+      if (error instanceof RemoteError && error.errno === Errno.EINVAL) return false;
+      throw error;
+    }
+  }
+
+  /**
+   * DMA_LOGGING_START: log the device's DMA writes within `ranges` (none = all
+   * of guest memory, per the spec) at `pageSize`.
+   * @returns the page size the device chose (its tracking granularity).
+   * @throws {RemoteError} E2BIG (over 256 ranges), EINVAL (unaligned, overlapping, already logging at another size), EOVERFLOW.
+   */
+  async startDirtyLogging(pageSize: bigint, ranges: readonly DmaLoggingRange[] = []): Promise<bigint> {
+    const data = encodeDmaLoggingControl({ pageSize, ranges: [...ranges] });
+    const reply = await this.deviceFeature(DeviceFeature.DMA_LOGGING_START | DeviceFeatureFlags.SET, data, 8 + data.length);
+    return decodeDmaLoggingControl(reply.data).pageSize;
+  }
+
+  /** DMA_LOGGING_STOP. */
+  async stopDirtyLogging(): Promise<void> {
+    await this.deviceFeature(DeviceFeature.DMA_LOGGING_STOP | DeviceFeatureFlags.SET, new Uint8Array(0), 8);
+  }
+
+  /**
+   * DMA_LOGGING_REPORT: the dirty bitmap of `[iova, iova + length)` at
+   * `pageSize` (bit i of byte j = page 8j + i), cleared on read by the device.
+   * @throws {RemoteError} EINVAL (not logging, bad page size), ENOENT (unmapped), ENOTSUP (part of a region, on libvfio-user).
+   */
+  async dirtyReport(iova: bigint, length: bigint, pageSize: bigint): Promise<Uint8Array> {
+    const request = encodeDmaLoggingReport({ iova, length, pageSize });
+    const argsz = 8 + request.length + Number(bitmapBytes(length, pageSize));
+    const reply = await this.deviceFeature(DeviceFeature.DMA_LOGGING_REPORT | DeviceFeatureFlags.GET, request, argsz);
+    const decoded = decodeOrEproto(reply.data, Command.DEVICE_FEATURE, decodeDmaLoggingReportReply);
+    if (decoded.iova !== iova || decoded.length !== length || decoded.pageSize !== pageSize) {
+      throw new ProtocolError('DMA_LOGGING_REPORT reply describes another range', { errno: Errno.EPROTO });
+    }
+    return decoded.bitmap;
+  }
+
   /** MIG_DATA_READ of up to `size` bytes; an empty result means no data right now. */
   async migDataRead(size: number): Promise<Uint8Array> {
     const m = await this.request(Command.MIG_DATA_READ, encodeMigDataReadRequest({ argsz: 8 + size, size }));
@@ -239,16 +299,25 @@ export class VfioUserClient extends ClientCore {
   }
 }
 
+/** Decodes reply bytes; anything malformed becomes ProtocolError EPROTO. */
+function decodeOrEproto<T>(bytes: Uint8Array, cmd: number, decode: (payload: Uint8Array) => T): T {
+  try {
+    return decode(bytes);
+  } catch (cause) {
+    throw new ProtocolError(`malformed reply to command ${cmd}: ${(cause as Error).message}`, { errno: Errno.EPROTO, cause });
+  }
+}
+
 /**
  * Decodes a reply's payload; a bad payload is EPROTO. Fds the reply should not
  * carry are closed unless `keepFds` (the caller then takes what it uses).
  */
 function decodeReply<T>(m: Message, decode: (payload: Uint8Array) => T, keepFds = false): T {
   try {
-    return decode(m.payload);
-  } catch (cause) {
+    return decodeOrEproto(m.payload, m.header.cmd, decode);
+  } catch (error) {
     m.fds.closeRemaining();
-    throw new ProtocolError(`malformed reply to command ${m.header.cmd}: ${(cause as Error).message}`, { errno: Errno.EPROTO, cause });
+    throw error;
   } finally {
     if (!keepFds) m.fds.closeRemaining();
   }

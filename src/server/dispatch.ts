@@ -6,6 +6,7 @@ import { handleDmaMap, handleDmaUnmap } from './handlers/dma.js';
 import { handleDeviceGetInfo, handleGetIrqInfo, handleGetRegionInfo, handleGetRegionIoFds, handleSetIrqs } from './handlers/info.js';
 import { handleRegionRead, handleRegionWrite, handleRegionWriteMulti } from './handlers/region-access.js';
 import { handleDeviceReset, handleWithoutMigration } from './handlers/device.js';
+import { handleDeviceFeature } from './handlers/feature.js';
 import { ProtocolError } from '../errors.js';
 
 /** Handlers by command (VERSION is the session's own business). */
@@ -24,7 +25,7 @@ export const HANDLERS: { readonly [C in RequestCommand]: Handler } = {
   [Command.REGION_WRITE]: handleRegionWrite as Handler,
   [Command.DEVICE_RESET]: handleDeviceReset as Handler,
   [Command.REGION_WRITE_MULTI]: handleRegionWriteMulti as Handler,
-  [Command.DEVICE_FEATURE]: handleWithoutMigration,
+  [Command.DEVICE_FEATURE]: handleDeviceFeature as Handler,
   [Command.MIG_DATA_READ]: handleWithoutMigration,
   [Command.MIG_DATA_WRITE]: handleWithoutMigration,
 };

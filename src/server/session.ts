@@ -6,9 +6,9 @@
  * interleaved on the main socket: replies to them are picked out of the stream
  * while the request that needs them waits, so neither side deadlocks.
  */
-import { ConnectionClosedError, ProtocolError, VfioUserError } from '../errors.js';
+import { ConnectionClosedError } from '../errors.js';
+import { ReplyWithPayload, errnoOf } from './reply-error.js';
 import { HeaderFlags, commandName } from '../protocol/constants.js';
-import { Errno } from '../protocol/errno.js';
 import { isReply } from '../protocol/header.js';
 import { checkRequestFds, decodeRequest } from '../protocol/request.js';
 import type { ResolvedCapabilities } from '../protocol/capabilities.js';
@@ -208,24 +208,4 @@ export class Session {
     this.#device.detach();
     this.#resolveClosed(error);
   }
-}
-
-/** A request error whose reply carries a payload (a failed DEVICE_FEATURE echoes its request). */
-export class ReplyWithPayload extends ProtocolError {
-  readonly payload: Uint8Array;
-  constructor(message: string, errno: number, payload: Uint8Array) {
-    super(message, { errno });
-    this.name = 'ReplyWithPayload';
-    this.payload = payload;
-  }
-}
-
-/** The errno to reply with: the error's own, or EIO for anything that is not ours (a device bug). */
-export function errnoOf(error: unknown): number {
-  if (error instanceof VfioUserError && error.errno !== undefined && error.errno > 0) return error.errno;
-  if (typeof error === 'object' && error !== null && 'errno' in error) {
-    const errno = Math.abs(Number((error as { errno: unknown }).errno));
-    if (Number.isInteger(errno) && errno > 0 && errno < 4096) return errno;
-  }
-  return Errno.EIO;
 }

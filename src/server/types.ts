@@ -11,6 +11,7 @@ import type { Logger } from '../log.js';
 import type { ResolvedCapabilities } from '../protocol/capabilities.js';
 import type { DecodedRequest } from '../protocol/request.js';
 import type { ReceivedFds } from '../transport/fds.js';
+import type { FeatureTable } from './features.js';
 
 /** What GET_REGION_INFO reports for one region. */
 export interface RegionDescription {
@@ -54,6 +55,8 @@ export interface SessionDevice {
   readonly irqs: IrqController;
   /** Called when a client is accepted: the device gets its DMA controller. */
   attach(dma: DmaController): void;
+  /** Device-specific DEVICE_FEATURE features (migration), over the library's (DMA logging). */
+  features?(): FeatureTable;
   /** The client mapped guest memory (after DMA_MAP succeeded). */
   dmaMapped?(region: DmaRegion): void;
   /** Guest memory is being unmapped (before its memory goes away). */

@@ -81,7 +81,7 @@ const rows: Row[] = [
   // migration on a device without migration
   { name: 'DEVICE_FEATURE GET MIGRATION', cmd: Command.DEVICE_FEATURE, payload: wb().u32(16).u32(DeviceFeature.MIGRATION | DeviceFeatureFlags.GET).build(), errno: EINVAL },
   { name: 'DEVICE_FEATURE SET MIG_DEVICE_STATE', cmd: Command.DEVICE_FEATURE, payload: feature(DeviceFeature.MIG_DEVICE_STATE, DeviceFeatureFlags.SET, [1, 0, 0, 0, 0, 0, 0, 0]), errno: EINVAL },
-  { name: 'DEVICE_FEATURE PROBE DMA_LOGGING_START', cmd: Command.DEVICE_FEATURE, payload: feature(DeviceFeature.DMA_LOGGING_START, DeviceFeatureFlags.PROBE | DeviceFeatureFlags.SET), errno: EINVAL },
+  { name: 'DEVICE_FEATURE PROBE LOW_POWER_ENTRY (a feature the device lacks)', cmd: Command.DEVICE_FEATURE, payload: feature(3, DeviceFeatureFlags.PROBE | DeviceFeatureFlags.SET), errno: EINVAL },
   { name: 'DEVICE_FEATURE with a 4-byte payload', cmd: Command.DEVICE_FEATURE, payload: new Uint8Array(4), errno: EINVAL },
   { name: 'MIG_DATA_READ', cmd: Command.MIG_DATA_READ, payload: wb().u32(72).u32(64).build(), errno: EINVAL },
   { name: 'MIG_DATA_WRITE', cmd: Command.MIG_DATA_WRITE, payload: wb().u32(12).u32(4).bytes([1, 2, 3, 4]).build(), errno: EINVAL },

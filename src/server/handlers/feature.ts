@@ -1,0 +1,67 @@
+/**
+ * DEVICE_FEATURE (16): the rules every feature shares, then the feature's own
+ * GET or SET. Rules, in order (one check each): only MASK/GET/SET/PROBE bits;
+ * a feature this device has; PROBE → the asked GET/SET bits are supported,
+ * nothing is touched; otherwise exactly one of GET and SET, supported by the
+ * feature; GET → argsz covers the reply. SET and PROBE replies echo the
+ * request (argsz unchanged); a failed SET or PROBE echoes it too, with the
+ * ERROR flag, as libvfio-user does.
+ */
+import { ProtocolError } from '../../errors.js';
+import { Command, DeviceFeatureFlags } from '../../protocol/constants.js';
+import { encodeDeviceFeature, type DeviceFeaturePayload } from '../../protocol/feature.js';
+import type { DecodedRequest } from '../../protocol/request.js';
+import { ReplyWithPayload, errnoOf } from '../reply-error.js';
+import type { FeatureHandler, FeatureTable } from '../features.js';
+import type { Handler, HandlerContext, HandlerReply } from '../types.js';
+import { DMA_LOGGING_FEATURES } from './dma-logging.js';
+
+type Req = Extract<DecodedRequest, { cmd: typeof Command.DEVICE_FEATURE }>;
+
+const { MASK, GET, SET, PROBE } = DeviceFeatureFlags;
+const KNOWN_BITS = MASK | GET | SET | PROBE;
+const LIBRARY_FEATURES: FeatureTable = new Map(DMA_LOGGING_FEATURES);
+
+/** The device's own features (migration) over the library's (DMA logging). */
+function featureFor(ctx: HandlerContext, index: number): FeatureHandler | undefined {
+  return ctx.device.features?.().get(index) ?? LIBRARY_FEATURES.get(index);
+}
+
+/** DEVICE_FEATURE. @throws {ReplyWithPayload} for a failed SET/PROBE (the request echoed); {@link ProtocolError} EINVAL otherwise. */
+export const handleDeviceFeature: Handler<Req> = async (ctx, request) => {
+  const body = request.body;
+  const echoOnFailure = (body.flags & (SET | PROBE)) !== 0;
+  try {
+    return await run(ctx, body);
+  } catch (error) {
+    if (!echoOnFailure) throw error;
+    throw new ReplyWithPayload((error as Error).message, errnoOf(error), encodeDeviceFeature(body));
+  }
+};
+
+async function run(ctx: HandlerContext, body: DeviceFeaturePayload): Promise<HandlerReply> {
+  const { argsz, flags, data } = body;
+  const index = flags & MASK;
+  const fail = (rule: string): never => {
+    throw new ProtocolError(`DEVICE_FEATURE ${index} (flags 0x${flags.toString(16)}): ${rule}`);
+  };
+  if ((flags & ~KNOWN_BITS) !== 0) fail('unknown flag bits');
+  const feature = featureFor(ctx, index);
+  if (!feature) return fail('the device has no such feature');
+  const ops = flags & (GET | SET);
+  if (flags & PROBE) {
+    if ((ops & ~feature.ops) !== 0) fail('operation not supported');
+    if (argsz < 8 + data.length) fail('argsz below the request');
+    return { payload: encodeDeviceFeature(body) };
+  }
+  if (ops !== GET && ops !== SET) fail('exactly one of GET and SET is required without PROBE');
+  if ((feature.ops & ops) === 0) fail(`${ops === GET ? 'GET' : 'SET'} not supported`);
+  if (ops === GET) {
+    const reply = await (feature.get as NonNullable<FeatureHandler['get']>)(ctx, data);
+    if (argsz < 8 + reply.length) fail(`argsz ${argsz} cannot hold the ${8 + reply.length}-byte reply`);
+    return { payload: encodeDeviceFeature({ argsz: 8 + reply.length, flags, data: reply }) };
+  }
+  if (argsz < 8 + data.length) fail('argsz below the request');
+  const echoed = await (feature.set as NonNullable<FeatureHandler['set']>)(ctx, data);
+  return { payload: encodeDeviceFeature({ argsz, flags, data: echoed ?? data }) };
+}
