@@ -50,6 +50,18 @@ export interface DmaControllerOptions {
   windowSize?: number;
 }
 
+/** Options of {@link DmaController.read} and {@link DmaController.write}. */
+export interface DmaAccessOptions {
+  /**
+   * `'message'`: go through DMA_READ/DMA_WRITE messages to the client even for
+   * memory it mapped with an fd (what libvfio-user's `vfu_sgl_read/write` do,
+   * and what its sample client expects). Bounds and permissions are checked
+   * the same way; the client tracks the pages such writes dirty. Default: the
+   * mapping when there is one.
+   */
+  via?: 'auto' | 'message';
+}
+
 /** A piece of an IOVA range inside one region, from {@link DmaController.scatterGather}. */
 export interface DmaSegment {
   iova: bigint;
@@ -249,12 +261,12 @@ export class DmaController {
    *   while a message was in flight), EACCES (region without READ), EINVAL (bad length).
    * @throws {StateError} ENOTCONN when closed, or a message region has no transport.
    */
-  async read(iova: bigint, length: number): Promise<Uint8Array> {
+  async read(iova: bigint, length: number, options: DmaAccessOptions = {}): Promise<Uint8Array> {
     const segments = this.#resolve('read', iova, length, DmaAccess.READ);
     const out = new Uint8Array(length);
     let pos = 0;
     for (const seg of segments) {
-      if (seg.region.mode === 'mmap') {
+      if (seg.region.mode === 'mmap' && options.via !== 'message') {
         liveRegion(seg).copyOut(seg.off, out, pos, seg.length);
       } else {
         out.set(await this.#transportFor('read').read(seg.region.addr + BigInt(seg.off), seg.length), pos);
@@ -269,10 +281,10 @@ export class DmaController {
    * @throws {InvalidArgumentError} EFAULT, EACCES (region without WRITE), EINVAL.
    * @throws {StateError} ENOTCONN when closed, or a message region has no transport.
    */
-  async write(iova: bigint, data: Uint8Array): Promise<void> {
+  async write(iova: bigint, data: Uint8Array, options: DmaAccessOptions = {}): Promise<void> {
     let pos = 0;
     for (const seg of this.#resolve('write', iova, data.length, DmaAccess.WRITE)) {
-      if (seg.region.mode === 'mmap') {
+      if (seg.region.mode === 'mmap' && options.via !== 'message') {
         liveRegion(seg).copyIn(seg.off, data, pos, seg.length);
         seg.region.bitmap?.mark(seg.off, seg.length);
       } else {

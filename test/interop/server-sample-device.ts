@@ -17,9 +17,9 @@
  * - When the timer fires: INTx, then DMA like `do_dma_io()` — 4 × 1 KiB written
  *   ('A'..'D') and read back as 2 × 2 KiB, first directly into the second DMA
  *   region (marking it dirty), then into the first one, which the sample does
- *   with DMA_WRITE/DMA_READ messages (`vfu_sgl_write/read`). Ours goes through
- *   `device.dma.write/read`, which use messages only for a region mapped
- *   without an fd.
+ *   with DMA_WRITE/DMA_READ messages (`vfu_sgl_write/read`) even though it was
+ *   mapped with an fd. Ours does the same with `device.dma.write/read(…,
+ *   { via: 'message' })`.
  *
  * Everything the device sees is written down in {@link SampleDeviceLog}.
  */
@@ -104,12 +104,12 @@ export function serverSampleDevice(): SampleDevice {
       const chunk = written.subarray(i * CHUNK, (i + 1) * CHUNK).fill(0x41 + i);
       const at = addr + BigInt(i * CHUNK);
       if (direct) device.dma.view(at, CHUNK, { write: true }).set(chunk);
-      else await device.dma.write(at, chunk);
+      else await device.dma.write(at, chunk, { via: 'message' });
     }
     const read = new Uint8Array(CHUNK * CHUNKS);
     for (let i = 0; i < CHUNKS; i += 2) {
       const at = addr + BigInt(i * CHUNK);
-      read.set(direct ? device.dma.readSync(at, 2 * CHUNK) : await device.dma.read(at, 2 * CHUNK), i * CHUNK);
+      read.set(direct ? device.dma.readSync(at, 2 * CHUNK) : await device.dma.read(at, 2 * CHUNK, { via: 'message' }), i * CHUNK);
     }
     log.dma.push({ addr, mode, matches: Buffer.compare(read, written) === 0 });
   };
