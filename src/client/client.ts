@@ -42,6 +42,10 @@ import {
   encodeDeviceFeature,
   encodeDmaLoggingControl,
   encodeDmaLoggingReport,
+  decodeMigrationFeature,
+  decodeMigDeviceState,
+  encodeMigDeviceState,
+  decodeMigDataSize,
   type DeviceFeaturePayload,
   type DmaLoggingRange,
 } from '../protocol/feature.js';
@@ -283,6 +287,32 @@ export class VfioUserClient extends ClientCore {
       throw new ProtocolError('DMA_LOGGING_REPORT reply describes another range', { errno: Errno.EPROTO });
     }
     return decoded.bitmap;
+  }
+
+  /** VFIO_DEVICE_FEATURE_MIGRATION: the device's migration flags (MigrationFlags bits). @throws {RemoteError} EINVAL without migration. */
+  async migrationFlags(): Promise<bigint> {
+    const reply = await this.deviceFeature(DeviceFeature.MIGRATION | DeviceFeatureFlags.GET, new Uint8Array(8), 16);
+    return decodeOrEproto(reply.data, Command.DEVICE_FEATURE, decodeMigrationFeature).flags;
+  }
+
+  /** MIG_DEVICE_STATE GET: the current MigrationState. */
+  async migrationState(): Promise<number> {
+    const reply = await this.deviceFeature(DeviceFeature.MIG_DEVICE_STATE | DeviceFeatureFlags.GET, new Uint8Array(8), 16);
+    return decodeOrEproto(reply.data, Command.DEVICE_FEATURE, decodeMigDeviceState).deviceState;
+  }
+
+  /**
+   * MIG_DEVICE_STATE SET: moves the device to `state` (the server walks the arcs).
+   * @throws {RemoteError} EINVAL for a refused target; the device's errno when an arc fails (it may then be in an intermediate state or ERROR).
+   */
+  async setMigrationState(state: number): Promise<void> {
+    await this.deviceFeature(DeviceFeature.MIG_DEVICE_STATE | DeviceFeatureFlags.SET, encodeMigDeviceState({ deviceState: state, dataFd: -1 }), 16);
+  }
+
+  /** MIG_DATA_SIZE: the device's estimate of the STOP_COPY data. @throws {RemoteError} EINVAL (libvfio-user has none). */
+  async migrationDataSize(): Promise<bigint> {
+    const reply = await this.deviceFeature(DeviceFeature.MIG_DATA_SIZE | DeviceFeatureFlags.GET, new Uint8Array(8), 16);
+    return decodeOrEproto(reply.data, Command.DEVICE_FEATURE, decodeMigDataSize).stopCopyLength;
   }
 
   /** MIG_DATA_READ of up to `size` bytes; an empty result means no data right now. */

@@ -8,7 +8,10 @@
  * (`regionInfo`, `regionRead`, `regionWrite`) so a wrapper can interpose.
  */
 import { StateError } from '../errors.js';
-import { DeviceInfoFlags, IrqIndex, NUM_IRQS, NUM_REGIONS, RegionIndex, RegionInfoFlags } from '../protocol/constants.js';
+import { DeviceInfoFlags, IrqIndex, MigrationState, NUM_IRQS, NUM_REGIONS, RegionIndex, RegionInfoFlags } from '../protocol/constants.js';
+import { MigrationController } from '../migration/controller.js';
+import { migrationFeatures } from '../server/handlers/migration.js';
+import type { FeatureTable } from '../server/features.js';
 import { Errno } from '../protocol/errno.js';
 import { ConfigSpace } from '../pci/config-space.js';
 import { getDefaultLogger, type Logger } from '../log.js';
@@ -19,6 +22,8 @@ import { IrqController } from './irqs.js';
 import { buildRegions, type Region } from './regions.js';
 import { configSpaceOptions, interruptStateOf, msixCarveOut, msixWindow } from './realize.js';
 import type { DeviceDefinition, ResetReason } from './types.js';
+
+const NO_FEATURES: FeatureTable = new Map();
 
 /** A device ready to be served. */
 export class VfioUserDevice implements SessionDevice {
@@ -31,6 +36,9 @@ export class VfioUserDevice implements SessionDevice {
   readonly numRegions = NUM_REGIONS;
   readonly numIrqs = NUM_IRQS;
   readonly infoFlags = DeviceInfoFlags.PCI | DeviceInfoFlags.RESET;
+  /** The migration state machine, when the definition declares `migration`. */
+  readonly migration: MigrationController | undefined;
+  readonly #features: FeatureTable | undefined;
   readonly #regions: (Region | undefined)[];
   #dma: DmaController | undefined;
 
@@ -49,6 +57,8 @@ export class VfioUserDevice implements SessionDevice {
     if (msixRegion) msixRegion.msix = msixWindow(this.config);
     const irq = definition.irqs ?? {};
     this.irqs = new IrqController([irq.intx ? 1 : 0, irq.msi ?? 0, irq.msix ?? 0, irq.err ? 1 : 0, irq.req ? 1 : 0], interruptStateOf(this.config));
+    this.migration = definition.migration ? new MigrationController(definition.migration, this.config, definition.pci) : undefined;
+    this.#features = this.migration ? migrationFeatures(this.migration) : undefined;
     this.config.onChange((event) => {
       if (event.type === 'msi-unmask' || event.type === 'msix-unmask' || event.type === 'interrupt-mode') this.irqs.refreshPending();
     });
@@ -138,6 +148,10 @@ export class VfioUserDevice implements SessionDevice {
     this.#dma = dma;
   }
 
+  features(): FeatureTable {
+    return this.#features ?? NO_FEATURES;
+  }
+
   dmaMapped(region: DmaRegion): void {
     this.definition.dma?.onMap?.(region);
   }
@@ -147,6 +161,8 @@ export class VfioUserDevice implements SessionDevice {
   }
 
   async reset(reason: ResetReason): Promise<void> {
+    // DEVICE_RESET is the way out of ERROR; otherwise the migration state is kept (libvfio-user, #844).
+    if (reason === 'client' && this.migration?.state === MigrationState.ERROR) this.migration.reset();
     this.config.reset();
     this.irqs.clearPending();
     if (reason === 'lost-connection') this.irqs.reset();

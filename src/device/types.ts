@@ -6,6 +6,7 @@
 import type { Logger } from '../log.js';
 import type { IoEventFdDefinition } from './ioeventfds.js';
 import type { DmaRegion } from './dma.js';
+import type { MigrationDefinition } from '../migration/types.js';
 
 /** PCI identity of the device (type-0 header). */
 export interface PciIdentity {
@@ -156,6 +157,8 @@ export interface DeviceDefinition {
   dma?: { onMap?(region: DmaRegion): void; onUnmap?(region: DmaRegion): void };
   /** Called on DEVICE_RESET and when a client goes away (after its DMA is unmapped). */
   reset?(reason: ResetReason): MaybePromise<void>;
+  /** Make the device migratable (migration v2): its state hooks and optional states. */
+  migration?: MigrationDefinition;
   /** Logger (default: silent unless VFIO_USER_LOG is set). */
   logger?: Logger;
 }

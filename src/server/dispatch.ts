@@ -5,7 +5,8 @@ import type { Handler } from './types.js';
 import { handleDmaMap, handleDmaUnmap } from './handlers/dma.js';
 import { handleDeviceGetInfo, handleGetIrqInfo, handleGetRegionInfo, handleGetRegionIoFds, handleSetIrqs } from './handlers/info.js';
 import { handleRegionRead, handleRegionWrite, handleRegionWriteMulti } from './handlers/region-access.js';
-import { handleDeviceReset, handleWithoutMigration } from './handlers/device.js';
+import { handleDeviceReset } from './handlers/device.js';
+import { handleMigDataRead, handleMigDataWrite } from './handlers/migration.js';
 import { handleDeviceFeature } from './handlers/feature.js';
 import { ProtocolError } from '../errors.js';
 
@@ -26,6 +27,6 @@ export const HANDLERS: { readonly [C in RequestCommand]: Handler } = {
   [Command.DEVICE_RESET]: handleDeviceReset as Handler,
   [Command.REGION_WRITE_MULTI]: handleRegionWriteMulti as Handler,
   [Command.DEVICE_FEATURE]: handleDeviceFeature as Handler,
-  [Command.MIG_DATA_READ]: handleWithoutMigration,
-  [Command.MIG_DATA_WRITE]: handleWithoutMigration,
+  [Command.MIG_DATA_READ]: handleMigDataRead as Handler,
+  [Command.MIG_DATA_WRITE]: handleMigDataWrite as Handler,
 };

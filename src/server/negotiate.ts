@@ -18,6 +18,9 @@ import type { Logger } from '../log.js';
 import type { ServerRequests } from './server-requests.js';
 import type { HandlerReply, ServerLimits } from './types.js';
 
+/** The page size of migration dirty tracking we advertise (libvfio-user's). */
+const MIGRATION_PGSIZE = 4096;
+
 /** The outcome of a successful negotiation. */
 export interface Negotiated {
   client: ResolvedCapabilities;
@@ -32,7 +35,7 @@ export interface Negotiated {
  * @throws {ProtocolError} EINVAL when the message is not VERSION, carries fds,
  *   has major ≠ 0 or malformed capabilities (the session is then closed).
  */
-export function negotiate(m: Message, limits: ServerLimits, requests: ServerRequests, logger: Logger): Negotiated {
+export function negotiate(m: Message, limits: ServerLimits, requests: ServerRequests, logger: Logger, migratable = false): Negotiated {
   if (m.header.cmd !== Command.VERSION) throw new ProtocolError(`the first message must be VERSION, not command ${m.header.cmd}`);
   const request = decodeRequest(m.header, m.payload);
   if (request.cmd !== Command.VERSION) throw new ProtocolError('the first message must be VERSION');
@@ -40,6 +43,11 @@ export function negotiate(m: Message, limits: ServerLimits, requests: ServerRequ
   const version = request.body;
   if (version.major !== PROTOCOL_MAJOR) throw new ProtocolError(`protocol major ${version.major} is not supported (only ${PROTOCOL_MAJOR})`);
   const client = resolveCapabilities(version.capabilities);
+  // libvfio-user: a migratable device needs the client's migration page size, if given, to be ours.
+  const clientPgsize = client.migration?.pgsize;
+  if (migratable && clientPgsize !== undefined && clientPgsize !== MIGRATION_PGSIZE) {
+    throw new ProtocolError(`migration page size ${clientPgsize} is not ${MIGRATION_PGSIZE}`);
+  }
   const minor = Math.min(version.minor, PROTOCOL_MINOR);
   const caps: Capabilities = {
     maxMsgFds: limits.maxMsgFds,
@@ -48,6 +56,7 @@ export function negotiate(m: Message, limits: ServerLimits, requests: ServerRequ
     pgsizes: DEFAULT_PGSIZES,
     writeMultiple: limits.writeMultiple,
   };
+  if (migratable) caps.migration = { pgsize: MIGRATION_PGSIZE };
   const wantsTwin = client.twinSocket.supported && client.maxMsgFds > 0;
   if (!wantsTwin) return { client, minor, twin: undefined, reply: { payload: encodeVersion({ major: PROTOCOL_MAJOR, minor, capabilities: caps }) } };
   const [ours, theirs] = socketPair();

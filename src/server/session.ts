@@ -17,6 +17,7 @@ import type { FramingError } from '../transport/framer.js';
 import { DmaController } from '../device/dma.js';
 import { ResetReason } from '../device/types.js';
 import { HANDLERS } from './dispatch.js';
+import { checkCommandAllowed } from '../migration/gating.js';
 import { negotiate, type Negotiated } from './negotiate.js';
 import { ServerRequests } from './server-requests.js';
 import type { HandlerContext, HandlerReply, ServerLimits, SessionDevice } from './types.js';
@@ -142,13 +143,15 @@ export class Session {
     if (!this.#negotiated) return this.#negotiate(m);
     const request = decodeRequest(m.header, m.payload, this.#options.maxMessageSize);
     const { use } = checkRequestFds(request, m.fds.count);
+    const migration = this.#device.migration;
+    if (migration) checkCommandAllowed(migration.state as never, request.cmd);
     const handler = HANDLERS[request.cmd];
     return handler(this.#context as HandlerContext, request as never, m.fds, use);
   }
 
   #negotiate(m: Message): HandlerReply {
     try {
-      const result = negotiate(m, this.#options.limits, this.#requests, this.#device.logger);
+      const result = negotiate(m, this.#options.limits, this.#requests, this.#device.logger, this.#device.migration !== undefined);
       this.#negotiated = result;
       this.#context = {
         device: this.#device,

@@ -12,6 +12,7 @@ import type { ResolvedCapabilities } from '../protocol/capabilities.js';
 import type { DecodedRequest } from '../protocol/request.js';
 import type { ReceivedFds } from '../transport/fds.js';
 import type { FeatureTable } from './features.js';
+import type { MigrationController } from '../migration/controller.js';
 
 /** What GET_REGION_INFO reports for one region. */
 export interface RegionDescription {
@@ -55,6 +56,8 @@ export interface SessionDevice {
   readonly irqs: IrqController;
   /** Called when a client is accepted: the device gets its DMA controller. */
   attach(dma: DmaController): void;
+  /** The device's migration state machine, when it is migratable. */
+  readonly migration?: MigrationController;
   /** Device-specific DEVICE_FEATURE features (migration), over the library's (DMA logging). */
   features?(): FeatureTable;
   /** The client mapped guest memory (after DMA_MAP succeeded). */

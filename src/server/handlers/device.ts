@@ -1,10 +1,5 @@
-/**
- * DEVICE_RESET, and the migration commands for a device without migration
- * (DEVICE_FEATURE, MIG_DATA_READ/WRITE): refused with EINVAL, as libvfio-user
- * refuses every feature of a device that registered no migration callbacks.
- */
-import { ProtocolError } from '../../errors.js';
-import { Command, commandName } from '../../protocol/constants.js';
+/** DEVICE_RESET. */
+import { Command } from '../../protocol/constants.js';
 import { ResetReason } from '../../device/types.js';
 import type { DecodedRequest } from '../../protocol/request.js';
 import type { Handler } from '../types.js';
@@ -15,9 +10,4 @@ type Req<C extends number> = Extract<DecodedRequest, { cmd: C }>;
 export const handleDeviceReset: Handler<Req<typeof Command.DEVICE_RESET>> = async (ctx) => {
   await ctx.device.reset(ResetReason.CLIENT);
   return undefined;
-};
-
-/** Commands that need migration support, for a device that has none. */
-export const handleWithoutMigration: Handler = (_ctx, request) => {
-  throw new ProtocolError(`${commandName(request.cmd)}: the device does not support migration`);
 };

@@ -1,0 +1,44 @@
+/** What a device author declares to make a device migratable. */
+import type { MigrationState } from '../protocol/constants.js';
+
+/** A result that may be produced synchronously or asynchronously. */
+type MaybePromise<T> = T | Promise<T>;
+
+/** The device-author half of migration v2. */
+export interface MigrationDefinition {
+  /** Offer RUNNING_P2P / PRE_COPY_P2P (default false). */
+  p2p?: boolean;
+  /** Offer PRE_COPY: live pre-copy of state while the device runs (default false). */
+  preCopy?: boolean;
+  /** The device model named in the stream (a destination refuses another one). */
+  deviceType: string;
+  /** The layout version of what `save` produces; a destination refuses newer ones. */
+  stateVersion: number;
+  /** Older layouts `load` still understands. */
+  acceptStateVersions?: readonly number[];
+  /** The device's whole internal state (config space is carried by the library). */
+  save(): MaybePromise<Uint8Array>;
+  /**
+   * During PRE_COPY: what changed since the last `save`/`saveDelta`, or
+   * undefined/empty when nothing did. Without it, pre-copy sends only the initial state.
+   */
+  saveDelta?(): MaybePromise<Uint8Array | undefined>;
+  /** Restores state: one `'full'` record, then the `'delta'` records, in stream order. Throw to refuse bad data. */
+  load(kind: 'full' | 'delta', payload: Uint8Array): MaybePromise<void>;
+  /**
+   * Called for every arc before it is committed (e.g. RUNNING → STOP: stop DMA
+   * and interrupts; STOP → RUNNING: resume). Throwing fails the arc: the device
+   * stays in the last state reached (a {@link MigrationFatalError} puts it in ERROR).
+   */
+  transition?(from: MigrationState, to: MigrationState): MaybePromise<void>;
+  /** Bytes STOP_COPY will produce (MIG_DATA_SIZE); default: the size of the last save, or 0. */
+  stopCopySize?(): number;
+}
+
+/** Thrown by a transition hook when the device cannot be left in any valid state: it goes to ERROR. */
+export class MigrationFatalError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = 'MigrationFatalError';
+  }
+}

@@ -1,0 +1,61 @@
+/**
+ * Migration over vfio-user: the MIGRATION (1), MIG_DEVICE_STATE (2) and
+ * MIG_DATA_SIZE (9) features of a migratable device, and MIG_DATA_READ (17) /
+ * MIG_DATA_WRITE (18) with their checks (state, size ≤ the client's
+ * max_data_xfer_size, argsz).
+ */
+import { ProtocolError } from '../../errors.js';
+import { Command, DeviceFeature, DeviceFeatureFlags } from '../../protocol/constants.js';
+import { decodeMigDeviceState, encodeMigDataSize, encodeMigDeviceState, encodeMigrationFeature } from '../../protocol/feature.js';
+import { encodeMigData } from '../../protocol/migration-data.js';
+import type { DecodedRequest } from '../../protocol/request.js';
+import { checkMigDataRead, checkMigDataWrite } from '../../migration/gating.js';
+import { noMigration, type MigrationController } from '../../migration/controller.js';
+import type { FeatureHandler, FeatureTable } from '../features.js';
+import type { Handler, HandlerContext } from '../types.js';
+
+type Req<C extends number> = Extract<DecodedRequest, { cmd: C }>;
+
+/** The migration features of a device with a migration controller. */
+export function migrationFeatures(migration: MigrationController): FeatureTable {
+  const state: FeatureHandler = {
+    ops: DeviceFeatureFlags.GET | DeviceFeatureFlags.SET,
+    get: () => encodeMigDeviceState({ deviceState: migration.state, dataFd: -1 }),
+    async set(_ctx, data) {
+      await migration.setState(decodeMigDeviceState(data).deviceState);
+    },
+  };
+  return new Map<number, FeatureHandler>([
+    [DeviceFeature.MIGRATION, { ops: DeviceFeatureFlags.GET, get: () => encodeMigrationFeature({ flags: migration.flags }) }],
+    [DeviceFeature.MIG_DEVICE_STATE, state],
+    [DeviceFeature.MIG_DATA_SIZE, { ops: DeviceFeatureFlags.GET, get: () => encodeMigDataSize({ stopCopyLength: migration.stopCopySize() }) }],
+  ]);
+}
+
+function controllerOf(ctx: HandlerContext, what: string): MigrationController {
+  const migration = ctx.device.migration;
+  if (!migration) throw noMigration(what);
+  return migration;
+}
+
+/** MIG_DATA_READ: size ≤ the client's max_data_xfer_size, argsz ≥ 8 + size, a saving state. */
+export const handleMigDataRead: Handler<Req<typeof Command.MIG_DATA_READ>> = async (ctx, request) => {
+  const migration = controllerOf(ctx, 'MIG_DATA_READ');
+  const { argsz, size } = request.body;
+  checkMigDataRead(migration.state as never);
+  if (size > ctx.client.maxDataXferSize) throw new ProtocolError(`MIG_DATA_READ: size ${size} beyond the client's max_data_xfer_size ${ctx.client.maxDataXferSize}`);
+  if (argsz < 8 + size) throw new ProtocolError(`MIG_DATA_READ: argsz ${argsz} below 8 + size`);
+  const data = await migration.read(size);
+  return { payload: encodeMigData({ argsz: 8 + data.length, size: data.length, data }) };
+};
+
+/** MIG_DATA_WRITE: RESUMING, size ≤ max_data_xfer_size, argsz ≥ 8 + size; the bytes are fed to the resuming stream. */
+export const handleMigDataWrite: Handler<Req<typeof Command.MIG_DATA_WRITE>> = async (ctx, request) => {
+  const migration = controllerOf(ctx, 'MIG_DATA_WRITE');
+  const { argsz, size, data } = request.body;
+  checkMigDataWrite(migration.state as never);
+  if (size > ctx.client.maxDataXferSize) throw new ProtocolError(`MIG_DATA_WRITE: size ${size} beyond the client's max_data_xfer_size ${ctx.client.maxDataXferSize}`);
+  if (argsz < 8 + size) throw new ProtocolError(`MIG_DATA_WRITE: argsz ${argsz} below 8 + size`);
+  await migration.write(data.subarray(0, size));
+  return undefined;
+};
