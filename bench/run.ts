@@ -13,6 +13,7 @@ import { runTransportBench, type TransportResult } from './transport.js';
 import { runCodecBench, type CodecResult } from './codec.js';
 import { runServerBench, type ServerResult } from './server.js';
 import { runClientBench, type ClientResult } from './client.js';
+import { runMigrationBench, type MigrationResult } from './migration.js';
 
 interface Report {
   pinnedCpu: string | null;
@@ -20,6 +21,7 @@ interface Report {
   codec: CodecResult;
   server: ServerResult;
   client: ClientResult;
+  migration: MigrationResult;
 }
 
 function hasTaskset(): boolean {
@@ -44,7 +46,8 @@ async function main(): Promise<void> {
     const codec = runCodecBench({ seconds: quick ? 0.3 : 1, log: !json });
     const server = await runServerBench({ dir, echo, pin, iterations: quick ? 20_000 : 160_000, log: !json });
     const client = await runClientBench({ dir, pin, count: quick ? 10_000 : 50_000, cFloorNs: transport.cToC.meanNs, log: !json });
-    const report: Report = { pinnedCpu: pin.length ? '0' : null, transport, codec, server, client };
+    const migration = await runMigrationBench({ dir, echo, stateBytes: (quick ? 32 : 256) << 20, log: !json });
+    const report: Report = { pinnedCpu: pin.length ? '0' : null, transport, codec, server, client, migration };
     if (json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -49,7 +49,7 @@ import {
   type DeviceFeaturePayload,
   type DmaLoggingRange,
 } from '../protocol/feature.js';
-import { decodeMigDataReadReply, encodeMigData, encodeMigDataReadRequest } from '../protocol/migration-data.js';
+import { decodeMigDataReadReply, encodeMigDataReadRequest } from '../protocol/migration-data.js';
 import type { Message } from '../transport/transport.js';
 import { ClientCore, type ClientOptions } from './core.js';
 
@@ -325,7 +325,12 @@ export class VfioUserClient extends ClientCore {
 
   /** MIG_DATA_WRITE of `data` (the caller chunks to `max_data_xfer_size`). */
   async migDataWrite(data: Uint8Array): Promise<void> {
-    (await this.request(Command.MIG_DATA_WRITE, encodeMigData({ argsz: 8 + data.length, size: data.length, data }))).fds.closeRemaining();
+    // The 8-byte {argsz, size} header and the data go out as two chunks of one sendmsg: no copy of the data.
+    const head = new Uint8Array(8);
+    const view = new DataView(head.buffer);
+    view.setUint32(0, 8 + data.length, true); // argsz
+    view.setUint32(4, data.length, true); // size
+    (await this.request(Command.MIG_DATA_WRITE, [head, data])).fds.closeRemaining();
   }
 }
 

@@ -232,21 +232,33 @@ export function tagToKind(tag: number): StreamRecordKind | undefined {
  * @throws {InvalidArgumentError} EINVAL if the payload exceeds {@link MAX_RECORD_PAYLOAD}.
  */
 export function encodeRecord(tag: number, seq: number, payload: Uint8Array, chain: number): { bytes: Uint8Array; crc: number } {
+  const { parts, crc } = encodeRecordParts(tag, seq, payload, chain);
+  const out = new Uint8Array(RECORD_HEADER_SIZE + payload.length + CRC_SIZE);
+  out.set(parts[0] as Uint8Array, 0);
+  out.set(payload, RECORD_HEADER_SIZE);
+  out.set(parts[2] as Uint8Array, RECORD_HEADER_SIZE + payload.length);
+  return { bytes: out, crc };
+}
+
+/**
+ * Like {@link encodeRecord}, without copying the payload: the record as three
+ * parts (12-byte header, `payload` itself, 4-byte CRC).
+ * @throws {InvalidArgumentError} EINVAL for a payload over {@link MAX_RECORD_PAYLOAD}.
+ */
+export function encodeRecordParts(tag: number, seq: number, payload: Uint8Array, chain: number): { parts: Uint8Array[]; crc: number } {
   if (payload.length > MAX_RECORD_PAYLOAD) {
     throw new InvalidArgumentError(`migration stream: record of ${payload.length} bytes exceeds ${MAX_RECORD_PAYLOAD}`);
   }
-  const size = RECORD_HEADER_SIZE + payload.length + CRC_SIZE;
-  const out = new WireWriter(size, 'migration stream record')
+  const head = new WireWriter(RECORD_HEADER_SIZE, 'migration stream record')
     .u8(tag, 'tag')
     .zeros(3, 'reserved')
     .u32(seq, 'sequence number')
     .u32(payload.length, 'length')
-    .bytes(payload, 'payload')
-    .zeros(CRC_SIZE, 'crc')
     .finish();
-  const crc = crc32(out.subarray(0, size - CRC_SIZE), chain);
-  putU32(out, size - CRC_SIZE, crc);
-  return { bytes: out, crc };
+  const crc = crc32(payload, crc32(head, chain));
+  const tail = new Uint8Array(CRC_SIZE);
+  putU32(tail, 0, crc);
+  return { parts: [head, payload, tail], crc };
 }
 
 /** Encodes the end record's payload. @throws {InvalidArgumentError} EINVAL if a total does not fit. */

@@ -47,7 +47,7 @@ const Phase = { Header: 0, Identity: 1, RecordHeader: 2, Payload: 3, Crc: 4, Don
 type Phase = (typeof Phase)[keyof typeof Phase];
 
 const MAGIC_SIZE = 8;
-const INITIAL_PAYLOAD_CAPACITY = 64 * 1024;
+const INITIAL_PAYLOAD_CAPACITY = 1 << 20;
 
 /**
  * Incremental stream parser. Feed it with {@link push}; call {@link finish}
@@ -270,10 +270,14 @@ export class StreamReader {
     return pos + take;
   }
 
-  /** Grows the payload buffer to hold `needed` bytes: doubling, never past the record length. */
+  /**
+   * Grows the payload buffer to hold `needed` bytes, by four (never past the
+   * record length): memory follows the bytes that actually arrived, and a big
+   * record is copied only a fraction of its size while it grows.
+   */
   #reserve(needed: number): void {
     if (needed <= this.#payload.length) return;
-    const grown = new Uint8Array(Math.min(this.#length, Math.max(needed, this.#payload.length * 2)));
+    const grown = new Uint8Array(Math.min(this.#length, Math.max(needed, this.#payload.length * 4)));
     grown.set(this.#payload.subarray(0, this.#filled));
     this.#payload = grown;
   }

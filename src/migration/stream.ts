@@ -11,6 +11,7 @@ import {
   RecordTag,
   encodeEndPayload,
   encodeRecord,
+  encodeRecordParts,
   encodeStreamHeader,
   getU32,
   kindToTag,
@@ -74,12 +75,27 @@ export class StreamWriter {
    * @throws {InvalidArgumentError} EINVAL for an unknown kind or an oversized payload.
    */
   record(kind: StreamRecordKind, payload: Uint8Array): Uint8Array {
+    const parts = this.recordParts(kind, payload);
+    const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of parts) {
+      out.set(p, at);
+      at += p.length;
+    }
+    return out;
+  }
+
+  /**
+   * Like {@link record}, without copying `payload`: the record as parts
+   * (header, the payload itself, CRC). Do not modify `payload` until the parts are consumed.
+   */
+  recordParts(kind: StreamRecordKind, payload: Uint8Array): Uint8Array[] {
     this.#expect(StreamWriterState.Open, 'record()');
-    const { bytes, crc } = encodeRecord(kindToTag(kind), this.#records + 1, payload, this.#chain);
+    const { parts, crc } = encodeRecordParts(kindToTag(kind), this.#records + 1, payload, this.#chain);
     this.#chain = crc;
     this.#records++;
     this.#payloadBytes += payload.length;
-    return bytes;
+    return parts;
   }
 
   /**
@@ -173,7 +189,7 @@ export class StreamSource {
    * @throws {InvalidArgumentError} EINVAL for an unknown kind or an oversized payload.
    */
   record(kind: StreamRecordKind, payload: Uint8Array): void {
-    this.#push(this.#writer.record(kind, payload), kind === 'delta');
+    for (const part of this.#writer.recordParts(kind, payload)) if (part.length > 0) this.#push(part, kind === 'delta');
   }
 
   /** Queues the end record. @throws {StateError} EINVAL if called twice. */
