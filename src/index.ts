@@ -29,6 +29,21 @@ export { ConfigSpace, formatLspciDump } from './pci/index.js';
 export { silentLogger } from './log.js';
 export * from './devices/index.js';
 export * from './client/index.js';
+export { MigrationController } from './migration/controller.js';
+export { MigrationFatalError } from './migration/types.js';
+export type { MigrationDefinition } from './migration/types.js';
+export {
+  migrationPath,
+  nextHop,
+  directArcs,
+  stateName,
+  StreamReader,
+  StreamSource,
+  StreamWriter,
+  checkCommandAllowed,
+  isCommandAllowed,
+} from './migration/index.js';
+export type { MigrationCapabilities, StreamIdentity, StreamRecord } from './migration/index.js';
 
 export type { VfioUserErrorOptions } from './errors.js';
 export type { FdCloser } from './transport/fds.js';

@@ -50,6 +50,25 @@ import {
   type DmaLoggingRange,
 } from '../protocol/feature.js';
 import { decodeMigDataReadReply, encodeMigDataReadRequest } from '../protocol/migration-data.js';
+import {
+  ARC_LATENCY_ENTRY_SIZE,
+  ARC_LATENCY_HEADER_SIZE,
+  DEADLINE_STATE_SIZE,
+  DeadlineRequestFlags,
+  ExtensionCapability,
+  MAX_DIRECT_ARCS,
+  PRECOPY_INFO_SIZE,
+  decodeArcLatencies,
+  decodeDeadlineStateReply,
+  decodePrecopyInfo,
+  encodeDeadlineStateRequest,
+  migrationExtensionsOf,
+  notAdvertised,
+  type ArcLatency,
+  type DeadlineStateReply,
+  type MigrationExtensions,
+  type PrecopyInfo,
+} from '../protocol/migration-extensions.js';
 import type { Message } from '../transport/transport.js';
 import { ClientCore, type ClientOptions } from './core.js';
 
@@ -313,6 +332,63 @@ export class VfioUserClient extends ClientCore {
   async migrationDataSize(): Promise<bigint> {
     const reply = await this.deviceFeature(DeviceFeature.MIG_DATA_SIZE | DeviceFeatureFlags.GET, new Uint8Array(8), 16);
     return decodeOrEproto(reply.data, Command.DEVICE_FEATURE, decodeMigDataSize).stopCopyLength;
+  }
+
+  /**
+   * The vendor migration extensions the server advertised in VERSION
+   * (docs/protocol-extensions.md): their feature indexes. Only advertised
+   * extensions may be used; a libvfio-user server advertises none.
+   */
+  get migrationExtensions(): MigrationExtensions {
+    return migrationExtensionsOf(this.serverAdvertised);
+  }
+
+  /**
+   * Pre-copy info (extension `x-precopy-info`): bytes of initial and of dirty
+   * state still to read, and the REINIT flag. Valid only in PRE_COPY/PRE_COPY_P2P.
+   * @throws {ProtocolError} ENOTSUP when the server did not advertise it.
+   * @throws {RemoteError} EINVAL outside a pre-copy state.
+   */
+  async precopyInfo(): Promise<PrecopyInfo> {
+    const index = this.migrationExtensions.precopyInfo;
+    if (index === undefined) throw notAdvertised(ExtensionCapability.PRECOPY_INFO);
+    const reply = await this.deviceFeature(index | DeviceFeatureFlags.GET, new Uint8Array(PRECOPY_INFO_SIZE), 8 + PRECOPY_INFO_SIZE);
+    return decodeOrEproto(reply.data, Command.DEVICE_FEATURE, decodePrecopyInfo);
+  }
+
+  /**
+   * Deadline-carrying state change (extension `x-deadline-state`): the device
+   * reaches `state` within `budgetNs` (0 = no budget) or walks back towards
+   * where it started, and says which (`outcome`, `reachedState`, `elapsedNs`,
+   * its `estimateNs`; `errno` for a failed arc). With `predict` the device
+   * declines up front when its estimate exceeds the budget. Arc failures are
+   * reported in the outcome, not thrown. The request waits up to
+   * `timeoutMs` (default: the client's timeout): allow for the budget, an arc
+   * that overruns it and the walk back.
+   * @throws {ProtocolError} ENOTSUP when the server did not advertise it.
+   * @throws {RemoteError} EINVAL for a target the state machine refuses (nothing was done).
+   */
+  async setMigrationStateWithDeadline(state: number, budgetNs: bigint, options: { predict?: boolean; timeoutMs?: number } = {}): Promise<DeadlineStateReply> {
+    const index = this.migrationExtensions.deadlineState;
+    if (index === undefined) throw notAdvertised(ExtensionCapability.MIG_STATE_DEADLINE);
+    const data = encodeDeadlineStateRequest({ deviceState: state, flags: options.predict ? DeadlineRequestFlags.PREDICT : 0, deadlineNs: budgetNs });
+    const payload = encodeDeviceFeature({ argsz: 8 + DEADLINE_STATE_SIZE, flags: index | DeviceFeatureFlags.SET, data });
+    const m = await this.request(Command.DEVICE_FEATURE, payload, options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs });
+    const reply = decodeReply(m, decodeDeviceFeature);
+    return decodeOrEproto(reply.data, Command.DEVICE_FEATURE, decodeDeadlineStateReply);
+  }
+
+  /**
+   * Arc latency (extension `x-arc-latency`): for every direct arc of the
+   * device, the measured runs (count, last, mean, max) and the estimate a
+   * deadline-bounded SET plans with.
+   * @throws {ProtocolError} ENOTSUP when the server did not advertise it.
+   */
+  async arcLatencies(): Promise<ArcLatency[]> {
+    const index = this.migrationExtensions.arcLatency;
+    if (index === undefined) throw notAdvertised(ExtensionCapability.MIG_ARC_LATENCY);
+    const reply = await this.deviceFeature(index | DeviceFeatureFlags.GET, new Uint8Array(0), 8 + ARC_LATENCY_HEADER_SIZE + MAX_DIRECT_ARCS * ARC_LATENCY_ENTRY_SIZE);
+    return decodeOrEproto(reply.data, Command.DEVICE_FEATURE, decodeArcLatencies);
   }
 
   /** MIG_DATA_READ of up to `size` bytes; an empty result means no data right now. */

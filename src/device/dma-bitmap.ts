@@ -8,7 +8,9 @@
  *
  * A {@link DirtyBitmap} tracks one DMA region at a fixed granularity and
  * allocates its storage lazily, in chunks of {@link DIRTY_CHUNK_BYTES}: a
- * region that is barely written costs a few KiB however large it is.
+ * region that is barely written costs a few KiB however large it is. It may
+ * be limited to some spans of the region (DMA_LOGGING_START's ranges): writes
+ * elsewhere are not recorded.
  */
 
 /** Bytes per lazily allocated bitmap chunk (32,768 pages: 128 MiB at 4 KiB). */
@@ -33,6 +35,23 @@ export function setBitRange(bits: Uint8Array, first: number, last: number): void
 }
 
 /**
+ * Clears bits `first ..= last` of `bits` (the counterpart of {@link setBitRange}).
+ * @param bits - the bitmap; indices must be below `bits.length * 8` (< 2^32).
+ * @param first - first bit to clear.
+ * @param last - last bit to clear (inclusive); nothing happens when `last < first`.
+ */
+export function clearBitRange(bits: Uint8Array, first: number, last: number): void {
+  let i = first;
+  for (; i <= last && (i & 7) !== 0; i++) bits[i >>> 3]! &= ~(1 << (i & 7));
+  const wholeEnd = last + 1 - ((last + 1) % 8);
+  if (i < wholeEnd) {
+    bits.fill(0, i >>> 3, wholeEnd >>> 3);
+    i = wholeEnd;
+  }
+  for (; i <= last; i++) bits[i >>> 3]! &= ~(1 << (i & 7));
+}
+
+/**
  * Whether bit `i` of `bits` is set (bit `i % 8` of byte `i / 8`).
  * @returns false for an index past the end.
  */
@@ -47,6 +66,8 @@ export class DirtyBitmap {
   /** Size of the tracked region in bytes. */
   readonly regionSize: number;
   readonly #chunks = new Map<number, Uint8Array>();
+  /** Region-relative `[start, end)` pairs, sorted and disjoint, that are logged; `undefined` = all of it. */
+  #spans: readonly number[] | undefined;
 
   /**
    * @param regionSize - bytes in the region (≤ 8 TiB).
@@ -62,14 +83,52 @@ export class DirtyBitmap {
     return Math.ceil(this.regionSize / this.pageSize);
   }
 
+  /** The logged spans (flat `[start, end)` pairs), or `undefined` when the whole region is logged. */
+  get spans(): readonly number[] | undefined {
+    return this.#spans;
+  }
+
+  /**
+   * Limits logging to `spans` from now on (marks already made stay).
+   * @param spans - region-relative `[start, end)` pairs, flat, sorted, disjoint
+   *   and non-empty; `undefined` logs the whole region.
+   */
+  setSpans(spans: readonly number[] | undefined): void {
+    this.#spans = spans;
+  }
+
   /**
    * Marks the pages touching `[offset, offset + length)` (region-relative,
-   * already checked to lie inside the region) dirty. `length` 0 does nothing.
+   * already checked to lie inside the region) dirty, as far as it lies in the
+   * logged spans. `length` 0 does nothing. Cost with spans: one binary search
+   * plus the spans the write touches.
    */
   mark(offset: number, length: number): void {
     if (length <= 0) return;
-    let page = Math.floor(offset / this.pageSize);
-    const last = Math.floor((offset + length - 1) / this.pageSize);
+    const spans = this.#spans;
+    if (spans === undefined) {
+      this.#markBytes(offset, offset + length);
+      return;
+    }
+    const end = offset + length;
+    let lo = 0;
+    let hi = spans.length >>> 1; // first span whose end is beyond `offset`
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (spans[2 * mid + 1]! <= offset) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = 2 * lo; i < spans.length && spans[i]! < end; i += 2) {
+      const from = Math.max(offset, spans[i]!);
+      const to = Math.min(end, spans[i + 1]!);
+      if (from < to) this.#markBytes(from, to);
+    }
+  }
+
+  /** Marks the pages touching region bytes `[from, to)`, `from < to`. */
+  #markBytes(from: number, to: number): void {
+    let page = Math.floor(from / this.pageSize);
+    const last = Math.floor((to - 1) / this.pageSize);
     while (page <= last) {
       const chunk = Math.floor(page / CHUNK_BITS);
       const base = chunk * CHUNK_BITS;
@@ -88,6 +147,42 @@ export class DirtyBitmap {
   /** Forgets every dirty page. */
   clear(): void {
     this.#chunks.clear();
+  }
+
+  /**
+   * Calls `fn` for every dirty tracking page in `first ..= last`, in no
+   * particular order. Cost: the allocated chunks plus the words of the range
+   * inside them; clean words are skipped 32 pages at a time.
+   */
+  forEachDirty(first: number, last: number, fn: (page: number) => void): void {
+    for (const [index, chunk] of this.#chunks) {
+      const base = index * CHUNK_BITS;
+      const from = Math.max(first, base) - base;
+      const to = Math.min(last, base + CHUNK_BITS - 1) - base;
+      if (from > to) continue;
+      const words = new Uint32Array(chunk.buffer, chunk.byteOffset, DIRTY_CHUNK_BYTES / 4);
+      for (let word = from >>> 5; word <= to >>> 5; word++) {
+        if (words[word] === 0) continue;
+        const lo = Math.max(from, word * 32);
+        const hi = Math.min(to, word * 32 + 31);
+        for (let bit = lo; bit <= hi; bit++) {
+          if (((chunk[bit >>> 3]! >> (bit & 7)) & 1) !== 0) fn(base + bit);
+        }
+      }
+    }
+  }
+
+  /** Forgets the dirty tracking pages `first ..= last` (chunks left empty are freed). */
+  clearPages(first: number, last: number): void {
+    if (last < first) return;
+    for (const [index, chunk] of this.#chunks) {
+      const base = index * CHUNK_BITS;
+      const from = Math.max(first, base) - base;
+      const to = Math.min(last, base + CHUNK_BITS - 1) - base;
+      if (from > to) continue;
+      if (from === 0 && to === CHUNK_BITS - 1) this.#chunks.delete(index);
+      else clearBitRange(chunk, from, to);
+    }
   }
 
   /**

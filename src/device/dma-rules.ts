@@ -123,3 +123,22 @@ export function checkBitmapRequest(
   }
   return Number(bytes);
 }
+
+/**
+ * Checks the rules of a DMA_LOGGING_REPORT of any IOVA range (the kernel's
+ * rules plus ours; the range itself was found to touch a mapping).
+ * @returns the bitmap size in bytes: `ceil(length / pageSize)` bits rounded up to u64 words.
+ * @throws {ProtocolError} EINVAL when logging is off or `pageSize` is 0 or not a
+ *   power of two; ENOMEM when the bitmap would exceed {@link DMA_MAX_BITMAP_BYTES}.
+ */
+export function checkReportRequest(site: string, logging: boolean, length: bigint, pageSize: bigint): number {
+  if (!logging) throw reject(site, 'not-logging', 'dirty page logging is not started');
+  if (pageSize <= 0n || (pageSize & (pageSize - 1n)) !== 0n) {
+    throw reject(site, 'page-size', `page size ${pageSize} is not a power of two`);
+  }
+  const bytes = bitmapBytes(length, pageSize);
+  if (bytes > BigInt(DMA_MAX_BITMAP_BYTES)) {
+    throw reject(site, 'bitmap-size', `bitmap of ${bytes} bytes is too large`, Errno.ENOMEM);
+  }
+  return Number(bytes);
+}

@@ -15,11 +15,11 @@
 import { InvalidArgumentError, StateError } from '../errors.js';
 import { native } from '../native/addon.js';
 import type { DmaMapRequest } from '../protocol/dma.js';
+import type { DmaLoggingRange } from '../protocol/feature.js';
 import { Errno } from '../protocol/errno.js';
-import { DmaAccess, type RegionSegment, findRegion, liveRegion, requireMmap, resolve } from './dma-access.js';
+import { DmaAccess, type RegionSegment, liveRegion, requireMmap, resolve } from './dma-access.js';
 import { DmaLog } from './dma-logging.js';
 import type { DmaRegion, DmaRegionEntry } from './dma-region.js';
-import { reject } from './dma-rules.js';
 import { DmaTable } from './dma-table.js';
 import { DMA_WINDOW_SIZE } from './dma-window.js';
 
@@ -219,13 +219,16 @@ export class DmaController {
   }
 
   /**
-   * DMA_LOGGING_START: logs device writes to every mmap-mode region, present
-   * and future (message-mode regions are the client's to track). The
-   * `ranges` of the request are ignored, as libvfio-user does.
+   * DMA_LOGGING_START: logs device writes to mmap-mode regions, present and
+   * future, inside `ranges` (none or empty: every IOVA, the spec's
+   * `num_ranges == 0`). Message-mode regions are the client's to track. A
+   * repeated START at the same page size logs the union of both range sets.
+   * @param ranges - validated by the caller (the DMA_LOGGING_START handler:
+   *   at most 256, page-aligned, non-overlapping, no overflow).
    * @throws {ProtocolError} EINVAL for page size 0 or a different page size while logging.
    */
-  startLogging(pageSize: bigint): void {
-    this.#log.start(pageSize, this.#regions);
+  startLogging(pageSize: bigint, ranges?: readonly DmaLoggingRange[]): void {
+    this.#log.start(pageSize, ranges, this.#regions);
   }
 
   /** DMA_LOGGING_STOP: drops every bitmap. Idempotent. */
@@ -234,23 +237,21 @@ export class DmaController {
   }
 
   /**
-   * DMA_LOGGING_REPORT: the dirty bitmap of the region that is exactly
-   * `[iova, iova + length)`, `bitmapBytes(length, pageSize)` bytes, bit `i % 8`
-   * of byte `i / 8` = page `i`; the log is cleared.
-   * @throws {ProtocolError} ENOENT when `iova` is not mapped; ENOTSUP when the
-   *   range is not exactly one region; EINVAL when not logging, `pageSize` is
-   *   not a power of two, `length < pageSize`, or the region is message mode;
-   *   ENOMEM for a bitmap over 256 MiB.
+   * DMA_LOGGING_REPORT of any IOVA range (several regions, part of one, gaps
+   * between them): `bitmapBytes(length, pageSize)` bytes, bit `i % 8` of byte
+   * `i / 8` = the page at `iova + i * pageSize`. Unmapped pages, message-mode
+   * regions and pages outside the START ranges read as 0, as do the padding
+   * bits; the log is cleared for the range reported (a tracking page that
+   * straddles an end of the range stays dirty). libvfio-user accepts only
+   * exactly one whole fd-backed region; everything it accepts gives the same
+   * bitmap here.
+   * @throws {ProtocolError} EINVAL when `length` is 0, not logging, or `pageSize`
+   *   is not a power of two; EOVERFLOW when the range passes 2^64; ENOENT when no
+   *   byte of the range is mapped (checked before logging); ENOMEM for a bitmap
+   *   over 256 MiB.
    */
   report(iova: bigint, length: bigint, pageSize: bigint): Uint8Array {
-    const site = `DMA_LOGGING_REPORT [${iova}, +${length})`;
-    const region = findRegion(this.#regions, iova);
-    if (region === undefined) throw reject(site, 'not-mapped', 'IOVA is not mapped', Errno.ENOENT);
-    if (region.addr !== iova || region.size !== length) {
-      throw reject(site, 'whole-region', `range is not exactly region [${region.addr}, ${region.end})`, Errno.ENOTSUP);
-    }
-    const bytes = this.#log.check(site, region, pageSize);
-    return this.#log.take(region, pageSize, bytes);
+    return this.#log.report(this.#regions, iova, length, pageSize);
   }
 
   // ------------------------------------------------------------- device side

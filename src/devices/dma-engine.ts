@@ -37,13 +37,47 @@
  * A job stops quietly when the client disconnects (its DMA is gone); the reset
  * hook (DEVICE_RESET or disconnect) waits for it to stop and clears the
  * engine. CONTROL.RESET does the same from the driver side.
+ *
+ * Migration (v2, STOP_COPY and P2P). Quiesce: an arc into RUNNING_P2P or a
+ * stopped state (STOP, STOP_COPY, RESUMING) stops taking descriptors and waits,
+ * before the arc commits, for the descriptor in progress to complete (its data
+ * copied, checksum and status written back, HEAD advanced): no descriptor is
+ * ever left half done, and the arc takes as long as the rest of one descriptor.
+ * A batch interrupted that way is not over: its interrupts are not raised, and
+ * its DONE/ERROR counts are kept (and migrated) so that the vectors fire when
+ * the batch ends, wherever that is. In RUNNING_P2P the registers work as usual
+ * (a TAIL write is taken, a bad one halts and interrupts) but no DMA starts;
+ * in a stopped state register writes are ignored and an interrupt the engine
+ * owes is kept until it operates again. RUNNING resumes processing if
+ * HEAD ≠ TAIL. Device type `dma-engine`, state version 1, 48 bytes, little-endian:
+ *
+ * | off  | size | field |
+ * |------|------|-------|
+ * | 0x00 | 4    | CONTROL (bit 0 ENABLE) |
+ * | 0x04 | 4    | STATUS without BUSY (bit 1 ERROR, bit 2 HALTED) |
+ * | 0x08 | 8    | RING_BASE |
+ * | 0x10 | 4    | RING_SIZE (as written; 0 or ≤ 65536 for a working ring) |
+ * | 0x14 | 4    | HEAD (< RING_SIZE, or 0 when RING_SIZE is 0) |
+ * | 0x18 | 4    | TAIL (idem) |
+ * | 0x1c | 4    | COMPLETED |
+ * | 0x20 | 4    | ERRORS |
+ * | 0x24 | 4    | current batch: descriptors completed DONE so far |
+ * | 0x28 | 4    | current batch: descriptors completed with ERROR so far (a halt counts) |
+ * | 0x2c | 4    | owed interrupts: bit n = MSI-X vector n, raised while stopped |
+ *
+ * Guest memory (the ring, the buffers) is not device state: the migration
+ * orchestrator moves it, and must have it in place at the same IOVAs before
+ * the destination runs.
  */
 import { InvalidArgumentError, VfioUserError } from '../errors.js';
 import { createDevice, type VfioUserDevice } from '../device/device.js';
 import type { DmaController } from '../device/dma.js';
+import type { MigrationDefinition } from '../migration/types.js';
+import { MigrationState } from '../protocol/constants.js';
 import { Errno } from '../protocol/errno.js';
 import type { Logger } from '../log.js';
 import { FNV1A_OFFSET_BASIS, fnv1aUpdate } from './fnv1a.js';
+import { RunState, checkBits, openState } from './migration-support.js';
 import { RegisterBlock, mergeLanes } from './register-block.js';
 import {
   DESCRIPTOR_SIZE,
@@ -90,6 +124,12 @@ export const DMA_ENGINE_CHUNK = 1 << 20;
 /** BAR0 (registers) and BAR4 (MSI-X table at 0, PBA at 0x800) sizes. */
 export const DMA_ENGINE_BAR0_SIZE = 0x1000;
 export const DMA_ENGINE_BAR4_SIZE = 0x1000;
+/** Device type in the migration stream. */
+export const DMA_ENGINE_DEVICE_TYPE = 'dma-engine';
+/** Version of the migration state layout (module TSDoc). */
+export const DMA_ENGINE_STATE_VERSION = 1;
+/** Size of the migration state. */
+export const DMA_ENGINE_STATE_SIZE = 48;
 
 /** A snapshot of the engine's registers and activity. */
 export interface DmaEngineState {
@@ -139,6 +179,12 @@ class DmaEngine {
   #completed = 0;
   #errors = 0;
   #generation = 0;
+  /** Descriptors of the current batch completed DONE / with ERROR (vectors fire when the batch ends). */
+  #batchDone = 0;
+  #batchFailed = 0;
+  /** Vectors raised while stopped, bit n = vector n. */
+  #owed = 0;
+  readonly run = new RunState();
   #job: Promise<void> | undefined;
   /** Generation the running job belongs to; a job of an older one is only winding down. */
   #jobGeneration = -1;
@@ -173,6 +219,84 @@ class DmaEngine {
   async reset(): Promise<void> {
     this.#clear();
     await this.idle();
+    this.run.enter(this.device.migration?.state ?? MigrationState.RUNNING);
+  }
+
+  /** The migration hooks. */
+  migration(): MigrationDefinition {
+    return {
+      p2p: true,
+      deviceType: DMA_ENGINE_DEVICE_TYPE,
+      stateVersion: DMA_ENGINE_STATE_VERSION,
+      save: () => this.#save(),
+      load: (kind, payload) => this.#load(kind, payload),
+      transition: (_from, to) => this.#transition(to),
+      stopCopySize: () => DMA_ENGINE_STATE_SIZE,
+    };
+  }
+
+  async #transition(to: number): Promise<void> {
+    const resumed = this.run.enter(to);
+    if (!this.run.dmaAllowed) await this.idle(); // the loop takes no new descriptor; the one in progress completes
+    if (resumed) {
+      const owed = this.#owed;
+      this.#owed = 0;
+      for (let vector = 0; vector < 2; vector++) if ((owed & (1 << vector)) !== 0) this.device.interrupt(vector);
+    }
+    this.#kick();
+  }
+
+  #save(): Uint8Array {
+    const out = new Uint8Array(DMA_ENGINE_STATE_SIZE);
+    const v = new DataView(out.buffer);
+    v.setUint32(0x00, this.#enabled ? DmaEngineControl.ENABLE : 0, true);
+    v.setUint32(0x04, this.#status, true);
+    v.setBigUint64(0x08, this.#ringBase, true);
+    v.setUint32(0x10, this.#ringSize, true);
+    v.setUint32(0x14, this.#head, true);
+    v.setUint32(0x18, this.#tail, true);
+    v.setUint32(0x1c, this.#completed, true);
+    v.setUint32(0x20, this.#errors, true);
+    v.setUint32(0x24, this.#batchDone, true);
+    v.setUint32(0x28, this.#batchFailed, true);
+    v.setUint32(0x2c, this.#owed, true);
+    return out;
+  }
+
+  #load(kind: 'full' | 'delta', payload: Uint8Array): void {
+    const r = openState(`${DMA_ENGINE_DEVICE_TYPE} state v${DMA_ENGINE_STATE_VERSION}`, payload, DMA_ENGINE_STATE_SIZE);
+    if (kind !== 'full') throw r.error(`a '${kind}' record, but this device sends its whole state in one 'full' record`);
+    if (this.#job) throw r.error('the engine is still running a job'); // cannot happen: RESUMING is reached through STOP
+    const control = checkBits(r, 'CONTROL', r.u32('CONTROL'), DmaEngineControl.ENABLE);
+    const status = checkBits(r, 'STATUS', r.u32('STATUS'), DmaEngineStatus.ERROR | DmaEngineStatus.HALTED);
+    const ringBase = r.u64('RING_BASE');
+    const ringSize = r.u32('RING_SIZE');
+    const head = r.u32('HEAD');
+    const tail = r.u32('TAIL');
+    const inRing = (i: number): boolean => (ringSize === 0 ? i === 0 : i < ringSize);
+    if (!inRing(head) || !inRing(tail)) throw r.error(`HEAD ${head} / TAIL ${tail} outside a ${ringSize}-entry ring`);
+    const completed = r.u32('COMPLETED');
+    const errors = r.u32('ERRORS');
+    const batchDone = r.u32('batch done');
+    const batchFailed = r.u32('batch failed');
+    const owed = checkBits(r, 'owed interrupts', r.u32('owed interrupts'), (1 << DmaEngineVector.COMPLETION) | (1 << DmaEngineVector.ERROR));
+    this.#enabled = control !== 0;
+    this.#status = status;
+    this.#ringBase = ringBase;
+    this.#ringSize = ringSize;
+    this.#head = head;
+    this.#tail = tail;
+    this.#completed = completed;
+    this.#errors = errors;
+    this.#batchDone = batchDone;
+    this.#batchFailed = batchFailed;
+    this.#owed = owed;
+  }
+
+  /** Raises `vector` now, or once the engine operates again if it is stopped. */
+  #raise(vector: number): void {
+    if (this.run.stopped) this.#owed |= 1 << vector;
+    else this.device.interrupt(vector);
   }
 
   registers(): RegisterBlock {
@@ -235,7 +359,7 @@ class DmaEngine {
 
   #halt(): void {
     this.#status |= DmaEngineStatus.HALTED;
-    this.device.interrupt(DmaEngineVector.ERROR);
+    this.#raise(DmaEngineVector.ERROR);
   }
 
   #clear(): void {
@@ -246,11 +370,14 @@ class DmaEngine {
     this.#status = 0;
     this.#completed = 0;
     this.#errors = 0;
+    this.#batchDone = 0;
+    this.#batchFailed = 0;
+    this.#owed = 0;
   }
 
   /** Starts a job if there is work and none is running. */
   #kick(): void {
-    if (this.#job || !this.#enabled || this.#head === this.#tail || (this.#status & DmaEngineStatus.HALTED) !== 0) return;
+    if (this.#job || !this.run.dmaAllowed || !this.#enabled || this.#head === this.#tail || (this.#status & DmaEngineStatus.HALTED) !== 0) return;
     if (this.#ringSize < 1 || this.#ringSize > DMA_ENGINE_MAX_RING || this.#tail >= this.#ringSize) return this.#halt();
     const device = this.device;
     if (!device.connected) return;
@@ -264,31 +391,43 @@ class DmaEngine {
     });
   }
 
-  /** Processes descriptors from HEAD to TAIL, then interrupts. */
+  /** Work is posted and the engine may process it (leaving DMA aside). */
+  get #pending(): boolean {
+    return this.#enabled && this.#head !== this.#tail && (this.#status & DmaEngineStatus.HALTED) === 0;
+  }
+
+  /**
+   * Processes descriptors from HEAD to TAIL, then interrupts. Stops early,
+   * between descriptors, when DMA is no longer allowed (a migration arc); the
+   * batch then goes on when the engine runs again, here or on a destination.
+   */
   async #run(dma: DmaController, generation: number): Promise<void> {
-    let done = 0;
-    let failed = 0;
-    while (this.#enabled && this.#head !== this.#tail && (this.#status & DmaEngineStatus.HALTED) === 0) {
+    while (this.#pending && this.run.dmaAllowed) {
       const at = this.#ringBase + BigInt(this.#head * DESCRIPTOR_SIZE);
       const outcome = await this.#processOne(dma, generation, at);
       if (outcome === 'halt') {
         this.#status |= DmaEngineStatus.HALTED;
-        failed++;
+        this.#batchFailed++;
         break;
       }
       this.#head = (this.#head + 1) % this.#ringSize;
       this.#completed = (this.#completed + 1) >>> 0;
-      if (outcome === 'done') done++;
+      if (outcome === 'done') this.#batchDone++;
       else {
-        failed++;
+        this.#batchFailed++;
         this.#errors = (this.#errors + 1) >>> 0;
         this.#status |= DmaEngineStatus.ERROR;
       }
       await yieldToIo();
       this.#check(dma, generation);
     }
-    if (failed > 0) this.device.interrupt(DmaEngineVector.ERROR);
-    if (done > 0) this.device.interrupt(DmaEngineVector.COMPLETION);
+    if (this.#pending) return; // paused by a migration arc: the batch is not over
+    const failed = this.#batchFailed;
+    const done = this.#batchDone;
+    this.#batchFailed = 0;
+    this.#batchDone = 0;
+    if (failed > 0) this.#raise(DmaEngineVector.ERROR);
+    if (done > 0) this.#raise(DmaEngineVector.COMPLETION);
   }
 
   /** One descriptor: `'done'`, `'error'` (written back as such) or `'halt'` (the ring itself failed). */
@@ -367,13 +506,20 @@ export function createDmaEngineDevice(options: DmaEngineOptions = {}): DmaEngine
     ...(options.logger ? { logger: options.logger } : {}),
     pci: { ...DMA_ENGINE_PCI_ID },
     regions: {
-      bar0: { size: DMA_ENGINE_BAR0_SIZE, read: (o, l) => registers.read(o, l), write: (o, d) => registers.write(o, d) },
+      bar0: {
+        size: DMA_ENGINE_BAR0_SIZE,
+        read: (o, l) => registers.read(o, l),
+        write: (o, d) => {
+          if (!engine.run.stopped) registers.write(o, d); // a stopped engine changes no state
+        },
+      },
       bar4: { size: DMA_ENGINE_BAR4_SIZE, read: (_o, l) => new Uint8Array(l), write: () => {} },
     },
     irqs: { msix: 2 },
     msix: { bar: 4, tableOffset: 0, pbaOffset: 0x800 },
     capabilities: { express: { portType: 'endpoint' }, serialNumber: options.serialNumber ?? 0x5a02_0000_0000_0001n },
     reset: () => engine.reset(),
+    migration: engine.migration(),
   });
   engine.device = device;
   return { device, engineState: () => engine.state(), idle: () => engine.idle() };

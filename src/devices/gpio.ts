@@ -36,10 +36,35 @@
  *
  * Reset (DEVICE_RESET or client disconnect) clears outputs, enables, status and
  * the filter latch; the input lines keep their levels (they are external).
+ *
+ * Migration (v2, STOP_COPY and P2P; no PRE_COPY: the state is 12 bytes). Device
+ * type `gpio-pci-idio-16`, state version 1, little-endian:
+ *
+ * | off | size | field |
+ * |-----|------|-------|
+ * | 0   | 2    | inputs 15:0 as the device last sampled them |
+ * | 2   | 2    | outputs 15:0 |
+ * | 4   | 2    | IRQ_ENABLE |
+ * | 6   | 2    | IRQ_STATUS (latched changes) |
+ * | 8   | 1    | FILTER_CTL latch |
+ * | 9   | 3    | reserved, 0 |
+ *
+ * Quiesce: in STOP, STOP_COPY, RESUMING (and ERROR) the card stops sampling its
+ * input lines — {@link GpioDevice.setInput} only records the new level — so no
+ * status bit latches and no interrupt is raised; BAR2 writes are ignored and
+ * reads have no side effect (reading IRQ_CTL does not disable interrupts).
+ * When the card operates again it samples the lines: changed enabled inputs
+ * latch and interrupt as usual. RUNNING_P2P is plain running (the card does no
+ * DMA). `load` makes the restored input levels the current line levels and
+ * restores the outputs silently; `onOutputChange` reports them when the card
+ * next operates.
  */
 import { InvalidArgumentError } from '../errors.js';
 import { createDevice, type VfioUserDevice } from '../device/device.js';
+import type { MigrationDefinition } from '../migration/types.js';
+import { MigrationState } from '../protocol/constants.js';
 import type { Logger } from '../log.js';
+import { RunState, openState, reserved } from './migration-support.js';
 import { RegisterBlock, mergeLanes } from './register-block.js';
 
 /** BAR2 register offsets of the GPIO card. */
@@ -65,6 +90,12 @@ export const GPIO_PCI_ID = { vendorId: 0x494f, deviceId: 0x0dc8, classCode: 0x00
 export const GPIO_BAR_SIZE = 0x100;
 /** Input and output channels. */
 export const GPIO_CHANNELS = 16;
+/** Device type in the migration stream. */
+export const GPIO_DEVICE_TYPE = 'gpio-pci-idio-16';
+/** Version of the migration state layout (module TSDoc). */
+export const GPIO_STATE_VERSION = 1;
+/** Size of the migration state. */
+export const GPIO_STATE_SIZE = 12;
 
 const CHANNEL_MASK = 0xffff;
 
@@ -87,7 +118,7 @@ export interface GpioDevice {
    * @throws {InvalidArgumentError} EINVAL for a channel outside 0–15.
    */
   setInput(channel: number, level: boolean): void;
-  /** Input levels, bit n = channel n. */
+  /** Input levels as the card sees them, bit n = channel n (while it is stopped, changes of the lines wait until it runs). */
   readonly inputs: number;
   /** Output levels the driver set, bit n = channel n. */
   readonly outputs: number;
@@ -99,17 +130,24 @@ export interface GpioDevice {
 
 /** The card's registers and line state. */
 class GpioState {
+  /** Input levels as the card last sampled them (what INPUT reads). */
   inputs: number;
+  /** Levels of the external lines; sampled into `inputs` while the card operates. */
+  lines: number;
   outputs = 0;
   enable = 0;
   status = 0;
   filter = 0;
+  readonly run = new RunState();
   /** Set right after the device is created. */
   device!: VfioUserDevice;
+  /** Outputs last reported through `onOutputChange`. */
+  #announced = 0;
   readonly #onOutputChange: ((outputs: number, previous: number) => void) | undefined;
 
   constructor(options: GpioOptions) {
     this.inputs = (options.inputs ?? 0) & CHANNEL_MASK;
+    this.lines = this.inputs;
     this.#onOutputChange = options.onOutputChange;
   }
 
@@ -118,10 +156,16 @@ class GpioState {
       throw new InvalidArgumentError(`GPIO setInput: channel ${channel} outside 0–${GPIO_CHANNELS - 1}`);
     }
     const bit = 1 << channel;
-    const next = level ? this.inputs | bit : this.inputs & ~bit;
-    if (next === this.inputs) return;
-    this.inputs = next;
-    if ((this.enable & bit) !== 0) this.latch(bit);
+    this.lines = level ? this.lines | bit : this.lines & ~bit;
+    if (!this.run.stopped) this.#sample();
+  }
+
+  /** Takes the line levels in; changed enabled inputs latch. */
+  #sample(): void {
+    const changed = this.lines ^ this.inputs;
+    if (changed === 0) return;
+    this.inputs = this.lines;
+    if ((changed & this.enable) !== 0) this.latch(changed & this.enable);
   }
 
   latch(bits: number): void {
@@ -131,9 +175,15 @@ class GpioState {
   }
 
   setOutputs(value: number): void {
-    const previous = this.outputs;
     this.outputs = value & CHANNEL_MASK;
-    if (this.outputs !== previous) this.#onOutputChange?.(this.outputs, previous);
+    if (!this.run.stopped) this.#announce();
+  }
+
+  #announce(): void {
+    const previous = this.#announced;
+    if (this.outputs === previous) return;
+    this.#announced = this.outputs;
+    this.#onOutputChange?.(this.outputs, previous);
   }
 
   clearStatus(bits: number): void {
@@ -151,6 +201,49 @@ class GpioState {
     this.enable = 0;
     this.filter = 0;
     this.clearStatus(CHANNEL_MASK);
+    this.#enter(this.device.migration?.state ?? MigrationState.RUNNING);
+  }
+
+  /** The migration hooks over this state. */
+  migration(): MigrationDefinition {
+    return {
+      p2p: true,
+      deviceType: GPIO_DEVICE_TYPE,
+      stateVersion: GPIO_STATE_VERSION,
+      save: () => this.#save(),
+      load: (kind, payload) => this.#load(kind, payload),
+      transition: (_from, to) => this.#enter(to),
+      stopCopySize: () => GPIO_STATE_SIZE,
+    };
+  }
+
+  #enter(state: number): void {
+    if (!this.run.enter(state)) return;
+    this.#announce();
+    this.#sample();
+  }
+
+  #save(): Uint8Array {
+    const out = new Uint8Array(GPIO_STATE_SIZE);
+    const v = new DataView(out.buffer);
+    v.setUint16(0, this.inputs, true);
+    v.setUint16(2, this.outputs, true);
+    v.setUint16(4, this.enable, true);
+    v.setUint16(6, this.status, true);
+    v.setUint8(8, this.filter);
+    return out;
+  }
+
+  #load(kind: 'full' | 'delta', payload: Uint8Array): void {
+    const r = openState(`${GPIO_DEVICE_TYPE} state v${GPIO_STATE_VERSION}`, payload, GPIO_STATE_SIZE);
+    if (kind !== 'full') throw r.error(`a '${kind}' record, but this device sends its whole state in one 'full' record`);
+    const inputs = r.u16('inputs');
+    const outputs = r.u16('outputs');
+    const enable = r.u16('irq enable');
+    const status = r.u16('irq status');
+    const filter = r.u8('filter');
+    reserved(r, 3);
+    Object.assign(this, { inputs, lines: inputs, outputs, enable, status, filter });
   }
 
   #deassert(): void {
@@ -166,7 +259,7 @@ function gpioRegisters(s: GpioState): RegisterBlock {
   return new RegisterBlock('gpio BAR2', GPIO_BAR_SIZE, {
     0x00: {
       read(mask) {
-        if (has(mask, 2)) s.enable = 0; // reading IRQ_CTL disables the interrupts, as on the card
+        if (has(mask, 2) && !s.run.stopped) s.enable = 0; // reading IRQ_CTL disables the interrupts, as on the card
         return (s.outputs & 0xff) | ((s.inputs & 0xff) << 8) | (s.filter << 24);
       },
       write(value, mask) {
@@ -205,11 +298,14 @@ export function createGpioDevice(options: GpioOptions = {}): GpioDevice {
       bar2: {
         size: GPIO_BAR_SIZE,
         read: (offset, length) => registers.read(offset, length),
-        write: (offset, data) => registers.write(offset, data),
+        write: (offset, data) => {
+          if (!state.run.stopped) registers.write(offset, data); // a stopped card changes no state
+        },
       },
     },
     irqs: { intx: true, msi: 1 },
     reset: () => state.reset(),
+    migration: state.migration(),
   });
   state.device = device;
   return {

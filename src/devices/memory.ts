@@ -22,11 +22,20 @@
  *
  * Reset clears the fill registers and STATUS; the memory contents survive
  * (RAM is not cleared by a function reset).
+ *
+ * Migratable (v2 with PRE_COPY and P2P): the state is the fill registers and
+ * all of BAR0; pre-copy sends the memory first and then the pages the client
+ * changed (layout and change detection in `memory-migration.ts`). In STOP,
+ * STOP_COPY, RESUMING and ERROR the device changes no state: BAR2 writes
+ * (FILL included) are ignored. It cannot stop a client from writing BAR0
+ * through its mmap then; a client must not (migration doc §2).
  */
 import { InvalidArgumentError } from '../errors.js';
 import { createDevice, type VfioUserDevice } from '../device/device.js';
 import type { Logger } from '../log.js';
+import { MigrationState } from '../protocol/constants.js';
 import { fnv1a32 } from './fnv1a.js';
+import { MemoryMigration, type FillState } from './memory-migration.js';
 import { RegisterBlock, mergeLanes } from './register-block.js';
 
 /** BAR2 register offsets of the memory device. */
@@ -78,14 +87,6 @@ export interface MemoryDevice {
   checksum(): number;
 }
 
-/** The fill registers. */
-interface FillState {
-  pattern: number;
-  offset: number;
-  length: number;
-  status: number;
-}
-
 function checkSize(size: number): number {
   if (!Number.isSafeInteger(size) || size < MEMORY_MIN_SIZE || size > MEMORY_MAX_SIZE || (size & (size - 1)) !== 0) {
     throw new InvalidArgumentError(`memory device: size ${size} must be a power of two from ${MEMORY_MIN_SIZE} to ${MEMORY_MAX_SIZE}`);
@@ -133,6 +134,7 @@ export function createMemoryDevice(options: MemoryOptions = {}): MemoryDevice {
   const size = checkSize(options.size ?? MEMORY_DEFAULT_SIZE);
   const fill: FillState = { pattern: 0, offset: 0, length: 0, status: 0 };
   const control: { registers?: RegisterBlock } = {};
+  const migration = new MemoryMigration(fill);
   const device = createDevice({
     name: options.name ?? 'memory',
     ...(options.logger ? { logger: options.logger } : {}),
@@ -142,12 +144,19 @@ export function createMemoryDevice(options: MemoryOptions = {}): MemoryDevice {
       bar2: {
         size: MEMORY_CONTROL_SIZE,
         read: (offset, length) => (control.registers as RegisterBlock).read(offset, length),
-        write: (offset, data) => (control.registers as RegisterBlock).write(offset, data),
+        write: (offset, data) => {
+          if (!migration.run.stopped) (control.registers as RegisterBlock).write(offset, data); // a stopped device changes no state
+        },
       },
     },
-    reset: () => void Object.assign(fill, { pattern: 0, offset: 0, length: 0, status: 0 }),
+    reset: () => {
+      Object.assign(fill, { pattern: 0, offset: 0, length: 0, status: 0 });
+      migration.run.enter(device.migration?.state ?? MigrationState.RUNNING);
+    },
+    migration: migration.definition(),
   });
   const memory = device.regionMemory(0);
+  migration.attach(memory);
   control.registers = controlRegisters(memory, fill);
   return { device, memory, size, checksum: () => fnv1a32(memory) };
 }

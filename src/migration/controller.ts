@@ -8,11 +8,21 @@
 import { ProtocolError, StateError } from '../errors.js';
 import { MigrationState } from '../protocol/constants.js';
 import { Errno } from '../protocol/errno.js';
+import { ArcEstimateSource, DeadlineOutcome, DeadlineReplyFlags, type ArcLatency, type PrecopyInfo } from '../protocol/migration-extensions.js';
 import type { ConfigSpace } from '../pci/config-space.js';
 import { StreamSource } from './stream.js';
 import { StreamReader } from './stream-reader.js';
 import { StreamFlag, type StreamIdentity, type StreamRecord } from './stream-format.js';
-import { StreamEffect, arcStreamEffect, migrationFlagsOf, nextHop, stateName, type MigrationCapabilities } from './state-machine.js';
+import {
+  StreamEffect,
+  arcStreamEffect,
+  directArcs,
+  migrationFlagsOf,
+  migrationPath,
+  nextHop,
+  stateName,
+  type MigrationCapabilities,
+} from './state-machine.js';
 import { MigrationFatalError, type MigrationDefinition } from './types.js';
 
 /** Latency of one arc, measured. */
@@ -21,6 +31,40 @@ export interface ArcTiming {
   to: number;
   ms: number;
 }
+
+/** What a deadline-bounded SET did ({@link MigrationController.setStateWithDeadline}). */
+export interface DeadlineResult {
+  /** The state the device is in now. */
+  reachedState: number;
+  outcome: DeadlineOutcome;
+  /** From the call to the end of the walk, rollback included. */
+  elapsedNs: bigint;
+  /** The estimate for the forward path, made before the first arc. */
+  estimateNs: bigint;
+  /** DeadlineReplyFlags bits. */
+  flags: number;
+  /** Why an arc failed (outcome FAILED). */
+  error?: unknown;
+  /** Every arc run, forward and back, in order. */
+  arcs: ArcTiming[];
+}
+
+/** Options of {@link MigrationController.setStateWithDeadline}. */
+export interface DeadlineOptions {
+  /** Decline (do nothing) when the path's estimate exceeds the budget. */
+  predict?: boolean;
+}
+
+interface ArcStats {
+  count: number;
+  totalNs: bigint;
+  lastNs: bigint;
+  maxNs: bigint;
+}
+
+const { PRE_COPY, PRE_COPY_P2P } = MigrationState;
+/** setTimeout's largest delay; longer budgets rely on the checks between arcs only. */
+const MAX_TIMER_MS = 0x7fff_ffff;
 
 /** The migration side of one device. */
 export class MigrationController {
@@ -34,6 +78,8 @@ export class MigrationController {
   #loadedFull = false;
   #lastSaveBytes = 0;
   readonly #timings = new Map<string, number>();
+  readonly #stats = new Map<string, ArcStats>();
+  #arcSignal: AbortSignal | undefined;
 
   constructor(def: MigrationDefinition, config: ConfigSpace, pci: { vendorId: number; deviceId: number }) {
     this.#def = def;
@@ -58,6 +104,17 @@ export class MigrationController {
   }
 
   /**
+   * During a deadline-bounded SET ({@link setStateWithDeadline}): a signal
+   * aborted when the budget runs out. A `transition` hook that can give up an
+   * arc early may watch it and throw; the arc is then not committed and the
+   * walk back starts from the arc's `from` state. Undefined otherwise, and
+   * while walking back (arcs back towards a running state must complete).
+   */
+  get arcSignal(): AbortSignal | undefined {
+    return this.#arcSignal;
+  }
+
+  /**
    * Moves to `target` one arc at a time. On failure the device stays in the
    * last state reached (ERROR for a fatal hook error) and the error is thrown.
    * @throws {ProtocolError} EINVAL for a target the kernel's rules refuse; the hook's error otherwise.
@@ -66,21 +123,128 @@ export class MigrationController {
     const timings: ArcTiming[] = [];
     while (this.#state !== target) {
       const from = this.#state;
-      const to = nextHop(from, target, this.caps);
-      const t0 = performance.now();
-      try {
-        await this.#def.transition?.(from as never, to as never);
-        await this.#applyStreamEffect(from, to);
-      } catch (error) {
-        if (error instanceof MigrationFatalError) this.#enterError();
-        throw error;
-      }
-      this.#state = to;
-      const ms = performance.now() - t0;
-      this.#timings.set(`${from}>${to}`, ms);
-      timings.push({ from, to, ms });
+      timings.push(await this.#runArc(from, nextHop(from, target, this.caps)));
     }
     return timings;
+  }
+
+  /**
+   * Moves to `target` within `budgetNs` (0 = no budget), along the same path as
+   * {@link setState}. The budget is checked before each arc and once the target
+   * is reached; an arc in progress is always awaited (a hook that watches
+   * {@link arcSignal} may give up early). When the budget runs out first, the
+   * device walks back along the arcs it took, newest first, towards the start
+   * state, but stops before an arc back that would open a data stream (a new
+   * stream is not a return to where it was) or close a resuming stream
+   * (RESUMING → STOP would fail on the stream just opened). Hence from RUNNING
+   * or RUNNING_P2P it always gets back to the start state, unless the target
+   * was RESUMING and was reached late.
+   * An arc that fails (forward or back) ends the walk with outcome FAILED.
+   * @throws {ProtocolError} EINVAL for a target the kernel's rules refuse (nothing is done).
+   */
+  async setStateWithDeadline(target: number, budgetNs: bigint, options: DeadlineOptions = {}): Promise<DeadlineResult> {
+    const t0 = process.hrtime.bigint();
+    const start = this.#state;
+    const visited: number[] = [start, ...migrationPath(start, target, this.caps)];
+    const estimate = this.#pathEstimate(visited);
+    let flags = estimate.partial ? DeadlineReplyFlags.ESTIMATE_PARTIAL : 0;
+    const arcs: ArcTiming[] = [];
+    const result = (outcome: DeadlineOutcome, error?: unknown): DeadlineResult => ({
+      reachedState: this.#state,
+      outcome,
+      elapsedNs: process.hrtime.bigint() - t0,
+      estimateNs: estimate.ns,
+      flags,
+      arcs,
+      ...(error === undefined ? {} : { error }),
+    });
+    if (visited.length === 1) return result(DeadlineOutcome.DONE); // already there: nothing to time
+    if (options.predict && budgetNs > 0n && estimate.ns > budgetNs) return result(DeadlineOutcome.DECLINED);
+
+    const deadline = budgetNs > 0n ? t0 + budgetNs : undefined;
+    const expired = (): boolean => deadline !== undefined && process.hrtime.bigint() >= deadline;
+    const abort = new AbortController();
+    const timerMs = deadline === undefined ? undefined : Number((budgetNs + 999_999n) / 1_000_000n);
+    const timer = timerMs !== undefined && timerMs <= MAX_TIMER_MS ? setTimeout(() => abort.abort(), timerMs) : undefined;
+    let reached = 1; // visited[0 .. reached) are committed
+    let late = false; // the budget ran out before the last committed arc completed, or before the next one
+    this.#arcSignal = abort.signal;
+    try {
+      for (; reached < visited.length; reached++) {
+        if ((late = expired())) break;
+        const to = visited[reached] as number;
+        const from = this.#state;
+        try {
+          arcs.push(await this.#runArc(from, to));
+        } catch (error) {
+          // After the deadline, a non-fatal failure of the arc in progress counts as giving it up.
+          if ((abort.signal.aborted || expired()) && !(error instanceof MigrationFatalError) && this.#state === from) {
+            flags |= DeadlineReplyFlags.ARC_ABANDONED | DeadlineReplyFlags.DEADLINE_IN_ARC;
+            late = true;
+            break;
+          }
+          return result(DeadlineOutcome.FAILED, error);
+        }
+        if ((late = expired())) flags |= DeadlineReplyFlags.DEADLINE_IN_ARC;
+      }
+    } finally {
+      clearTimeout(timer);
+      this.#arcSignal = undefined;
+    }
+    if (reached === visited.length && !late) return result(DeadlineOutcome.DONE);
+
+    for (let i = reached - 1; i > 0; i--) {
+      const cur = visited[i] as number;
+      const back = visited[i - 1] as number;
+      if (!this.#canWalkBack(cur, back)) break;
+      try {
+        arcs.push(await this.#runArc(cur, back));
+      } catch (error) {
+        return result(DeadlineOutcome.FAILED, error);
+      }
+    }
+    return result(DeadlineOutcome.ROLLED_BACK);
+  }
+
+  /**
+   * Latency of every direct arc of this device: measured runs (count, last,
+   * mean, max) and the estimate a deadline SET plans with (the measured mean,
+   * else the definition's `estimateArcNs`, else none).
+   */
+  arcLatencyTable(): ArcLatency[] {
+    return directArcs(this.caps).map(([from, to]) => {
+      const s = this.#stats.get(`${from}>${to}`);
+      const estimate = this.#arcEstimate(from, to);
+      return {
+        from,
+        to,
+        count: s?.count ?? 0,
+        source: estimate.source,
+        lastNs: s?.lastNs ?? 0n,
+        meanNs: s ? s.totalNs / BigInt(s.count) : 0n,
+        maxNs: s?.maxNs ?? 0n,
+        estimateNs: estimate.ns,
+      };
+    });
+  }
+
+  /**
+   * The pre-copy extension's counters. First queues what the device changed
+   * since its last save or delta (`saveDelta`), so that `dirtyBytes` grows as
+   * the device dirties its state and shrinks as the client reads. REINIT is
+   * never set: this controller sends initial data only when PRE_COPY starts.
+   * @throws {ProtocolError} EINVAL outside PRE_COPY and PRE_COPY_P2P (as the kernel).
+   */
+  async precopyStatus(): Promise<PrecopyInfo> {
+    if (this.#state !== PRE_COPY && this.#state !== PRE_COPY_P2P) {
+      throw new ProtocolError(`PRECOPY_INFO: the device is in ${stateName(this.#state)}, not in a pre-copy state`);
+    }
+    const source = this.#source;
+    if (source && !source.ended && this.#def.saveDelta) {
+      const delta = await this.#def.saveDelta();
+      if (delta && delta.length > 0) source.record('delta', delta);
+    }
+    return { ...this.precopyInfo(), flags: 0 };
   }
 
   /**
@@ -133,6 +297,73 @@ export class MigrationController {
     this.#state = MigrationState.RUNNING;
   }
 
+  /** One direct arc: the hook, the stream effect, then the commit and its timing. */
+  async #runArc(from: number, to: number): Promise<ArcTiming> {
+    const t0 = process.hrtime.bigint();
+    try {
+      await this.#def.transition?.(from as never, to as never);
+      await this.#applyStreamEffect(from, to);
+    } catch (error) {
+      if (error instanceof MigrationFatalError) this.#enterError();
+      throw error;
+    }
+    this.#state = to;
+    const ns = process.hrtime.bigint() - t0;
+    const ms = Number(ns) / 1e6;
+    const key = `${from}>${to}`;
+    this.#timings.set(key, ms);
+    const s = this.#stats.get(key);
+    if (s) {
+      s.count++;
+      s.totalNs += ns;
+      s.lastNs = ns;
+      if (ns > s.maxNs) s.maxNs = ns;
+    } else {
+      this.#stats.set(key, { count: 1, totalNs: ns, lastNs: ns, maxNs: ns });
+    }
+    return { from, to, ms };
+  }
+
+  #arcEstimate(from: number, to: number): { ns: bigint; source: number } {
+    const s = this.#stats.get(`${from}>${to}`);
+    if (s) return { ns: s.totalNs / BigInt(s.count), source: ArcEstimateSource.MEASURED };
+    const declared = this.#def.estimateArcNs?.(from as never, to as never);
+    if (typeof declared === 'number' && Number.isFinite(declared) && declared >= 0) {
+      return { ns: BigInt(Math.round(declared)), source: ArcEstimateSource.DECLARED };
+    }
+    return { ns: 0n, source: ArcEstimateSource.NONE };
+  }
+
+  /** Sum of the arc estimates along `states` (start first); partial when some arc has none. */
+  #pathEstimate(states: readonly number[]): { ns: bigint; partial: boolean } {
+    let ns = 0n;
+    let partial = false;
+    for (let i = 1; i < states.length; i++) {
+      const e = this.#arcEstimate(states[i - 1] as number, states[i] as number);
+      ns += e.ns;
+      if (e.source === ArcEstimateSource.NONE) partial = true;
+    }
+    return { ns, partial };
+  }
+
+  /**
+   * Whether the walk back may take `cur → back`: a direct arc that touches no
+   * stream, keeps it, or closes the saving stream the walk's own forward arc
+   * opened. Never one that opens a stream (not a return to where the device
+   * was), nor RESUMING → STOP (it would check the resuming stream just opened,
+   * find it incomplete and put the device in ERROR; only a reset abandons a
+   * resuming stream).
+   */
+  #canWalkBack(cur: number, back: number): boolean {
+    try {
+      if (nextHop(cur, back, this.caps) !== back) return false;
+    } catch {
+      return false; // STOP_COPY → PRE_COPY*: refused
+    }
+    const effect = arcStreamEffect(cur as never, back as never);
+    return effect === StreamEffect.NONE || effect === StreamEffect.KEEP || effect === StreamEffect.CLOSE_SAVING;
+  }
+
   async #applyStreamEffect(from: number, to: number): Promise<void> {
     switch (arcStreamEffect(from as never, to as never)) {
       case StreamEffect.OPEN_SAVING:
@@ -154,20 +385,24 @@ export class MigrationController {
     }
   }
 
+  /** Opens the saving stream; it is kept only once the device's save succeeded (a failed arc leaves none behind). */
   async #openSaving(to: number): Promise<void> {
     const preCopy = to !== MigrationState.STOP_COPY;
-    this.#source = new StreamSource(this.identity, { flags: preCopy ? StreamFlag.PreCopy : 0 });
-    if (preCopy) {
-      this.#source.record('full', await this.#save()); // the initial data; STOP_COPY adds the final state
-      return;
-    }
-    await this.#finishSaving();
+    const source = new StreamSource(this.identity, { flags: preCopy ? StreamFlag.PreCopy : 0 });
+    if (preCopy) source.record('full', await this.#save()); // the initial data; STOP_COPY adds the final state
+    else await this.#finishSaving(source);
+    this.#source = source;
   }
 
-  async #finishSaving(): Promise<void> {
-    const source = this.#source as StreamSource;
+  /**
+   * The STOP_COPY part of the stream: config space, then `save()` — a device
+   * that ran a pre-copy may make that final record as small as it can.
+   * `save()` runs first, so a failing save appends nothing.
+   */
+  async #finishSaving(source: StreamSource = this.#source as StreamSource): Promise<void> {
+    const state = await this.#save();
     source.record('config', this.#config.snapshot());
-    source.record('full', await this.#save());
+    source.record('full', state);
     source.end();
   }
 

@@ -16,14 +16,20 @@ export interface MigrationDefinition {
   stateVersion: number;
   /** Older layouts `load` still understands. */
   acceptStateVersions?: readonly number[];
-  /** The device's whole internal state (config space is carried by the library). */
+  /**
+   * The device's state (config space is carried by the library): at the start
+   * of a pre-copy (the initial data) and at STOP_COPY (the final data). Return
+   * a buffer the library may keep until it has been read (a copy of live state).
+   */
   save(): MaybePromise<Uint8Array>;
   /**
    * During PRE_COPY: what changed since the last `save`/`saveDelta`, or
-   * undefined/empty when nothing did. Without it, pre-copy sends only the initial state.
+   * undefined/empty when nothing did. Without it, pre-copy sends only the
+   * initial state. (STOP_COPY calls `save()` again; after a pre-copy the device
+   * may return only what is left to send.)
    */
   saveDelta?(): MaybePromise<Uint8Array | undefined>;
-  /** Restores state: one `'full'` record, then the `'delta'` records, in stream order. Throw to refuse bad data. */
+  /** Restores state: a `'full'` record, then `'delta'` records, in stream order (a later full replaces everything). Throw to refuse bad data. */
   load(kind: 'full' | 'delta', payload: Uint8Array): MaybePromise<void>;
   /**
    * Called for every arc before it is committed (e.g. RUNNING → STOP: stop DMA
@@ -33,6 +39,14 @@ export interface MigrationDefinition {
   transition?(from: MigrationState, to: MigrationState): MaybePromise<void>;
   /** Bytes STOP_COPY will produce (MIG_DATA_SIZE); default: the size of the last save, or 0. */
   stopCopySize?(): number;
+  /**
+   * The device's estimate, in nanoseconds, of how long the direct arc
+   * `from → to` takes (its `transition` hook plus the stream work: a save for
+   * arcs that open a saving stream). Used for arcs that have not run yet: the
+   * arc latency extension reports it and the deadline extension plans with it.
+   * Return undefined (or nothing) when unknown. Measured latencies win once the arc has run.
+   */
+  estimateArcNs?(from: MigrationState, to: MigrationState): number | undefined;
 }
 
 /** Thrown by a transition hook when the device cannot be left in any valid state: it goes to ERROR. */

@@ -11,6 +11,7 @@ import { isReply } from '../protocol/header.js';
 import { checkRequestFds, decodeRequest } from '../protocol/request.js';
 import { encodeVersion } from '../protocol/version.js';
 import { resolveCapabilities, type Capabilities, type ResolvedCapabilities } from '../protocol/capabilities.js';
+import { migrationExtensionMembers } from '../protocol/migration-extensions.js';
 import { native, socketPair } from '../native/addon.js';
 import { UnixSocketTransport } from '../transport/unix-socket.js';
 import type { Message, Transport } from '../transport/transport.js';
@@ -56,7 +57,9 @@ export function negotiate(m: Message, limits: ServerLimits, requests: ServerRequ
     pgsizes: DEFAULT_PGSIZES,
     writeMultiple: limits.writeMultiple,
   };
-  if (migratable) caps.migration = { pgsize: MIGRATION_PGSIZE };
+  // A migratable device also advertises this library's extension features (docs/protocol-extensions.md) as
+  // extra members of `migration`: libvfio-user's parser looks up only the members it knows, QEMU's warns.
+  if (migratable) caps.migration = { pgsize: MIGRATION_PGSIZE, extra: migrationExtensionMembers() };
   const wantsTwin = client.twinSocket.supported && client.maxMsgFds > 0;
   if (!wantsTwin) return { client, minor, twin: undefined, reply: { payload: encodeVersion({ major: PROTOCOL_MAJOR, minor, capabilities: caps }) } };
   const [ours, theirs] = socketPair();

@@ -39,6 +39,11 @@ describe('struct sizes match the specification', () => {
     ['DMA_LOGGING_REPORT_SIZE', p.DMA_LOGGING_REPORT_SIZE, 24],
     ['FEATURE_MIG_DATA_SIZE_SIZE', p.FEATURE_MIG_DATA_SIZE_SIZE, 8],
     ['MIG_DATA_SIZE', p.MIG_DATA_SIZE, 8],
+    // Our migration extensions (docs/protocol-extensions.md).
+    ['PRECOPY_INFO_SIZE', p.PRECOPY_INFO_SIZE, 24],
+    ['DEADLINE_STATE_SIZE', p.DEADLINE_STATE_SIZE, 32],
+    ['ARC_LATENCY_HEADER_SIZE', p.ARC_LATENCY_HEADER_SIZE, 8],
+    ['ARC_LATENCY_ENTRY_SIZE', p.ARC_LATENCY_ENTRY_SIZE, 48],
   ];
   for (const [name, actual, spec] of sizes) {
     it(`${name} = ${spec}`, () => assert.equal(actual, spec));

@@ -3,8 +3,10 @@
  * DMA_LOGGING_STOP (7, SET), DMA_LOGGING_REPORT (8, GET), with the kernel's
  * validation (ranges ≤ 256, page-aligned, not overlapping, no overflow) and the
  * spec's additions (num_ranges 0 = log everything; the START reply echoes the
- * request with the page size chosen). Logging is a library feature, so every
- * device offers it.
+ * request with the page size chosen). The ranges are honoured (only device
+ * writes inside them are logged) and a REPORT may name any range: several
+ * regions, part of one (see `DmaController.report`). Logging is a library
+ * feature, so every device offers it.
  */
 import { ProtocolError } from '../../errors.js';
 import { DeviceFeature, DeviceFeatureFlags, U64_MAX } from '../../protocol/constants.js';
@@ -48,7 +50,7 @@ const start: FeatureHandler = {
     const control = decodeDmaLoggingControl(data);
     if (!isPowerOfTwo(control.pageSize)) throw new ProtocolError(`DMA_LOGGING_START: page size ${control.pageSize} is not a power of two`);
     checkRanges(control.pageSize, control.ranges);
-    ctx.dma.startLogging(control.pageSize);
+    ctx.dma.startLogging(control.pageSize, control.ranges);
     return encodeDmaLoggingControl({ pageSize: ctx.dma.loggingPageSize ?? control.pageSize, ranges: control.ranges });
   },
 };

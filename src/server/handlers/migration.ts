@@ -1,6 +1,8 @@
 /**
  * Migration over vfio-user: the MIGRATION (1), MIG_DEVICE_STATE (2) and
- * MIG_DATA_SIZE (9) features of a migratable device, and MIG_DATA_READ (17) /
+ * MIG_DATA_SIZE (9) features of a migratable device, this library's vendor
+ * extensions (pre-copy info 0x8000, deadline-carrying SET 0x8001, arc latency
+ * 0x8002; docs/protocol-extensions.md), and MIG_DATA_READ (17) /
  * MIG_DATA_WRITE (18) with their checks (state, size ≤ the client's
  * max_data_xfer_size, argsz).
  */
@@ -8,15 +10,29 @@ import { ProtocolError } from '../../errors.js';
 import { Command, DeviceFeature, DeviceFeatureFlags } from '../../protocol/constants.js';
 import { decodeMigDeviceState, encodeMigDataSize, encodeMigDeviceState, encodeMigrationFeature } from '../../protocol/feature.js';
 import { encodeMigData } from '../../protocol/migration-data.js';
+import {
+  DeadlineOutcome,
+  DeadlineRequestFlags,
+  ExtensionFeature,
+  decodeDeadlineStateRequest,
+  encodeArcLatencies,
+  encodeDeadlineStateReply,
+  encodePrecopyInfo,
+} from '../../protocol/migration-extensions.js';
 import type { DecodedRequest } from '../../protocol/request.js';
 import { checkMigDataRead, checkMigDataWrite } from '../../migration/gating.js';
 import { noMigration, type MigrationController } from '../../migration/controller.js';
+import { errnoOf } from '../reply-error.js';
 import type { FeatureHandler, FeatureTable } from '../features.js';
 import type { Handler, HandlerContext } from '../types.js';
 
 type Req<C extends number> = Extract<DecodedRequest, { cmd: C }>;
 
-/** The migration features of a device with a migration controller. */
+/**
+ * The migration features of a device with a migration controller, the vendor
+ * extensions included (the server advertises them in VERSION for every
+ * migratable device, see negotiate.ts).
+ */
 export function migrationFeatures(migration: MigrationController): FeatureTable {
   const state: FeatureHandler = {
     ops: DeviceFeatureFlags.GET | DeviceFeatureFlags.SET,
@@ -29,7 +45,40 @@ export function migrationFeatures(migration: MigrationController): FeatureTable 
     [DeviceFeature.MIGRATION, { ops: DeviceFeatureFlags.GET, get: () => encodeMigrationFeature({ flags: migration.flags }) }],
     [DeviceFeature.MIG_DEVICE_STATE, state],
     [DeviceFeature.MIG_DATA_SIZE, { ops: DeviceFeatureFlags.GET, get: () => encodeMigDataSize({ stopCopyLength: migration.stopCopySize() }) }],
+    ...extensionFeatures(migration),
   ]);
+}
+
+/** The vendor extensions: pre-copy info (GET), deadline-carrying state SET, arc latency (GET). */
+function extensionFeatures(migration: MigrationController): Array<[number, FeatureHandler]> {
+  const precopyInfo: FeatureHandler = {
+    ops: DeviceFeatureFlags.GET,
+    get: async () => encodePrecopyInfo(await migration.precopyStatus()),
+  };
+  const deadline: FeatureHandler = {
+    ops: DeviceFeatureFlags.SET,
+    // The request is as long as the reply (32 bytes), so the shared "argsz covers the request" rule makes room for it.
+    async set(ctx, data) {
+      const request = decodeDeadlineStateRequest(data);
+      const r = await migration.setStateWithDeadline(request.deviceState, request.deadlineNs, {
+        predict: (request.flags & DeadlineRequestFlags.PREDICT) !== 0,
+      });
+      const errno = r.outcome === DeadlineOutcome.FAILED ? errnoOf(r.error) : 0;
+      if (r.outcome !== DeadlineOutcome.DONE) {
+        ctx.logger.info(
+          { target: request.deviceState, budgetNs: request.deadlineNs, outcome: r.outcome, reached: r.reachedState, elapsedNs: r.elapsedNs, errno, err: r.error },
+          'deadline-bounded migration state change did not complete',
+        );
+      }
+      return encodeDeadlineStateReply({ reachedState: r.reachedState, outcome: r.outcome, elapsedNs: r.elapsedNs, estimateNs: r.estimateNs, errno, flags: r.flags });
+    },
+  };
+  const latency: FeatureHandler = { ops: DeviceFeatureFlags.GET, get: () => encodeArcLatencies(migration.arcLatencyTable()) };
+  return [
+    [ExtensionFeature.PRECOPY_INFO, precopyInfo],
+    [ExtensionFeature.MIG_STATE_DEADLINE, deadline],
+    [ExtensionFeature.MIG_ARC_LATENCY, latency],
+  ];
 }
 
 function controllerOf(ctx: HandlerContext, what: string): MigrationController {
