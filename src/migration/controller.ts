@@ -120,6 +120,8 @@ export class MigrationController {
    * @throws {ProtocolError} EINVAL for a target the kernel's rules refuse; the hook's error otherwise.
    */
   async setState(target: number): Promise<ArcTiming[]> {
+    // The kernel's rule: ERROR can never be requested, not even from ERROR.
+    if (target === MigrationState.ERROR) throw new ProtocolError('migration state ERROR can never be requested');
     const timings: ArcTiming[] = [];
     while (this.#state !== target) {
       const from = this.#state;
@@ -432,7 +434,7 @@ export class MigrationController {
       if (!reader) throw new StateError('RESUMING → STOP without a resuming stream');
       reader.finish();
     } catch (error) {
-      throw new MigrationFatalError(`the migration stream is incomplete: ${(error as Error).message}`, { cause: error });
+      throw new MigrationFatalError(`the migration stream is incomplete: ${(error as Error).message}`, { cause: error, errno: Errno.EINVAL });
     }
   }
 

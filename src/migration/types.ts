@@ -51,8 +51,11 @@ export interface MigrationDefinition {
 
 /** Thrown by a transition hook when the device cannot be left in any valid state: it goes to ERROR. */
 export class MigrationFatalError extends Error {
-  constructor(message: string, options?: ErrorOptions) {
+  /** The errno the failed SET is answered with (default EIO). */
+  readonly errno: number;
+  constructor(message: string, options?: ErrorOptions & { errno?: number }) {
     super(message, options);
     this.name = 'MigrationFatalError';
+    this.errno = options?.errno ?? 5;
   }
 }

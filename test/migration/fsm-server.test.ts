@@ -254,7 +254,7 @@ describe('a transition hook failing midway', () => {
         for (let to = 1; to <= 8; to++) {
           await assert.rejects(h.client.setMigrationState(to), isRemote(EINVAL), `ERROR → ${NAME[to]}`);
         }
-        await h.client.setMigrationState(ERROR); // same state: no arc, success (as a kernel driver's `while (new != cur)` loop)
+        await assert.rejects(h.client.setMigrationState(ERROR), isRemote(EINVAL), 'ERROR can never be requested, not even from ERROR (kernel rule)');
         await assert.rejects(h.client.migDataRead(16), isRemote(EINVAL));
         await assert.rejects(h.client.migDataWrite(Uint8Array.of(1)), isRemote(EINVAL));
         assert.deepEqual(h.calls, [], 'no hook runs out of ERROR');
