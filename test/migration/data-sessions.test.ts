@@ -18,7 +18,6 @@ import { serveTestDevice, testDeviceDefinition, type ServedDevice } from '../sup
 
 const { ERROR, STOP: S, RUNNING: R, STOP_COPY: SC, RESUMING: RS, RUNNING_P2P: RP, PRE_COPY: PC, PRE_COPY_P2P: PCP } = M;
 const EINVAL = 22;
-const EIO = 5;
 const MiB = 1 << 20;
 const MAGIC = Buffer.from('VFUMIGST');
 const DEVICE_TYPE = 'data-probe';
