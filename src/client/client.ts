@@ -295,7 +295,7 @@ export class VfioUserClient extends ClientCore {
   /**
    * DMA_LOGGING_REPORT: the dirty bitmap of `[iova, iova + length)` at
    * `pageSize` (bit i of byte j = page 8j + i), cleared on read by the device.
-   * @throws {RemoteError} EINVAL (not logging, bad page size), ENOENT (unmapped), ENOTSUP (part of a region, on libvfio-user).
+   * @throws {RemoteError} EINVAL (not logging, bad page size), ENOENT (nothing in the range is mapped), EOVERFLOW; a libvfio-user server also refuses part of a region (ENOTSUP).
    */
   async dirtyReport(iova: bigint, length: bigint, pageSize: bigint): Promise<Uint8Array> {
     const request = encodeDmaLoggingReport({ iova, length, pageSize });
