@@ -95,8 +95,16 @@ export async function runMigrationBench(o: { dir: string; echo: string; stateByt
     const src = await VfioUserClient.connect(srcPath);
     const dst = await VfioUserClient.connect(dstPath);
     await moveStream(src, undefined); // warm-up
-    const read = await moveStream(src, undefined);
-    const e2e = await moveStream(src, dst);
+    const best = async (to: VfioUserClient | undefined): Promise<{ setMs: number; readMs: number; bytes: number }> => {
+      let top: { setMs: number; readMs: number; bytes: number } | undefined;
+      for (let i = 0; i < 3; i++) {
+        const run = await moveStream(src, to);
+        if (!top || run.readMs < top.readMs) top = run;
+      }
+      return top as { setMs: number; readMs: number; bytes: number };
+    };
+    const read = await best(undefined); // best of three, like the memcpy reference
+    const e2e = await best(dst);
     src.close();
     dst.close();
     const result: MigrationResult = {
@@ -120,7 +128,7 @@ function round(x: number): number {
 }
 
 function print(r: MigrationResult): void {
-  console.log(`\nMigration: stop-copy stream of a device with ${r.stateBytes >> 20} MiB of state, 1 MiB MIG_DATA_READs over a UNIX socket (processes not pinned: throughput)`);
+  console.log(`\nMigration: stop-copy stream of a device with ${r.stateBytes >> 20} MiB of state, 1 MiB MIG_DATA_READs over a UNIX socket (processes not pinned: throughput; best of 3)`);
   console.log(`  SET STOP_COPY (save + framing + CRC)   ${r.setStopCopyMs} ms`);
   console.log(`  source → client                         ${r.readGBps} GB/s  (C memcpy of the same ${r.stateBytes >> 20} MiB: ${r.memcpyGBps} GB/s, ratio ${r.readShareOfMemcpy})`);
   console.log(`  source → client → destination (loaded)  ${r.endToEndGBps} GB/s`);

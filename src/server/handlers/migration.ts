@@ -9,7 +9,7 @@
 import { ProtocolError } from '../../errors.js';
 import { Command, DeviceFeature, DeviceFeatureFlags } from '../../protocol/constants.js';
 import { decodeMigDeviceState, encodeMigDataSize, encodeMigDeviceState, encodeMigrationFeature } from '../../protocol/feature.js';
-import { encodeMigData } from '../../protocol/migration-data.js';
+import { encodeMigDataReadRequest } from '../../protocol/migration-data.js';
 import {
   DeadlineOutcome,
   DeadlineRequestFlags,
@@ -95,7 +95,9 @@ export const handleMigDataRead: Handler<Req<typeof Command.MIG_DATA_READ>> = asy
   if (size > ctx.client.maxDataXferSize) throw new ProtocolError(`MIG_DATA_READ: size ${size} beyond the client's max_data_xfer_size ${ctx.client.maxDataXferSize}`);
   if (argsz < 8 + size) throw new ProtocolError(`MIG_DATA_READ: argsz ${argsz} below 8 + size`);
   const data = await migration.read(size);
-  return { payload: encodeMigData({ argsz: 8 + data.length, size: data.length, data }) };
+  // {argsz, size} then the data as a second chunk of the same sendmsg: the stream bytes are not copied.
+  const head = encodeMigDataReadRequest({ argsz: 8 + data.length, size: data.length }); // same {argsz, size} layout
+  return { payload: [head, data] };
 };
 
 /** MIG_DATA_WRITE: RESUMING, size ≤ max_data_xfer_size, argsz ≥ 8 + size; the bytes are fed to the resuming stream. */
