@@ -57,7 +57,7 @@ export class VfioUserDevice implements SessionDevice {
     if (msixRegion) msixRegion.msix = msixWindow(this.config);
     const irq = definition.irqs ?? {};
     this.irqs = new IrqController([irq.intx ? 1 : 0, irq.msi ?? 0, irq.msix ?? 0, irq.err ? 1 : 0, irq.req ? 1 : 0], interruptStateOf(this.config));
-    this.migration = definition.migration ? new MigrationController(definition.migration, this.config, definition.pci) : undefined;
+    this.migration = definition.migration ? new MigrationController(definition.migration, this.config, definition.pci, () => this.irqs.adoptPending()) : undefined;
     this.#features = this.migration ? migrationFeatures(this.migration) : undefined;
     this.config.onChange((event) => {
       if (event.type === 'msi-unmask' || event.type === 'msix-unmask' || event.type === 'interrupt-mode') this.irqs.refreshPending();

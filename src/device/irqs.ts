@@ -24,6 +24,10 @@ export interface InterruptState {
   /** INTx disabled by the Command register. */
   intxDisabled(): boolean;
   setMsixPending(vector: number, pending: boolean): void;
+  /** Pending bits as config space holds them (PBA, MSI Pending, INTx Status), for state restored by migration. */
+  msixPending(vector: number): boolean;
+  msiPending(vector: number): boolean;
+  intxAsserted(): boolean;
   setMsiPending(vector: number, pending: boolean): void;
   setIntxStatus(asserted: boolean): void;
 }
@@ -160,6 +164,19 @@ export class IrqController {
     if (!intx) return;
     intx.pending = false;
     this.#state.setIntxStatus(false);
+  }
+
+  /**
+   * Takes over the pending interrupts config space holds after it was restored
+   * (migration): PBA bits, MSI Pending bits, INTx Status. Those now unmasked fire.
+   */
+  adoptPending(): void {
+    const s = this.#state;
+    this.#vectors[IrqIndex.MSIX]?.forEach((v, i) => (v.pending = s.msixPending(i)));
+    this.#vectors[IrqIndex.MSI]?.forEach((v, i) => (v.pending = s.msiPending(i)));
+    const intx = this.#vectors[IrqIndex.INTX]?.[0];
+    if (intx) intx.pending = s.intxAsserted();
+    this.refreshPending();
   }
 
   /** Forgets undelivered interrupts (device reset); installed eventfds stay. */

@@ -123,6 +123,9 @@ export function interruptStateOf(config: ConfigSpace): InterruptState {
     intxDisabled: () => config.intxDisabled,
     setMsixPending: (v, p) => config.msix?.setPending(v, p),
     setMsiPending: (v, p) => config.msi?.setPending(v, p),
+    msixPending: (v) => config.msix?.isPending(v) ?? false,
+    msiPending: (v) => config.msi?.isPending(v) ?? false,
+    intxAsserted: () => (config.status & 0x8) !== 0, // Status bit 3: Interrupt Status
     setIntxStatus: (asserted) => {
       if (config.interruptPin !== 0) config.setIntxAsserted(asserted);
     },

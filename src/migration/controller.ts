@@ -72,6 +72,7 @@ export class MigrationController {
   readonly identity: StreamIdentity;
   readonly #def: MigrationDefinition;
   readonly #config: ConfigSpace;
+  readonly #onConfigRestored: (() => void) | undefined;
   #state: number = MigrationState.RUNNING;
   #source: StreamSource | undefined;
   #reader: StreamReader | undefined;
@@ -81,9 +82,14 @@ export class MigrationController {
   readonly #stats = new Map<string, ArcStats>();
   #arcSignal: AbortSignal | undefined;
 
-  constructor(def: MigrationDefinition, config: ConfigSpace, pci: { vendorId: number; deviceId: number }) {
+  /**
+   * @param onConfigRestored - called after config space was restored from a stream
+   *   (the device adopts the pending interrupts it holds).
+   */
+  constructor(def: MigrationDefinition, config: ConfigSpace, pci: { vendorId: number; deviceId: number }, onConfigRestored?: () => void) {
     this.#def = def;
     this.#config = config;
+    this.#onConfigRestored = onConfigRestored;
     this.caps = { p2p: def.p2p ?? false, preCopy: def.preCopy ?? false };
     this.identity = { deviceType: def.deviceType, pciVendor: pci.vendorId, pciDevice: pci.deviceId, stateVersion: def.stateVersion };
   }
@@ -415,7 +421,11 @@ export class MigrationController {
   }
 
   async #load(record: StreamRecord): Promise<void> {
-    if (record.kind === 'config') return this.#config.restore(record.payload);
+    if (record.kind === 'config') {
+      this.#config.restore(record.payload);
+      this.#onConfigRestored?.();
+      return;
+    }
     if (record.kind === 'full') {
       this.#loadedFull = true;
       return this.#def.load('full', record.payload);

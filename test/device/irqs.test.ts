@@ -24,6 +24,11 @@ function fakeState(): InterruptState & { intxDisabledNow: boolean; status: boole
     setIntxStatus(asserted: boolean) {
       this.status = asserted;
     },
+    msixPending: () => false,
+    msiPending: () => false,
+    intxAsserted() {
+      return this.status;
+    },
   };
 }
 
@@ -70,6 +75,23 @@ describe('IrqController INTx', () => {
       state.intxDisabledNow = false;
       irqs.refreshPending();
       assert.equal(drain(efd), -11, 'a reset drops it too');
+      irqs.reset();
+    });
+  });
+
+  it('adopts an INTx left asserted in restored config space, delivering it once INTx is enabled', async () => {
+    await assertNoFdLeak(() => {
+      const state = fakeState();
+      const irqs = new IrqController([1, 0, 0, 0, 0], state);
+      const efd = createEventFd();
+      irqs.apply({ argsz: 20, flags: IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, index: 0, start: 0, count: 1 }, [efd]);
+      state.status = true; // as config.restore() left it
+      state.intxDisabledNow = true;
+      irqs.adoptPending();
+      assert.equal(drain(efd), -11, 'held while INTx is disabled');
+      state.intxDisabledNow = false;
+      irqs.refreshPending();
+      assert.equal(drain(efd), 1n);
       irqs.reset();
     });
   });
