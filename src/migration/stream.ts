@@ -5,6 +5,7 @@
  * and hands it out in MIG_DATA_READ-sized pieces, keeping count of the
  * pending bytes a server reports as pre-copy "initial" and "dirty" bytes.
  */
+import { concatChunks } from '../transport/outgoing.js';
 import { InvalidArgumentError, StateError } from '../errors.js';
 import { StreamReader, type StreamReaderOptions } from './stream-reader.js';
 import {
@@ -75,14 +76,7 @@ export class StreamWriter {
    * @throws {InvalidArgumentError} EINVAL for an unknown kind or an oversized payload.
    */
   record(kind: StreamRecordKind, payload: Uint8Array): Uint8Array {
-    const parts = this.recordParts(kind, payload);
-    const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-    let at = 0;
-    for (const p of parts) {
-      out.set(p, at);
-      at += p.length;
-    }
-    return out;
+    return concatChunks(this.recordParts(kind, payload));
   }
 
   /**

@@ -5,6 +5,7 @@ import { VfioUserClient } from '../../src/client/client.js';
 import { RemoteError } from '../../src/errors.js';
 import { MigrationFlags, MigrationState as S, RegionIndex } from '../../src/protocol/constants.js';
 import type { DeviceDefinition } from '../../src/device/types.js';
+import { concatChunks } from '../../src/transport/outgoing.js';
 import { serveTestDevice, testDeviceDefinition, type ServedDevice } from '../support/server-fixture.js';
 
 /** A device whose state is a 64 KiB register file; pre-copy sends pages written since the last read. */
@@ -83,16 +84,6 @@ async function drain(client: VfioUserClient, chunk = 65536): Promise<Uint8Array[
   }
 }
 
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
 describe('migration v2 end to end', () => {
   it('advertises STOP_COPY|PRE_COPY and the migration page size; stop-copy moves state and config space, re-chunked', () =>
     pair(async (src, dst) => {
@@ -104,7 +95,7 @@ describe('migration v2 end to end', () => {
       assert.deepEqual(src.arcs, [`${S.RUNNING}>${S.STOP}`, `${S.STOP}>${S.STOP_COPY}`]);
       assert.equal(await src.client.migrationState(), S.STOP_COPY);
       await assert.rejects(src.client.regionRead(RegionIndex.BAR0, 0n, 4), (e: unknown) => e instanceof RemoteError && e.errno === 22, 'gated in STOP_COPY');
-      const stream = concat(await drain(src.client, 7000));
+      const stream = concatChunks(await drain(src.client, 7000));
       await dst.client.setMigrationState(S.RESUMING);
       for (let at = 0, size = 1; at < stream.length; at += size, size = (size * 3 + 1) % 9000 || 1) {
         await dst.client.migDataWrite(stream.subarray(at, at + size));
@@ -139,7 +130,7 @@ describe('migration v2 end to end', () => {
     try {
       await pair(async (src, dst) => {
         await co.setMigrationState(S.STOP_COPY);
-        const foreign = concat(await drain(co));
+        const foreign = concatChunks(await drain(co));
         await dst.client.setMigrationState(S.RESUMING);
         await assert.rejects(dst.client.migDataWrite(foreign), (e: unknown) => e instanceof RemoteError && e.errno === 22, 'a stream of another device type');
         assert.equal(await dst.client.migrationState(), S.ERROR);
@@ -148,7 +139,7 @@ describe('migration v2 end to end', () => {
         assert.equal(await dst.client.migrationState(), S.RUNNING);
 
         await src.client.setMigrationState(S.STOP_COPY);
-        const stream = concat(await drain(src.client));
+        const stream = concatChunks(await drain(src.client));
         const mid = stream.length >> 1;
         stream[mid] = (stream[mid] ?? 0) ^ 0x40;
         await dst.client.setMigrationState(S.RESUMING);
@@ -156,7 +147,7 @@ describe('migration v2 end to end', () => {
         assert.equal(await dst.client.migrationState(), S.ERROR);
         await dst.client.reset();
 
-        const truncated = concat(await drain(src.client)); // EOF already: nothing more
+        const truncated = concatChunks(await drain(src.client)); // EOF already: nothing more
         assert.equal(truncated.length, 0);
         await dst.client.setMigrationState(S.RESUMING);
         await dst.client.migDataWrite(stream.subarray(0, 100));
