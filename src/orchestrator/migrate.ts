@@ -1,0 +1,274 @@
+/**
+ * Live migration of a running device and its guest memory from a source
+ * session to a destination session within one downtime budget (the flow of
+ * QEMU's `hw/vfio/migration.c` and the convergence rule of
+ * `migration/migration.c`, docs/migration.md §10–§11):
+ *
+ * 1. Compatibility check (read-only; a mismatch throws {@link MigrationCompatibilityError}).
+ * 2. Pre-copy: DMA logging on the source over the guest memory range, a full
+ *    copy of guest RAM, the device's pre-copy data when it has PRE_COPY; then
+ *    iterations that copy dirty pages and device deltas, until the projected
+ *    downtime (remaining bytes / measured bandwidth + the STOP_COPY and resume
+ *    arc latencies + request round trips) fits the budget.
+ * 3. Switch-over: source → STOP_COPY (deadline-bounded when the server
+ *    advertises `x-deadline-state`), last dirty pages, the device stream to
+ *    EOF, destination → STOP → RUNNING. The downtime runs from the source
+ *    leaving a running state until the destination runs; once it exceeds the
+ *    budget before the destination runs, the migration aborts.
+ * 4. Abort / failure: the source back to RUNNING (DEVICE_RESET if that fails),
+ *    the destination DEVICE_RESET, DMA logging stopped. The source's guest
+ *    memory is never written.
+ */
+import type { VfioUserClient } from '../client/client.js';
+import { DeviceFeature, DeviceFeatureFlags, MigrationFlags, MigrationState as S } from '../protocol/constants.js';
+import { DeadlineOutcome } from '../protocol/migration-extensions.js';
+import { stateName } from '../migration/state-machine.js';
+import { checkCompatibility } from './compat.js';
+import { estimateArcsMs } from './estimate.js';
+import { COPY_CHUNK, DirtyTracker, Meter, copyAllMemory, copyPages, moveDeviceData } from './transfer.js';
+import type { ArcTiming, MigrateOptions, MigrationPhase, MigrationReport } from './types.js';
+
+export { MigrationCompatibilityError } from './compat.js';
+export type * from './types.js';
+
+/** What QEMU assumes for the device data when MIG_DATA_SIZE fails: so much that the migration never converges. */
+const UNKNOWN_DEVICE_DATA = 100n << 30n;
+/** Requests in a switch-over besides the stream chunks (SETs, dirty report, the empty read). */
+const SWITCHOVER_REQUESTS = 5;
+
+/** A deliberate abort (budget, convergence, timeout), as opposed to a failure. */
+class Abort extends Error {}
+
+const now = (): number => performance.now();
+
+/**
+ * Migrates the device and its guest memory (module TSDoc).
+ * @throws {MigrationCompatibilityError} when the sides differ (nothing was changed).
+ * @returns the report; an abort or failure is reported, not thrown.
+ */
+export async function migrate(options: MigrateOptions): Promise<MigrationReport> {
+  const started = now();
+  const profile = await checkCompatibility(options.source, options.destination);
+  return new Run(options, profile.migrationFlags, started).execute();
+}
+
+class Run {
+  readonly #o: MigrateOptions;
+  readonly #started: number;
+  readonly #budget: number;
+  readonly #timeout: number;
+  readonly #preCopy: boolean;
+  readonly #p2p: boolean;
+  readonly #memMeter = new Meter(Number.POSITIVE_INFINITY);
+  #devMeter = new Meter(Number.POSITIVE_INFINITY);
+  #tracker: DirtyTracker | undefined;
+  #srcState: number = S.RUNNING;
+  #dstState: number | undefined;
+  #stoppedAt: number | undefined;
+  #rtt = 0;
+  #remaining = 0n;
+  #projected = Number.POSITIVE_INFINITY;
+  #phase: MigrationPhase = 'precopy';
+  readonly #bytes = { precopyMemory: 0n, precopyDevice: 0n, stopCopyMemory: 0n, stopCopyDevice: 0n };
+  #iterations = 0;
+  readonly #arcs: ArcTiming[] = [];
+
+  constructor(options: MigrateOptions, flags: bigint, started: number) {
+    this.#o = options;
+    this.#started = started;
+    this.#budget = options.downtimeBudgetMs;
+    this.#timeout = options.timeoutMs ?? 60_000;
+    this.#preCopy = (flags & MigrationFlags.PRE_COPY) !== 0n;
+    this.#p2p = (flags & MigrationFlags.P2P) !== 0n;
+  }
+
+  async execute(): Promise<MigrationReport> {
+    try {
+      await this.#precopy();
+      return await this.#switchover();
+    } catch (error) {
+      return await this.#abort(error);
+    }
+  }
+
+  get #src(): VfioUserClient {
+    return this.#o.source.client;
+  }
+
+  get #dst(): VfioUserClient {
+    return this.#o.destination.client;
+  }
+
+  async #precopy(): Promise<void> {
+    const { source, destination } = this.#o;
+    const logging = await this.#src.probeFeature(DeviceFeature.DMA_LOGGING_START, DeviceFeatureFlags.SET);
+    this.#tracker = await DirtyTracker.start(source, logging);
+    const t = now();
+    await this.#src.migrationState();
+    this.#rtt = now() - t;
+    this.#devMeter = new Meter(Math.min(this.#src.maxTransferSize, this.#dst.maxTransferSize) / Math.max(this.#rtt, 0.01));
+    this.#dstState = await this.#dst.migrationState();
+    await this.#set('destination', S.RESUMING);
+    if (this.#preCopy) await this.#set('source', S.PRE_COPY);
+    this.#checkTimeout();
+
+    this.#bytes.precopyMemory += await copyAllMemory(source.memory, destination.memory, this.#memMeter);
+    if (this.#preCopy) this.#bytes.precopyDevice += await moveDeviceData(this.#src, this.#dst, this.#devMeter);
+    const max = this.#o.maxPrecopyIterations ?? 30;
+    for (;;) {
+      this.#checkTimeout();
+      this.#iterations++;
+      const pages = await this.#tracker.collect();
+      this.#bytes.precopyMemory += copyPages(source.memory, destination.memory, pages, this.#memMeter);
+      if (this.#preCopy) this.#bytes.precopyDevice += await moveDeviceData(this.#src, this.#dst, this.#devMeter);
+      // What a switch-over now would move: about as much memory as this round found dirty, and the device's pending data.
+      const dirtyBytes = BigInt(pages.length * 4096);
+      const deviceBytes = await this.#pendingDeviceBytes();
+      this.#remaining = dirtyBytes + deviceBytes;
+      const chunks = Math.ceil(Number(deviceBytes) / Math.min(this.#src.maxTransferSize, COPY_CHUNK));
+      this.#projected =
+        this.#memMeter.timeFor(dirtyBytes) +
+        this.#devMeter.timeFor(deviceBytes) +
+        (await estimateArcsMs(this.#src, this.#dst, this.#preCopy, this.#p2p)) +
+        this.#rtt * (SWITCHOVER_REQUESTS + 2 * chunks);
+      this.#progress();
+      if (this.#projected <= this.#budget) return;
+      if (this.#iterations >= max) {
+        throw new Abort(`did not converge in ${max} pre-copy iterations: projected downtime ${this.#projected.toFixed(2)} ms > budget ${this.#budget} ms`);
+      }
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+
+  /** Device data still to move: PRECOPY_INFO (when pre-copying and advertised) + MIG_DATA_SIZE (100 GiB when unknown, as QEMU). */
+  async #pendingDeviceBytes(): Promise<bigint> {
+    let bytes = 0n;
+    if (this.#preCopy && this.#src.migrationExtensions.precopyInfo !== undefined) {
+      const info = await this.#src.precopyInfo();
+      bytes += info.initialBytes + info.dirtyBytes;
+    }
+    try {
+      bytes += await this.#src.migrationDataSize();
+    } catch {
+      bytes += UNKNOWN_DEVICE_DATA;
+    }
+    return bytes;
+  }
+
+  async #switchover(): Promise<MigrationReport> {
+    const { source, destination } = this.#o;
+    this.#phase = 'switchover';
+    this.#checkTimeout();
+    this.#stoppedAt = now();
+    if (this.#src.migrationExtensions.deadlineState !== undefined) {
+      const from = this.#srcState;
+      const budgetNs = BigInt(Math.max(1, Math.round(this.#budget * 1e6)));
+      const reply = await this.#src.setMigrationStateWithDeadline(S.STOP_COPY, budgetNs, { timeoutMs: 2 * this.#budget + 10_000 });
+      this.#srcState = reply.reachedState;
+      this.#arcs.push({ side: 'source', from: stateName(from), to: stateName(reply.reachedState), ms: now() - this.#stoppedAt });
+      if (reply.outcome !== DeadlineOutcome.DONE) {
+        throw new Abort(`source STOP_COPY within ${this.#budget} ms: deadline outcome ${reply.outcome} (reached ${stateName(reply.reachedState)}, estimate ${reply.estimateNs} ns)`);
+      }
+    } else {
+      await this.#set('source', S.STOP_COPY);
+    }
+    this.#checkBudget('source STOP_COPY');
+    const pages = await (this.#tracker as DirtyTracker).collect();
+    this.#bytes.stopCopyMemory += copyPages(source.memory, destination.memory, pages, this.#memMeter);
+    this.#checkBudget('final dirty pages');
+    this.#bytes.stopCopyDevice += await moveDeviceData(this.#src, this.#dst, this.#devMeter);
+    this.#checkBudget('device stream');
+    await this.#set('destination', S.STOP);
+    this.#checkBudget('destination STOP');
+    await this.#set('destination', S.RUNNING);
+    const downtimeMs = now() - this.#stoppedAt;
+    // Outside the downtime window: the stopped source leaves STOP_COPY, logging ends.
+    await this.#tracker?.stop();
+    await this.#set('source', S.STOP).catch(() => undefined);
+    this.#phase = 'done';
+    this.#progress();
+    return this.#report('migrated', downtimeMs);
+  }
+
+  async #abort(error: unknown): Promise<MigrationReport> {
+    this.#phase = 'abort';
+    const outcome = error instanceof Abort ? 'aborted' : 'failed';
+    let sourceRecovery: MigrationReport['sourceRecovery'] = 'running';
+    try {
+      if ((await this.#src.migrationState()) !== S.RUNNING) await this.#set('source', S.RUNNING);
+    } catch {
+      try {
+        await this.#src.reset();
+        sourceRecovery = (await this.#src.migrationState()) === S.RUNNING ? 'reset' : 'unrecovered';
+      } catch {
+        sourceRecovery = 'unrecovered';
+      }
+    }
+    const downtimeMs = this.#stoppedAt === undefined ? 0 : now() - this.#stoppedAt;
+    await this.#tracker?.stop();
+    if (this.#dstState !== undefined) await this.#resetDestination();
+    this.#progress();
+    const reason = error instanceof Error ? error.message : String(error);
+    return { ...this.#report(outcome, downtimeMs), reason, sourceRecovery };
+  }
+
+  /** DEVICE_RESET of the destination, then back to RUNNING (a reset keeps RESUMING here); errors ignored. */
+  async #resetDestination(): Promise<void> {
+    // RESUMING → RUNNING without a complete stream fails into ERROR, which the next reset clears.
+    for (let round = 0; round < 3; round++) {
+      try {
+        await this.#dst.reset();
+        if ((await this.#dst.migrationState()) === S.RUNNING) return;
+        await this.#dst.setMigrationState(S.RUNNING);
+        return;
+      } catch {
+        // a lost destination (nothing more to do) or one left in ERROR (reset again)
+      }
+    }
+  }
+
+  /** A timed SET on one side. */
+  async #set(side: 'source' | 'destination', to: number): Promise<void> {
+    const client = side === 'source' ? this.#src : this.#dst;
+    const from = side === 'source' ? this.#srcState : (this.#dstState ?? S.RUNNING);
+    const t = now();
+    await client.setMigrationState(to);
+    this.#arcs.push({ side, from: stateName(from), to: stateName(to), ms: now() - t });
+    if (side === 'source') this.#srcState = to;
+    else this.#dstState = to;
+  }
+
+  #checkTimeout(): void {
+    const elapsed = now() - this.#started;
+    if (elapsed > this.#timeout) throw new Abort(`timed out after ${elapsed.toFixed(0)} ms (limit ${this.#timeout} ms)`);
+  }
+
+  #checkBudget(step: string): void {
+    const elapsed = now() - (this.#stoppedAt ?? now());
+    if (elapsed > this.#budget) throw new Abort(`downtime budget exceeded after ${step}: ${elapsed.toFixed(2)} ms > ${this.#budget} ms`);
+  }
+
+  #progress(): void {
+    this.#o.onProgress?.({
+      phase: this.#phase,
+      iteration: this.#iterations,
+      remainingBytes: this.#remaining,
+      memoryBandwidth: this.#memMeter.rate,
+      deviceBandwidth: this.#devMeter.rate,
+      projectedDowntimeMs: this.#projected,
+      elapsedMs: now() - this.#started,
+    });
+  }
+
+  #report(outcome: MigrationReport['outcome'], downtimeMs: number): MigrationReport {
+    return {
+      outcome,
+      totalMs: now() - this.#started,
+      downtimeMs,
+      projectedDowntimeMs: this.#projected,
+      bytes: { ...this.#bytes },
+      iterations: this.#iterations,
+      arcs: [...this.#arcs],
+    };
+  }
+}

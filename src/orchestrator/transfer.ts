@@ -1,0 +1,148 @@
+/**
+ * The data movers of a migration: guest memory (whole, or the dirty pages the
+ * source device logged and the client wrote itself) from one memfd to the
+ * other, the device's migration stream from source to destination, and the
+ * bandwidth meters the switch-over decision uses.
+ */
+import type { VfioUserClient } from '../client/client.js';
+import { GUEST_PAGE_SIZE, type GuestMemory } from '../client/guest-memory.js';
+import type { MigrationSide } from './types.js';
+
+/** Guest memory is copied in chunks of this size (also the event-loop yield granularity). */
+export const COPY_CHUNK = 1 << 20;
+
+/** Bytes moved per ms, over everything measured so far. */
+export class Meter {
+  #bytes = 0;
+  #ms = 0;
+  readonly #fallback: number;
+
+  constructor(fallbackBytesPerMs: number) {
+    this.#fallback = fallbackBytesPerMs;
+  }
+
+  add(bytes: number, ms: number): void {
+    this.#bytes += bytes;
+    this.#ms += ms;
+  }
+
+  /** Measured bandwidth (bytes/ms); the fallback until something measurable was moved. */
+  get rate(): number {
+    return this.#bytes > 0 && this.#ms > 0 ? this.#bytes / this.#ms : this.#fallback;
+  }
+
+  /** Time (ms) to move `bytes` at the measured rate. */
+  timeFor(bytes: bigint): number {
+    return Number(bytes) / this.rate;
+  }
+}
+
+const now = (): number => performance.now();
+
+/** Copies `[gpa, gpa + length)` from `from` to `to` (same addresses). */
+function copyRange(from: GuestMemory, to: GuestMemory, gpa: bigint, length: number): void {
+  for (let done = 0; done < length; done += COPY_CHUNK) {
+    const n = Math.min(COPY_CHUNK, length - done);
+    to.write(gpa + BigInt(done), from.read(gpa + BigInt(done), n));
+  }
+}
+
+/** Copies all of `from` into `to`, yielding to the event loop between chunks. @returns bytes copied. */
+export async function copyAllMemory(from: GuestMemory, to: GuestMemory, meter: Meter): Promise<bigint> {
+  for (let gpa = 0n; gpa < from.size; gpa += BigInt(COPY_CHUNK)) {
+    const n = Number(from.size - gpa < BigInt(COPY_CHUNK) ? from.size - gpa : BigInt(COPY_CHUNK));
+    const t = now();
+    copyRange(from, to, gpa, n);
+    meter.add(n, now() - t);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  return from.size;
+}
+
+/** Copies the given 4 KiB pages (sorted, unique), coalescing runs. @returns bytes copied. */
+export function copyPages(from: GuestMemory, to: GuestMemory, pages: readonly number[], meter: Meter): bigint {
+  const t = now();
+  let bytes = 0;
+  for (let i = 0; i < pages.length; ) {
+    let j = i + 1;
+    while (j < pages.length && pages[j] === (pages[j - 1] as number) + 1) j++;
+    const first = pages[i] as number;
+    const length = (j - i) * GUEST_PAGE_SIZE;
+    copyRange(from, to, BigInt(first * GUEST_PAGE_SIZE), length);
+    bytes += length;
+    i = j;
+  }
+  meter.add(bytes, now() - t);
+  return BigInt(bytes);
+}
+
+/**
+ * Dirty tracking of the source's guest memory: the device's DMA writes
+ * (DMA logging over the memory's IOVA range) and the client's own writes
+ * (`GuestMemory.takeDirty()`). Without device logging every page counts as dirty.
+ */
+export class DirtyTracker {
+  readonly #side: MigrationSide;
+  #pageSize: bigint | undefined;
+
+  private constructor(side: MigrationSide) {
+    this.#side = side;
+  }
+
+  /** Starts DMA logging if the device can; drops the client-side dirty set (a full copy follows). */
+  static async start(side: MigrationSide, deviceLogging: boolean): Promise<DirtyTracker> {
+    const tracker = new DirtyTracker(side);
+    if (deviceLogging) tracker.#pageSize = await side.client.startDirtyLogging(BigInt(GUEST_PAGE_SIZE), [{ iova: side.iova, length: side.memory.size }]);
+    side.memory.takeDirty();
+    return tracker;
+  }
+
+  get logging(): boolean {
+    return this.#pageSize !== undefined;
+  }
+
+  /** Collects (and clears) the dirty 4 KiB pages, sorted. */
+  async collect(): Promise<number[]> {
+    const pages = new Set<number>(this.#side.memory.takeDirty());
+    const total = Number(this.#side.memory.size / BigInt(GUEST_PAGE_SIZE));
+    if (this.#pageSize === undefined) return Array.from({ length: total }, (_, p) => p);
+    const ps = Number(this.#pageSize);
+    const bitmap = await this.#side.client.dirtyReport(this.#side.iova, this.#side.memory.size, this.#pageSize);
+    bitmap.forEach((byte, i) => {
+      if (byte === 0) return;
+      for (let bit = 0; bit < 8; bit++) {
+        if (((byte >> bit) & 1) === 0) continue;
+        const start = Math.floor(((i * 8 + bit) * ps) / GUEST_PAGE_SIZE);
+        const end = Math.ceil(((i * 8 + bit + 1) * ps) / GUEST_PAGE_SIZE);
+        for (let p = start; p < end && p < total; p++) pages.add(p);
+      }
+    });
+    return [...pages].sort((a, b) => a - b);
+  }
+
+  /** Stops DMA logging (errors ignored: used on every exit path). */
+  async stop(): Promise<void> {
+    if (this.#pageSize === undefined) return;
+    this.#pageSize = undefined;
+    await this.#side.client.stopDirtyLogging().catch(() => undefined);
+  }
+}
+
+/**
+ * Moves the device's migration data available now: MIG_DATA_READ until an
+ * empty read, each chunk MIG_DATA_WRITTEN to the destination.
+ * @returns bytes moved.
+ */
+export async function moveDeviceData(from: VfioUserClient, to: VfioUserClient, meter: Meter): Promise<bigint> {
+  const chunk = Math.max(4096, Math.min(from.maxTransferSize, to.maxTransferSize) - 64);
+  let bytes = 0;
+  const t = now();
+  for (;;) {
+    const data = await from.migDataRead(chunk);
+    if (data.length === 0) break;
+    await to.migDataWrite(data);
+    bytes += data.length;
+  }
+  meter.add(bytes, now() - t);
+  return BigInt(bytes);
+}

@@ -1,0 +1,73 @@
+/** Options, progress and report types of the live-migration orchestrator ({@link migrate}). */
+import type { VfioUserClient } from '../client/client.js';
+import type { GuestMemory } from '../client/guest-memory.js';
+
+/** One side of a migration: the device session and the guest RAM attached to it at `iova`. */
+export interface MigrationSide {
+  client: VfioUserClient;
+  memory: GuestMemory;
+  /** Where `memory` is attached for the device (must be equal on both sides). */
+  iova: bigint;
+}
+
+/** Where a migration is. */
+export type MigrationPhase = 'precopy' | 'switchover' | 'abort' | 'done';
+
+/** Reported to `onProgress` after every pre-copy iteration and switch-over step. */
+export interface Progress {
+  phase: MigrationPhase;
+  /** Pre-copy iterations done so far (the first full copy counts as iteration 0). */
+  iteration: number;
+  /** Bytes still to move at the last estimate (dirty guest memory + device data). */
+  remainingBytes: bigint;
+  /** Measured guest-memory copy bandwidth (bytes per ms). */
+  memoryBandwidth: number;
+  /** Measured device-data bandwidth (bytes per ms). */
+  deviceBandwidth: number;
+  /** Projected downtime of a switch-over now (ms). */
+  projectedDowntimeMs: number;
+  /** Time since `migrate()` started (ms). */
+  elapsedMs: number;
+}
+
+/** {@link migrate}'s options. */
+export interface MigrateOptions {
+  source: MigrationSide;
+  destination: MigrationSide;
+  /** The allowed downtime: from the source leaving a running state until the destination runs. */
+  downtimeBudgetMs: number;
+  /** The whole migration's limit (default 60 000 ms); exceeding it aborts. */
+  timeoutMs?: number;
+  /** Pre-copy iterations before giving up on convergence (default 30). */
+  maxPrecopyIterations?: number;
+  onProgress?: (p: Progress) => void;
+}
+
+/** One migration state change the orchestrator made, as timed by it. */
+export interface ArcTiming {
+  side: 'source' | 'destination';
+  from: string;
+  to: string;
+  ms: number;
+}
+
+/** What {@link migrate} did. */
+export interface MigrationReport {
+  /**
+   * `migrated`: the destination runs the device; `aborted`: the orchestrator
+   * gave up (budget, convergence, timeout) and the source runs again;
+   * `failed`: an error (a side's request failed) ended it, the source was recovered.
+   */
+  outcome: 'migrated' | 'aborted' | 'failed';
+  reason?: string;
+  /** How the source was recovered after an abort or failure. */
+  sourceRecovery?: 'running' | 'reset' | 'unrecovered';
+  totalMs: number;
+  /** Source left a running state → destination RUNNING (or → source running again after an abort in switch-over; 0 if it never stopped). */
+  downtimeMs: number;
+  /** The projected downtime the switch-over decision was based on (ms). */
+  projectedDowntimeMs: number;
+  bytes: { precopyMemory: bigint; precopyDevice: bigint; stopCopyMemory: bigint; stopCopyDevice: bigint };
+  iterations: number;
+  arcs: ArcTiming[];
+}
