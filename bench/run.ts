@@ -14,6 +14,7 @@ import { runCodecBench, type CodecResult } from './codec.js';
 import { runServerBench, type ServerResult } from './server.js';
 import { runClientBench, type ClientResult } from './client.js';
 import { runMigrationBench, type MigrationResult } from './migration.js';
+import { runOrchestratorBench, type OrchestratorResult } from './orchestrator.js';
 
 interface Report {
   pinnedCpu: string | null;
@@ -22,6 +23,7 @@ interface Report {
   server: ServerResult;
   client: ClientResult;
   migration: MigrationResult;
+  orchestrator: OrchestratorResult;
 }
 
 function hasTaskset(): boolean {
@@ -47,7 +49,8 @@ async function main(): Promise<void> {
     const server = await runServerBench({ dir, echo, pin, iterations: quick ? 20_000 : 160_000, log: !json });
     const client = await runClientBench({ dir, pin, count: quick ? 10_000 : 50_000, cFloorNs: transport.cToC.meanNs, log: !json });
     const migration = await runMigrationBench({ dir, echo, stateBytes: (quick ? 32 : 256) << 20, log: !json });
-    const report: Report = { pinnedCpu: pin.length ? '0' : null, transport, codec, server, client, migration };
+    const orchestrator = await runOrchestratorBench({ dir, guestBytes: (quick ? 64 : 256) << 20, log: !json });
+    const report: Report = { pinnedCpu: pin.length ? '0' : null, transport, codec, server, client, migration, orchestrator };
     if (json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   } finally {
     rmSync(dir, { recursive: true, force: true });

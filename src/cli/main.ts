@@ -11,6 +11,7 @@ import { runInfo, type InfoOptions } from './commands/info.js';
 import { runLspci, type LspciOptions } from './commands/lspci.js';
 import { runRead, runWrite, type ReadOptions, type WriteOptions } from './commands/access.js';
 import { runBench, type BenchOptions } from './commands/bench.js';
+import { runMigrate, type MigrateCommandOptions } from './commands/migrate.js';
 import { describeError, type GlobalOptions } from './common.js';
 import { VERSION } from '../version.js';
 
@@ -115,6 +116,15 @@ program
   .option('--large-size <bytes>', 'bytes per read for the MB/s row (K/M suffixes; capped to the region and max_data_xfer_size)', '64K')
   .addOption(json)
   .action((socket: string, options: BenchOptions) => runBench(socket, options, globals()));
+
+program
+  .command('migrate')
+  .description('live migration end to end: --demo serves a source and a destination DMA engine in child processes and migrates a working one under a downtime budget')
+  .option('--demo', 'the local end-to-end case (required)')
+  .option('--downtime <duration>', 'downtime budget: 300ms, 1s, or plain milliseconds', '300ms')
+  .option('--jobs <n>', 'copy jobs streamed on the source (the destination runs the rest)', '600')
+  .addOption(json)
+  .action((options: MigrateCommandOptions) => runMigrate(options, globals()));
 
 // `vfio-user lspci SOCK --dump | head`: a closed pipe ends the output, not the process with a stack trace.
 process.stdout.on('error', (error: NodeJS.ErrnoException) => {
