@@ -41,7 +41,7 @@ Examples:
   vfio-user read /tmp/dma.sock bar0 0x0 --count 10
   vfio-user --trace write /tmp/dma.sock bar0 0x14 64
   taskset -c 0 vfio-user bench /tmp/dma.sock --count 100000
-  npm start   # = vfio-user demo`,
+  npm start   # = vfio-user migrate --demo --downtime 300ms`,
   );
 
 const globals = (): GlobalOptions => program.opts<GlobalOptions>();
