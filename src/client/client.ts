@@ -57,9 +57,11 @@ import {
   DeadlineRequestFlags,
   ExtensionCapability,
   MAX_DIRECT_ARCS,
+  MAX_MIG_IDENTITY_SIZE,
   PRECOPY_INFO_SIZE,
   decodeArcLatencies,
   decodeDeadlineStateReply,
+  decodeMigrationIdentity,
   decodePrecopyInfo,
   encodeDeadlineStateRequest,
   migrationExtensionsOf,
@@ -67,6 +69,7 @@ import {
   type ArcLatency,
   type DeadlineStateReply,
   type MigrationExtensions,
+  type MigrationIdentity,
   type PrecopyInfo,
 } from '../protocol/migration-extensions.js';
 import type { Message } from '../transport/transport.js';
@@ -389,6 +392,19 @@ export class VfioUserClient extends ClientCore {
     if (index === undefined) throw notAdvertised(ExtensionCapability.MIG_ARC_LATENCY);
     const reply = await this.deviceFeature(index | DeviceFeatureFlags.GET, new Uint8Array(0), 8 + ARC_LATENCY_HEADER_SIZE + MAX_DIRECT_ARCS * ARC_LATENCY_ENTRY_SIZE);
     return decodeOrEproto(reply.data, Command.DEVICE_FEATURE, decodeArcLatencies);
+  }
+
+  /**
+   * Migration identity (extension `x-migration-identity`): the device type,
+   * PCI ids and state version the device stamps its stream with, and the older
+   * state versions it also loads. Read-only, valid in every state.
+   * @throws {ProtocolError} ENOTSUP when the server did not advertise it.
+   */
+  async migrationIdentity(): Promise<MigrationIdentity> {
+    const index = this.migrationExtensions.identity;
+    if (index === undefined) throw notAdvertised(ExtensionCapability.MIG_IDENTITY);
+    const reply = await this.deviceFeature(index | DeviceFeatureFlags.GET, new Uint8Array(0), 8 + MAX_MIG_IDENTITY_SIZE);
+    return decodeOrEproto(reply.data, Command.DEVICE_FEATURE, decodeMigrationIdentity);
   }
 
   /** MIG_DATA_READ of up to `size` bytes; an empty result means no data right now. */

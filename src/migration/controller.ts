@@ -99,6 +99,11 @@ export class MigrationController {
     return this.#state;
   }
 
+  /** The older state versions `load` also accepts (MigrationDefinition.acceptStateVersions). */
+  get acceptStateVersions(): readonly number[] {
+    return this.#def.acceptStateVersions ?? [];
+  }
+
   /** VFIO_DEVICE_FEATURE_MIGRATION flags. */
   get flags(): bigint {
     return migrationFlagsOf(this.caps);

@@ -2,12 +2,15 @@
  * The compatibility check a migration makes before anything stops: both
  * devices must look the same to the guest (device info, region sizes and
  * flags, migration flags, PCI vendor/device ids) and the guest memories must
- * match in size and IOVA. Read-only: nothing changes on either side.
+ * match in size and IOVA. When both servers advertise `x-migration-identity`,
+ * the destination must also be the same device type and able to load the
+ * source's state version. Read-only: nothing changes on either side.
  */
 import { VfioUserError } from '../errors.js';
 import { closeFd } from '../native/addon.js';
 import { MigrationState, RegionIndex } from '../protocol/constants.js';
 import { stateName } from '../migration/state-machine.js';
+import { MigIdentityFlags, type MigrationIdentity } from '../protocol/migration-extensions.js';
 import type { MigrationSide } from './types.js';
 
 /** The two sides cannot be migrated between (the message says why); nothing was changed. */
@@ -55,6 +58,29 @@ async function describe(side: MigrationSide, name: string): Promise<Described> {
   return { info, regions, migrationFlags, pciIds, state: await client.migrationState() };
 }
 
+function showIdentity(id: MigrationIdentity): string {
+  const older = id.acceptedVersions.length > 0 ? `, also loads ${id.acceptedVersions.map((v) => `v${v}`).join(', ')}` : '';
+  return `'${id.deviceType}' state v${id.stateVersion}${older}`;
+}
+
+/**
+ * With `x-migration-identity` on both sides: same device type, and the source's
+ * state version is the destination's own or one it accepts (unless the
+ * destination's list was truncated, when the stream check decides).
+ */
+async function checkIdentity(source: MigrationSide, destination: MigrationSide): Promise<void> {
+  if (source.client.migrationExtensions.identity === undefined || destination.client.migrationExtensions.identity === undefined) return;
+  const s = await source.client.migrationIdentity();
+  const d = await destination.client.migrationIdentity();
+  if (s.deviceType !== d.deviceType) {
+    throw new MigrationCompatibilityError(`device types differ (source ${showIdentity(s)}, destination ${showIdentity(d)})`);
+  }
+  const loadable = s.stateVersion === d.stateVersion || d.acceptedVersions.includes(s.stateVersion) || (d.flags & MigIdentityFlags.ACCEPTED_TRUNCATED) !== 0;
+  if (!loadable) {
+    throw new MigrationCompatibilityError(`the destination cannot load the source's state version (source ${showIdentity(s)}, destination ${showIdentity(d)})`);
+  }
+}
+
 /**
  * Compares the two sides.
  * @throws {MigrationCompatibilityError} when they differ, or the source is not RUNNING.
@@ -69,6 +95,7 @@ export async function checkCompatibility(source: MigrationSide, destination: Mig
   const s = await describe(source, 'source');
   const d = await describe(destination, 'destination');
   if (s.state !== MigrationState.RUNNING) throw new MigrationCompatibilityError(`the source device is ${stateName(s.state)}, not RUNNING`);
+  await checkIdentity(source, destination);
   if (s.info.flags !== d.info.flags || s.info.numRegions !== d.info.numRegions || s.info.numIrqs !== d.info.numIrqs) {
     throw new MigrationCompatibilityError(`device info differs (source ${JSON.stringify(s.info)}, destination ${JSON.stringify(d.info)})`);
   }

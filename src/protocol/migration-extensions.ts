@@ -1,6 +1,6 @@
 /**
  * This library's vendor extensions to vfio-user migration (wire format in
- * docs/protocol-extensions.md): three DEVICE_FEATURE features in the upper
+ * docs/protocol-extensions.md): four DEVICE_FEATURE features in the upper
  * half of the 16-bit feature index space, each advertised by the server in its
  * VERSION JSON under `capabilities.migration`:
  *
@@ -8,11 +8,13 @@
  *   with the 2026 REINIT flag defined from the start;
  * - `x-deadline-state` (SET): a MIG_DEVICE_STATE SET carrying a time budget; the
  *   device reaches the target in time or walks back, and says which;
- * - `x-arc-latency` (GET): per-arc latency, measured and declared, for planning.
+ * - `x-arc-latency` (GET): per-arc latency, measured and declared, for planning;
+ * - `x-migration-identity` (GET): the device's stream identity and the older
+ *   state versions it can load, so an orchestrator can refuse a mismatch early.
  *
  * Constants, codecs and the capability members; no I/O.
  */
-import { ProtocolError } from '../errors.js';
+import { InvalidArgumentError, ProtocolError } from '../errors.js';
 import type { Capabilities, ExtraMembers } from './capabilities.js';
 import { DeviceFeatureFlags } from './constants.js';
 import { Errno } from './errno.js';
@@ -28,6 +30,7 @@ export const ExtensionFeature = {
   PRECOPY_INFO: 0x8000,
   MIG_STATE_DEADLINE: 0x8001,
   MIG_ARC_LATENCY: 0x8002,
+  MIG_IDENTITY: 0x8003,
 } as const;
 
 /** The VERSION JSON members (inside `capabilities.migration`) that advertise the extensions. */
@@ -35,6 +38,7 @@ export const ExtensionCapability = {
   PRECOPY_INFO: 'x-precopy-info',
   MIG_STATE_DEADLINE: 'x-deadline-state',
   MIG_ARC_LATENCY: 'x-arc-latency',
+  MIG_IDENTITY: 'x-migration-identity',
 } as const;
 
 // ------------------------------------------------------------ pre-copy info
@@ -252,6 +256,88 @@ export function decodeArcLatencies(data: Uint8Array): ArcLatency[] {
   return out;
 }
 
+// ------------------------------------------------------------ migration identity
+
+/** Size of the fixed part of the identity GET data (before `accepted_versions`). */
+export const MIG_IDENTITY_HEADER_SIZE = 16;
+/** Most accepted older state versions a reply lists (more are reported with {@link MigIdentityFlags.ACCEPTED_TRUNCATED}). */
+export const MAX_ACCEPTED_VERSIONS = 64;
+/** Most UTF-8 bytes of a device type (as in the stream header). */
+export const MAX_IDENTITY_TYPE_BYTES = 255;
+/** Largest identity GET data: 16 + 64 × 4 + 1 + 255 = 528 bytes. */
+export const MAX_MIG_IDENTITY_SIZE = MIG_IDENTITY_HEADER_SIZE + MAX_ACCEPTED_VERSIONS * 4 + 1 + MAX_IDENTITY_TYPE_BYTES;
+
+/** Output bits of the identity `flags`. */
+export const MigIdentityFlags = {
+  /** The device accepts more older versions than the reply lists: a version missing from the list may still load. */
+  ACCEPTED_TRUNCATED: 1 << 0,
+} as const;
+
+/** Identity GET data: what the device's stream is stamped with, and what it can load. */
+export interface MigrationIdentity {
+  /** The device model (1..255 UTF-8 bytes), as in the stream header. */
+  deviceType: string;
+  pciVendor: number;
+  pciDevice: number;
+  /** The state layout version the device saves (and loads). */
+  stateVersion: number;
+  /** Older state versions the device also loads (at most 64; without `stateVersion`). */
+  acceptedVersions: number[];
+  /** {@link MigIdentityFlags} bits. */
+  flags: number;
+}
+
+const utf8 = new TextEncoder();
+const utf8Strict = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * Encodes identity GET data: `{u16 pci_vendor, u16 pci_device, u32 state_version,
+ * u32 num_accepted, u32 flags, u32 accepted_versions[num_accepted], u8 type_len,
+ * u8 device_type[type_len]}` (17..528 bytes).
+ * @throws {InvalidArgumentError} EINVAL on an out-of-range field, more than 64 versions, or a type of 0 or more than 255 bytes.
+ */
+export function encodeMigrationIdentity(v: MigrationIdentity): Uint8Array {
+  const type = utf8.encode(v.deviceType);
+  if (v.acceptedVersions.length > MAX_ACCEPTED_VERSIONS) {
+    throw new InvalidArgumentError(`MIG_IDENTITY: more than ${MAX_ACCEPTED_VERSIONS} accepted versions (${v.acceptedVersions.length})`);
+  }
+  if (type.length === 0 || type.length > MAX_IDENTITY_TYPE_BYTES) {
+    throw new InvalidArgumentError(`MIG_IDENTITY: device_type must be 1..${MAX_IDENTITY_TYPE_BYTES} UTF-8 bytes, got ${type.length}`);
+  }
+  const w = new WireWriter(MIG_IDENTITY_HEADER_SIZE + v.acceptedVersions.length * 4 + 1 + type.length, 'MIG_IDENTITY');
+  w.u16(v.pciVendor, 'pci_vendor').u16(v.pciDevice, 'pci_device').u32(v.stateVersion, 'state_version');
+  w.u32(v.acceptedVersions.length, 'num_accepted').u32(v.flags, 'flags');
+  for (const a of v.acceptedVersions) w.u32(a, 'accepted_versions');
+  return w.u8(type.length, 'type_len').bytes(type, 'device_type').finish();
+}
+
+/**
+ * Decodes identity GET data; bytes after `device_type` are ignored (room to grow).
+ * @throws {ProtocolError} EINVAL if truncated, `num_accepted` > 64, or `device_type` is empty or not UTF-8.
+ */
+export function decodeMigrationIdentity(data: Uint8Array): MigrationIdentity {
+  const r = new WireReader(data, 'MIG_IDENTITY');
+  const pciVendor = r.u16('pci_vendor');
+  const pciDevice = r.u16('pci_device');
+  const stateVersion = r.u32('state_version');
+  const n = r.u32('num_accepted');
+  const flags = r.u32('flags');
+  if (n > MAX_ACCEPTED_VERSIONS) throw r.error(`num_accepted ${n} above ${MAX_ACCEPTED_VERSIONS}`);
+  r.need(n * 4, `accepted_versions (num_accepted ${n})`);
+  const acceptedVersions: number[] = [];
+  for (let i = 0; i < n; i++) acceptedVersions.push(r.u32('accepted_versions'));
+  const typeLength = r.u8('type_len');
+  if (typeLength === 0) throw r.error('empty device_type');
+  let deviceType: string;
+  try {
+    deviceType = utf8Strict.decode(r.bytes(typeLength, 'device_type'));
+  } catch (cause) {
+    if (cause instanceof ProtocolError) throw cause;
+    throw r.error('device_type is not UTF-8');
+  }
+  return { deviceType, pciVendor, pciDevice, stateVersion, acceptedVersions, flags };
+}
+
 // ------------------------------------------------------------ discovery
 
 /** The extension features a server advertised: feature indexes, absent when not advertised. */
@@ -259,6 +345,7 @@ export interface MigrationExtensions {
   precopyInfo?: number;
   deadlineState?: number;
   arcLatency?: number;
+  identity?: number;
 }
 
 /** The `capabilities.migration` members a migratable device's server advertises. */
@@ -267,6 +354,7 @@ export function migrationExtensionMembers(): ExtraMembers {
     [ExtensionCapability.PRECOPY_INFO]: { feature: ExtensionFeature.PRECOPY_INFO },
     [ExtensionCapability.MIG_STATE_DEADLINE]: { feature: ExtensionFeature.MIG_STATE_DEADLINE },
     [ExtensionCapability.MIG_ARC_LATENCY]: { feature: ExtensionFeature.MIG_ARC_LATENCY },
+    [ExtensionCapability.MIG_IDENTITY]: { feature: ExtensionFeature.MIG_IDENTITY },
   };
 }
 
@@ -291,7 +379,9 @@ export function migrationExtensionsOf(caps: Capabilities | undefined): Migration
   const arcLatency = featureOf(extra[ExtensionCapability.MIG_ARC_LATENCY]);
   if (precopyInfo !== undefined) out.precopyInfo = precopyInfo;
   if (deadlineState !== undefined) out.deadlineState = deadlineState;
+  const identity = featureOf(extra[ExtensionCapability.MIG_IDENTITY]);
   if (arcLatency !== undefined) out.arcLatency = arcLatency;
+  if (identity !== undefined) out.identity = identity;
   return out;
 }
 

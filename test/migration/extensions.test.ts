@@ -119,25 +119,27 @@ async function drain(client: VfioUserClient, chunk = 65536): Promise<Uint8Array[
 const isErrno = (errno: number) => (e: unknown) => e instanceof RemoteError && e.errno === errno;
 
 describe('migration extensions: discovery', () => {
-  it('a migratable device advertises the three features under capabilities.migration and answers PROBE for them', () =>
+  it('a migratable device advertises the four features under capabilities.migration and answers PROBE for them', () =>
     withDevice(testDevice(), async (client) => {
       const extra = client.serverAdvertised?.migration?.extra;
       assert.deepEqual(extra, {
         [ExtensionCapability.PRECOPY_INFO]: { feature: ExtensionFeature.PRECOPY_INFO },
         [ExtensionCapability.MIG_STATE_DEADLINE]: { feature: ExtensionFeature.MIG_STATE_DEADLINE },
         [ExtensionCapability.MIG_ARC_LATENCY]: { feature: ExtensionFeature.MIG_ARC_LATENCY },
+        [ExtensionCapability.MIG_IDENTITY]: { feature: ExtensionFeature.MIG_IDENTITY },
       });
       assert.equal(client.serverAdvertised?.migration?.pgsize, 4096, 'the standard member is unchanged');
-      assert.deepEqual(client.migrationExtensions, { precopyInfo: 0x8000, deadlineState: 0x8001, arcLatency: 0x8002 });
+      assert.deepEqual(client.migrationExtensions, { precopyInfo: 0x8000, deadlineState: 0x8001, arcLatency: 0x8002, identity: 0x8003 });
       const probes = await Promise.all(
-        [0x8000, 0x8001, 0x8002].flatMap((f) => [GET, SET, GET | SET].map((ops) => client.probeFeature(f, ops))),
+        [0x8000, 0x8001, 0x8002, 0x8003].flatMap((f) => [GET, SET, GET | SET].map((ops) => client.probeFeature(f, ops))),
       );
       assert.deepEqual(probes, [
         true, false, false, // pre-copy info: GET only
         false, true, false, // deadline state: SET only
         true, false, false, // arc latency: GET only
+        true, false, false, // migration identity: GET only
       ]);
-      assert.equal(await client.probeFeature(0x8003, GET), false, 'nothing else in the vendor range');
+      assert.equal(await client.probeFeature(0x8004, GET), false, 'nothing else in the vendor range');
     }));
 
   it('a device without migration advertises nothing, answers no PROBE, and the client refuses to use them (ENOTSUP)', async () => {
@@ -146,11 +148,12 @@ describe('migration extensions: discovery', () => {
     try {
       assert.equal(client.serverAdvertised?.migration, undefined);
       assert.deepEqual(client.migrationExtensions, {});
-      for (const f of [0x8000, 0x8001, 0x8002]) assert.equal(await client.probeFeature(f, f === 0x8001 ? SET : GET), false);
+      for (const f of [0x8000, 0x8001, 0x8002, 0x8003]) assert.equal(await client.probeFeature(f, f === 0x8001 ? SET : GET), false);
       const enotsup = (e: unknown): boolean => e instanceof ProtocolError && e.errno === 95;
       await assert.rejects(client.precopyInfo(), enotsup);
       await assert.rejects(client.setMigrationStateWithDeadline(S.STOP, 10n * MS), enotsup);
       await assert.rejects(client.arcLatencies(), enotsup);
+      await assert.rejects(client.migrationIdentity(), enotsup);
     } finally {
       client.close();
       await served.close();

@@ -108,6 +108,12 @@ function lose(side: Side): void {
 }
 
 /** A fresh session on a side's server (its old one closed; the server takes one at a time, so wait until it let go). */
+/** Makes `client` see no `x-migration-identity` member, as with a server that does not advertise it. */
+function hideIdentity(client: VfioUserClient): void {
+  const { identity: _hidden, ...rest } = client.migrationExtensions;
+  Object.defineProperty(client, 'migrationExtensions', { get: () => rest });
+}
+
 async function reconnect(side: Side): Promise<VfioUserClient> {
   await side.client.closed;
   for (let attempt = 0; ; attempt++) {
@@ -198,9 +204,12 @@ describe('migrate() under faults', () => {
   });
 
   it('a destination of a different device type refuses MIG_DATA_WRITE: failed in pre-copy, source intact, destination state untouched and RUNNING', async () => {
-    // The compatibility check compares device info, regions, migration flags and PCI ids, not the migration device type:
-    // the destination's loader is what refuses the stream (EINVAL).
+    // With x-migration-identity on both sides the compatibility check refuses this up front
+    // (test/orchestrator/compat-identity.test.ts). Here the destination's client is made to see no such member, as
+    // with a server that does not advertise it: the check then compares device info, regions, migration flags and
+    // PCI ids only, and the destination's loader is what refuses the stream (EINVAL).
     await withPair(async (src, dst, before) => {
+      hideIdentity(dst.client);
       const dstBefore = snap(dst);
       const report = await migrate({ source: src, destination: dst, downtimeBudgetMs: 2000 });
       assert.equal(report.outcome, 'failed');

@@ -44,6 +44,7 @@ describe('struct sizes match the specification', () => {
     ['DEADLINE_STATE_SIZE', p.DEADLINE_STATE_SIZE, 32],
     ['ARC_LATENCY_HEADER_SIZE', p.ARC_LATENCY_HEADER_SIZE, 8],
     ['ARC_LATENCY_ENTRY_SIZE', p.ARC_LATENCY_ENTRY_SIZE, 48],
+    ['MIG_IDENTITY_HEADER_SIZE', p.MIG_IDENTITY_HEADER_SIZE, 16],
   ];
   for (const [name, actual, spec] of sizes) {
     it(`${name} = ${spec}`, () => assert.equal(actual, spec));

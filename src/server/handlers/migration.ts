@@ -2,7 +2,7 @@
  * Migration over vfio-user: the MIGRATION (1), MIG_DEVICE_STATE (2) and
  * MIG_DATA_SIZE (9) features of a migratable device, this library's vendor
  * extensions (pre-copy info 0x8000, deadline-carrying SET 0x8001, arc latency
- * 0x8002; docs/protocol-extensions.md), and MIG_DATA_READ (17) /
+ * 0x8002, migration identity 0x8003; docs/protocol-extensions.md), and MIG_DATA_READ (17) /
  * MIG_DATA_WRITE (18) with their checks (state, size ≤ the client's
  * max_data_xfer_size, argsz).
  */
@@ -17,7 +17,10 @@ import {
   decodeDeadlineStateRequest,
   encodeArcLatencies,
   encodeDeadlineStateReply,
+  encodeMigrationIdentity,
   encodePrecopyInfo,
+  MAX_ACCEPTED_VERSIONS,
+  MigIdentityFlags,
 } from '../../protocol/migration-extensions.js';
 import type { DecodedRequest } from '../../protocol/request.js';
 import { checkMigDataRead, checkMigDataWrite } from '../../migration/gating.js';
@@ -49,7 +52,19 @@ export function migrationFeatures(migration: MigrationController): FeatureTable 
   ]);
 }
 
-/** The vendor extensions: pre-copy info (GET), deadline-carrying state SET, arc latency (GET). */
+/** The identity GET data: own version first excluded, duplicates dropped, ascending; beyond 64 versions, the newest 64 and TRUNCATED. */
+function identityOf(migration: MigrationController): Uint8Array {
+  const { identity } = migration;
+  const older = [...new Set(migration.acceptStateVersions)].filter((v) => v !== identity.stateVersion).sort((a, b) => a - b);
+  const truncated = older.length > MAX_ACCEPTED_VERSIONS;
+  return encodeMigrationIdentity({
+    ...identity,
+    acceptedVersions: truncated ? older.slice(-MAX_ACCEPTED_VERSIONS) : older,
+    flags: truncated ? MigIdentityFlags.ACCEPTED_TRUNCATED : 0,
+  });
+}
+
+/** The vendor extensions: pre-copy info (GET), deadline-carrying state SET, arc latency (GET), identity (GET). */
 function extensionFeatures(migration: MigrationController): Array<[number, FeatureHandler]> {
   const precopyInfo: FeatureHandler = {
     ops: DeviceFeatureFlags.GET,
@@ -74,10 +89,12 @@ function extensionFeatures(migration: MigrationController): Array<[number, Featu
     },
   };
   const latency: FeatureHandler = { ops: DeviceFeatureFlags.GET, get: () => encodeArcLatencies(migration.arcLatencyTable()) };
+  const identity: FeatureHandler = { ops: DeviceFeatureFlags.GET, get: () => identityOf(migration) };
   return [
     [ExtensionFeature.PRECOPY_INFO, precopyInfo],
     [ExtensionFeature.MIG_STATE_DEADLINE, deadline],
     [ExtensionFeature.MIG_ARC_LATENCY, latency],
+    [ExtensionFeature.MIG_IDENTITY, identity],
   ];
 }
 
