@@ -8,8 +8,10 @@
  * 2. Pre-copy: DMA logging on the source over the guest memory range, a full
  *    copy of guest RAM, the device's pre-copy data when it has PRE_COPY; then
  *    iterations that copy dirty pages and device deltas, until the projected
- *    downtime (remaining bytes / measured bandwidth + the STOP_COPY and resume
- *    arc latencies + request round trips) fits the budget.
+ *    downtime fits the budget ({@link estimateSwitchover}: the pages the source
+ *    will have dirtied by the stop at the measured dirty rate, collected and
+ *    copied at the measured dirty-page costs, the device data at its measured
+ *    bandwidth, the STOP_COPY and resume arc latencies, request round trips).
  * 3. Switch-over: source → STOP_COPY (deadline-bounded when the server
  *    advertises `x-deadline-state`), last dirty pages, the device stream to
  *    EOF, destination → STOP → RUNNING. The downtime runs from the source
@@ -20,11 +22,12 @@
  *    memory is never written.
  */
 import type { VfioUserClient } from '../client/client.js';
+import { GUEST_PAGE_SIZE } from '../client/guest-memory.js';
 import { DeviceFeature, DeviceFeatureFlags, MigrationFlags, MigrationState as S } from '../protocol/constants.js';
 import { DeadlineOutcome } from '../protocol/migration-extensions.js';
 import { stateName } from '../migration/state-machine.js';
 import { checkCompatibility } from './compat.js';
-import { estimateArcsMs } from './estimate.js';
+import { estimateArcsMs, estimateSwitchover } from './estimate.js';
 import { COPY_CHUNK, DirtyTracker, Meter, copyAllMemory, copyPages, moveDeviceData } from './transfer.js';
 import type { ArcTiming, MigrateOptions, MigrationPhase, MigrationReport } from './types.js';
 
@@ -33,8 +36,8 @@ export type * from './types.js';
 
 /** What QEMU assumes for the device data when MIG_DATA_SIZE fails: so much that the migration never converges. */
 const UNKNOWN_DEVICE_DATA = 100n << 30n;
-/** Requests in a switch-over besides the stream chunks (SETs, dirty report, the empty read). */
-const SWITCHOVER_REQUESTS = 5;
+/** Requests in a switch-over besides the stream chunks and the dirty report (3 SETs, the empty read). */
+const SWITCHOVER_REQUESTS = 4;
 
 /** A deliberate abort (budget, convergence, timeout), as opposed to a failure. */
 class Abort extends Error {}
@@ -60,6 +63,10 @@ class Run {
   readonly #preCopy: boolean;
   readonly #p2p: boolean;
   readonly #memMeter = new Meter(Number.POSITIVE_INFINITY);
+  /** Dirty-page copies only: scattered pages cost more per byte than the 1 MiB chunks of the full copy. */
+  readonly #pageMeter = new Meter(Number.POSITIVE_INFINITY);
+  /** The last dirty collection: when its request went out, how long it took, what it found, the dirty rate over the interval before it. */
+  #collect = { at: 0, ms: 0, pages: 0, pagesPerMs: 0, saturated: false };
   #devMeter = new Meter(Number.POSITIVE_INFINITY);
   #tracker: DirtyTracker | undefined;
   #srcState: number = S.RUNNING;
@@ -103,6 +110,7 @@ class Run {
     const { source, destination } = this.#o;
     const logging = await this.#src.probeFeature(DeviceFeature.DMA_LOGGING_START, DeviceFeatureFlags.SET);
     this.#tracker = await DirtyTracker.start(source, logging);
+    this.#collect.at = now();
     const t = now();
     await this.#src.migrationState();
     this.#rtt = now() - t;
@@ -118,19 +126,32 @@ class Run {
     for (;;) {
       this.#checkTimeout();
       this.#iterations++;
-      const pages = await this.#tracker.collect();
-      this.#bytes.precopyMemory += copyPages(source.memory, destination.memory, pages, this.#memMeter);
+      const pages = await this.#collectPages(this.#tracker);
+      this.#bytes.precopyMemory += copyPages(source.memory, destination.memory, pages, this.#pageMeter);
       if (this.#preCopy) this.#bytes.precopyDevice += await moveDeviceData(this.#src, this.#dst, this.#devMeter);
-      // What a switch-over now would move: about as much memory as this round found dirty, and the device's pending data.
-      const dirtyBytes = BigInt(pages.length * 4096);
+      const t = now();
       const deviceBytes = await this.#pendingDeviceBytes();
-      this.#remaining = dirtyBytes + deviceBytes;
+      const queries = this.#preCopy && this.#src.migrationExtensions.precopyInfo !== undefined ? 2 : 1;
+      this.#rtt = Math.max(this.#rtt, (now() - t) / queries);
+      const arcs = await estimateArcsMs(this.#src, this.#dst, this.#preCopy, this.#p2p);
       const chunks = Math.ceil(Number(deviceBytes) / Math.min(this.#src.maxTransferSize, COPY_CHUNK));
-      this.#projected =
-        this.#memMeter.timeFor(dirtyBytes) +
-        this.#devMeter.timeFor(deviceBytes) +
-        (await estimateArcsMs(this.#src, this.#dst, this.#preCopy, this.#p2p)) +
-        this.#rtt * (SWITCHOVER_REQUESTS + 2 * chunks);
+      // What a switch-over now would cost: the pages dirtied from the last collection until the source stops, the device's pending data.
+      const estimate = estimateSwitchover({
+        dirtyPagesPerMs: this.#collect.pagesPerMs,
+        saturated: this.#collect.saturated,
+        sinceCollectMs: now() - this.#collect.at,
+        totalPages: this.#tracker.totalPages,
+        pageCopyMs: GUEST_PAGE_SIZE / (this.#pageMeter.measured ? this.#pageMeter.rate : this.#memMeter.rate),
+        lastCollect: { ms: this.#collect.ms, pages: this.#collect.pages },
+        deviceBytes,
+        deviceBytesPerMs: this.#devMeter.rate,
+        sourceArcsMs: arcs.sourceMs,
+        destinationArcsMs: arcs.destinationMs,
+        requestMs: this.#rtt,
+        requests: SWITCHOVER_REQUESTS + 2 * chunks,
+      });
+      this.#remaining = BigInt(estimate.pages * GUEST_PAGE_SIZE) + deviceBytes;
+      this.#projected = estimate.totalMs;
       this.#progress();
       if (this.#projected <= this.#budget) return;
       if (this.#iterations >= max) {
@@ -138,6 +159,21 @@ class Run {
       }
       await new Promise((resolve) => setImmediate(resolve));
     }
+  }
+
+  /** A timed dirty collection; the dirty rate is measured over the interval since the previous one (request to request). */
+  async #collectPages(tracker: DirtyTracker): Promise<number[]> {
+    const at = now();
+    const pages = await tracker.collect();
+    const interval = at - this.#collect.at;
+    this.#collect = {
+      at,
+      ms: now() - at,
+      pages: pages.length,
+      pagesPerMs: interval > 0 ? pages.length / interval : 0,
+      saturated: pages.length >= tracker.totalPages,
+    };
+    return pages;
   }
 
   /** Device data still to move: PRECOPY_INFO (when pre-copying and advertised) + MIG_DATA_SIZE (100 GiB when unknown, as QEMU). */
@@ -173,8 +209,8 @@ class Run {
       await this.#set('source', S.STOP_COPY);
     }
     this.#checkBudget('source STOP_COPY');
-    const pages = await (this.#tracker as DirtyTracker).collect();
-    this.#bytes.stopCopyMemory += copyPages(source.memory, destination.memory, pages, this.#memMeter);
+    const pages = await this.#collectPages(this.#tracker as DirtyTracker);
+    this.#bytes.stopCopyMemory += copyPages(source.memory, destination.memory, pages, this.#pageMeter);
     this.#checkBudget('final dirty pages');
     this.#bytes.stopCopyDevice += await moveDeviceData(this.#src, this.#dst, this.#devMeter);
     this.#checkBudget('device stream');

@@ -31,6 +31,11 @@ export class Meter {
     return this.#bytes > 0 && this.#ms > 0 ? this.#bytes / this.#ms : this.#fallback;
   }
 
+  /** Whether something measurable was moved. */
+  get measured(): boolean {
+    return this.#bytes > 0 && this.#ms > 0;
+  }
+
   /** Time (ms) to move `bytes` at the measured rate. */
   timeFor(bytes: bigint): number {
     return Number(bytes) / this.rate;
@@ -99,6 +104,11 @@ export class DirtyTracker {
 
   get logging(): boolean {
     return this.#pageSize !== undefined;
+  }
+
+  /** Guest pages in all. */
+  get totalPages(): number {
+    return Number(this.#side.memory.size / BigInt(GUEST_PAGE_SIZE));
   }
 
   /** Collects (and clears) the dirty 4 KiB pages, sorted. */
