@@ -9,12 +9,10 @@
  * against one computed here. Completions are learnt from MSI-X interrupts.
  * Exit status 0 only if every job verified.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomFillSync, randomInt } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { VfioUserClient } from '../../client/client.js';
 import { GuestMemory } from '../../client/guest-memory.js';
 import { Interrupts } from '../../client/interrupts.js';
@@ -23,6 +21,7 @@ import { IrqIndex } from '../../protocol/constants.js';
 import { DescriptorStatus } from '../../devices/dma-descriptor.js';
 import { DmaEngineReg } from '../../devices/dma-engine.js';
 import { fnv1a32 } from '../../devices/fnv1a.js';
+import { startServer } from '../serve-child.js';
 import { CliError, hex, parseCount, stdio, toJson, withClient, type GlobalOptions, type Output } from '../common.js';
 import { DmaEngineDriver, type CopyJob } from '../dma-driver.js';
 
@@ -44,7 +43,6 @@ export interface DemoSummary {
   firstErrors: string[];
 }
 
-const MAIN = fileURLToPath(new URL('../main.js', import.meta.url));
 const GUEST_RAM = 64 << 20;
 /** Where the device sees guest RAM: above 4 GiB, so the ring base needs RING_BASE_HI. */
 const IOVA = 0x1_0000_0000n;
@@ -58,31 +56,6 @@ const BATCH = 15;
 const SLOT = 2 * MAX_JOB;
 const INTERRUPT_TIMEOUT_MS = 5000;
 
-/** A `vfio-user serve dma-engine` child process. */
-interface ServerProcess {
-  child: ChildProcess;
-  stop(): Promise<void>;
-}
-
-function startServer(socket: string): Promise<ServerProcess> {
-  const child = spawn(process.execPath, [MAIN, 'serve', 'dma-engine', '--socket', socket], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const stop = async (): Promise<void> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-    await exited;
-    clearTimeout(timer);
-  };
-  return new Promise((resolve, reject) => {
-    let out = '';
-    child.stdout?.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('\n')) resolve({ child, stop });
-    });
-    child.once('error', reject);
-    void exited.then((code) => reject(new CliError(`vfio-user serve dma-engine exited with ${code} before listening`)));
-  });
-}
 
 /** Fills one batch's sources with random bytes and checksums them here. */
 function prepare(memory: GuestMemory, firstSeq: number, count: number, half: number, firstSlot: number): CopyJob[] {

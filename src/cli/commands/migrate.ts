@@ -8,12 +8,10 @@
  * at switch-over (the stopped source's memory), and the jobs the source had
  * not finished must complete, correctly, on the destination.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomFillSync, randomInt } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { VfioUserClient } from '../../client/client.js';
 import { GuestMemory } from '../../client/guest-memory.js';
 import { enableBusMaster } from '../../client/pci-config.js';
@@ -22,6 +20,7 @@ import { DmaEngineReg } from '../../devices/dma-engine.js';
 import { fnv1a32 } from '../../devices/fnv1a.js';
 import { migrate, type MigrationReport } from '../../orchestrator/migrate.js';
 import { createProgressBar } from '../../orchestrator/progress.js';
+import { startServer } from '../serve-child.js';
 import { CliError, parseCount, stdio, toJson, withClient, type GlobalOptions, type Output } from '../common.js';
 import { DmaEngineDriver, type CopyJob } from '../dma-driver.js';
 import { verifyJob } from './demo.js';
@@ -51,7 +50,6 @@ export interface MigrateSummary {
   memoryVerified: boolean | null;
 }
 
-const MAIN = fileURLToPath(new URL('../main.js', import.meta.url));
 const GUEST_RAM = 64 << 20;
 const IOVA = 0x1_0000_0000n;
 const RING_GPA = 0n;
@@ -77,30 +75,6 @@ export function parseDowntime(text: string): number {
   return ms;
 }
 
-interface ServerProcess {
-  child: ChildProcess;
-  stop(): Promise<void>;
-}
-
-function startServer(socket: string): Promise<ServerProcess> {
-  const child = spawn(process.execPath, [MAIN, 'serve', 'dma-engine', '--socket', socket], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const stop = async (): Promise<void> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-    await exited;
-    clearTimeout(timer);
-  };
-  return new Promise((resolve, reject) => {
-    let out = '';
-    child.stdout?.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('\n')) resolve({ child, stop });
-    });
-    child.once('error', reject);
-    void exited.then((code) => reject(new CliError(`vfio-user serve dma-engine exited with ${code} before listening`)));
-  });
-}
 
 const isPending = (memory: GuestMemory, job: CopyJob): boolean =>
   (decodeResult(memory.view(RING_GPA + BigInt(job.slot * DESCRIPTOR_SIZE), DESCRIPTOR_SIZE)).status & 0xffff) === DescriptorStatus.PENDING;
