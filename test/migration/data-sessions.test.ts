@@ -14,6 +14,7 @@ import { COMMAND_GATES, MIG_DATA_READ_STATES, MIG_DATA_WRITE_STATES, isCommandAl
 import { StreamReader } from '../../src/migration/stream-reader.js';
 import type { StreamRecordKind } from '../../src/migration/stream-format.js';
 import { Command, DmaMapFlags, IrqIndex, IrqSetFlags, MigrationState as M, RegionIndex } from '../../src/protocol/constants.js';
+import { registerFileBar } from '../support/register-file.js';
 import { serveTestDevice, testDeviceDefinition, type ServedDevice } from '../support/server-fixture.js';
 
 const { ERROR, STOP: S, RUNNING: R, STOP_COPY: SC, RESUMING: RS, RUNNING_P2P: RP, PRE_COPY: PC, PRE_COPY_P2P: PCP } = M;
@@ -46,14 +47,7 @@ function dataDevice(options: DeviceOptions): { def: ReturnType<typeof testDevice
   const state = (): Uint8Array => Buffer.concat([regs, bulk]);
   const def = testDeviceDefinition({
     regions: {
-      bar0: {
-        size: regs.length,
-        read: (o, n) => regs.slice(o, o + n),
-        write: (o, d) => {
-          regs.set(d, o);
-          for (let p = o >> 12; p <= (o + d.length - 1) >> 12; p++) dirty.add(p);
-        },
-      },
+      bar0: registerFileBar(regs, dirty),
       bar4: { size: 0x2000 },
     },
     migration: {

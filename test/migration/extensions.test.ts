@@ -15,6 +15,7 @@ import {
 } from '../../src/protocol/migration-extensions.js';
 import type { DeviceDefinition } from '../../src/device/types.js';
 import type { MigrationDefinition } from '../../src/migration/types.js';
+import { registerFileBar, takePageDelta, applyPageDelta } from '../support/register-file.js';
 import { serveTestDevice, testDeviceDefinition, type ServedDevice } from '../support/server-fixture.js';
 
 const { GET, SET } = DeviceFeatureFlags;
@@ -47,14 +48,7 @@ function testDevice(migration: Partial<MigrationDefinition> = {}): TestDevice {
   t.def = testDeviceDefinition({
     pci: { vendorId: 0x1af4, deviceId: 0x10f1, classCode: 0xff0000 },
     regions: {
-      bar0: {
-        size: 0x10000,
-        read: (o, n) => regs.slice(o, o + n),
-        write: (o, d) => {
-          regs.set(d, o);
-          for (let p = o >> 12; p <= (o + d.length - 1) >> 12; p++) dirty.add(p);
-        },
-      },
+      bar0: registerFileBar(regs, dirty),
       bar4: { size: 0x2000 },
     },
     migration: {
@@ -62,23 +56,10 @@ function testDevice(migration: Partial<MigrationDefinition> = {}): TestDevice {
       deviceType: 'deadline-card',
       stateVersion: 1,
       save: () => (dirty.clear(), regs.slice()),
-      saveDelta: () => {
-        if (dirty.size === 0) return undefined;
-        const pages = [...dirty];
-        dirty.clear();
-        const out = new Uint8Array(pages.length * 4100);
-        pages.forEach((p, i) => {
-          new DataView(out.buffer).setUint32(i * 4100, p, true);
-          out.set(regs.subarray(p * 4096, p * 4096 + 4096), i * 4100 + 4);
-        });
-        return out;
-      },
+      saveDelta: () => takePageDelta(regs, dirty),
       load: (kind, payload) => {
         if (kind === 'full') return void regs.set(payload);
-        for (let at = 0; at < payload.length; at += 4100) {
-          const p = new DataView(payload.buffer, payload.byteOffset + at).getUint32(0, true);
-          regs.set(payload.subarray(at + 4, at + 4100), p * 4096);
-        }
+        applyPageDelta(regs, payload);
       },
       async transition(from, to) {
         const arc = `${from}>${to}`;

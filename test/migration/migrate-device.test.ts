@@ -6,6 +6,7 @@ import { RemoteError } from '../../src/errors.js';
 import { MigrationFlags, MigrationState as S, RegionIndex } from '../../src/protocol/constants.js';
 import type { DeviceDefinition } from '../../src/device/types.js';
 import { concatChunks } from '../../src/transport/outgoing.js';
+import { registerFileBar, takePageDelta, applyPageDelta } from '../support/register-file.js';
 import { serveTestDevice, testDeviceDefinition, type ServedDevice } from '../support/server-fixture.js';
 
 /** A device whose state is a 64 KiB register file; pre-copy sends pages written since the last read. */
@@ -16,14 +17,7 @@ function migratable(name = 'counter-card', deviceId = 0x10f0): { def: DeviceDefi
   const def = testDeviceDefinition({
     pci: { vendorId: 0x1af4, deviceId, classCode: 0xff0000 },
     regions: {
-      bar0: {
-        size: 0x10000,
-        read: (o, n) => regs.slice(o, o + n),
-        write: (o, d) => {
-          regs.set(d, o);
-          for (let p = o >> 12; p <= (o + d.length - 1) >> 12; p++) dirty.add(p);
-        },
-      },
+      bar0: registerFileBar(regs, dirty),
       bar4: { size: 0x2000 },
     },
     migration: {
@@ -31,27 +25,14 @@ function migratable(name = 'counter-card', deviceId = 0x10f0): { def: DeviceDefi
       deviceType: name,
       stateVersion: 1,
       save: () => (dirty.clear(), regs.slice()),
-      saveDelta: () => {
-        if (dirty.size === 0) return undefined;
-        const pages = [...dirty];
-        dirty.clear();
-        const out = new Uint8Array(pages.length * 4100);
-        pages.forEach((p, i) => {
-          new DataView(out.buffer).setUint32(i * 4100, p, true);
-          out.set(regs.subarray(p * 4096, p * 4096 + 4096), i * 4100 + 4);
-        });
-        return out;
-      },
+      saveDelta: () => takePageDelta(regs, dirty),
       load: (kind, payload) => {
         if (kind === 'full') {
           if (payload.length !== regs.length) throw new Error('wrong state size');
           regs.set(payload);
           return;
         }
-        for (let at = 0; at < payload.length; at += 4100) {
-          const p = new DataView(payload.buffer, payload.byteOffset + at).getUint32(0, true);
-          regs.set(payload.subarray(at + 4, at + 4100), p * 4096);
-        }
+        applyPageDelta(regs, payload);
       },
       transition: (from, to) => void arcs.push(`${from}>${to}`),
     },
