@@ -4,6 +4,7 @@ export { ClientCore } from './core.js';
 export { GuestMemory, GUEST_PAGE_SIZE, GUEST_WINDOW_SIZE } from './guest-memory.js';
 export { Interrupts } from './interrupts.js';
 export { MappedRegion } from './regions.js';
+export { recoverMigration, type RecoveryResult, type RecoveryStep } from './migration-recovery.js';
 export {
   barSizes,
   disableMsix,

@@ -26,9 +26,12 @@ import { GUEST_PAGE_SIZE } from '../client/guest-memory.js';
 import { DeviceFeature, DeviceFeatureFlags, MigrationFlags, MigrationState as S } from '../protocol/constants.js';
 import { DeadlineOutcome } from '../protocol/migration-extensions.js';
 import { stateName } from '../migration/state-machine.js';
+import { InvalidArgumentError } from '../errors.js';
 import { checkCompatibility } from './compat.js';
+import { isMigrationSide, localDestination, type MigrationDestination } from './destination.js';
 import { estimateArcsMs, estimateSwitchover } from './estimate.js';
-import { COPY_CHUNK, DirtyTracker, Meter, copyAllMemory, copyPages, moveDeviceData } from './transfer.js';
+import { AutoConverge, RateLimiter } from './throttle.js';
+import { COPY_CHUNK, DirtyTracker, Meter, copyAllMemory, copyPages, moveDeviceData, type MemorySink } from './transfer.js';
 import type { ArcTiming, MigrateOptions, MigrationPhase, MigrationReport } from './types.js';
 
 export { MigrationCompatibilityError } from './compat.js';
@@ -51,12 +54,24 @@ const now = (): number => performance.now();
  */
 export async function migrate(options: MigrateOptions): Promise<MigrationReport> {
   const started = now();
-  const profile = await checkCompatibility(options.source, options.destination);
-  return new Run(options, profile.migrationFlags, started).execute();
+  const destination = isMigrationSide(options.destination) ? localDestination(options.destination) : options.destination;
+  const pacer = new RateLimiter(options.bandwidthLimit);
+  if (options.autoConverge !== undefined && options.autoConverge !== false && options.throttle === undefined) {
+    throw new InvalidArgumentError('migrate: autoConverge needs a throttle callback (the VMM slows its guest)');
+  }
+  const converge = options.autoConverge ? new AutoConverge(options.autoConverge === true ? {} : options.autoConverge) : undefined;
+  const profile = await checkCompatibility(options.source, destination);
+  return new Run(options, destination, { pacer, converge }, profile.migrationFlags, started).execute();
 }
 
 class Run {
   readonly #o: MigrateOptions;
+  readonly #dst: MigrationDestination;
+  readonly #toDestination: MemorySink;
+  readonly #pacer: RateLimiter;
+  readonly #converge: AutoConverge | undefined;
+  /** Bytes moved in the previous pre-copy iteration (what auto-converge compares the dirtied bytes with). */
+  #movedLastIteration = 0;
   readonly #started: number;
   readonly #budget: number;
   readonly #timeout: number;
@@ -78,10 +93,15 @@ class Run {
   #phase: MigrationPhase = 'precopy';
   readonly #bytes = { precopyMemory: 0n, precopyDevice: 0n, stopCopyMemory: 0n, stopCopyDevice: 0n };
   #iterations = 0;
+  #throttlePercent = 0;
   readonly #arcs: ArcTiming[] = [];
 
-  constructor(options: MigrateOptions, flags: bigint, started: number) {
+  constructor(options: MigrateOptions, destination: MigrationDestination, pacing: { pacer: RateLimiter; converge: AutoConverge | undefined }, flags: bigint, started: number) {
     this.#o = options;
+    this.#dst = destination;
+    this.#toDestination = (gpa, data) => destination.writeMemory(gpa, data);
+    this.#pacer = pacing.pacer;
+    this.#converge = pacing.converge;
     this.#started = started;
     this.#budget = options.downtimeBudgetMs;
     this.#timeout = options.timeoutMs ?? 60_000;
@@ -102,12 +122,9 @@ class Run {
     return this.#o.source.client;
   }
 
-  get #dst(): VfioUserClient {
-    return this.#o.destination.client;
-  }
-
   async #precopy(): Promise<void> {
-    const { source, destination } = this.#o;
+    const { source } = this.#o;
+    const pacer = this.#pacer.limited ? this.#pacer : undefined;
     const logging = await this.#src.probeFeature(DeviceFeature.DMA_LOGGING_START, DeviceFeatureFlags.SET);
     this.#tracker = await DirtyTracker.start(source, logging);
     this.#collect.at = now();
@@ -120,19 +137,27 @@ class Run {
     if (this.#preCopy) await this.#set('source', S.PRE_COPY);
     this.#checkTimeout();
 
-    this.#bytes.precopyMemory += await copyAllMemory(source.memory, destination.memory, this.#memMeter);
-    if (this.#preCopy) this.#bytes.precopyDevice += await moveDeviceData(this.#src, this.#dst, this.#devMeter);
+    const before = this.#bytes.precopyMemory + this.#bytes.precopyDevice;
+    this.#bytes.precopyMemory += await copyAllMemory(source.memory, this.#toDestination, this.#memMeter, pacer);
+    if (this.#preCopy) this.#bytes.precopyDevice += await moveDeviceData(this.#src, this.#dst, this.#devMeter, pacer);
+    this.#movedLastIteration = Number(this.#bytes.precopyMemory + this.#bytes.precopyDevice - before);
     const max = this.#o.maxPrecopyIterations ?? 30;
     for (;;) {
       this.#checkTimeout();
       this.#iterations++;
       const pages = await this.#collectPages(this.#tracker);
-      this.#bytes.precopyMemory += copyPages(source.memory, destination.memory, pages, this.#pageMeter);
-      if (this.#preCopy) this.#bytes.precopyDevice += await moveDeviceData(this.#src, this.#dst, this.#devMeter);
+      this.#autoConverge(pages.length * GUEST_PAGE_SIZE);
+      const moved = this.#bytes.precopyMemory + this.#bytes.precopyDevice;
+      this.#bytes.precopyMemory += await copyPages(source.memory, this.#toDestination, pages, this.#pageMeter, pacer);
+      if (this.#preCopy) this.#bytes.precopyDevice += await moveDeviceData(this.#src, this.#dst, this.#devMeter, pacer);
+      this.#movedLastIteration = Number(this.#bytes.precopyMemory + this.#bytes.precopyDevice - moved);
       const t = now();
       const deviceBytes = await this.#pendingDeviceBytes();
       const queries = this.#preCopy && this.#src.migrationExtensions.precopyInfo !== undefined ? 2 : 1;
       this.#rtt = Math.max(this.#rtt, (now() - t) / queries);
+      const td = now();
+      await this.#dst.migrationState(); // the destination's round trip (a remote one crosses the channel)
+      this.#rtt = Math.max(this.#rtt, now() - td);
       const arcs = await estimateArcsMs(this.#src, this.#dst, this.#preCopy, this.#p2p);
       const chunks = Math.ceil(Number(deviceBytes) / Math.min(this.#src.maxTransferSize, COPY_CHUNK));
       // What a switch-over now would cost: the pages dirtied from the last collection until the source stops, the device's pending data.
@@ -159,6 +184,15 @@ class Run {
       }
       await new Promise((resolve) => setImmediate(resolve));
     }
+  }
+
+  /** Auto-converge (QEMU's rule): throttle the guest when it dirties more than the trigger ratio of what one iteration moves. */
+  #autoConverge(dirtiedBytes: number): void {
+    if (this.#converge === undefined) return;
+    const before = this.#converge.percent;
+    const percent = this.#converge.observe(dirtiedBytes, this.#movedLastIteration);
+    this.#throttlePercent = Math.max(this.#throttlePercent, percent);
+    if (percent !== before) this.#o.throttle?.(percent);
   }
 
   /** A timed dirty collection; the dirty rate is measured over the interval since the previous one (request to request). */
@@ -192,7 +226,7 @@ class Run {
   }
 
   async #switchover(): Promise<MigrationReport> {
-    const { source, destination } = this.#o;
+    const { source } = this.#o;
     this.#phase = 'switchover';
     this.#checkTimeout();
     this.#stoppedAt = now();
@@ -210,15 +244,20 @@ class Run {
     }
     this.#checkBudget('source STOP_COPY');
     const pages = await this.#collectPages(this.#tracker as DirtyTracker);
-    this.#bytes.stopCopyMemory += copyPages(source.memory, destination.memory, pages, this.#pageMeter);
+    this.#bytes.stopCopyMemory += await copyPages(source.memory, this.#toDestination, pages, this.#pageMeter);
     this.#checkBudget('final dirty pages');
     this.#bytes.stopCopyDevice += await moveDeviceData(this.#src, this.#dst, this.#devMeter);
     this.#checkBudget('device stream');
+    if (this.#o.vmState) await this.#dst.writeVmState(await this.#o.vmState());
     await this.#set('destination', S.STOP);
     this.#checkBudget('destination STOP');
     await this.#set('destination', S.RUNNING);
     const downtimeMs = now() - this.#stoppedAt;
+    // The commit: a remote receiver keeps the device from here on; until it confirms, a failure resumes the source.
+    this.#phase = 'commit';
+    await this.#dst.complete();
     // Outside the downtime window: the stopped source leaves STOP_COPY, logging ends.
+    this.#unthrottle();
     await this.#tracker?.stop();
     await this.#set('source', S.STOP).catch(() => undefined);
     this.#phase = 'done';
@@ -227,6 +266,7 @@ class Run {
   }
 
   async #abort(error: unknown): Promise<MigrationReport> {
+    if (this.#phase === 'commit') return this.#unconfirmedCommit(error);
     this.#phase = 'abort';
     const outcome = error instanceof Abort ? 'aborted' : 'failed';
     let sourceRecovery: MigrationReport['sourceRecovery'] = 'running';
@@ -241,26 +281,30 @@ class Run {
       }
     }
     const downtimeMs = this.#stoppedAt === undefined ? 0 : now() - this.#stoppedAt;
+    this.#unthrottle();
     await this.#tracker?.stop();
-    if (this.#dstState !== undefined) await this.#resetDestination();
+    if (this.#dstState !== undefined) await this.#dst.abandon();
     this.#progress();
     const reason = error instanceof Error ? error.message : String(error);
     return { ...this.#report(outcome, downtimeMs), reason, sourceRecovery };
   }
 
-  /** DEVICE_RESET of the destination, then back to RUNNING (a reset keeps RESUMING here); errors ignored. */
-  async #resetDestination(): Promise<void> {
-    // RESUMING → RUNNING without a complete stream fails into ERROR, which the next reset clears.
-    for (let round = 0; round < 3; round++) {
-      try {
-        await this.#dst.reset();
-        if ((await this.#dst.migrationState()) === S.RUNNING) return;
-        await this.#dst.setMigrationState(S.RUNNING);
-        return;
-      } catch {
-        // a lost destination (nothing more to do) or one left in ERROR (reset again)
-      }
-    }
+  /**
+   * The destination runs but did not confirm the commit (the link broke in
+   * that last round trip): it may have committed, so resuming the source could
+   * run the guest twice. The source is left stopped, its state and memory
+   * intact, for the operator (or the VMM) to decide.
+   */
+  #unconfirmedCommit(error: unknown): MigrationReport {
+    this.#phase = 'abort';
+    this.#unthrottle();
+    this.#progress();
+    const reason = `commit unconfirmed (the destination runs; the source is held stopped): ${error instanceof Error ? error.message : String(error)}`;
+    return { ...this.#report('failed', now() - (this.#stoppedAt ?? now())), reason, sourceRecovery: 'held' };
+  }
+
+  #unthrottle(): void {
+    if (this.#converge !== undefined && this.#throttlePercent > 0) this.#o.throttle?.(0);
   }
 
   /** A timed SET on one side. */
@@ -305,6 +349,9 @@ class Run {
       bytes: { ...this.#bytes },
       iterations: this.#iterations,
       arcs: [...this.#arcs],
+      destination: this.#dst.address,
+      throttlePercent: this.#throttlePercent,
+      bandwidthLimitedMs: this.#pacer.sleptMs,
     };
   }
 }

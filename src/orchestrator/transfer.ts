@@ -6,6 +6,7 @@
  */
 import type { VfioUserClient } from '../client/client.js';
 import { GUEST_PAGE_SIZE, type GuestMemory } from '../client/guest-memory.js';
+import type { MigrationDestination } from './destination.js';
 import type { MigrationSide } from './types.js';
 
 /** Guest memory is copied in chunks of this size (also the event-loop yield granularity). */
@@ -44,40 +45,53 @@ export class Meter {
 
 const now = (): number => performance.now();
 
-/** Copies `[gpa, gpa + length)` from `from` to `to` (same addresses). */
-function copyRange(from: GuestMemory, to: GuestMemory, gpa: bigint, length: number): void {
+/** Takes guest memory at an address: the destination's memory, or a channel to it. */
+export type MemorySink = (gpa: bigint, data: Uint8Array) => void | Promise<void>;
+
+/** Paces transfers (a bandwidth cap); `consume` resolves when the bytes just moved are within the cap. */
+export interface Pacer {
+  consume(bytes: number): Promise<void>;
+}
+
+/** Copies `[gpa, gpa + length)` of `from` to `to` (same addresses) in chunks. */
+async function copyRange(from: GuestMemory, to: MemorySink, gpa: bigint, length: number): Promise<void> {
   for (let done = 0; done < length; done += COPY_CHUNK) {
     const n = Math.min(COPY_CHUNK, length - done);
-    to.write(gpa + BigInt(done), from.read(gpa + BigInt(done), n));
+    const pending = to(gpa + BigInt(done), from.read(gpa + BigInt(done), n));
+    if (pending) await pending;
   }
 }
 
 /** Copies all of `from` into `to`, yielding to the event loop between chunks. @returns bytes copied. */
-export async function copyAllMemory(from: GuestMemory, to: GuestMemory, meter: Meter): Promise<bigint> {
+export async function copyAllMemory(from: GuestMemory, to: MemorySink, meter: Meter, pacer?: Pacer): Promise<bigint> {
   for (let gpa = 0n; gpa < from.size; gpa += BigInt(COPY_CHUNK)) {
     const n = Number(from.size - gpa < BigInt(COPY_CHUNK) ? from.size - gpa : BigInt(COPY_CHUNK));
     const t = now();
-    copyRange(from, to, gpa, n);
+    await copyRange(from, to, gpa, n);
     meter.add(n, now() - t);
+    if (pacer) await pacer.consume(n);
     await new Promise((resolve) => setImmediate(resolve));
   }
   return from.size;
 }
 
 /** Copies the given 4 KiB pages (sorted, unique), coalescing runs. @returns bytes copied. */
-export function copyPages(from: GuestMemory, to: GuestMemory, pages: readonly number[], meter: Meter): bigint {
-  const t = now();
+export async function copyPages(from: GuestMemory, to: MemorySink, pages: readonly number[], meter: Meter, pacer?: Pacer): Promise<bigint> {
   let bytes = 0;
+  let ms = 0;
   for (let i = 0; i < pages.length; ) {
     let j = i + 1;
     while (j < pages.length && pages[j] === (pages[j - 1] as number) + 1) j++;
     const first = pages[i] as number;
     const length = (j - i) * GUEST_PAGE_SIZE;
-    copyRange(from, to, BigInt(first * GUEST_PAGE_SIZE), length);
+    const t = now();
+    await copyRange(from, to, BigInt(first * GUEST_PAGE_SIZE), length);
+    ms += now() - t;
+    if (pacer) await pacer.consume(length);
     bytes += length;
     i = j;
   }
-  meter.add(bytes, now() - t);
+  meter.add(bytes, ms);
   return BigInt(bytes);
 }
 
@@ -140,19 +154,22 @@ export class DirtyTracker {
 
 /**
  * Moves the device's migration data available now: MIG_DATA_READ until an
- * empty read, each chunk MIG_DATA_WRITTEN to the destination.
+ * empty read, each chunk written to the destination.
  * @returns bytes moved.
  */
-export async function moveDeviceData(from: VfioUserClient, to: VfioUserClient, meter: Meter): Promise<bigint> {
+export async function moveDeviceData(from: VfioUserClient, to: MigrationDestination, meter: Meter, pacer?: Pacer): Promise<bigint> {
   const chunk = Math.max(4096, Math.min(from.maxTransferSize, to.maxTransferSize) - 64);
   let bytes = 0;
-  const t = now();
+  let ms = 0;
   for (;;) {
+    const t = now();
     const data = await from.migDataRead(chunk);
     if (data.length === 0) break;
-    await to.migDataWrite(data);
+    await to.writeDeviceData(data);
+    ms += now() - t;
     bytes += data.length;
+    if (pacer) await pacer.consume(data.length);
   }
-  meter.add(bytes, now() - t);
+  meter.add(bytes, ms);
   return BigInt(bytes);
 }

@@ -24,6 +24,7 @@ export const Errno = {
   ENAMETOOLONG: 36,
   ENOSYS: 38,
   EPROTO: 71,
+  EBADMSG: 74,
   EOVERFLOW: 75,
   EMSGSIZE: 90,
   ENOTSUP: 95,

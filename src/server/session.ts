@@ -44,6 +44,8 @@ export class Session {
   #negotiated: Negotiated | undefined;
   #context: HandlerContext | undefined;
   #busy = false;
+  /** The request being handled asynchronously, if any (teardown waits for it). */
+  #inFlight: Promise<void> | undefined;
   #closing = false;
   #resolveClosed!: (error: Error | undefined) => void;
   /** Resolves with the reason (undefined for an orderly EOF) after cleanup. */
@@ -107,8 +109,9 @@ export class Session {
       const pending = this.#handle(m);
       if (pending) {
         this.#busy = true;
-        void pending.then(() => {
+        this.#inFlight = pending.then(() => {
           this.#busy = false;
+          this.#inFlight = undefined;
           this.#pump();
         });
         return;
@@ -203,6 +206,8 @@ export class Session {
     this.#requests.close(new ConnectionClosedError('the client went away', { cause: error }));
     this.#negotiated?.twin?.close();
     this.#dma.close();
+    // A request in flight (a SET walking its arcs) finishes first: the next client finds the state it committed.
+    await this.#inFlight;
     try {
       await this.#device.reset(ResetReason.LOST_CONNECTION);
     } catch (resetError) {

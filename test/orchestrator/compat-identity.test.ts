@@ -10,6 +10,7 @@ import { describe, it } from 'node:test';
 import { VfioUserClient } from '../../src/client/client.js';
 import { GuestMemory } from '../../src/client/guest-memory.js';
 import { checkCompatibility } from '../../src/orchestrator/compat.js';
+import { localDestination } from '../../src/orchestrator/destination.js';
 import { migrate, MigrationCompatibilityError, type MigrationSide } from '../../src/orchestrator/migrate.js';
 import { Command, DeviceFeature, DeviceFeatureFlags, MigrationState as S } from '../../src/protocol/constants.js';
 import type { MigrationDefinition } from '../../src/migration/types.js';
@@ -106,26 +107,26 @@ describe('orchestrator compatibility: x-migration-identity', () => {
 
   it('passes a source version the destination accepts, and equal versions', async () => {
     await withPair({ deviceType: 'card', stateVersion: 1 }, { deviceType: 'card', stateVersion: 2, acceptStateVersions: [1] }, async (s, d) => {
-      const profile = await checkCompatibility(s, d);
+      const profile = await checkCompatibility(s, localDestination(d));
       assert.equal(typeof profile.migrationFlags, 'bigint');
       await assertUntouched(s, d);
     });
     await withPair({ deviceType: 'card', stateVersion: 7 }, { deviceType: 'card', stateVersion: 7 }, async (s, d) => {
-      await checkCompatibility(s, d);
+      await checkCompatibility(s, localDestination(d));
       await assertUntouched(s, d);
     });
   });
 
   it('a destination that only accepts older versions than the source is refused even though its list is non-empty', () =>
     withPair({ deviceType: 'card', stateVersion: 2 }, { deviceType: 'card', stateVersion: 1 }, async (s, d) => {
-      await assert.rejects(checkCompatibility(s, d), MigrationCompatibilityError);
+      await assert.rejects(checkCompatibility(s, localDestination(d)), MigrationCompatibilityError);
       await assertUntouched(s, d);
     }));
 
   it('when either side does not advertise it, only the other checks are made (different types pass here; the stream reader refuses later)', () =>
     withPair({ deviceType: 'card-a', stateVersion: 1 }, { deviceType: 'card-b', stateVersion: 9 }, async (s, d) => {
       hideIdentity(d.client);
-      await checkCompatibility(s, d);
+      await checkCompatibility(s, localDestination(d));
       await assertUntouched(s, d);
     }));
 });

@@ -13,7 +13,7 @@
  * neither stop nor resume it, so the report says `failed` / `unrecovered`. The
  * server keeps the device as the lost session left it — observed here:
  * PRE_COPY (the server advertises PRE_COPY, so the source was moved there);
- * the lost session's DMA logging and state are not undone on disconnect. A
+ * the lost session's migration state is kept (its DMA logging ends with it). A
  * new client recovers it with SET RUNNING (PRE_COPY→RUNNING is a valid arc);
  * DEVICE_RESET alone does not change the migration state (still PRE_COPY).
  * Likewise a lost destination stays RESUMING until a new session resets it.

@@ -1,0 +1,139 @@
+/**
+ * The destination of a migration, as the orchestrator drives it: a device
+ * session and guest memory on this machine ({@link localDestination}) or
+ * behind a migration channel on another host (`RemoteDestination`, remote.ts).
+ * The orchestrator only ever sees this interface, so a local and a remote
+ * migration take the same steps, and the receiver of a remote migration
+ * applies what arrives to a local destination.
+ */
+import type { VfioUserClient } from '../client/client.js';
+import { closeFd } from '../native/addon.js';
+import { MigrationState as S, RegionIndex } from '../protocol/constants.js';
+import type { ArcLatency, MigrationIdentity } from '../protocol/migration-extensions.js';
+import type { MigrationSide } from './types.js';
+
+/** What the compatibility check compares of one side (plain data: it crosses the migration channel as JSON). */
+export interface DeviceDescription {
+  info: { flags: number; numRegions: number; numIrqs: number };
+  /** Size and flags of every region index below `numRegions`; null where the device has none. */
+  regions: Array<{ size: bigint; flags: number } | null>;
+  /** The MIGRATION feature's flags; null when the device does not migrate (`migrationError` says why). */
+  migrationFlags: bigint | null;
+  migrationError?: string;
+  /** Config-space dword 0 (vendor and device id), hex. */
+  pciIds: string;
+  /** The device's migration state (RUNNING when it does not migrate). */
+  state: number;
+  /** The `x-migration-identity` answer, when the server advertises it. */
+  identity?: MigrationIdentity;
+  /** The guest memory attached for the device. */
+  memory: { size: bigint; iova: bigint };
+}
+
+/** Where a migration goes; the orchestrator's view of the destination. */
+export interface MigrationDestination {
+  /** `local`, or the channel address (`tcp://host:port`). */
+  readonly address: string;
+  /** The largest device-data chunk one {@link writeDeviceData} should carry. */
+  readonly maxTransferSize: number;
+  describe(): Promise<DeviceDescription>;
+  migrationState(): Promise<number>;
+  /** SET MIG_DEVICE_STATE; also a barrier: everything written before it is applied first. */
+  setMigrationState(state: number): Promise<void>;
+  /** The `x-arc-latency` answer ([] without the extension). */
+  arcLatencies(): Promise<ArcLatency[]>;
+  /** Guest memory at `gpa` (bytes the caller will not change). May resolve later (back-pressure). */
+  writeMemory(gpa: bigint, data: Uint8Array): void | Promise<void>;
+  /** The next piece of the device's migration stream. Errors may surface at the next call or {@link flush}. */
+  writeDeviceData(data: Uint8Array): Promise<void>;
+  /** Resolves when everything written so far is applied; rejects with the first error among them. */
+  flush(): Promise<void>;
+  /** The VMM's own state, captured while the source is stopped (delivered before the destination runs). */
+  writeVmState(data: Uint8Array): Promise<void>;
+  /** After an abort: the destination device reset and RUNNING again, its migration abandoned. Never throws. */
+  abandon(): Promise<void>;
+  /** After the destination runs: the migration is complete (a remote receiver keeps the device). */
+  complete(): Promise<void>;
+}
+
+/**
+ * Describes one side for the compatibility check (read-only).
+ * @throws {RemoteError} or {@link ConnectionClosedError} when the session fails.
+ */
+export async function describeSide(side: MigrationSide): Promise<DeviceDescription> {
+  const { client } = side;
+  const info = await client.deviceInfo();
+  const regions: DeviceDescription['regions'] = [];
+  for (let i = 0; i < info.numRegions; i++) {
+    try {
+      const r = await client.regionInfo(i);
+      if (r.fd !== undefined) closeFd(r.fd);
+      regions.push({ size: r.info.size, flags: r.info.flags });
+    } catch {
+      regions.push(null); // an index the device does not implement: must be absent on both sides
+    }
+  }
+  const ids = await client.regionRead(RegionIndex.CONFIG, 0n, 4);
+  const description: DeviceDescription = {
+    info: { flags: info.flags, numRegions: info.numRegions, numIrqs: info.numIrqs },
+    regions,
+    migrationFlags: null,
+    pciIds: Buffer.from(ids).toString('hex'),
+    state: S.RUNNING,
+    memory: { size: side.memory.size, iova: side.iova },
+  };
+  try {
+    description.migrationFlags = await client.migrationFlags();
+  } catch (cause) {
+    description.migrationError = (cause as Error).message;
+    return description;
+  }
+  description.state = await client.migrationState();
+  if (client.migrationExtensions.identity !== undefined) description.identity = await client.migrationIdentity();
+  return description;
+}
+
+/**
+ * Brings a destination device back to RUNNING after an abandoned migration:
+ * DEVICE_RESET (a resuming stream is only abandoned by a reset), then SET
+ * RUNNING; RESUMING → RUNNING with an incomplete stream fails into ERROR, which
+ * the next reset clears. Errors are swallowed (a lost session has nothing left to reset).
+ */
+export async function resetToRunning(client: VfioUserClient): Promise<void> {
+  for (let round = 0; round < 3; round++) {
+    try {
+      await client.reset();
+      if ((await client.migrationState()) === S.RUNNING) return;
+      await client.setMigrationState(S.RUNNING);
+      return;
+    } catch {
+      // a lost session (nothing more to do) or one left in ERROR (reset again)
+    }
+  }
+}
+
+/** A destination on this machine: the device session and guest memory of `side`. */
+export function localDestination(side: MigrationSide, options: { onVmState?: (data: Uint8Array) => void } = {}): MigrationDestination {
+  const { client, memory } = side;
+  return {
+    address: 'local',
+    get maxTransferSize() {
+      return client.maxTransferSize;
+    },
+    describe: () => describeSide(side),
+    migrationState: () => client.migrationState(),
+    setMigrationState: (state) => client.setMigrationState(state),
+    arcLatencies: async () => (client.migrationExtensions.arcLatency === undefined ? [] : client.arcLatencies()),
+    writeMemory: (gpa, data) => memory.write(gpa, data),
+    writeDeviceData: (data) => client.migDataWrite(data),
+    flush: async () => undefined,
+    writeVmState: async (data) => options.onVmState?.(data),
+    abandon: () => resetToRunning(client),
+    complete: async () => undefined,
+  };
+}
+
+/** Whether `x` is a {@link MigrationSide} (rather than a {@link MigrationDestination}). */
+export function isMigrationSide(x: MigrationSide | MigrationDestination): x is MigrationSide {
+  return 'client' in x && 'memory' in x;
+}

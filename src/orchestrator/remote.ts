@@ -1,0 +1,228 @@
+/**
+ * A migration destination on another host (or process), reached over a
+ * migration channel (channel.ts) to a receiver (`MigrationReceiver`,
+ * `vfio-user migrate-listen`). The receiver applies guest pages and the device
+ * stream to its own device session and answers the orchestrator's requests;
+ * streamed frames are not acknowledged one by one — a failure to apply one
+ * comes back as a NOTICE and fails the next write or request.
+ */
+import { connect as connectTcp } from 'node:net';
+import { ConnectionClosedError, InvalidArgumentError, VfioUserError } from '../errors.js';
+import { Errno } from '../protocol/errno.js';
+import type { ArcLatency } from '../protocol/migration-extensions.js';
+import { CHANNEL_VERSION, ChannelFrame, decodeMessage, encodeMessage, memoryPrefix, type Frame } from './channel.js';
+import { ChannelSocket, fromWire, type ChannelReply } from './channel-socket.js';
+import type { DeviceDescription, MigrationDestination } from './destination.js';
+
+/** A parsed `tcp://HOST:PORT`. */
+export interface ChannelAddress {
+  host: string;
+  port: number;
+}
+
+/**
+ * Parses a migration destination address.
+ * @throws {InvalidArgumentError} EINVAL for anything but `tcp://HOST:PORT` with a port 1..65535.
+ */
+export function parseChannelAddress(url: string): ChannelAddress {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new InvalidArgumentError(`'${url}' is not a migration address (tcp://HOST:PORT)`);
+  }
+  const port = Number(u.port);
+  if (u.protocol !== 'tcp:' || u.hostname === '' || !Number.isInteger(port) || port < 1 || port > 65535 || (u.pathname !== '' && u.pathname !== '/')) {
+    throw new InvalidArgumentError(`'${url}' is not a migration address (tcp://HOST:PORT)`);
+  }
+  return { host: u.hostname.replace(/^\[(.*)\]$/, '$1'), port };
+}
+
+/** Options of {@link RemoteDestination.connect}. */
+export interface RemoteDestinationOptions {
+  /** The guest memory to migrate (the receiver creates its own of this size, attached at `iova`). */
+  memory: { size: bigint; iova: bigint };
+  /** Connect and per-request limit (default 10 000 ms; state changes get the larger of this and 60 s). */
+  timeoutMs?: number;
+}
+
+/** What the receiver answers to `hello`. */
+interface Welcome {
+  channelVersion: number;
+  maxTransferSize: number;
+}
+
+const now = (): number => performance.now();
+
+/** A {@link MigrationDestination} behind a migration channel. */
+export class RemoteDestination implements MigrationDestination {
+  readonly address: string;
+  readonly maxTransferSize: number;
+  readonly #channel: ChannelSocket;
+  readonly #timeoutMs: number;
+  /** The first failure the receiver reported for a streamed frame. */
+  #streamError: Error | undefined;
+  #onMessage: ((frame: Frame) => void) | undefined;
+
+  private constructor(address: string, channel: ChannelSocket, welcome: Welcome, timeoutMs: number) {
+    this.address = address;
+    this.#channel = channel;
+    this.maxTransferSize = welcome.maxTransferSize;
+    this.#timeoutMs = timeoutMs;
+  }
+
+  /**
+   * Connects to a receiver and offers it the migration of `options.memory`.
+   * @throws {InvalidArgumentError} EINVAL for a bad address; {@link ConnectionClosedError} /
+   *   a connect error (ECONNREFUSED…) when it cannot be reached; {@link MigrationChannelError}
+   *   with the receiver's errno when it refuses (EBUSY: another migration; ENOMEM…).
+   */
+  static async connect(url: string, options: RemoteDestinationOptions): Promise<RemoteDestination> {
+    const { host, port } = parseChannelAddress(url);
+    const timeoutMs = options.timeoutMs ?? 10_000;
+    const socket = connectTcp({ host, port });
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(new VfioUserError(`connect ${url}: timed out after ${timeoutMs} ms`, { errno: Errno.ETIMEDOUT }));
+      }, timeoutMs);
+      socket.once('connect', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      socket.once('error', (error: NodeJS.ErrnoException) => {
+        clearTimeout(timer);
+        reject(new VfioUserError(`connect ${url}: ${error.code ?? error.message}`, { errno: errnoOfCode(error.code), cause: error }));
+      });
+    });
+    let self: RemoteDestination | undefined;
+    const channel = new ChannelSocket(socket, {
+      onFrame: (frame) => {
+        if (self) self.#frame(frame);
+      },
+      onClose: (error) => {
+        if (self && error && !self.#streamError) self.#streamError = error;
+      },
+    });
+    try {
+      const { result } = await channel.request('hello', { channelVersion: CHANNEL_VERSION, memory: options.memory }, undefined, timeoutMs);
+      const welcome = result as Partial<Welcome>;
+      if (welcome.channelVersion !== CHANNEL_VERSION || typeof welcome.maxTransferSize !== 'number' || welcome.maxTransferSize < 4096) {
+        throw new VfioUserError(`${url}: unexpected hello answer ${JSON.stringify(result)}`, { errno: Errno.EPROTO });
+      }
+      self = new RemoteDestination(`tcp://${host.includes(':') ? `[${host}]` : host}:${port}`, channel, welcome as Welcome, timeoutMs);
+      return self;
+    } catch (error) {
+      channel.destroy();
+      throw error;
+    }
+  }
+
+  async describe(): Promise<DeviceDescription> {
+    return (await this.#request('describe')).result as DeviceDescription;
+  }
+
+  async migrationState(): Promise<number> {
+    return Number((await this.#request('state')).result);
+  }
+
+  async setMigrationState(state: number): Promise<void> {
+    await this.#request('set', { state }, undefined, Math.max(this.#timeoutMs, 60_000));
+  }
+
+  async arcLatencies(): Promise<ArcLatency[]> {
+    return (await this.#request('arcs')).result as ArcLatency[];
+  }
+
+  async writeMemory(gpa: bigint, data: Uint8Array): Promise<void> {
+    this.#check();
+    await this.#channel.send(ChannelFrame.MEMORY, 0, [memoryPrefix(gpa), data]);
+  }
+
+  async writeDeviceData(data: Uint8Array): Promise<void> {
+    this.#check();
+    await this.#channel.send(ChannelFrame.DEVICE_DATA, 0, [data]);
+  }
+
+  async flush(): Promise<void> {
+    await this.#request('flush');
+  }
+
+  async writeVmState(data: Uint8Array): Promise<void> {
+    await this.#request('vmstate', {}, data);
+  }
+
+  /** Asks the receiver to reset its device (it also does so by itself when the channel breaks); then closes. */
+  async abandon(): Promise<void> {
+    try {
+      await this.#channel.request('abandon', {}, undefined, this.#timeoutMs);
+    } catch {
+      // the receiver resets the destination when the channel goes
+    }
+    this.close();
+  }
+
+  /** The commit: the receiver keeps the (running) device. */
+  async complete(): Promise<void> {
+    await this.#request('complete');
+  }
+
+  /**
+   * An application message to the receiver after the commit (its `onMessage`
+   * answers), e.g. the VMM's verification of the migrated guest.
+   * @throws {MigrationChannelError} with the receiver's errno; {@link ConnectionClosedError}.
+   */
+  async message(head: unknown, body?: Uint8Array, timeoutMs = this.#timeoutMs): Promise<ChannelReply> {
+    return this.#request('message', head, body, timeoutMs);
+  }
+
+  /** Round-trip time (ms) of an empty request. */
+  async ping(): Promise<number> {
+    const t = now();
+    await this.#request('state');
+    return now() - t;
+  }
+
+  /** Ends the channel (an uncommitted migration is abandoned by the receiver). Idempotent. */
+  close(): void {
+    this.#channel.end();
+    setTimeout(() => this.#channel.destroy(), 1000).unref();
+  }
+
+  /** Test hook: frames the receiver sends besides responses. */
+  set onUnsolicited(fn: ((frame: Frame) => void) | undefined) {
+    this.#onMessage = fn;
+  }
+
+  async #request(op: string, args: unknown = {}, body?: Uint8Array, timeoutMs = this.#timeoutMs): Promise<ChannelReply> {
+    this.#check();
+    return this.#channel.request(op, args, body, timeoutMs);
+  }
+
+  #check(): void {
+    if (this.#streamError) throw this.#streamError;
+    if (this.#channel.closedBy) throw this.#channel.closedBy;
+  }
+
+  #frame(frame: Frame): void {
+    this.#onMessage?.(frame);
+    if (frame.type !== ChannelFrame.NOTICE) {
+      this.#streamError ??= new ConnectionClosedError(`migration channel: unexpected frame type ${frame.type}`, { errno: Errno.EPROTO });
+      this.#channel.destroy(this.#streamError);
+      return;
+    }
+    try {
+      this.#streamError ??= fromWire('migration receiver', decodeMessage(frame.payload).head);
+    } catch (error) {
+      this.#streamError ??= error as Error;
+    }
+  }
+}
+
+/** Maps a Node connect error code to its errno. */
+function errnoOfCode(code: string | undefined): number {
+  const known: Record<string, number> = { ECONNREFUSED: Errno.ECONNREFUSED, ECONNRESET: Errno.ECONNRESET, ETIMEDOUT: Errno.ETIMEDOUT };
+  return (code !== undefined ? known[code] : undefined) ?? Errno.EIO;
+}
+
+export { encodeMessage };
