@@ -12,6 +12,7 @@ import { runLspci, type LspciOptions } from './commands/lspci.js';
 import { runRead, runWrite, type ReadOptions, type WriteOptions } from './commands/access.js';
 import { runBench, type BenchOptions } from './commands/bench.js';
 import { runMigrate, type MigrateCommandOptions } from './commands/migrate.js';
+import { runMigrateListen, type MigrateListenOptions } from './commands/migrate-listen.js';
 import { describeError, type GlobalOptions } from './common.js';
 import { VERSION } from '../version.js';
 
@@ -119,12 +120,25 @@ program
 
 program
   .command('migrate')
-  .description('live migration end to end: --demo serves a source and a destination DMA engine in child processes and migrates a working one under a downtime budget')
-  .option('--demo', 'the local end-to-end case (required)')
+  .description('live migration end to end: --demo serves a DMA engine in a child process, runs copy jobs on it and migrates it with its guest RAM under a downtime budget — to a second local engine, or to `vfio-user migrate-listen` with --to')
+  .option('--demo', 'the end-to-end demo case (required)')
+  .option('--to <url>', 'migrate to a receiver (`vfio-user migrate-listen`) at tcp://HOST:PORT instead of a local engine')
   .option('--downtime <duration>', 'downtime budget: 300ms, 1s, or plain milliseconds', '300ms')
   .option('--jobs <n>', 'copy jobs streamed on the source (the destination runs the rest)', '600')
+  .option('--bandwidth <rate>', 'pre-copy bandwidth cap in bytes/s (K/M/G = 10^3/6/9), e.g. 200M')
+  .option('--auto-converge', 'throttle the guest workload when pre-copy does not converge (QEMU auto-converge: 20%, +10%, at most 99%)')
   .addOption(json)
   .action((options: MigrateCommandOptions) => runMigrate(options, globals()));
+
+program
+  .command('migrate-listen')
+  .description('receive live migrations on TCP (`vfio-user migrate --demo --to tcp://HOST:PORT`): apply them to a local destination device, resetting it when a migration does not commit')
+  .option('--port <n>', 'TCP port (0 = any; the address is printed on stderr)', '0')
+  .option('--host <addr>', 'address to listen on', '127.0.0.1')
+  .option('--socket <path>', 'the destination device (default: a DMA engine served in a child process)')
+  .option('--once', 'exit after the first migration ends (status 1 if it did not commit and verify)')
+  .addOption(json)
+  .action((options: MigrateListenOptions) => runMigrateListen(options, globals()));
 
 // `vfio-user lspci SOCK --dump | head`: a closed pipe ends the output, not the process with a stack trace.
 process.stdout.on('error', (error: NodeJS.ErrnoException) => {

@@ -52,8 +52,10 @@ export interface ReceiverOptions {
   maxMemoryBytes?: bigint;
   /** Creates the destination for an offer (guest memory of the offered size, attached at its IOVA). Throw to refuse. */
   prepare(offer: MigrationOffer): Promise<PreparedDestination>;
-  /** Every migration's end, committed or not. */
+  /** Every migration's end, committed (at the commit) or not. */
   onOutcome?(outcome: ReceiveOutcome): void;
+  /** The channel of a committed migration closed (the sender has nothing more to say). */
+  onCommittedClosed?(outcome: ReceiveOutcome): void;
   /** Application messages after the commit (`RemoteDestination.message`). */
   onMessage?(head: unknown, body: Uint8Array, destination: PreparedDestination): Promise<{ result: unknown; body?: Uint8Array }>;
 }
@@ -140,6 +142,7 @@ class Session {
   #memoryBytes = 0n;
   #deviceBytes = 0n;
   #vmState: Uint8Array | undefined;
+  #commitOutcome: ReceiveOutcome | undefined;
   readonly #peer: string;
 
   constructor(socket: Socket, options: ReceiverOptions, done: (outcome: ReceiveOutcome) => void) {
@@ -247,7 +250,8 @@ class Session {
       case 'complete':
         if ((await client.migrationState()) !== S.RUNNING) throw new MigrationChannelError('the destination device is not RUNNING', Errno.EINVAL);
         this.#committed = true;
-        this.#done({ outcome: 'committed', peer: this.#peer, memoryBytes: this.#memoryBytes, deviceBytes: this.#deviceBytes, destination: prepared, ...(this.#vmState ? { vmState: this.#vmState } : {}) });
+        this.#commitOutcome = { outcome: 'committed', peer: this.#peer, memoryBytes: this.#memoryBytes, deviceBytes: this.#deviceBytes, destination: prepared, ...(this.#vmState ? { vmState: this.#vmState } : {}) };
+        this.#done(this.#commitOutcome);
         return { result: null };
       default:
         throw new MigrationChannelError(`unknown request '${op}'`, Errno.ENOSYS);
@@ -280,7 +284,9 @@ class Session {
 
   async #closed(error: Error | undefined): Promise<void> {
     if (this.#committed || this.#finished) {
+      const first = !this.#finished;
       this.#finished = true;
+      if (first && this.#commitOutcome) this.#options.onCommittedClosed?.(this.#commitOutcome);
       return;
     }
     await this.#finish('abandoned', error ? `channel lost: ${error.message}` : 'the sender closed the channel before the commit');

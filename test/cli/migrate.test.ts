@@ -57,7 +57,7 @@ describe('vfio-user migrate --demo', () => {
     assert.match(r.stdout, /destination memory equals the switch-over snapshot/);
     const bad = await runCli(['migrate']);
     assert.equal(bad.code, 1);
-    assert.deepEqual(stderrLines(bad), ['vfio-user: migrate: only --demo is supported (two local DMA engines served by child processes)']);
+    assert.deepEqual(stderrLines(bad), ['vfio-user: migrate: only --demo is supported (a DMA engine served by a child process, migrated to a local one or to --to tcp://HOST:PORT)']);
   });
 
   it('parses --downtime', () => {

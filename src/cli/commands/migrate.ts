@@ -1,35 +1,39 @@
 /**
- * `vfio-user migrate --demo`: live migration end to end on this machine. Two
- * DMA engines are served by child processes (`vfio-user serve dma-engine`),
- * each gets 64 MiB of guest RAM (memfd, DMA_MAP at the same IOVA); a batch of
- * copy jobs runs on the source while {@link migrate} moves guest memory and
- * device state to the destination under the downtime budget. Then the
- * destination's guest memory is checked against the source's snapshot taken
- * at switch-over (the stopped source's memory), and the jobs the source had
- * not finished must complete, correctly, on the destination.
+ * `vfio-user migrate --demo`: live migration end to end. A DMA engine is served
+ * by a child process (`vfio-user serve dma-engine`) with 64 MiB of guest RAM
+ * (memfd, DMA_MAP); copy jobs stream on it while {@link migrate} moves guest
+ * memory and device state under the downtime budget to a second engine — in
+ * another child process (local), or behind `vfio-user migrate-listen` on
+ * another host (`--to tcp://HOST:PORT`; the job stream's position travels as
+ * the VMM's state). Then the destination's guest memory is checked against
+ * the source's snapshot at switch-over (the stopped source's memory, outside
+ * what unfinished jobs still write), and the remaining jobs must complete,
+ * correctly, on the destination.
  */
-import { randomFillSync, randomInt } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { VfioUserClient } from '../../client/client.js';
-import { GuestMemory } from '../../client/guest-memory.js';
+import type { GuestMemory } from '../../client/guest-memory.js';
 import { enableBusMaster } from '../../client/pci-config.js';
-import { DESCRIPTOR_SIZE, DescriptorFlags, DescriptorStatus, decodeResult, encodeDescriptor } from '../../devices/dma-descriptor.js';
-import { DmaEngineReg } from '../../devices/dma-engine.js';
-import { fnv1a32 } from '../../devices/fnv1a.js';
-import { migrate, type MigrationReport } from '../../orchestrator/migrate.js';
+import { migrate, type MigrateOptions, type MigrationReport } from '../../orchestrator/migrate.js';
 import { createProgressBar } from '../../orchestrator/progress.js';
+import { RemoteDestination } from '../../orchestrator/remote.js';
 import { startServer } from '../serve-child.js';
-import { CliError, parseCount, stdio, toJson, withClient, type GlobalOptions, type Output } from '../common.js';
-import { DmaEngineDriver, type CopyJob } from '../dma-driver.js';
-import { verifyJob } from './demo.js';
+import { CliError, parseCount, parseTimeout, stdio, toJson, withClient, type GlobalOptions, type Output } from '../common.js';
+import {
+  GUEST_RAM, IOVA, JOB_WAIT_MS, MAX_JOBS, MIN_JOB, MAX_JOB, BATCH, JobStream, attachGuestRam, digestOutside, driverFor, holesOf, isPending, waitJobs,
+} from '../migrate-workload.js';
+import { parseBandwidth, type DemoVerdict } from './migrate-listen.js';
 
 /** Options of `migrate`. */
 export interface MigrateCommandOptions {
   demo?: boolean;
+  to?: string;
   downtime?: string;
   jobs?: string;
+  bandwidth?: string;
+  autoConverge?: boolean;
   json?: boolean;
 }
 
@@ -38,31 +42,19 @@ export interface MigrateSummary {
   outcome: MigrationReport['outcome'];
   reason?: string;
   sourceRecovery?: MigrationReport['sourceRecovery'];
+  destination: string;
   totalMs: number;
   downtimeMs: number;
   budgetMs: number;
   projectedDowntimeMs: number | null;
   bytes: MigrationReport['bytes'];
   iterations: number;
+  throttlePercent: number;
   arcs: MigrationReport['arcs'];
   jobs: { total: number; doneOnSource: number; doneOnDestination: number; errors: number; firstErrors: string[] };
   /** Destination guest memory equal to the source's switch-over snapshot (outside the unfinished jobs' writes). */
   memoryVerified: boolean | null;
 }
-
-const GUEST_RAM = 64 << 20;
-const IOVA = 0x1_0000_0000n;
-const RING_GPA = 0n;
-const RING_SIZE = 64;
-const DATA_GPA = 1 << 20;
-const MIN_JOB = 64 << 10;
-const MAX_JOB = 256 << 10;
-const SLOT = 2 * MAX_JOB;
-/** One batch in flight, data in two halves of BATCH slots (sources and destinations) in guest RAM. */
-const MAX_JOBS = 1_000_000;
-const BATCH = 15;
-const JOB_WAIT_MS = 20_000;
-
 /**
  * Parses `--downtime`: `300ms`, `1s`, `1.5s` or plain milliseconds.
  * @throws {CliError} otherwise.
@@ -76,194 +68,127 @@ export function parseDowntime(text: string): number {
 }
 
 
-const isPending = (memory: GuestMemory, job: CopyJob): boolean =>
-  (decodeResult(memory.view(RING_GPA + BigInt(job.slot * DESCRIPTOR_SIZE), DESCRIPTOR_SIZE)).status & 0xffff) === DescriptorStatus.PENDING;
-
-/** Polls the ring in guest RAM (shared with the device) until no job is PENDING; false at `deadline` or when `stop()`. */
-async function waitJobs(memory: GuestMemory, jobs: readonly CopyJob[], deadline: number, stop: () => boolean = () => false): Promise<boolean> {
-  while (jobs.some((j) => isPending(memory, j))) {
-    if (performance.now() > deadline || stop()) return false;
-    await new Promise((resolve) => setTimeout(resolve, 1));
-  }
-  return true;
+/** Where the demo migrates to, and how it checks the destination afterwards. */
+interface DemoTarget {
+  destination: MigrateOptions['destination'];
+  /** After a migration: verify the destination against the snapshot, let it run the rest of the stream. */
+  finish(stream: JobStream, snapshotDigest: string, unfinished: number[]): Promise<DemoVerdict>;
 }
 
-/** Compares `a` and `b` over [0, size) except the `holes` ([start, end) ranges). */
-function equalOutside(a: Uint8Array, b: Uint8Array, holes: [number, number][]): boolean {
-  let at = 0;
-  for (const [start, end] of [...holes, [a.length, a.length] as [number, number]].sort((x, y) => x[0] - y[0])) {
-    if (start > at && Buffer.compare(a.subarray(at, start), b.subarray(at, start)) !== 0) return false;
-    at = Math.max(at, end);
-  }
-  return true;
-}
-
-async function attach(client: VfioUserClient, name: string): Promise<GuestMemory> {
-  const memory = GuestMemory.create(GUEST_RAM, { name });
-  try {
-    await memory.attach(client, { iova: IOVA, mode: 'fd' });
-  } catch (error) {
-    memory.dispose();
-    throw error;
-  }
-  return memory;
-}
-
-/** Posts copy jobs in batches (the next once the current is done) until paused or `total` are posted; verifies every finished batch. */
-class JobStream {
-  readonly total: number;
-  readonly failures: string[] = [];
-  /** Jobs posted and not yet seen finished. */
-  inFlight: CopyJob[] = [];
-  posted = 0;
-  finished = 0;
-  #paused = false;
-  #tail = 0;
-  #driver: DmaEngineDriver;
-  #running: Promise<void> | undefined;
-
-  constructor(driver: DmaEngineDriver, total: number) {
-    this.#driver = driver;
-    this.total = total;
-  }
-
-  get driver(): DmaEngineDriver {
-    return this.#driver;
-  }
-
-  /** Runs on `driver` (its guest RAM) from where the stream is. */
-  start(driver: DmaEngineDriver): void {
-    this.#driver = driver;
-    this.#paused = false;
-    this.#running = this.#loop();
-  }
-
-  /** No new doorbell after this returns (the one in flight precedes the next request on the connection). */
-  pause(): void {
-    this.#paused = true;
-  }
-
-  async done(): Promise<void> {
-    await this.#running;
-  }
-
-  async #loop(): Promise<void> {
-    const deadline = (): number => performance.now() + JOB_WAIT_MS;
-    for (;;) {
-      if (this.inFlight.length > 0) {
-        if (!(await waitJobs(this.#driver.memory, this.inFlight, deadline(), () => this.#paused))) return;
-        for (const job of this.inFlight) {
-          const problem = verifyJob(this.#driver, job);
-          if (problem) this.failures.push(problem);
-        }
-        this.finished += this.inFlight.length;
-        this.inFlight = [];
-      }
-      if (this.#paused || this.posted >= this.total) return;
-      const count = Math.min(BATCH, this.total - this.posted);
-      const half = (this.posted / BATCH) % 2;
-      const jobs: CopyJob[] = [];
-      for (let i = 0; i < count; i++) {
-        const base = BigInt(DATA_GPA + (half * BATCH + i) * SLOT);
-        const length = randomInt(MIN_JOB, MAX_JOB + 1);
-        const source = this.#driver.memory.view(base, length, { markDirty: true }); // a guest CPU write: the dirty log must see it
-        randomFillSync(source);
-        jobs.push({ seq: this.posted + i, slot: (this.#tail + i) % RING_SIZE, src: base, dst: base + BigInt(MAX_JOB), length, expected: fnv1a32(source) });
-      }
-      for (const job of jobs) {
-        const descriptor = encodeDescriptor({ src: IOVA + job.src, dst: IOVA + job.dst, length: job.length, flags: DescriptorFlags.COPY });
-        this.#driver.memory.write(RING_GPA + BigInt(job.slot * DESCRIPTOR_SIZE), descriptor);
-      }
-      this.#tail = (this.#tail + count) % RING_SIZE;
-      this.inFlight = jobs;
-      this.posted += count;
-      await this.#driver.setReg(DmaEngineReg.TAIL, this.#tail);
-    }
-  }
-}
-
-async function runPair(src: VfioUserClient, dst: VfioUserClient, total: number, budgetMs: number, out: Output, quiet: boolean): Promise<MigrateSummary> {
-  const say = (line: string): void => void (quiet || out.line(line));
-  const srcMem = await attach(src, 'migrate-source-ram');
-  let dstMem: GuestMemory | undefined;
-  try {
-    dstMem = await attach(dst, 'migrate-destination-ram');
-    say(`guest RAM  ${GUEST_RAM >> 20} MiB memfd on each side, DMA_MAP at IOVA 0x${IOVA.toString(16)}`);
-    await enableBusMaster(src);
-    const driver = new DmaEngineDriver(src, srcMem, IOVA, RING_GPA, RING_SIZE);
-    await driver.start();
-    const stream = new JobStream(driver, total);
-    stream.start(driver);
-    say(`jobs       ${total} copy jobs of ${MIN_JOB >> 10}..${MAX_JOB >> 10} KiB streamed on the source, ${BATCH} per doorbell; migrating with a ${budgetMs} ms downtime budget`);
-    // Let the stream get going before the migration starts.
-    const warm = performance.now() + 1000;
-    while (stream.finished < Math.min(total, 2 * BATCH) && performance.now() < warm) await new Promise((resolve) => setTimeout(resolve, 1));
-
-    const bar = createProgressBar({ memoryBytes: GUEST_RAM });
-    let report: MigrationReport;
-    try {
-      report = await migrate({
-        source: { client: src, memory: srcMem, iova: IOVA },
-        destination: { client: dst, memory: dstMem, iova: IOVA },
-        downtimeBudgetMs: budgetMs,
-        onProgress: (p) => {
-          // The vCPUs pause before the switch-over: no doorbell once it is next.
-          if (p.phase !== 'precopy' || p.projectedDowntimeMs <= budgetMs) stream.pause();
-          bar.onProgress?.(p);
-        },
-      });
-    } finally {
-      bar.stop();
-    }
-    stream.pause();
-    await stream.done();
-
-    const summary: MigrateSummary = {
-      outcome: report.outcome,
-      ...(report.reason === undefined ? {} : { reason: report.reason }),
-      ...(report.sourceRecovery === undefined ? {} : { sourceRecovery: report.sourceRecovery }),
-      totalMs: report.totalMs,
-      downtimeMs: report.downtimeMs,
-      budgetMs,
-      projectedDowntimeMs: Number.isFinite(report.projectedDowntimeMs) ? report.projectedDowntimeMs : null,
-      bytes: report.bytes,
-      iterations: report.iterations,
-      arcs: report.arcs,
-      jobs: { total, doneOnSource: 0, doneOnDestination: 0, errors: 0, firstErrors: [] },
-      memoryVerified: null,
-    };
-    const failures = stream.failures;
-    if (report.outcome === 'migrated') {
-      // The source stopped at STOP_COPY: its memory is the switch-over snapshot.
-      const snapshot = srcMem.read(0n, GUEST_RAM);
-      const unfinished = stream.inFlight.filter((j) => isPending(srcMem, j));
-      summary.jobs.doneOnSource = stream.finished + stream.inFlight.length - unfinished.length;
-      const holes = unfinished.flatMap((j): [number, number][] => [
-        [Number(RING_GPA) + j.slot * DESCRIPTOR_SIZE, Number(RING_GPA) + (j.slot + 1) * DESCRIPTOR_SIZE],
-        [Number(j.dst), Number(j.dst) + j.length],
-      ]);
-      // The destination finishes the batch in flight at switch-over, then the remaining jobs.
+/** A second engine on this machine. */
+async function localTarget(dst: VfioUserClient, dstMem: GuestMemory): Promise<DemoTarget> {
+  return {
+    destination: { client: dst, memory: dstMem, iova: IOVA },
+    async finish(stream, snapshotDigest, unfinishedSeqs) {
+      const failures: string[] = [];
+      const unfinished = stream.inFlight.filter((j) => unfinishedSeqs.includes(j.seq));
       if (!(await waitJobs(dstMem, unfinished, performance.now() + JOB_WAIT_MS))) failures.push(`jobs still pending on the destination after ${JOB_WAIT_MS} ms`);
-      summary.memoryVerified = equalOutside(dstMem.read(0n, GUEST_RAM), snapshot, holes);
-      if (!summary.memoryVerified) failures.push('destination guest memory differs from the source snapshot at switch-over');
-      stream.start(new DmaEngineDriver(dst, dstMem, IOVA, RING_GPA, RING_SIZE));
+      const memoryVerified = digestOutside(dstMem.read(0n, GUEST_RAM), holesOf(unfinished)) === snapshotDigest;
+      const before = stream.finished + stream.inFlight.length - unfinished.length;
+      stream.start(driverFor(dst, dstMem));
       await stream.done();
-      if (stream.posted < total || stream.inFlight.length > 0) failures.push(`the destination did not finish the jobs (${stream.finished} of ${total})`);
-      summary.jobs.doneOnDestination = stream.finished - summary.jobs.doneOnSource;
-    } else {
-      // The source runs again: it finishes the batch in flight and the rest itself.
-      stream.start(driver);
-      await stream.done();
-      if (stream.posted < total || stream.inFlight.length > 0) failures.push(`the source did not finish the jobs (${stream.finished} of ${total})`);
-      summary.jobs.doneOnSource = stream.finished;
-    }
-    summary.jobs.errors = failures.length;
-    summary.jobs.firstErrors = failures.slice(0, 5);
-    return summary;
+      if (stream.posted < stream.total || stream.inFlight.length > 0) failures.push(`the destination did not finish the jobs (${stream.finished} of ${stream.total})`);
+      return { memoryVerified, doneOnDestination: stream.finished - before, failures };
+    },
+  };
+}
+
+/** The receiver of a remote migration: it continues the stream from the migrated state and answers the verdict. */
+function remoteTarget(destination: RemoteDestination): DemoTarget {
+  return {
+    destination,
+    async finish(_stream, snapshotDigest, unfinished) {
+      const { result } = await destination.message({ demo: 'verify-and-continue', snapshotDigest, unfinished }, undefined, 4 * JOB_WAIT_MS);
+      return result as DemoVerdict;
+    },
+  };
+}
+
+interface DemoSettings {
+  total: number;
+  budgetMs: number;
+  bandwidthLimit: number | undefined;
+  autoConverge: boolean;
+}
+
+/** Streams jobs on the source, migrates, verifies. */
+async function runDemo(src: VfioUserClient, srcMem: GuestMemory, target: DemoTarget, settings: DemoSettings, say: (line: string) => void): Promise<MigrateSummary> {
+  const { total, budgetMs } = settings;
+  await enableBusMaster(src);
+  const driver = driverFor(src, srcMem);
+  await driver.start();
+  const stream = new JobStream(driver, total);
+  stream.start(driver);
+  say(`jobs       ${total} copy jobs of ${MIN_JOB >> 10}..${MAX_JOB >> 10} KiB streamed on the source, ${BATCH} per doorbell; migrating with a ${budgetMs} ms downtime budget`);
+  // Let the stream get going before the migration starts.
+  const warm = performance.now() + 1000;
+  while (stream.finished < Math.min(total, 2 * BATCH) && performance.now() < warm) await new Promise((resolve) => setTimeout(resolve, 1));
+
+  const bar = createProgressBar({ memoryBytes: GUEST_RAM });
+  let report: MigrationReport;
+  try {
+    report = await migrate({
+      source: { client: src, memory: srcMem, iova: IOVA },
+      destination: target.destination,
+      downtimeBudgetMs: budgetMs,
+      bandwidthLimit: settings.bandwidthLimit,
+      ...(settings.autoConverge ? { autoConverge: true, throttle: (percent: number) => stream.throttle(percent) } : {}),
+      vmState: () => Buffer.from(JSON.stringify(stream.state())),
+      onProgress: (p) => {
+        // The vCPUs pause before the switch-over: no doorbell once it is next.
+        if (p.phase !== 'precopy' || p.projectedDowntimeMs <= budgetMs) stream.pause();
+        bar.onProgress?.(p);
+      },
+    });
   } finally {
-    srcMem.dispose();
-    dstMem?.dispose();
+    bar.stop();
   }
+  stream.pause();
+  await stream.done();
+
+  const summary = summarize(report, budgetMs, total);
+  const failures = [...stream.failures];
+  if (report.outcome === 'migrated') {
+    // The source stopped at STOP_COPY: its memory is the switch-over snapshot.
+    const unfinished = stream.inFlight.filter((j) => isPending(srcMem, j));
+    const digest = digestOutside(srcMem.read(0n, GUEST_RAM), holesOf(unfinished));
+    summary.jobs.doneOnSource = stream.finished + stream.inFlight.length - unfinished.length;
+    const verdict = await target.finish(stream, digest, unfinished.map((j) => j.seq));
+    summary.memoryVerified = verdict.memoryVerified;
+    if (!verdict.memoryVerified) failures.push('destination guest memory differs from the source snapshot at switch-over');
+    summary.jobs.doneOnDestination = verdict.doneOnDestination;
+    failures.push(...verdict.failures);
+    if (summary.jobs.doneOnSource + summary.jobs.doneOnDestination !== total) failures.push(`jobs done: ${summary.jobs.doneOnSource} + ${summary.jobs.doneOnDestination} of ${total}`);
+  } else if (report.sourceRecovery !== 'held') {
+    // The source runs again: it finishes the batch in flight and the rest itself.
+    stream.start(driver);
+    await stream.done();
+    failures.push(...stream.failures.slice(failures.length));
+    if (stream.posted < total || stream.inFlight.length > 0) failures.push(`the source did not finish the jobs (${stream.finished} of ${total})`);
+    summary.jobs.doneOnSource = stream.finished;
+  }
+  summary.jobs.errors = failures.length;
+  summary.jobs.firstErrors = failures.slice(0, 5);
+  return summary;
+}
+
+function summarize(report: MigrationReport, budgetMs: number, total: number): MigrateSummary {
+  return {
+    outcome: report.outcome,
+    ...(report.reason === undefined ? {} : { reason: report.reason }),
+    ...(report.sourceRecovery === undefined ? {} : { sourceRecovery: report.sourceRecovery }),
+    destination: report.destination,
+    totalMs: report.totalMs,
+    downtimeMs: report.downtimeMs,
+    budgetMs,
+    projectedDowntimeMs: Number.isFinite(report.projectedDowntimeMs) ? report.projectedDowntimeMs : null,
+    bytes: report.bytes,
+    iterations: report.iterations,
+    throttlePercent: report.throttlePercent,
+    arcs: report.arcs,
+    jobs: { total, doneOnSource: 0, doneOnDestination: 0, errors: 0, firstErrors: [] },
+    memoryVerified: null,
+  };
 }
 
 const mb = (n: bigint): string => (Number(n) / 1e6).toFixed(1);
@@ -282,23 +207,42 @@ export function formatMigrateSummary(s: MigrateSummary): string[] {
 }
 
 /**
- * Runs `migrate --demo`.
+ * Runs `migrate --demo [--to tcp://HOST:PORT]`.
  * @throws {CliError} when the migration did not complete (after printing the summary), or verification failed.
  */
 export async function runMigrate(options: MigrateCommandOptions = {}, global: GlobalOptions = {}, out: Output = stdio): Promise<void> {
-  if (!options.demo) throw new CliError('migrate: only --demo is supported (two local DMA engines served by child processes)');
-  const budgetMs = parseDowntime(options.downtime ?? '300ms');
-  const jobs = parseCount(options.jobs ?? '600', '--jobs', MAX_JOBS);
+  if (!options.demo) throw new CliError('migrate: only --demo is supported (a DMA engine served by a child process, migrated to a local one or to --to tcp://HOST:PORT)');
+  const settings: DemoSettings = {
+    budgetMs: parseDowntime(options.downtime ?? '300ms'),
+    total: parseCount(options.jobs ?? '600', '--jobs', MAX_JOBS),
+    bandwidthLimit: options.bandwidth === undefined ? undefined : parseBandwidth(options.bandwidth),
+    autoConverge: options.autoConverge === true,
+  };
+  const say = (line: string): void => void (options.json || out.line(line));
   const dir = mkdtempSync(join(tmpdir(), 'vfio-user-migrate-'));
   try {
-    const servers = await Promise.all([startServer(join(dir, 'source.sock')), startServer(join(dir, 'destination.sock'))]);
+    const sockets = options.to === undefined ? ['source.sock', 'destination.sock'] : ['source.sock'];
+    const servers = await Promise.all(sockets.map((name) => startServer(join(dir, name))));
     let summary: MigrateSummary;
     try {
-      if (!options.json) out.line(`servers    source pid ${servers[0].child.pid}, destination pid ${servers[1].child.pid} (vfio-user serve dma-engine)`);
-      summary = await withClient(join(dir, 'source.sock'), global, (src) =>
-        withClient(join(dir, 'destination.sock'), global, (dst) => runPair(src, dst, jobs, budgetMs, out, options.json === true), { out }),
-        { out },
-      );
+      say(`servers    ${servers.map((s, i) => `${i === 0 ? 'source' : 'destination'} pid ${s.child.pid}`).join(', ')} (vfio-user serve dma-engine)${options.to ? `; destination ${options.to}` : ''}`);
+      summary = await withClient(join(dir, 'source.sock'), global, async (src) => {
+        const srcMem = await attachGuestRam(src, 'migrate-source-ram');
+        try {
+          if (options.to !== undefined) return await runRemote(src, srcMem, options.to, settings, global, say);
+          return await withClient(join(dir, 'destination.sock'), global, async (dst) => {
+            const dstMem = await attachGuestRam(dst, 'migrate-destination-ram');
+            try {
+              say(`guest RAM  ${GUEST_RAM >> 20} MiB memfd on each side, DMA_MAP at IOVA 0x${IOVA.toString(16)}`);
+              return await runDemo(src, srcMem, await localTarget(dst, dstMem), settings, say);
+            } finally {
+              dstMem.dispose();
+            }
+          }, { out });
+        } finally {
+          srcMem.dispose();
+        }
+      }, { out });
     } finally {
       await Promise.all(servers.map((s) => s.stop()));
     }
@@ -308,5 +252,20 @@ export async function runMigrate(options: MigrateCommandOptions = {}, global: Gl
     if (summary.jobs.errors > 0) throw new CliError(`migrate: verification failed: ${summary.jobs.firstErrors[0] ?? ''}`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function runRemote(src: VfioUserClient, srcMem: GuestMemory, url: string, settings: DemoSettings, global: GlobalOptions, say: (line: string) => void): Promise<MigrateSummary> {
+  let destination: RemoteDestination;
+  try {
+    destination = await RemoteDestination.connect(url, { memory: { size: srcMem.size, iova: IOVA }, timeoutMs: parseTimeout(global.timeout) });
+  } catch (error) {
+    throw new CliError(`migrate: ${url}: ${(error as Error).message}`, { cause: error });
+  }
+  try {
+    say(`guest RAM  ${GUEST_RAM >> 20} MiB memfd at IOVA 0x${IOVA.toString(16)}; the receiver at ${destination.address} prepared its own`);
+    return await runDemo(src, srcMem, remoteTarget(destination), settings, say);
+  } finally {
+    destination.close();
   }
 }
