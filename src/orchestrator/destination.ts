@@ -7,6 +7,7 @@
  * applies what arrives to a local destination.
  */
 import type { VfioUserClient } from '../client/client.js';
+import { recoverMigration } from '../client/migration-recovery.js';
 import { closeFd } from '../native/addon.js';
 import { MigrationState as S, RegionIndex } from '../protocol/constants.js';
 import type { ArcLatency, MigrationIdentity } from '../protocol/migration-extensions.js';
@@ -52,7 +53,11 @@ export interface MigrationDestination {
   writeVmState(data: Uint8Array): Promise<void>;
   /** After an abort: the destination device reset and RUNNING again, its migration abandoned. Never throws. */
   abandon(): Promise<void>;
-  /** After the destination runs: the migration is complete (a remote receiver keeps the device). */
+  /**
+   * After the destination runs: the migration is complete (a remote receiver
+   * keeps the device). An error with `commitUnsent: true` means the commit
+   * never left (the source is resumed); any other leaves the source held.
+   */
   complete(): Promise<void>;
 }
 
@@ -94,21 +99,18 @@ export async function describeSide(side: MigrationSide): Promise<DeviceDescripti
 }
 
 /**
- * Brings a destination device back to RUNNING after an abandoned migration:
- * DEVICE_RESET (a resuming stream is only abandoned by a reset), then SET
- * RUNNING; RESUMING → RUNNING with an incomplete stream fails into ERROR, which
- * the next reset clears. Errors are swallowed (a lost session has nothing left to reset).
+ * Brings a destination device back to RUNNING after an abandoned migration,
+ * its loaded state discarded: {@link recoverMigration}'s route from whatever
+ * state it is in (a resuming stream is only abandoned by a reset; STOP, where
+ * DEVICE_RESET is refused, goes to RUNNING first), then DEVICE_RESET.
+ * Errors are swallowed (a lost session has nothing left to reset).
  */
 export async function resetToRunning(client: VfioUserClient): Promise<void> {
-  for (let round = 0; round < 3; round++) {
-    try {
-      await client.reset();
-      if ((await client.migrationState()) === S.RUNNING) return;
-      await client.setMigrationState(S.RUNNING);
-      return;
-    } catch {
-      // a lost session (nothing more to do) or one left in ERROR (reset again)
-    }
+  try {
+    await recoverMigration(client);
+    await client.reset();
+  } catch {
+    // a lost session: nothing more to do here (the server keeps the state for the next client, docs/migration-faults.md)
   }
 }
 

@@ -42,6 +42,9 @@ const UNKNOWN_DEVICE_DATA = 100n << 30n;
 /** Requests in a switch-over besides the stream chunks and the dirty report (3 SETs, the empty read). */
 const SWITCHOVER_REQUESTS = 4;
 
+/** Iterations whose round trips count in the projection. */
+const RTT_WINDOW = 3;
+
 /** A deliberate abort (budget, convergence, timeout), as opposed to a failure. */
 class Abort extends Error {}
 
@@ -88,6 +91,8 @@ class Run {
   #dstState: number | undefined;
   #stoppedAt: number | undefined;
   #rtt = 0;
+  /** Round trips measured in the last iterations: the projection uses their maximum (a busy spell ages out). */
+  readonly #recentRtts: number[] = [];
   #remaining = 0n;
   #projected = Number.POSITIVE_INFINITY;
   #phase: MigrationPhase = 'precopy';
@@ -154,10 +159,12 @@ class Run {
       const t = now();
       const deviceBytes = await this.#pendingDeviceBytes();
       const queries = this.#preCopy && this.#src.migrationExtensions.precopyInfo !== undefined ? 2 : 1;
-      this.#rtt = Math.max(this.#rtt, (now() - t) / queries);
+      const sourceRtt = (now() - t) / queries;
       const td = now();
       await this.#dst.migrationState(); // the destination's round trip (a remote one crosses the channel)
-      this.#rtt = Math.max(this.#rtt, now() - td);
+      this.#recentRtts.push(Math.max(sourceRtt, now() - td));
+      if (this.#recentRtts.length > RTT_WINDOW) this.#recentRtts.shift();
+      this.#rtt = Math.max(...this.#recentRtts);
       const arcs = await estimateArcsMs(this.#src, this.#dst, this.#preCopy, this.#p2p);
       const chunks = Math.ceil(Number(deviceBytes) / Math.min(this.#src.maxTransferSize, COPY_CHUNK));
       // What a switch-over now would cost: the pages dirtied from the last collection until the source stops, the device's pending data.
@@ -266,7 +273,7 @@ class Run {
   }
 
   async #abort(error: unknown): Promise<MigrationReport> {
-    if (this.#phase === 'commit') return this.#unconfirmedCommit(error);
+    if (this.#phase === 'commit' && (error as { commitUnsent?: boolean }).commitUnsent !== true) return this.#unconfirmedCommit(error);
     this.#phase = 'abort';
     const outcome = error instanceof Abort ? 'aborted' : 'failed';
     let sourceRecovery: MigrationReport['sourceRecovery'] = 'running';

@@ -162,9 +162,18 @@ export class RemoteDestination implements MigrationDestination {
     this.close();
   }
 
-  /** The commit: the receiver keeps the (running) device. */
+  /**
+   * The commit: the receiver keeps the (running) device. An error thrown
+   * before the request left carries `commitUnsent: true` (the receiver cannot
+   * have committed); any later failure leaves the outcome unknown.
+   */
   async complete(): Promise<void> {
-    await this.#request('complete');
+    try {
+      this.#check();
+    } catch (error) {
+      throw Object.assign(error as Error, { commitUnsent: true });
+    }
+    await this.#channel.request('complete', {}, undefined, this.#timeoutMs);
   }
 
   /**

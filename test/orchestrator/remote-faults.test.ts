@@ -1,0 +1,98 @@
+/**
+ * A remote migration's link broken at every phase — pre-copy memory, the
+ * switch-over (destination STOP), stop-copy (device stream), resume
+ * (destination RUNNING), the commit not yet sent — and the budget exceeded:
+ * the source runs again with its state and memory intact, the receiver resets
+ * its device and releases the side. A commit whose reply is lost (the receiver
+ * may have committed) holds the source stopped instead, intact.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { ConnectionClosedError } from '../../src/errors.js';
+import { migrate } from '../../src/orchestrator/migrate.js';
+import { RemoteDestination } from '../../src/orchestrator/remote.js';
+import { MigrationState as S } from '../../src/protocol/constants.js';
+import { GUEST, IOVA, assertSourceKeepsWorking, program, saveState, withSetup } from './remote-fixture.js';
+
+type Cut = (d: RemoteDestination) => void;
+
+/** Closes the channel the first time `method` is called with a matching argument (before it runs). */
+function cutAt(method: 'writeMemory' | 'writeDeviceData' | 'setMigrationState' | 'complete', when: (arg: unknown) => boolean = () => true): Cut {
+  return (d) => {
+    const original = (d[method] as (...a: unknown[]) => Promise<void>).bind(d);
+    let done = false;
+    (d as unknown as Record<string, unknown>)[method] = async (...args: unknown[]) => {
+      if (!done && when(args[0])) {
+        done = true;
+        d.close();
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      return original(...args);
+    };
+  };
+}
+
+const cases: Array<{ phase: string; cut: Cut; outcome: 'failed' | 'aborted' }> = [
+  { phase: 'pre-copy (guest memory)', cut: cutAt('writeMemory', (gpa) => gpa === 4n << 20n), outcome: 'failed' },
+  { phase: 'stop-copy (device stream)', cut: cutAt('writeDeviceData'), outcome: 'failed' },
+  { phase: 'switch-over (destination STOP)', cut: cutAt('setMigrationState', (s) => s === S.STOP), outcome: 'failed' },
+  { phase: 'resume (destination RUNNING)', cut: cutAt('setMigrationState', (s) => s === S.RUNNING), outcome: 'failed' },
+  { phase: 'commit not sent', cut: cutAt('complete'), outcome: 'failed' },
+];
+
+describe('remote migration faults at every phase', () => {
+  for (const c of cases) {
+    it(`link lost at ${c.phase}: source RUNNING and intact, destination reset and released`, () =>
+      withSetup(async (src, rx) => {
+        await program(src);
+        const memoryBefore = src.memory.read(0n, GUEST);
+        const stateBefore = await saveState(src.engine);
+        const destination = await RemoteDestination.connect(rx.url, { memory: { size: src.memory.size, iova: IOVA } });
+        c.cut(destination);
+        const outcome = rx.nextOutcome();
+        const report = await migrate({ source: src, destination, downtimeBudgetMs: 5000 });
+        assert.equal(report.outcome, c.outcome, report.reason);
+        assert.equal(report.sourceRecovery, 'running');
+        await assertSourceKeepsWorking(src, rx, await outcome, memoryBefore, stateBefore);
+      }));
+  }
+
+  it('budget that never fits (remote): aborted after the iteration limit, source RUNNING, destination reset', () =>
+    withSetup(async (src, rx) => {
+      await program(src);
+      const memoryBefore = src.memory.read(0n, GUEST);
+      const stateBefore = await saveState(src.engine);
+      const destination = await RemoteDestination.connect(rx.url, { memory: { size: src.memory.size, iova: IOVA } });
+      const outcome = rx.nextOutcome();
+      const report = await migrate({ source: src, destination, downtimeBudgetMs: 0.001, maxPrecopyIterations: 2 });
+      assert.equal(report.outcome, 'aborted');
+      assert.match(report.reason ?? '', /did not converge in 2 pre-copy iterations/);
+      assert.equal(report.downtimeMs, 0, 'the source never stopped');
+      await assertSourceKeepsWorking(src, rx, await outcome, memoryBefore, stateBefore);
+    }));
+
+  it('the commit reply lost: the receiver committed, the source is held stopped with its state and memory intact', () =>
+    withSetup(async (src, rx) => {
+      await program(src);
+      const memoryBefore = src.memory.read(0n, GUEST);
+      const stateBefore = await saveState(src.engine);
+      const destination = await RemoteDestination.connect(rx.url, { memory: { size: src.memory.size, iova: IOVA } });
+      const complete = destination.complete.bind(destination);
+      destination.complete = async () => {
+        await complete();
+        destination.close();
+        throw new ConnectionClosedError('the reply was lost');
+      };
+      const outcome = rx.nextOutcome();
+      const report = await migrate({ source: src, destination, downtimeBudgetMs: 5000 });
+      assert.equal(report.outcome, 'failed');
+      assert.equal(report.sourceRecovery, 'held');
+      assert.match(report.reason ?? '', /commit unconfirmed/);
+      assert.equal((await outcome).outcome, 'committed');
+      assert.equal(await src.client.migrationState(), S.STOP_COPY, 'held where the switch-over left it');
+      assert.deepEqual(await saveState(src.engine), stateBefore);
+      assert.ok(Buffer.from(src.memory.read(0n, GUEST)).equals(memoryBefore));
+      assert.equal(await rx.last?.client.migrationState(), S.RUNNING, 'the destination runs');
+      destination.close();
+    }));
+});

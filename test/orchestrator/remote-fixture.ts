@@ -1,0 +1,188 @@
+/**
+ * Fixtures of the remote-migration tests: a source DMA engine with guest RAM
+ * in this process, a receiving "host" (its own engine and a MigrationReceiver
+ * preparing guest RAM per offer), the checks that a failed migration left the
+ * source intact and the destination reset, and a corrupting TCP proxy.
+ */
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import { VfioUserClient } from '../../src/client/client.js';
+import { GuestMemory } from '../../src/client/guest-memory.js';
+import { setCommand } from '../../src/client/pci-config.js';
+import { createDmaEngineDevice, DmaEngineControl, DmaEngineReg, type DmaEngineDevice } from '../../src/devices/dma-engine.js';
+import { DESCRIPTOR_SIZE, DescriptorFlags, decodeResult, encodeDescriptor } from '../../src/devices/dma-descriptor.js';
+import { fnv1a32 } from '../../src/devices/fnv1a.js';
+import { MigrationReceiver, type ReceiveOutcome } from '../../src/orchestrator/receiver.js';
+import { MigrationState as S, RegionIndex } from '../../src/protocol/constants.js';
+import { PciCommand } from '../../src/pci/registers.js';
+import { pattern, serve, type Served } from '../devices/driver.js';
+
+export const IOVA = 0x1_0000_0000n;
+const MiB = 1 << 20;
+export const GUEST = 16 * MiB;
+export const SRC = 1 * MiB;
+export const DST = 8 * MiB;
+export const LEN = 128 * 1024;
+const RING = 64;
+
+export interface Side {
+  engine: DmaEngineDevice;
+  served: Served;
+  client: VfioUserClient;
+  memory: GuestMemory;
+  iova: bigint;
+}
+
+export async function openSource(): Promise<Side> {
+  const engine = createDmaEngineDevice();
+  const served = serve(engine.device);
+  const client = await VfioUserClient.connect(served.path);
+  const memory = GuestMemory.create(GUEST);
+  await memory.attach(client, { iova: IOVA, mode: 'fd' });
+  return { engine, served, client, memory, iova: IOVA };
+}
+
+export async function write32(client: VfioUserClient, offset: number, value: number): Promise<void> {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, value >>> 0, true);
+  await client.regionWrite(RegionIndex.BAR0, BigInt(offset), b);
+}
+
+export async function program(side: Side): Promise<void> {
+  await setCommand(side.client, PciCommand.MEMORY | PciCommand.MASTER);
+  await write32(side.client, DmaEngineReg.RING_BASE_LO, Number(IOVA & 0xffff_ffffn));
+  await write32(side.client, DmaEngineReg.RING_BASE_HI, Number(IOVA >> 32n));
+  await write32(side.client, DmaEngineReg.RING_SIZE, RING);
+  await write32(side.client, DmaEngineReg.CONTROL, DmaEngineControl.ENABLE);
+}
+
+export async function post(side: Side, from: number, to: number): Promise<Uint8Array[]> {
+  const data: Uint8Array[] = [];
+  for (let i = from; i < to; i++) {
+    const bytes = pattern(LEN, 300 + i);
+    data.push(bytes);
+    side.memory.write(BigInt(SRC + i * LEN), bytes);
+    side.memory.write(BigInt(i * DESCRIPTOR_SIZE), encodeDescriptor({ src: IOVA + BigInt(SRC + i * LEN), dst: IOVA + BigInt(DST + i * LEN), length: LEN, flags: DescriptorFlags.COPY }));
+  }
+  await write32(side.client, DmaEngineReg.TAIL, to);
+  return data;
+}
+
+/** The receiving host: its own engine, and a receiver that prepares guest memory for it on each offer. */
+export interface Receiving {
+  engine: DmaEngineDevice;
+  served: Served;
+  receiver: MigrationReceiver;
+  url: string;
+  outcomes: ReceiveOutcome[];
+  /** The side prepared for the last offer (undefined before one). */
+  last: { client: VfioUserClient; memory: GuestMemory; released: boolean } | undefined;
+  nextOutcome(): Promise<ReceiveOutcome>;
+  close(): Promise<void>;
+}
+
+export async function openReceiving(): Promise<Receiving> {
+  const engine = createDmaEngineDevice();
+  const served = serve(engine.device);
+  const outcomes: ReceiveOutcome[] = [];
+  const waiters: Array<(o: ReceiveOutcome) => void> = [];
+  const r: Partial<Receiving> = { engine, served, outcomes, last: undefined };
+  r.receiver = await MigrationReceiver.listen({
+    port: 0,
+    prepare: async (offer) => {
+      const client = await VfioUserClient.connect(served.path);
+      const memory = GuestMemory.create(offer.memory.size);
+      await memory.attach(client, { iova: offer.memory.iova, mode: 'fd' });
+      const last = { client, memory, released: false };
+      r.last = last;
+      return {
+        side: { client, memory, iova: offer.memory.iova },
+        release: async () => {
+          last.released = true;
+          client.close();
+          memory.dispose();
+          await new Promise((resolve) => setTimeout(resolve, 20)); // the server sees the session go
+        },
+      };
+    },
+    onOutcome: (o) => {
+      outcomes.push(o);
+      waiters.shift()?.(o);
+    },
+  });
+  r.url = `tcp://127.0.0.1:${r.receiver.port}`;
+  r.nextOutcome = () => new Promise((resolve) => waiters.push(resolve));
+  r.close = async () => {
+    r.receiver?.close();
+    if (r.last && !r.last.released) {
+      r.last.client.close();
+      r.last.memory.dispose();
+    }
+    await served.close();
+  };
+  return r as Receiving;
+}
+
+export async function withSetup(fn: (src: Side, rx: Receiving) => Promise<void>): Promise<void> {
+  const src = await openSource();
+  const rx = await openReceiving();
+  try {
+    await fn(src, rx);
+  } finally {
+    src.client.close();
+    await src.served.close();
+    src.memory.dispose();
+    await rx.close();
+  }
+}
+
+export const saveState = async (engine: DmaEngineDevice): Promise<Uint8Array> => {
+  const m = engine.device.definition.migration;
+  assert.ok(m);
+  return new Uint8Array(await m.save());
+};
+
+/** Source intact and working after a failed migration; destination reset and released. */
+export async function assertSourceKeepsWorking(src: Side, rx: Receiving, outcome: ReceiveOutcome, memoryBefore: Uint8Array, stateBefore: Uint8Array): Promise<void> {
+  assert.equal(await src.client.migrationState(), S.RUNNING);
+  assert.deepEqual(await saveState(src.engine), stateBefore, 'source device state');
+  assert.ok(Buffer.from(src.memory.read(0n, GUEST)).equals(memoryBefore), 'source guest memory');
+  assert.equal(outcome.outcome, 'abandoned');
+  assert.equal(rx.last?.released, true, 'the destination side was released');
+  // The receiving device was reset to RUNNING and serves the next client.
+  const c = await VfioUserClient.connect(rx.served.path);
+  try {
+    assert.equal(await c.migrationState(), S.RUNNING);
+  } finally {
+    c.close();
+  }
+  const data = await post(src, 0, 2);
+  await src.engine.idle();
+  data.forEach((bytes, i) => assert.equal(decodeResult(src.memory.read(BigInt(i * DESCRIPTOR_SIZE), DESCRIPTOR_SIZE)).checksum, fnv1a32(bytes)));
+}
+
+/** A TCP proxy to `port` that flips one byte at stream offset `at` (sender → receiver). */
+export async function corruptingProxy(port: number, at: number): Promise<{ port: number; close(): void }> {
+  const { createServer } = await import('node:net');
+  let seen = 0;
+  const server = createServer((inbound) => {
+    const outbound = connect({ host: '127.0.0.1', port });
+    inbound.on('data', (chunk: Buffer) => {
+      if (seen <= at && at < seen + chunk.length) chunk[at - seen] = (chunk[at - seen] ?? 0) ^ 0x40;
+      seen += chunk.length;
+      outbound.write(chunk);
+    });
+    outbound.on('data', (chunk: Buffer) => inbound.write(chunk));
+    const end = (): void => {
+      inbound.destroy();
+      outbound.destroy();
+    };
+    inbound.on('close', end);
+    outbound.on('close', end);
+    inbound.on('error', end);
+    outbound.on('error', end);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const a = server.address();
+  return { port: typeof a === 'object' && a ? a.port : 0, close: () => server.close() };
+}
