@@ -29,6 +29,7 @@ export { ConfigSpace, formatLspciDump } from './pci/index.js';
 export { silentLogger } from './log.js';
 export * from './devices/index.js';
 export * from './client/index.js';
+export * from './orchestrator/index.js';
 export { MigrationController } from './migration/controller.js';
 export { MigrationFatalError } from './migration/types.js';
 export type { MigrationDefinition } from './migration/types.js';

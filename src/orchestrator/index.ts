@@ -1,0 +1,15 @@
+/** The live-migration orchestrator: {@link migrate}, its destinations (local, remote over TCP) and the receiver. */
+export { migrate, MigrationCompatibilityError } from './migrate.js';
+export { localDestination, describeSide } from './destination.js';
+export { RemoteDestination, parseChannelAddress } from './remote.js';
+export { MigrationReceiver } from './receiver.js';
+export { MigrationChannelError } from './channel-socket.js';
+export { RateLimiter, AutoConverge, throttleDelayMs } from './throttle.js';
+export { createProgressBar } from './progress.js';
+export { CHANNEL_VERSION, ChannelFrame, FrameDecoder, FrameEncoder } from './channel.js';
+export type { DeviceDescription, MigrationDestination } from './destination.js';
+export type { ChannelAddress, RemoteDestinationOptions } from './remote.js';
+export type { MigrationOffer, PreparedDestination, ReceiveOutcome, ReceiverOptions } from './receiver.js';
+export type { AutoConvergeOptions } from './throttle.js';
+export type { Frame } from './channel.js';
+export type { ArcTiming, MigrateOptions, MigrationPhase, MigrationReport, MigrationSide, Progress } from './types.js';
