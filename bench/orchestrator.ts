@@ -1,64 +1,49 @@
 /**
- * Live migration through the orchestrator (`migrate()`), with a reference from
- * the same run: a device in its own process (bench/serve-dirtying.ts) whose
- * DMA dirties guest memory at a set rate, source and destination over UNIX
- * sockets, the guest RAM in this process (GuestMemory, fd mode, one per side).
- * - reference: the guest-memory copy bandwidth (GuestMemory read → write in
- *   1 MiB chunks, as the orchestrator copies; best of 5, after a warm-up migration);
- * - per dirty rate (0 / 10 / 50 / 90 % of that bandwidth), 3 migrations within
- *   the downtime budget (300 ms, then a tight 25 ms where the rate decides
- *   convergence): outcome, downtime, projected downtime, iterations,
- *   whole-migration throughput (bytes moved / total time);
- * - time to abort: a 0 ms budget, from the call until the source is RUNNING again.
- * Processes are not pinned (three processes move data; 2+ CPUs needed).
+ * Live migration through the orchestrator (`migrate()`), over a UNIX socket
+ * and over loopback TCP, each with a reference from the same run. The source
+ * is a device in its own process (bench/serve-dirtying.ts) whose DMA dirties
+ * guest memory at a set rate, its guest RAM in this process (GuestMemory, fd mode).
+ * - UNIX: the destination device in its own process, its session and guest
+ *   memory in this process (a local destination). Reference: the guest-memory
+ *   copy bandwidth (GuestMemory read → write in 1 MiB chunks, as the
+ *   orchestrator copies; best of 5, after a warm-up migration).
+ * - TCP: the destination device in its own process behind a receiver process
+ *   (bench/receive.ts: `MigrationReceiver` on 127.0.0.1, its own session and
+ *   guest memory), reached with `RemoteDestination`. Reference: the channel
+ *   bandwidth (GuestMemory read → channel → the receiver's GuestMemory, 1 MiB
+ *   chunks, until flushed; best of 3, after a warm-up migration).
+ * Per transport (bench/orchestrator-matrix.ts): per dirty rate (0 / 10 / 50 /
+ * 90 % of that transport's reference), 3 migrations within the downtime budget
+ * (300 ms, then a tight 25 ms where the rate decides convergence); time to abort.
+ * Processes are not pinned (TCP: four processes move data; 2+ CPUs needed).
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { join } from 'node:path';
-import { VfioUserClient } from '../src/client/client.js';
-import { GuestMemory } from '../src/client/guest-memory.js';
-import { setCommand } from '../src/client/pci-config.js';
-import { migrate, type MigrationReport, type MigrationSide } from '../src/orchestrator/migrate.js';
-import { MigrationState as S, RegionIndex } from '../src/protocol/constants.js';
-import { PciCommand } from '../src/pci/registers.js';
+import { createInterface } from 'node:readline';
+import type { GuestMemory } from '../src/client/guest-memory.js';
+import { RemoteDestination } from '../src/orchestrator/remote.js';
+import { Errno } from '../src/protocol/errno.js';
+import {
+  close,
+  IOVA,
+  migrateOnce,
+  open,
+  printMatrix,
+  round,
+  runMatrix,
+  serveDevice,
+  stop,
+  type DestinationFactory,
+  type OrchestratorAbort,
+  type OrchestratorBudget,
+  type OrchestratorTransport,
+  type Side,
+} from './orchestrator-matrix.js';
 
-/** One migration as measured. */
-export interface OrchestratorRun {
-  outcome: MigrationReport['outcome'];
-  reason?: string;
-  downtimeMs: number;
-  projectedDowntimeMs: number;
-  totalMs: number;
-  iterations: number;
-  bytes: number;
-  GBps: number;
-  /** The dirty rate the device achieved while running in this run (share of the reference bandwidth). */
-  achievedDirtyShare: number;
-}
+export type { OrchestratorAbort, OrchestratorBudget, OrchestratorRate, OrchestratorRun, OrchestratorTransport } from './orchestrator-matrix.js';
 
-/** One dirty rate. */
-export interface OrchestratorRate {
-  /** Target dirty rate, as a share of the reference copy bandwidth. */
-  dirtyShare: number;
-  pagesPerMs: number;
-  runs: OrchestratorRun[];
-  /** Runs where the orchestrator switched over (migrated, or aborted in switch-over). */
-  switchedOver: number;
-  /** Of those, the runs whose downtime met the budget. */
-  metBudget: number;
-  /** Runs aborted in pre-copy for non-convergence (not misses). */
-  notConverged: number;
-}
-
-/** Every dirty rate under one downtime budget. */
-export interface OrchestratorBudget {
-  budgetMs: number;
-  rates: OrchestratorRate[];
-  /** Share of the switched-over runs (all rates) that met the budget. */
-  metBudgetShare: number;
-}
-
-/** What this section reports. */
+/** What this section reports. The top-level fields are the UNIX-socket transport (as before TCP was added). */
 export interface OrchestratorResult {
   guestBytes: number;
   copyGBps: number;
@@ -66,51 +51,14 @@ export interface OrchestratorResult {
   migrationGBps: number;
   /** The given budget (default 300 ms), then a tight one (25 ms) where the dirty rate decides convergence. */
   budgets: OrchestratorBudget[];
-  abort: { budgetMs: 0; runsMs: number[]; medianMs: number; iterations: number; sourceRunning: boolean };
+  abort: OrchestratorAbort;
+  /** The same matrix over loopback TCP (RemoteDestination → MigrationReceiver in its own process). */
+  tcp: OrchestratorTransport;
+  /** tcp.migrationGBps / migrationGBps. */
+  tcpToUnix: number;
 }
 
-const DEVICE = new URL('./serve-dirtying.js', import.meta.url).pathname;
-const IOVA = 0x1_0000_0000n;
-const PAGE = 4096;
-const SHARES = [0, 0.1, 0.5, 0.9];
-
-interface Side extends MigrationSide {
-  proc: ReturnType<typeof spawn>;
-}
-
-async function open(path: string, guestBytes: number): Promise<Side> {
-  const proc = spawn(process.execPath, [DEVICE, path, String(guestBytes), String(IOVA)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  await once(proc.stdout as NodeJS.ReadableStream, 'data');
-  const client = await VfioUserClient.connect(path);
-  await setCommand(client, PciCommand.MEMORY | PciCommand.MASTER);
-  const memory = GuestMemory.create(guestBytes, { name: 'bench-guest' });
-  await memory.attach(client, { iova: IOVA, mode: 'fd' });
-  return { proc, client, memory, iova: IOVA };
-}
-
-async function close(side: Side): Promise<void> {
-  side.client.close();
-  side.memory.dispose();
-  side.proc.kill('SIGTERM');
-  await once(side.proc, 'exit');
-}
-
-async function setRate(side: Side, pagesPerMs: number): Promise<void> {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, pagesPerMs >>> 0, true);
-  await side.client.regionWrite(RegionIndex.BAR0, 0n, b);
-}
-
-async function counters(side: Side): Promise<{ pages: number; us: number }> {
-  const b = await side.client.regionRead(RegionIndex.BAR0, 0n, 16);
-  const v = new DataView(b.buffer, b.byteOffset, 16);
-  return { pages: Number(v.getBigUint64(0, true)), us: Number(v.getBigUint64(8, true)) };
-}
-
-/** The source back to RUNNING after a migration (it ends in STOP), the destination left RUNNING. */
-async function restore(src: Side): Promise<void> {
-  if ((await src.client.migrationState()) !== S.RUNNING) await src.client.setMigrationState(S.RUNNING);
-}
+const RECEIVER = new URL('./receive.js', import.meta.url).pathname;
 
 /** Reference: copy all guest memory src → dst in 1 MiB chunks, as the orchestrator does (bytes per ms). */
 function copyBandwidth(src: GuestMemory, dst: GuestMemory): number {
@@ -124,110 +72,117 @@ function copyBandwidth(src: GuestMemory, dst: GuestMemory): number {
   return Number(src.size) / best;
 }
 
-const total = (r: MigrationReport): number => Number(r.bytes.precopyMemory + r.bytes.precopyDevice + r.bytes.stopCopyMemory + r.bytes.stopCopyDevice);
+/** Reference: all guest memory through the channel into the receiver's memory, until flushed (bytes per ms). */
+async function channelBandwidth(src: GuestMemory, connect: () => Promise<RemoteDestination>): Promise<number> {
+  let best = Infinity;
+  const chunk = 1 << 20;
+  for (let round = 0; round < 3; round++) {
+    const d = await connect();
+    const t = performance.now();
+    for (let gpa = 0n; gpa < src.size; gpa += BigInt(chunk)) await d.writeMemory(gpa, src.read(gpa, chunk));
+    await d.flush();
+    best = Math.min(best, performance.now() - t);
+    await d.abandon();
+  }
+  return Number(src.size) / best;
+}
 
-async function once1(src: Side, dst: Side, budgetMs: number, copyRate: number): Promise<OrchestratorRun> {
-  const before = await counters(src);
-  const r = await migrate({ source: src, destination: dst, downtimeBudgetMs: budgetMs });
-  await restore(src);
-  const after = await counters(src);
-  const pagesPerMs = after.us > before.us ? ((after.pages - before.pages) / (after.us - before.us)) * 1000 : 0;
-  const bytes = total(r);
-  return {
-    outcome: r.outcome,
-    ...(r.reason === undefined ? {} : { reason: r.reason }),
-    downtimeMs: round(r.downtimeMs),
-    projectedDowntimeMs: round(r.projectedDowntimeMs),
-    totalMs: round(r.totalMs),
-    iterations: r.iterations,
-    bytes,
-    GBps: round(bytes / r.totalMs / 1e6),
-    achievedDirtyShare: round((pagesPerMs * PAGE) / copyRate),
-  };
+/** The receiver process in front of the device on `devicePath`; resolves with its port. */
+async function startReceiver(devicePath: string): Promise<{ proc: ReturnType<typeof spawn>; port: number }> {
+  const proc = spawn(process.execPath, [RECEIVER, devicePath], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream });
+  const exited = once(proc, 'exit').then(([code]) => {
+    throw new Error(`bench/receive.js exited (${String(code)}) before listening`);
+  });
+  const port = Promise.race([
+    (async () => {
+      for await (const line of lines) {
+        const m = /^PORT (\d+)$/.exec(line);
+        if (m) return Number(m[1]);
+      }
+      throw new Error('bench/receive.js: no PORT line');
+    })(),
+    exited,
+  ]);
+  return { proc, port: await port };
+}
+
+/** A RemoteDestination, retrying while the receiver still releases the previous migration (EBUSY). */
+async function connectRemote(url: string, size: bigint): Promise<RemoteDestination> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await RemoteDestination.connect(url, { memory: { size, iova: IOVA } });
+    } catch (error) {
+      if ((error as { errno?: number }).errno !== Errno.EBUSY || attempt >= 40) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+  }
 }
 
 /** Runs the section. */
 export async function runOrchestratorBench(o: { dir: string; guestBytes: number; budgetMs?: number; log: boolean }): Promise<OrchestratorResult> {
-  const budgetMs = o.budgetMs ?? 300;
+  const budgets = [o.budgetMs ?? 300, 25];
   const sides: Side[] = [];
+  const procs: Array<ReturnType<typeof spawn>> = [];
   try {
     sides.push(await open(join(o.dir, 'orch-src.sock'), o.guestBytes), await open(join(o.dir, 'orch-dst.sock'), o.guestBytes));
     const [src, dst] = sides as [Side, Side];
-    await once1(src, dst, budgetMs, 1); // warm-up (also faults in both memfds)
+
+    // UNIX: the destination session in this process.
+    const local: DestinationFactory = { open: async () => ({ destination: dst, close: () => undefined }) };
+    await migrateOnce(src, local, budgets[0] as number, 1); // warm-up (also faults in both memfds)
     const copyRate = copyBandwidth(src.memory, dst.memory);
-    const budgets: OrchestratorBudget[] = [];
-    for (const budget of [budgetMs, 25]) {
-      const rates: OrchestratorRate[] = [];
-      for (const share of SHARES) {
-        const pagesPerMs = Math.round((share * copyRate) / PAGE);
-        await setRate(src, pagesPerMs);
-        await new Promise((resolve) => setTimeout(resolve, 20));
-        const runs: OrchestratorRun[] = [];
-        for (let i = 0; i < 3; i++) runs.push(await once1(src, dst, budget, copyRate));
-        const switched = runs.filter((r) => r.outcome === 'migrated' || (r.outcome === 'aborted' && r.downtimeMs > 0));
-        rates.push({
-          dirtyShare: share,
-          pagesPerMs,
-          runs,
-          switchedOver: switched.length,
-          metBudget: switched.filter((r) => r.outcome === 'migrated' && r.downtimeMs <= budget).length,
-          notConverged: runs.filter((r) => r.outcome === 'aborted' && /did not converge/.test(r.reason ?? '')).length,
-        });
-      }
-      const switchedAll = rates.reduce((n, r) => n + r.switchedOver, 0);
-      budgets.push({ budgetMs: budget, rates, metBudgetShare: switchedAll === 0 ? 0 : round(rates.reduce((n, r) => n + r.metBudget, 0) / switchedAll) });
-    }
-    // Time to abort: 0 ms budget at the 10 % dirty rate, default iteration limit.
-    await setRate(src, Math.round((0.1 * copyRate) / PAGE));
-    const runsMs: number[] = [];
-    let iterations = 0;
-    let sourceRunning = true;
-    for (let i = 0; i < 3; i++) {
-      const t = performance.now();
-      const r = await migrate({ source: src, destination: dst, downtimeBudgetMs: 0 });
-      const running = (await src.client.migrationState()) === S.RUNNING;
-      runsMs.push(round(performance.now() - t));
-      iterations = r.iterations;
-      sourceRunning &&= running && r.outcome === 'aborted';
-      await restore(src);
-    }
-    await setRate(src, 0);
-    const zero = (budgets[0] as OrchestratorBudget).rates[0] as OrchestratorRate;
+    const unix = await runMatrix(src, local, budgets, copyRate);
+    await close(dst);
+    sides.pop();
+
+    // TCP: a fresh destination device behind the receiver process.
+    const dstPath = join(o.dir, 'orch-dst-tcp.sock');
+    procs.push(await serveDevice(dstPath, o.guestBytes));
+    const rx = await startReceiver(dstPath);
+    procs.push(rx.proc);
+    const url = `tcp://127.0.0.1:${rx.port}`;
+    const connect = (): Promise<RemoteDestination> => connectRemote(url, src.memory.size);
+    const remote: DestinationFactory = {
+      open: async () => {
+        const d = await connect();
+        return { destination: d, close: () => d.close() };
+      },
+    };
+    await migrateOnce(src, remote, budgets[0] as number, 1); // warm-up
+    const channelRate = await channelBandwidth(src.memory, connect);
+    const tcp = await runMatrix(src, remote, budgets, channelRate);
+
     const result: OrchestratorResult = {
       guestBytes: o.guestBytes,
-      copyGBps: round(copyRate / 1e6),
-      migrationGBps: Math.max(...zero.runs.map((r) => r.GBps)),
-      budgets,
-      abort: { budgetMs: 0, runsMs, medianMs: [...runsMs].sort((a, b) => a - b)[1] as number, iterations, sourceRunning },
+      copyGBps: unix.copyGBps,
+      migrationGBps: unix.migrationGBps,
+      budgets: unix.budgets,
+      abort: unix.abort,
+      tcp,
+      tcpToUnix: round(tcp.migrationGBps / unix.migrationGBps),
     };
-    if (o.log) print(result);
+    if (o.log) print(result, unix);
     return result;
   } finally {
     for (const s of sides) await close(s);
+    for (const p of procs.reverse()) await stop(p);
   }
 }
 
-function round(x: number): number {
-  return Math.round(x * 100) / 100;
-}
-
-function print(r: OrchestratorResult): void {
-  console.log(`\nLive migration (orchestrator): ${r.guestBytes >> 20} MiB guest RAM (fd mode) + a dirtying device in its own process, over UNIX sockets (processes not pinned; 3 runs per rate)`);
+function print(r: OrchestratorResult, unix: OrchestratorTransport): void {
+  const share = (b: OrchestratorBudget[]): string => b.map((x) => `${Math.round(x.metBudgetShare * 100)} % within ${x.budgetMs} ms`).join(', ');
+  console.log(`\nLive migration (orchestrator): ${r.guestBytes >> 20} MiB guest RAM (fd mode) + a dirtying device in its own process (processes not pinned; 3 runs per rate)`);
+  console.log(`  over a UNIX socket (destination session in the bench process):`);
   console.log(`  reference: guest-memory copy (GuestMemory read → write, 1 MiB chunks, best of 5)  ${r.copyGBps} GB/s`);
   console.log(`  whole migration at 0 % dirty rate (bytes moved / total time, best of 3)           ${r.migrationGBps} GB/s`);
-  for (const b of r.budgets) {
-    console.log(`  budget ${b.budgetMs} ms:`);
-    console.log('  dirty (target/achieved)  outcome    downtime ms  projected ms  iterations  total ms  moved MiB  GB/s');
-    for (const rate of b.rates) {
-      for (const run of rate.runs) {
-        const dirty = `${Math.round(rate.dirtyShare * 100)} % / ${Math.round(run.achievedDirtyShare * 100)} %`;
-        console.log(
-          `  ${dirty.padEnd(23)}  ${run.outcome.padEnd(9)}  ${String(run.downtimeMs).padStart(11)}  ${String(run.projectedDowntimeMs).padStart(12)}  ${String(run.iterations).padStart(10)}  ${String(run.totalMs).padStart(8)}  ${String(Math.round(run.bytes / 2 ** 20)).padStart(9)}  ${run.GBps}`,
-        );
-      }
-      console.log(`    → ${rate.metBudget}/${rate.switchedOver} switch-overs met the budget; ${rate.notConverged} aborted for non-convergence`);
-    }
-    console.log(`    switch-overs within ${b.budgetMs} ms: ${Math.round(b.metBudgetShare * 100)} %`);
-  }
-  console.log(`  time to abort (0 ms budget, 10 % dirty, ${r.abort.iterations} iterations): ${r.abort.runsMs.join(' / ')} ms (median ${r.abort.medianMs}); source RUNNING after each: ${r.abort.sourceRunning}`);
+  printMatrix(unix);
+  console.log(`  over loopback TCP (RemoteDestination → MigrationReceiver in its own process, in front of the destination device):`);
+  console.log(`  reference: channel copy (GuestMemory read → channel → receiver memory, 1 MiB chunks, flushed, best of 3)  ${r.tcp.copyGBps} GB/s`);
+  console.log(`  whole migration at 0 % dirty rate (bytes moved / total time, best of 3)           ${r.tcp.migrationGBps} GB/s`);
+  console.log(`  connect + receiver preparation before each migration (median, not in total time) ${r.tcp.connectMs} ms`);
+  printMatrix(r.tcp);
+  console.log(`  summary: whole migration UNIX ${r.migrationGBps} GB/s, TCP ${r.tcp.migrationGBps} GB/s (TCP/UNIX ${r.tcpToUnix});`);
+  console.log(`           switch-overs met the budget: UNIX ${share(r.budgets)}; TCP ${share(r.tcp.budgets)};`);
+  console.log(`           time to abort (median): UNIX ${r.abort.medianMs} ms, TCP ${r.tcp.abort.medianMs} ms`);
 }

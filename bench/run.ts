@@ -4,6 +4,9 @@
  * because waking an idle vCPU costs tens of microseconds on these VMs.
  *   --json         print one JSON document instead of tables
  *   --quick        fewer iterations (for a smoke run)
+ *   --only NAMES   only these sections (comma separated: transport, codec,
+ *                  server, client, migration, orchestrator)
+ *   --help         this text
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -18,12 +21,27 @@ import { runOrchestratorBench, type OrchestratorResult } from './orchestrator.js
 
 interface Report {
   pinnedCpu: string | null;
-  transport: TransportResult;
-  codec: CodecResult;
-  server: ServerResult;
-  client: ClientResult;
-  migration: MigrationResult;
-  orchestrator: OrchestratorResult;
+  transport?: TransportResult;
+  codec?: CodecResult;
+  server?: ServerResult;
+  client?: ClientResult;
+  migration?: MigrationResult;
+  orchestrator?: OrchestratorResult;
+}
+
+const SECTIONS = ['transport', 'codec', 'server', 'client', 'migration', 'orchestrator'] as const;
+type Section = (typeof SECTIONS)[number];
+
+function sections(): Set<Section> {
+  const i = process.argv.indexOf('--only');
+  if (i < 0) return new Set(SECTIONS);
+  const names = (process.argv[i + 1] ?? '').split(',').filter((n) => n !== '');
+  const unknown = names.filter((n) => !(SECTIONS as readonly string[]).includes(n));
+  if (names.length === 0 || unknown.length > 0) {
+    process.stderr.write(`--only: expected a comma-separated list of ${SECTIONS.join(', ')}; got '${process.argv[i + 1] ?? ''}'\n`);
+    process.exit(2);
+  }
+  return new Set(names as Section[]);
 }
 
 function hasTaskset(): boolean {
@@ -38,19 +56,29 @@ function buildC(dir: string): string {
 }
 
 async function main(): Promise<void> {
+  if (process.argv.includes('--help')) {
+    process.stdout.write(`usage: node dist/bench/run.js [--json] [--quick] [--only ${SECTIONS.join(',')}]\n`);
+    return;
+  }
   const json = process.argv.includes('--json');
   const quick = process.argv.includes('--quick');
+  const only = sections();
   const dir = mkdtempSync(join(tmpdir(), 'vfio-user-bench-'));
   try {
     const pin = hasTaskset() ? ['taskset', '-c', '0'] : [];
-    const echo = buildC(dir);
-    const transport = await runTransportBench({ dir, echo, pin, iterations: quick ? 20_000 : 200_000, log: !json });
-    const codec = runCodecBench({ seconds: quick ? 0.3 : 1, log: !json });
-    const server = await runServerBench({ dir, echo, pin, iterations: quick ? 20_000 : 160_000, log: !json });
-    const client = await runClientBench({ dir, pin, count: quick ? 10_000 : 50_000, cFloorNs: transport.cToC.meanNs, log: !json });
-    const migration = await runMigrationBench({ dir, echo, stateBytes: (quick ? 32 : 256) << 20, log: !json });
-    const orchestrator = await runOrchestratorBench({ dir, guestBytes: (quick ? 64 : 256) << 20, log: !json });
-    const report: Report = { pinnedCpu: pin.length ? '0' : null, transport, codec, server, client, migration, orchestrator };
+    const report: Report = { pinnedCpu: pin.length ? '0' : null };
+    const needsEcho = only.has('transport') || only.has('server') || only.has('migration');
+    const echo = needsEcho ? buildC(dir) : '';
+    if (only.has('transport')) report.transport = await runTransportBench({ dir, echo, pin, iterations: quick ? 20_000 : 200_000, log: !json });
+    if (only.has('codec')) report.codec = runCodecBench({ seconds: quick ? 0.3 : 1, log: !json });
+    if (only.has('server')) report.server = await runServerBench({ dir, echo, pin, iterations: quick ? 20_000 : 160_000, log: !json });
+    if (only.has('client')) {
+      // The client section compares with the C-to-C floor of the transport section (measured here when that section was not asked for).
+      const cFloorNs = (report.transport ?? (await runTransportBench({ dir, echo: buildC(dir), pin, iterations: quick ? 20_000 : 200_000, log: false }))).cToC.meanNs;
+      report.client = await runClientBench({ dir, pin, count: quick ? 10_000 : 50_000, cFloorNs, log: !json });
+    }
+    if (only.has('migration')) report.migration = await runMigrationBench({ dir, echo, stateBytes: (quick ? 32 : 256) << 20, log: !json });
+    if (only.has('orchestrator')) report.orchestrator = await runOrchestratorBench({ dir, guestBytes: (quick ? 64 : 256) << 20, log: !json });
     if (json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   } finally {
     rmSync(dir, { recursive: true, force: true });

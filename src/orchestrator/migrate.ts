@@ -144,6 +144,7 @@ class Run {
 
     const before = this.#bytes.precopyMemory + this.#bytes.precopyDevice;
     this.#bytes.precopyMemory += await copyAllMemory(source.memory, this.#toDestination, this.#memMeter, pacer);
+    await this.#flushInto(this.#memMeter);
     if (this.#preCopy) this.#bytes.precopyDevice += await moveDeviceData(this.#src, this.#dst, this.#devMeter, pacer);
     this.#movedLastIteration = Number(this.#bytes.precopyMemory + this.#bytes.precopyDevice - before);
     const max = this.#o.maxPrecopyIterations ?? 30;
@@ -154,6 +155,7 @@ class Run {
       this.#autoConverge(pages.length * GUEST_PAGE_SIZE);
       const moved = this.#bytes.precopyMemory + this.#bytes.precopyDevice;
       this.#bytes.precopyMemory += await copyPages(source.memory, this.#toDestination, pages, this.#pageMeter, pacer);
+      if (pages.length > 0) await this.#flushInto(this.#pageMeter);
       if (this.#preCopy) this.#bytes.precopyDevice += await moveDeviceData(this.#src, this.#dst, this.#devMeter, pacer);
       this.#movedLastIteration = Number(this.#bytes.precopyMemory + this.#bytes.precopyDevice - moved);
       const t = now();
@@ -191,6 +193,18 @@ class Run {
       }
       await new Promise((resolve) => setImmediate(resolve));
     }
+  }
+
+  /**
+   * Waits until the destination applied what was streamed, charging the wait
+   * to `meter`: a remote destination's copy costs until the pages are applied,
+   * not until the socket took them (and a round trip measured next does not
+   * wait behind the backlog).
+   */
+  async #flushInto(meter: Meter): Promise<void> {
+    const t = now();
+    await this.#dst.flush();
+    meter.add(0, now() - t);
   }
 
   /** Auto-converge (QEMU's rule): throttle the guest when it dirties more than the trigger ratio of what one iteration moves. */
