@@ -19,6 +19,7 @@
  */
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { connect as connectTcp } from 'node:net';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { GuestMemory } from '../src/client/guest-memory.js';
@@ -56,6 +57,9 @@ export interface OrchestratorResult {
   tcp: OrchestratorTransport;
   /** tcp.migrationGBps / migrationGBps. */
   tcpToUnix: number;
+  /** Bare loopback TCP to a discarding process (GB/s), and the TCP migration's share of it. */
+  rawTcpGBps: number;
+  tcpToRawTcp: number;
 }
 
 const RECEIVER = new URL('./receive.js', import.meta.url).pathname;
@@ -85,6 +89,46 @@ async function channelBandwidth(src: GuestMemory, connect: () => Promise<RemoteD
     await d.abandon();
   }
   return Number(src.size) / best;
+}
+
+const SINK = new URL('./tcp-sink.js', import.meta.url).pathname;
+
+/**
+ * Reference: the same bytes over a bare loopback TCP connection to a process
+ * that discards them (1 MiB writes of one buffer, until the sink confirms the
+ * end; best of 3; bytes per ms) — what the socket itself carries, no channel.
+ */
+async function rawTcpBandwidth(bytes: number): Promise<number> {
+  const proc = spawn(process.execPath, [SINK], { stdio: ['pipe', 'pipe', 'inherit'] });
+  try {
+    const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream });
+    let port = 0;
+    for await (const line of lines) {
+      const m = /^PORT (\d+)$/.exec(line);
+      if (m) {
+        port = Number(m[1]);
+        break;
+      }
+    }
+    const chunk = Buffer.alloc(1 << 20, 0xa5);
+    let best = Infinity;
+    for (let round = 0; round < 3; round++) {
+      const socket = connectTcp({ host: '127.0.0.1', port });
+      await once(socket, 'connect');
+      const t = performance.now();
+      for (let sent = 0; sent < bytes; sent += chunk.length) {
+        if (!socket.write(chunk)) await once(socket, 'drain');
+      }
+      socket.end();
+      await once(socket, 'data');
+      best = Math.min(best, performance.now() - t);
+      socket.destroy();
+    }
+    return bytes / best;
+  } finally {
+    proc.stdin?.end();
+    proc.kill('SIGTERM');
+  }
 }
 
 /** The receiver process in front of the device on `devicePath`; resolves with its port. */
@@ -152,6 +196,7 @@ export async function runOrchestratorBench(o: { dir: string; guestBytes: number;
     await migrateOnce(src, remote, budgets[0] as number, 1); // warm-up
     const channelRate = await channelBandwidth(src.memory, connect);
     const tcp = await runMatrix(src, remote, budgets, channelRate);
+    const rawTcpGBps = round(((await rawTcpBandwidth(Number(src.memory.size))) * 1000) / 1e9);
 
     const result: OrchestratorResult = {
       guestBytes: o.guestBytes,
@@ -160,7 +205,9 @@ export async function runOrchestratorBench(o: { dir: string; guestBytes: number;
       budgets: unix.budgets,
       abort: unix.abort,
       tcp,
+      rawTcpGBps,
       tcpToUnix: round(tcp.migrationGBps / unix.migrationGBps),
+      tcpToRawTcp: round(tcp.migrationGBps / rawTcpGBps),
     };
     if (o.log) print(result, unix);
     return result;
@@ -179,7 +226,8 @@ function print(r: OrchestratorResult, unix: OrchestratorTransport): void {
   printMatrix(unix);
   console.log(`  over loopback TCP (RemoteDestination → MigrationReceiver in its own process, in front of the destination device):`);
   console.log(`  reference: channel copy (GuestMemory read → channel → receiver memory, 1 MiB chunks, flushed, best of 3)  ${r.tcp.copyGBps} GB/s`);
-  console.log(`  whole migration at 0 % dirty rate (bytes moved / total time, best of 3)           ${r.tcp.migrationGBps} GB/s`);
+  console.log(`  reference: bare loopback TCP to a discarding process (1 MiB writes, best of 3)      ${r.rawTcpGBps} GB/s`);
+  console.log(`  whole migration at 0 % dirty rate (bytes moved / total time, best of 3)           ${r.tcp.migrationGBps} GB/s (${r.tcpToRawTcp}× bare TCP)`);
   console.log(`  connect + receiver preparation before each migration (median, not in total time) ${r.tcp.connectMs} ms`);
   printMatrix(r.tcp);
   console.log(`  summary: whole migration UNIX ${r.migrationGBps} GB/s, TCP ${r.tcp.migrationGBps} GB/s (TCP/UNIX ${r.tcpToUnix});`);

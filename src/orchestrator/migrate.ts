@@ -42,6 +42,8 @@ const UNKNOWN_DEVICE_DATA = 100n << 30n;
 /** Requests in a switch-over besides the stream chunks and the dirty report (3 SETs, the empty read). */
 const SWITCHOVER_REQUESTS = 4;
 
+/** The longest a pre-copy round reads device data (a device that keeps producing deltas never reads empty). */
+const PRECOPY_DEVICE_SLICE_MS = 200;
 /** Iterations whose round trips count in the projection. */
 const RTT_WINDOW = 3;
 
@@ -145,7 +147,7 @@ class Run {
     const before = this.#bytes.precopyMemory + this.#bytes.precopyDevice;
     this.#bytes.precopyMemory += await copyAllMemory(source.memory, this.#toDestination, this.#memMeter, pacer);
     await this.#flushInto(this.#memMeter);
-    if (this.#preCopy) this.#bytes.precopyDevice += await moveDeviceData(this.#src, this.#dst, this.#devMeter, pacer);
+    if (this.#preCopy) this.#bytes.precopyDevice += await moveDeviceData(this.#src, this.#dst, this.#devMeter, pacer, this.#roundEnd());
     this.#movedLastIteration = Number(this.#bytes.precopyMemory + this.#bytes.precopyDevice - before);
     const max = this.#o.maxPrecopyIterations ?? 30;
     for (;;) {
@@ -156,7 +158,7 @@ class Run {
       const moved = this.#bytes.precopyMemory + this.#bytes.precopyDevice;
       this.#bytes.precopyMemory += await copyPages(source.memory, this.#toDestination, pages, this.#pageMeter, pacer);
       if (pages.length > 0) await this.#flushInto(this.#pageMeter);
-      if (this.#preCopy) this.#bytes.precopyDevice += await moveDeviceData(this.#src, this.#dst, this.#devMeter, pacer);
+      if (this.#preCopy) this.#bytes.precopyDevice += await moveDeviceData(this.#src, this.#dst, this.#devMeter, pacer, this.#roundEnd());
       this.#movedLastIteration = Number(this.#bytes.precopyMemory + this.#bytes.precopyDevice - moved);
       const t = now();
       const deviceBytes = await this.#pendingDeviceBytes();
@@ -337,6 +339,11 @@ class Run {
     this.#arcs.push({ side, from: stateName(from), to: stateName(to), ms: now() - t });
     if (side === 'source') this.#srcState = to;
     else this.#dstState = to;
+  }
+
+  /** When a pre-copy round of device data ends: a time slice, and never past the migration's timeout. */
+  #roundEnd(): number {
+    return Math.min(now() + PRECOPY_DEVICE_SLICE_MS, this.#started + this.#timeout);
   }
 
   #checkTimeout(): void {

@@ -154,14 +154,15 @@ export class DirtyTracker {
 
 /**
  * Moves the device's migration data available now: MIG_DATA_READ until an
- * empty read, each chunk written to the destination.
+ * empty read (or, in pre-copy, until `untilMs`), each chunk written to the destination.
  * @returns bytes moved.
  */
-export async function moveDeviceData(from: VfioUserClient, to: MigrationDestination, meter: Meter, pacer?: Pacer): Promise<bigint> {
+export async function moveDeviceData(from: VfioUserClient, to: MigrationDestination, meter: Meter, pacer?: Pacer, untilMs = Number.POSITIVE_INFINITY): Promise<bigint> {
   const chunk = Math.max(4096, Math.min(from.maxTransferSize, to.maxTransferSize) - 64);
   let bytes = 0;
   let ms = 0;
-  for (;;) {
+  // A pre-copy device may never run dry (it keeps producing deltas): `untilMs` ends the round.
+  while (now() < untilMs || bytes === 0) {
     const t = now();
     const data = await from.migDataRead(chunk);
     if (data.length === 0) break;
