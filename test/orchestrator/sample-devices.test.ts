@@ -54,7 +54,7 @@ interface Spec<D extends { device: VfioUserDevice }> {
   create(): D;
   /** Programs config space and puts the device in a non-default state. */
   prepare(src: Host<D>, cleanup: Array<() => void>): Promise<void>;
-  /** A guest step during pre-copy (every 1 ms, besides the guest-memory writes), e.g. a BAR0 write through the mmap. */
+  /** A guest step during pre-copy (every event-loop turn, besides the guest-memory writes), e.g. a BAR0 write through the mmap. */
   guestTick?(k: number): void;
   /** Device-specific checks after the migration (both sides compared; then the destination driven). */
   verify(src: Host<D>, dst: Host<D>, report: MigrationReport, cleanup: Array<() => void>): Promise<void>;
@@ -166,14 +166,18 @@ async function scenario<D extends { device: VfioUserDevice }>(t: TestContext, sp
       src.memory.write(BigInt(page * PAGE + (k % 8) * 512), pattern(512, 0x1000 + k));
       setImmediate(guest);
     };
-    // Device-side guest writes on a 1 ms timer. Not every event-loop turn: moveDeviceData (transfer.ts) drains
-    // MIG_DATA_READ until an empty read, which a BAR0 written between every two reads never gives, and
-    // migrate() then never returns (timeoutMs is only checked between iterations).
+    // Device-side guest writes every event-loop turn too: the device never runs dry of pre-copy deltas, so a
+    // pre-copy round of device data must end by its time slice (it once drained until an empty read: a hang).
     let ticks = 0;
-    const ticker = setInterval(() => {
-      if (writing && spec.guestTick) spec.guestTick(ticks++);
-    }, 1);
-    cleanup.push(() => clearInterval(ticker));
+    let ticking = true;
+    const tick = (): void => {
+      if (!writing || !ticking) return;
+      spec.guestTick?.(ticks++);
+      setImmediate(tick);
+    };
+    setImmediate(tick);
+    const ticker = { stop: () => void (ticking = false) };
+    cleanup.push(() => ticker.stop());
     const progress: Progress[] = [];
     const onProgress = (p: Progress): void => {
       progress.push(p);
@@ -184,7 +188,7 @@ async function scenario<D extends { device: VfioUserDevice }>(t: TestContext, sp
     setImmediate(guest);
     const report = await migrate({ source: src, destination, downtimeBudgetMs: BUDGET_MS, onProgress });
     writing = false;
-    clearInterval(ticker);
+    ticker.stop();
     t.diagnostic(
       `${spec.name}/${kind}: downtime ${report.downtimeMs.toFixed(2)} ms, total ${report.totalMs.toFixed(1)} ms, ${report.iterations} iterations, ${writes} guest writes, ${ticks} device-side writes; bytes ${JSON.stringify(report.bytes, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v))}`,
     );
