@@ -127,6 +127,7 @@ program
   .option('--jobs <n>', 'copy jobs streamed on the source (the destination runs the rest)', '600')
   .option('--bandwidth <rate>', 'pre-copy bandwidth cap in bytes/s (K/M/G = 10^3/6/9), e.g. 200M')
   .option('--auto-converge', 'throttle the guest workload when pre-copy does not converge (QEMU auto-converge: 20%, +10%, at most 99%)')
+  .option('--time-limit <duration>', 'hard limit on the whole migration (aborted back to the source beyond it)', '60s')
   .addOption(json)
   .action((options: MigrateCommandOptions) => runMigrate(options, globals()));
 

@@ -60,6 +60,16 @@ describe('vfio-user migrate --demo', () => {
     assert.deepEqual(stderrLines(bad), ['vfio-user: migrate: only --demo is supported (a DMA engine served by a child process, migrated to a local one or to --to tcp://HOST:PORT)']);
   });
 
+  it('--time-limit 1ms: the hard limit aborts back to the source, which finishes the jobs', async () => {
+    const r = await runCli(['migrate', '--demo', '--time-limit', '1ms', '--jobs', '100', '--json'], 60_000);
+    assert.equal(r.code, 1);
+    const s = JSON.parse(r.stdout) as Summary;
+    assert.equal(s.outcome, 'aborted');
+    assert.match(s.reason ?? '', /timed out after \d+ ms \(limit 1 ms\)/);
+    assert.equal(s.jobs.doneOnSource, 100);
+    assert.equal(s.jobs.errors, 0);
+  });
+
   it('parses --downtime', () => {
     assert.equal(parseDowntime('300ms'), 300);
     assert.equal(parseDowntime('1s'), 1000);

@@ -34,6 +34,7 @@ export interface MigrateCommandOptions {
   jobs?: string;
   bandwidth?: string;
   autoConverge?: boolean;
+  timeLimit?: string;
   json?: boolean;
 }
 
@@ -59,11 +60,11 @@ export interface MigrateSummary {
  * Parses `--downtime`: `300ms`, `1s`, `1.5s` or plain milliseconds.
  * @throws {CliError} otherwise.
  */
-export function parseDowntime(text: string): number {
+export function parseDowntime(text: string, what = '--downtime'): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*$/.exec(text);
-  if (!m) throw new CliError(`--downtime: '${text}' is not a duration (e.g. 300ms, 1s)`);
+  if (!m) throw new CliError(`${what}: '${text}' is not a duration (e.g. 300ms, 1s)`);
   const ms = Number(m[1]) * (m[2] === 's' ? 1000 : 1);
-  if (!Number.isFinite(ms)) throw new CliError(`--downtime: '${text}' is not a duration (e.g. 300ms, 1s)`);
+  if (!Number.isFinite(ms)) throw new CliError(`${what}: '${text}' is not a duration (e.g. 300ms, 1s)`);
   return ms;
 }
 
@@ -109,6 +110,7 @@ interface DemoSettings {
   budgetMs: number;
   bandwidthLimit: number | undefined;
   autoConverge: boolean;
+  timeoutMs: number;
 }
 
 /** Streams jobs on the source, migrates, verifies. */
@@ -132,6 +134,7 @@ async function runDemo(src: VfioUserClient, srcMem: GuestMemory, target: DemoTar
       destination: target.destination,
       downtimeBudgetMs: budgetMs,
       bandwidthLimit: settings.bandwidthLimit,
+      timeoutMs: settings.timeoutMs,
       ...(settings.autoConverge ? { autoConverge: true, throttle: (percent: number) => stream.throttle(percent) } : {}),
       vmState: () => Buffer.from(JSON.stringify(stream.state())),
       onProgress: (p) => {
@@ -217,6 +220,7 @@ export async function runMigrate(options: MigrateCommandOptions = {}, global: Gl
     total: parseCount(options.jobs ?? '600', '--jobs', MAX_JOBS),
     bandwidthLimit: options.bandwidth === undefined ? undefined : parseBandwidth(options.bandwidth),
     autoConverge: options.autoConverge === true,
+    timeoutMs: parseDowntime(options.timeLimit ?? '60s', '--time-limit'),
   };
   const say = (line: string): void => void (options.json || out.line(line));
   const dir = mkdtempSync(join(tmpdir(), 'vfio-user-migrate-'));
