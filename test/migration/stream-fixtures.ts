@@ -3,6 +3,9 @@
  * deterministic noise, a seeded PRNG and a hand-built stream header.
  */
 import { WireBuilder } from '../support/wire-builder.js';
+import { prngU32 as prng } from '../support/prng.js';
+
+export { prng };
 
 /** Bit-at-a-time CRC-32, written from the definition; shares nothing with the code under test. */
 export function bitwiseCrc32(bytes: Uint8Array, previous = 0): number {
@@ -12,17 +15,6 @@ export function bitwiseCrc32(bytes: Uint8Array, previous = 0): number {
     for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xedb88320 : c >>> 1;
   }
   return ~c >>> 0;
-}
-
-/** A seeded PRNG (mulberry32) returning integers in 0..2^32-1. */
-export function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), 1 | s);
-    t ^= t + Math.imul(t ^ (t >>> 7), 61 | t);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
 }
 
 /** Deterministic pseudo-random bytes. */

@@ -5,6 +5,7 @@
  * and MEMORY payload codecs. Expected bytes are built by hand (DataView, a
  * literal computed with Python's zlib, and `zlib.crc32`), never with FrameEncoder.
  */
+import { prngUnit } from '../support/prng.js';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as zlib from 'node:zlib';
@@ -49,17 +50,6 @@ function bytes(n: number, seed: number): Buffer {
   return b;
 }
 
-/** mulberry32: a small seeded PRNG, values in [0, 1). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function assertFrames(actual: readonly Frame[], specs: readonly Spec[]): void {
   assert.equal(actual.length, specs.length);
@@ -213,7 +203,7 @@ describe('FrameDecoder round trip', () => {
   it('fed in random-sized chunks (seeded)', () => {
     const { stream } = encodeStream(big);
     for (const seed of [1, 2, 3, 42, 0xc0ffee]) {
-      const rnd = prng(seed);
+      const rnd = prngUnit(seed);
       const d = new FrameDecoder();
       const out: Frame[] = [];
       for (let at = 0; at < stream.length; ) {

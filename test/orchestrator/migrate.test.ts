@@ -7,79 +7,22 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { VfioUserClient } from '../../src/client/client.js';
-import { GuestMemory } from '../../src/client/guest-memory.js';
-import { setCommand } from '../../src/client/pci-config.js';
-import { createDmaEngineDevice, DmaEngineControl, DmaEngineReg, type DmaEngineDevice } from '../../src/devices/dma-engine.js';
-import { DESCRIPTOR_SIZE, DescriptorFlags, DescriptorStatus, decodeResult, encodeDescriptor } from '../../src/devices/dma-descriptor.js';
+import { DESCRIPTOR_SIZE, DescriptorStatus, decodeResult } from '../../src/devices/dma-descriptor.js';
 import { fnv1a32 } from '../../src/devices/fnv1a.js';
-import { migrate, MigrationCompatibilityError, type MigrationSide, type Progress } from '../../src/orchestrator/migrate.js';
-import { MigrationState as S, RegionIndex } from '../../src/protocol/constants.js';
-import { PciCommand } from '../../src/pci/registers.js';
-import { pattern, serve, type Served } from '../devices/driver.js';
+import { migrate, MigrationCompatibilityError, type Progress } from '../../src/orchestrator/migrate.js';
+import { MigrationState as S } from '../../src/protocol/constants.js';
+import { post as postJobs, program, withLocalPair, type Side } from './remote-fixture.js';
 
-const IOVA = 0x1_0000_0000n;
 const MiB = 1 << 20;
 const GUEST = 32 * MiB;
 const SRC = 1 * MiB;
 const DST = 16 * MiB;
 const LEN = 256 * 1024;
-const RING = 64;
 
-interface Side extends MigrationSide {
-  engine: DmaEngineDevice;
-  served: Served;
-}
-
-async function open(size = GUEST): Promise<Side> {
-  const engine = createDmaEngineDevice();
-  const served = serve(engine.device);
-  const client = await VfioUserClient.connect(served.path);
-  const memory = GuestMemory.create(size);
-  await memory.attach(client, { iova: IOVA, mode: 'fd' });
-  return { engine, served, client, memory, iova: IOVA };
-}
-
-async function withPair(fn: (src: Side, dst: Side) => Promise<void>, dstSize = GUEST): Promise<void> {
-  const sides: Side[] = [];
-  try {
-    sides.push(await open(), await open(dstSize));
-    await fn(sides[0] as Side, sides[1] as Side);
-  } finally {
-    for (const s of sides) {
-      s.client.close();
-      await s.served.close();
-      s.memory.dispose();
-    }
-  }
-}
-
-async function write32(client: VfioUserClient, offset: number, value: number): Promise<void> {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, value >>> 0, true);
-  await client.regionWrite(RegionIndex.BAR0, BigInt(offset), b);
-}
-
-async function program(side: Side): Promise<void> {
-  await setCommand(side.client, PciCommand.MEMORY | PciCommand.MASTER);
-  await write32(side.client, DmaEngineReg.RING_BASE_LO, Number(IOVA & 0xffff_ffffn));
-  await write32(side.client, DmaEngineReg.RING_BASE_HI, Number(IOVA >> 32n));
-  await write32(side.client, DmaEngineReg.RING_SIZE, RING);
-  await write32(side.client, DmaEngineReg.CONTROL, DmaEngineControl.ENABLE);
-}
+const withPair = (fn: (src: Side, dst: Side) => Promise<void>, dstSize = GUEST): Promise<void> => withLocalPair(fn, { size: GUEST, dstSize });
 
 /** Posts copy jobs `from … to-1` (job i: SRC + i·LEN → DST + i·LEN, seeded data) and rings the doorbell. */
-async function post(side: Side, from: number, to: number): Promise<Uint8Array[]> {
-  const data: Uint8Array[] = [];
-  for (let i = from; i < to; i++) {
-    const bytes = pattern(LEN, 100 + i);
-    data.push(bytes);
-    side.memory.write(BigInt(SRC + i * LEN), bytes);
-    side.memory.write(BigInt(i * DESCRIPTOR_SIZE), encodeDescriptor({ src: IOVA + BigInt(SRC + i * LEN), dst: IOVA + BigInt(DST + i * LEN), length: LEN, flags: DescriptorFlags.COPY }));
-  }
-  await write32(side.client, DmaEngineReg.TAIL, to);
-  return data;
-}
+const post = (side: Side, from: number, to: number): Promise<Uint8Array[]> => postJobs(side, from, to, { src: SRC, dst: DST, len: LEN, seed: 100 });
 
 function assertJobsDone(side: Side, data: Uint8Array[], from: number): void {
   data.forEach((bytes, n) => {

@@ -8,21 +8,9 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { migrate } from '../../src/orchestrator/migrate.js';
 import { Errno } from '../../src/protocol/errno.js';
-import { GUEST, openSource, program, type Side } from './remote-fixture.js';
+import { GUEST, withLocalPair, type Side } from './remote-fixture.js';
 
-async function withPair(fn: (src: Side, dst: Side) => Promise<void>): Promise<void> {
-  const sides = [await openSource(), await openSource()];
-  try {
-    await program(sides[0] as Side);
-    await fn(sides[0] as Side, sides[1] as Side);
-  } finally {
-    for (const s of sides) {
-      s.client.close();
-      await s.served.close();
-      s.memory.dispose();
-    }
-  }
-}
+const withPair = (fn: (src: Side, dst: Side) => Promise<void>): Promise<void> => withLocalPair(fn, { programSource: true });
 
 describe('migrate() pacing', () => {
   it('a bandwidth cap bounds pre-copy: total time ≥ bytes moved / cap, and the limiter slept', (t) =>

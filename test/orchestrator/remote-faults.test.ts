@@ -12,7 +12,7 @@ import { ConnectionClosedError } from '../../src/errors.js';
 import { migrate } from '../../src/orchestrator/migrate.js';
 import { RemoteDestination } from '../../src/orchestrator/remote.js';
 import { MigrationState as S } from '../../src/protocol/constants.js';
-import { GUEST, IOVA, assertSourceKeepsWorking, program, saveState, withSetup } from './remote-fixture.js';
+import { GUEST, assertSourceKeepsWorking, prepareFaultRun, saveState, withSetup } from './remote-fixture.js';
 
 type Cut = (d: RemoteDestination) => void;
 
@@ -44,54 +44,42 @@ describe('remote migration faults at every phase', () => {
   for (const c of cases) {
     it(`link lost at ${c.phase}: source RUNNING and intact, destination reset and released`, () =>
       withSetup(async (src, rx) => {
-        await program(src);
-        const memoryBefore = src.memory.read(0n, GUEST);
-        const stateBefore = await saveState(src.engine);
-        const destination = await RemoteDestination.connect(rx.url, { memory: { size: src.memory.size, iova: IOVA } });
+        const { before, destination, outcome } = await prepareFaultRun(src, rx);
         c.cut(destination);
-        const outcome = rx.nextOutcome();
         const report = await migrate({ source: src, destination, downtimeBudgetMs: 5000 });
         assert.equal(report.outcome, c.outcome, report.reason);
         assert.equal(report.sourceRecovery, 'running');
-        await assertSourceKeepsWorking(src, rx, await outcome, memoryBefore, stateBefore);
+        await assertSourceKeepsWorking(src, rx, await outcome, before);
       }));
   }
 
   it('budget that never fits (remote): aborted after the iteration limit, source RUNNING, destination reset', () =>
     withSetup(async (src, rx) => {
-      await program(src);
-      const memoryBefore = src.memory.read(0n, GUEST);
-      const stateBefore = await saveState(src.engine);
-      const destination = await RemoteDestination.connect(rx.url, { memory: { size: src.memory.size, iova: IOVA } });
-      const outcome = rx.nextOutcome();
+      const { before, destination, outcome } = await prepareFaultRun(src, rx);
       const report = await migrate({ source: src, destination, downtimeBudgetMs: 0.001, maxPrecopyIterations: 2 });
       assert.equal(report.outcome, 'aborted');
       assert.match(report.reason ?? '', /did not converge in 2 pre-copy iterations/);
       assert.equal(report.downtimeMs, 0, 'the source never stopped');
-      await assertSourceKeepsWorking(src, rx, await outcome, memoryBefore, stateBefore);
+      await assertSourceKeepsWorking(src, rx, await outcome, before);
     }));
 
   it('the commit reply lost: the receiver committed, the source is held stopped with its state and memory intact', () =>
     withSetup(async (src, rx) => {
-      await program(src);
-      const memoryBefore = src.memory.read(0n, GUEST);
-      const stateBefore = await saveState(src.engine);
-      const destination = await RemoteDestination.connect(rx.url, { memory: { size: src.memory.size, iova: IOVA } });
+      const { before, destination, outcome } = await prepareFaultRun(src, rx);
       const complete = destination.complete.bind(destination);
       destination.complete = async () => {
         await complete();
         destination.close();
         throw new ConnectionClosedError('the reply was lost');
       };
-      const outcome = rx.nextOutcome();
       const report = await migrate({ source: src, destination, downtimeBudgetMs: 5000 });
       assert.equal(report.outcome, 'failed');
       assert.equal(report.sourceRecovery, 'held');
       assert.match(report.reason ?? '', /commit unconfirmed/);
       assert.equal((await outcome).outcome, 'committed');
       assert.equal(await src.client.migrationState(), S.STOP_COPY, 'held where the switch-over left it');
-      assert.deepEqual(await saveState(src.engine), stateBefore);
-      assert.ok(Buffer.from(src.memory.read(0n, GUEST)).equals(memoryBefore));
+      assert.deepEqual(await saveState(src.engine), before.state);
+      assert.ok(Buffer.from(src.memory.read(0n, GUEST)).equals(before.memory));
       assert.equal(await rx.last?.client.migrationState(), S.RUNNING, 'the destination runs');
       destination.close();
     }));

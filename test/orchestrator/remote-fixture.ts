@@ -10,6 +10,7 @@ import { VfioUserClient } from '../../src/client/client.js';
 import { GuestMemory } from '../../src/client/guest-memory.js';
 import { setCommand } from '../../src/client/pci-config.js';
 import { createDmaEngineDevice, DmaEngineControl, DmaEngineReg, type DmaEngineDevice } from '../../src/devices/dma-engine.js';
+import { RemoteDestination } from '../../src/orchestrator/remote.js';
 import { DESCRIPTOR_SIZE, DescriptorFlags, decodeResult, encodeDescriptor } from '../../src/devices/dma-descriptor.js';
 import { fnv1a32 } from '../../src/devices/fnv1a.js';
 import { MigrationReceiver, type ReceiveOutcome } from '../../src/orchestrator/receiver.js';
@@ -33,13 +34,29 @@ export interface Side {
   iova: bigint;
 }
 
-export async function openSource(): Promise<Side> {
+export async function openSource(size = GUEST): Promise<Side> {
   const engine = createDmaEngineDevice();
   const served = serve(engine.device);
   const client = await VfioUserClient.connect(served.path);
-  const memory = GuestMemory.create(GUEST);
+  const memory = GuestMemory.create(size);
   await memory.attach(client, { iova: IOVA, mode: 'fd' });
   return { engine, served, client, memory, iova: IOVA };
+}
+
+/** Two served engines with guest RAM (source programmed when `programSource`), closed after `fn`. */
+export async function withLocalPair(fn: (src: Side, dst: Side) => Promise<void>, options: { size?: number; dstSize?: number; programSource?: boolean } = {}): Promise<void> {
+  const sides: Side[] = [];
+  try {
+    sides.push(await openSource(options.size), await openSource(options.dstSize ?? options.size));
+    if (options.programSource) await program(sides[0] as Side);
+    await fn(sides[0] as Side, sides[1] as Side);
+  } finally {
+    for (const s of sides) {
+      s.client.close();
+      await s.served.close();
+      s.memory.dispose();
+    }
+  }
 }
 
 export async function write32(client: VfioUserClient, offset: number, value: number): Promise<void> {
@@ -56,13 +73,23 @@ export async function program(side: Side): Promise<void> {
   await write32(side.client, DmaEngineReg.CONTROL, DmaEngineControl.ENABLE);
 }
 
-export async function post(side: Side, from: number, to: number): Promise<Uint8Array[]> {
+/** Where copy jobs live in guest RAM: job i copies `len` seeded bytes from src + i·len to dst + i·len. */
+export interface JobLayout {
+  src: number;
+  dst: number;
+  len: number;
+  seed: number;
+}
+
+/** Posts copy jobs `from … to-1` and rings the doorbell; @returns each job's data. */
+export async function post(side: Side, from: number, to: number, layout: JobLayout = { src: SRC, dst: DST, len: LEN, seed: 300 }): Promise<Uint8Array[]> {
+  const { src, dst, len, seed } = layout;
   const data: Uint8Array[] = [];
   for (let i = from; i < to; i++) {
-    const bytes = pattern(LEN, 300 + i);
+    const bytes = pattern(len, seed + i);
     data.push(bytes);
-    side.memory.write(BigInt(SRC + i * LEN), bytes);
-    side.memory.write(BigInt(i * DESCRIPTOR_SIZE), encodeDescriptor({ src: IOVA + BigInt(SRC + i * LEN), dst: IOVA + BigInt(DST + i * LEN), length: LEN, flags: DescriptorFlags.COPY }));
+    side.memory.write(BigInt(src + i * len), bytes);
+    side.memory.write(BigInt(i * DESCRIPTOR_SIZE), encodeDescriptor({ src: IOVA + BigInt(src + i * len), dst: IOVA + BigInt(dst + i * len), length: len, flags: DescriptorFlags.COPY }));
   }
   await write32(side.client, DmaEngineReg.TAIL, to);
   return data;
@@ -143,7 +170,25 @@ export const saveState = async (engine: DmaEngineDevice): Promise<Uint8Array> =>
 };
 
 /** Source intact and working after a failed migration; destination reset and released. */
-export async function assertSourceKeepsWorking(src: Side, rx: Receiving, outcome: ReceiveOutcome, memoryBefore: Uint8Array, stateBefore: Uint8Array): Promise<void> {
+/** The source's memory and device state before a migration. */
+export interface SourceSnapshot {
+  memory: Uint8Array;
+  state: Uint8Array;
+}
+
+/** A channel from `src` to a receiver at `url`. */
+export const connectTo = (url: string, src: Side): Promise<RemoteDestination> => RemoteDestination.connect(url, { memory: { size: src.memory.size, iova: IOVA } });
+
+/** A fault run's start: the source programmed and snapshotted, a channel to `url` (default the receiver), the receiver's next outcome. */
+export async function prepareFaultRun(src: Side, rx: Receiving, url = rx.url): Promise<{ before: SourceSnapshot; destination: RemoteDestination; outcome: Promise<ReceiveOutcome> }> {
+  await program(src);
+  const before = { memory: src.memory.read(0n, GUEST), state: await saveState(src.engine) };
+  const destination = await connectTo(url, src);
+  return { before, destination, outcome: rx.nextOutcome() };
+}
+
+export async function assertSourceKeepsWorking(src: Side, rx: Receiving, outcome: ReceiveOutcome, before: SourceSnapshot): Promise<void> {
+  const { memory: memoryBefore, state: stateBefore } = before;
   assert.equal(await src.client.migrationState(), S.RUNNING);
   assert.deepEqual(await saveState(src.engine), stateBefore, 'source device state');
   assert.ok(Buffer.from(src.memory.read(0n, GUEST)).equals(memoryBefore), 'source guest memory');

@@ -13,7 +13,7 @@ import { migrate } from '../../src/orchestrator/migrate.js';
 import { RemoteDestination, parseChannelAddress } from '../../src/orchestrator/remote.js';
 import { MigrationState as S } from '../../src/protocol/constants.js';
 import { Errno } from '../../src/protocol/errno.js';
-import { DST, GUEST, IOVA, LEN, SRC, assertSourceKeepsWorking, corruptingProxy, post, program, saveState, withSetup } from './remote-fixture.js';
+import { DST, GUEST, IOVA, LEN, SRC, assertSourceKeepsWorking, connectTo, corruptingProxy, post, prepareFaultRun, program, withSetup } from './remote-fixture.js';
 
 describe('remote migration over TCP', () => {
   it('parses tcp://HOST:PORT and refuses anything else (EINVAL)', () => {
@@ -29,7 +29,7 @@ describe('remote migration over TCP', () => {
       await program(src);
       const data = await post(src, 0, 40);
       while (src.engine.engineState().completed < 2) await new Promise((resolve) => setImmediate(resolve));
-      const destination = await RemoteDestination.connect(rx.url, { memory: { size: src.memory.size, iova: IOVA } });
+      const destination = await connectTo(rx.url, src);
       const outcome = rx.nextOutcome();
       const vm = Uint8Array.of(1, 2, 3, 4);
       const report = await migrate({ source: src, destination, downtimeBudgetMs: 2000, vmState: () => vm });
@@ -64,11 +64,7 @@ describe('remote migration over TCP', () => {
 
   it('a link cut in pre-copy: the source keeps running intact, the receiver resets and releases its side', () =>
     withSetup(async (src, rx) => {
-      await program(src);
-      const memoryBefore = src.memory.read(0n, GUEST);
-      const stateBefore = await saveState(src.engine);
-      const destination = await RemoteDestination.connect(rx.url, { memory: { size: src.memory.size, iova: IOVA } });
-      const outcome = rx.nextOutcome();
+      const { before, destination, outcome } = await prepareFaultRun(src, rx);
       let cut = false;
       const report = await migrate({
         source: src,
@@ -83,25 +79,21 @@ describe('remote migration over TCP', () => {
       });
       assert.equal(report.outcome, 'failed');
       assert.equal(report.sourceRecovery, 'running');
-      await assertSourceKeepsWorking(src, rx, await outcome, memoryBefore, stateBefore);
+      await assertSourceKeepsWorking(src, rx, await outcome, before);
     }));
 
   it('a corrupted frame is detected by the checksum: the receiver drops the channel and resets; the source keeps running', () =>
     withSetup(async (src, rx) => {
-      await program(src);
-      const memoryBefore = src.memory.read(0n, GUEST);
-      const stateBefore = await saveState(src.engine);
       // A proxy that flips one byte of the stream after the hello.
       const proxy = await corruptingProxy(rx.receiver.port, 200_000);
       try {
-        const destination = await RemoteDestination.connect(`tcp://127.0.0.1:${proxy.port}`, { memory: { size: src.memory.size, iova: IOVA } });
-        const outcome = rx.nextOutcome();
+        const { before, destination, outcome } = await prepareFaultRun(src, rx, `tcp://127.0.0.1:${proxy.port}`);
         const report = await migrate({ source: src, destination, downtimeBudgetMs: 2000 });
         assert.equal(report.outcome, 'failed');
         assert.equal(report.sourceRecovery, 'running');
         const o = await outcome;
         assert.match(o.reason ?? '', /checksum/);
-        await assertSourceKeepsWorking(src, rx, o, memoryBefore, stateBefore);
+        await assertSourceKeepsWorking(src, rx, o, before);
       } finally {
         proxy.close();
       }
@@ -109,11 +101,7 @@ describe('remote migration over TCP', () => {
 
   it('a device stream the destination refuses comes back as a NOTICE and fails the migration; the source keeps running', () =>
     withSetup(async (src, rx) => {
-      await program(src);
-      const memoryBefore = src.memory.read(0n, GUEST);
-      const stateBefore = await saveState(src.engine);
-      const destination = await RemoteDestination.connect(rx.url, { memory: { size: src.memory.size, iova: IOVA } });
-      const outcome = rx.nextOutcome();
+      const { before, destination, outcome } = await prepareFaultRun(src, rx);
       // Corrupt the device stream before it is framed (the channel's checksum is then intact).
       const write = destination.writeDeviceData.bind(destination);
       destination.writeDeviceData = (data) => write(Uint8Array.from(data, (b, i) => (i === 20 ? b ^ 0xff : b)));
@@ -121,13 +109,13 @@ describe('remote migration over TCP', () => {
       assert.equal(report.outcome, 'failed');
       assert.match(report.reason ?? '', /device stream frame/);
       assert.equal(report.sourceRecovery, 'running');
-      await assertSourceKeepsWorking(src, rx, await outcome, memoryBefore, stateBefore);
+      await assertSourceKeepsWorking(src, rx, await outcome, before);
     }));
 
   it('a second sender while one migration is received gets EBUSY; guest memory out of range or oversized is refused', () =>
     withSetup(async (src, rx) => {
-      const first = await RemoteDestination.connect(rx.url, { memory: { size: src.memory.size, iova: IOVA } });
-      await assert.rejects(RemoteDestination.connect(rx.url, { memory: { size: src.memory.size, iova: IOVA } }), (e: unknown) => (e as { errno?: number }).errno === Errno.EBUSY);
+      const first = await connectTo(rx.url, src);
+      await assert.rejects(connectTo(rx.url, src), (e: unknown) => (e as { errno?: number }).errno === Errno.EBUSY);
       const outcome = rx.nextOutcome();
       // A page outside the receiver's guest memory: EFAULT via NOTICE, then every request fails with it.
       await first.writeMemory(BigInt(GUEST), new Uint8Array(4096));

@@ -1,4 +1,5 @@
 /** The pre-copy throttles: {@link RateLimiter}, {@link AutoConverge}, {@link throttleDelayMs}. */
+import { prngUnit } from '../support/prng.js';
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { InvalidArgumentError } from '../../src/errors.js';
@@ -29,17 +30,6 @@ class FakeClock implements ThrottleClock {
   }
 }
 
-/** A deterministic PRNG (mulberry32) so a failing sequence can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 function isEinval(err: unknown): boolean {
   assert.ok(err instanceof InvalidArgumentError, `expected InvalidArgumentError, got ${String(err)}`);
@@ -97,7 +87,7 @@ describe('RateLimiter', () => {
 
   it('never lets the average since the window start exceed the cap over random chunks', async () => {
     for (const seed of [1, 2, 3, 42, 1234]) {
-      const random = rng(seed);
+      const random = prngUnit(seed);
       const clock = new FakeClock();
       const cap = 50 * MB;
       const limiter = new RateLimiter(cap, clock);
