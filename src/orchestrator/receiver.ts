@@ -50,6 +50,8 @@ export interface ReceiverOptions {
   port: number;
   /** Largest guest memory accepted (default 64 GiB). */
   maxMemoryBytes?: bigint;
+  /** A connection that has not said hello by then is closed, freeing the receiver (default 10 000 ms). */
+  helloTimeoutMs?: number;
   /** Creates the destination for an offer (guest memory of the offered size, attached at its IOVA). Throw to refuse. */
   prepare(offer: MigrationOffer): Promise<PreparedDestination>;
   /** Every migration's end, committed (at the commit) or not. */
@@ -153,6 +155,11 @@ class Session {
       onFrame: (frame) => this.#enqueue(frame),
       onClose: (error) => void this.#closed(error),
     });
+    const helloTimer = setTimeout(() => {
+      if (this.#prepared === undefined) this.#channel.destroy(new MigrationChannelError(`no hello in ${options.helloTimeoutMs ?? 10_000} ms`, Errno.ETIMEDOUT));
+    }, options.helloTimeoutMs ?? 10_000);
+    helloTimer.unref();
+    socket.once('close', () => clearTimeout(helloTimer));
   }
 
   #enqueue(frame: Frame): void {

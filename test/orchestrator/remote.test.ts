@@ -10,6 +10,10 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { DESCRIPTOR_SIZE, DescriptorStatus, decodeResult } from '../../src/devices/dma-descriptor.js';
 import { migrate } from '../../src/orchestrator/migrate.js';
+import { once } from 'node:events';
+import { connect } from 'node:net';
+import { MigrationChannelError } from '../../src/orchestrator/channel-socket.js';
+import { MigrationReceiver, type ReceiveOutcome } from '../../src/orchestrator/receiver.js';
 import { RemoteDestination, parseChannelAddress } from '../../src/orchestrator/remote.js';
 import { MigrationState as S } from '../../src/protocol/constants.js';
 import { Errno } from '../../src/protocol/errno.js';
@@ -125,5 +129,33 @@ describe('remote migration over TCP', () => {
       await assert.rejects(RemoteDestination.connect(rx.url, { memory: { size: 1n << 40n, iova: IOVA } }), (e: unknown) => (e as { errno?: number }).errno === Errno.ENOMEM);
       await assert.rejects(RemoteDestination.connect(rx.url, { memory: { size: 4097n, iova: IOVA } }), (e: unknown) => (e as { errno?: number }).errno === Errno.EINVAL);
     }));
-});
 
+  it('a silent or garbage-speaking peer is dropped (no hello in time / not a channel); the receiver takes the next sender', async () => {
+    const outcomes: ReceiveOutcome[] = [];
+    const offers: bigint[] = [];
+    const receiver = await MigrationReceiver.listen({
+      port: 0,
+      helloTimeoutMs: 100,
+      prepare: async (offer) => {
+        offers.push(offer.memory.size);
+        throw new MigrationChannelError('this test prepares nothing', Errno.ENOSPC);
+      },
+      onOutcome: (o) => outcomes.push(o),
+    });
+    try {
+      const silent = connect({ host: '127.0.0.1', port: receiver.port });
+      await once(silent, 'close');
+      const garbage = connect({ host: '127.0.0.1', port: receiver.port });
+      garbage.write(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+      await once(garbage, 'close');
+      await assert.rejects(RemoteDestination.connect(`tcp://127.0.0.1:${receiver.port}`, { memory: { size: 1n << 20n, iova: 0n } }), (e: unknown) => (e as { errno?: number }).errno === Errno.ENOSPC);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      assert.deepEqual(offers, [1n << 20n], 'the third peer got to prepare');
+      assert.deepEqual(outcomes.map((o) => o.outcome), ['refused', 'refused', 'refused']);
+      assert.match(outcomes[0]?.reason ?? '', /no hello in 100 ms/);
+      assert.match(outcomes[1]?.reason ?? '', /not a migration channel/);
+    } finally {
+      receiver.close();
+    }
+  });
+});
