@@ -63,6 +63,21 @@ describe('remote migration faults at every phase', () => {
       await assertSourceKeepsWorking(src, rx, await outcome, before);
     }));
 
+  it('budget exceeded in stop-copy (a slow link for the device stream): aborted, source RUNNING, destination reset', () =>
+    withSetup(async (src, rx) => {
+      const { before, destination, outcome } = await prepareFaultRun(src, rx);
+      const write = destination.writeDeviceData.bind(destination);
+      destination.writeDeviceData = async (data) => {
+        await new Promise((resolve) => setTimeout(resolve, 150));
+        return write(data);
+      };
+      const report = await migrate({ source: src, destination, downtimeBudgetMs: 100 });
+      assert.equal(report.outcome, 'aborted', report.reason);
+      assert.match(report.reason ?? '', /downtime budget exceeded after device stream/);
+      assert.ok(report.downtimeMs > 100, 'the source was stopped, then resumed');
+      await assertSourceKeepsWorking(src, rx, await outcome, before);
+    }));
+
   it('the commit reply lost: the receiver committed, the source is held stopped with its state and memory intact', () =>
     withSetup(async (src, rx) => {
       const { before, destination, outcome } = await prepareFaultRun(src, rx);
