@@ -10,7 +10,7 @@ import { connect as connectTcp } from 'node:net';
 import { ConnectionClosedError, InvalidArgumentError, VfioUserError } from '../errors.js';
 import { Errno } from '../protocol/errno.js';
 import type { ArcLatency } from '../protocol/migration-extensions.js';
-import { CHANNEL_VERSION, ChannelFrame, decodeMessage, encodeMessage, memoryPrefix, type Frame } from './channel.js';
+import { CHANNEL_VERSION, ChannelFrame, decodeMessage, memoryPrefix, type Frame } from './channel.js';
 import { ChannelSocket, fromWire, type ChannelReply } from './channel-socket.js';
 import type { DeviceDescription, MigrationDestination } from './destination.js';
 
@@ -62,7 +62,6 @@ export class RemoteDestination implements MigrationDestination {
   readonly #timeoutMs: number;
   /** The first failure the receiver reported for a streamed frame. */
   #streamError: Error | undefined;
-  #onMessage: ((frame: Frame) => void) | undefined;
 
   private constructor(address: string, channel: ChannelSocket, welcome: Welcome, timeoutMs: number) {
     this.address = address;
@@ -198,11 +197,6 @@ export class RemoteDestination implements MigrationDestination {
     setTimeout(() => this.#channel.destroy(), 1000).unref();
   }
 
-  /** Test hook: frames the receiver sends besides responses. */
-  set onUnsolicited(fn: ((frame: Frame) => void) | undefined) {
-    this.#onMessage = fn;
-  }
-
   async #request(op: string, args: unknown = {}, body?: Uint8Array, timeoutMs = this.#timeoutMs): Promise<ChannelReply> {
     this.#check();
     return this.#channel.request(op, args, body, timeoutMs);
@@ -214,7 +208,6 @@ export class RemoteDestination implements MigrationDestination {
   }
 
   #frame(frame: Frame): void {
-    this.#onMessage?.(frame);
     if (frame.type !== ChannelFrame.NOTICE) {
       this.#streamError ??= new ConnectionClosedError(`migration channel: unexpected frame type ${frame.type}`, { errno: Errno.EPROTO });
       this.#channel.destroy(this.#streamError);
@@ -233,5 +226,3 @@ function errnoOfCode(code: string | undefined): number {
   const known: Record<string, number> = { ECONNREFUSED: Errno.ECONNREFUSED, ECONNRESET: Errno.ECONNRESET, ETIMEDOUT: Errno.ETIMEDOUT };
   return (code !== undefined ? known[code] : undefined) ?? Errno.EIO;
 }
-
-export { encodeMessage };
