@@ -73,10 +73,6 @@ export function className(classCode: number): string {
   return SUBCLASS_NAMES[sub] ?? CLASS_NAMES[classCode >>> 16] ?? `Class ${x(sub, 4)}`;
 }
 
-/** A BAR's size from the address bits that read back as ones after the all-ones write: their lowest set bit. */
-export function sizeFromMask(mask: bigint): bigint {
-  return mask === 0n ? 0n : mask & -mask;
-}
 
 /** The first line: `00:00.0 System peripheral [0880]: Device [1234:5a02] (rev 01)`. */
 export function titleLine(b: Uint8Array, slot: string): string {

@@ -7,6 +7,7 @@ export { MappedRegion } from './regions.js';
 export { recoverMigration, type RecoveryResult, type RecoveryStep } from './migration-recovery.js';
 export {
   barSizes,
+  romSize,
   disableMsix,
   enableBusMaster,
   enableMsi,
@@ -28,4 +29,4 @@ export type { ClientOptions, DmaResponder, TraceEvent, RequestOptions } from './
 export type { GuestMemoryAttachment, GuestMemoryAttachOptions, GuestMemoryMode, GuestMemoryOptions } from './guest-memory.js';
 export type { InterruptEvent, InterruptsEvents, InterruptsOptions } from './interrupts.js';
 export type { MappedArea, MappedRegionOptions, RegionAccessPath, RegionAccessStats, SkippedArea } from './regions.js';
-export type { BarSize, CapabilityListing, CapabilityWalkEnd, ConfigAccess, ConfigCapability, ConfigWidth, MsiInfo, MsixInfo } from './pci-config.js';
+export type { BarSize, RomSize, CapabilityListing, CapabilityWalkEnd, ConfigAccess, ConfigCapability, ConfigWidth, MsiInfo, MsixInfo } from './pci-config.js';

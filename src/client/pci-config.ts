@@ -22,6 +22,7 @@ import {
   PciCommand,
   PciHeader,
   PciStatus,
+  RomFlags,
 } from '../pci/registers.js';
 import { MsiControl } from '../pci/capabilities/msi.js';
 import { MsixControl } from '../pci/capabilities/msix.js';
@@ -87,7 +88,18 @@ export interface BarSize {
   index: number;
   type: 'io' | 'mem32' | 'mem64';
   prefetchable: boolean;
+  /** The base address programmed now (both halves of a 64-bit BAR; 0 = unassigned). */
+  address: bigint;
   size: bigint;
+}
+
+/** The expansion ROM BAR as sizing found it. */
+export interface RomSize {
+  /** The base address programmed now (bits 31:11). */
+  address: number;
+  /** The ROM Enable bit. */
+  enabled: boolean;
+  size: number;
 }
 
 /** Offsets in the MSI-X and MSI capabilities (the pci layer exports only their bits). */
@@ -280,34 +292,57 @@ export async function enableMsi(client: ConfigAccess, vectors = 1): Promise<MsiI
  * @throws {RemoteError} the server's errno for a refused access.
  */
 export async function barSizes(client: ConfigAccess): Promise<BarSize[]> {
-  const command = await readConfig(client, PciHeader.COMMAND, 2);
-  const decode = PciCommand.IO | PciCommand.MEMORY;
-  if (command & decode) await writeConfig(client, PciHeader.COMMAND, 2, command & ~decode);
-  const bars: BarSize[] = [];
-  try {
+  return withDecodeOff(client, async () => {
+    const bars: BarSize[] = [];
     for (let i = 0; i < BAR_COUNT; i++) {
       const at = PciHeader.BASE_ADDRESS_0 + 4 * i;
       const low = await probe(client, at);
-      if (low === 0) continue;
-      if (low & BarFlags.IO) {
-        let mask = BigInt(low & ~0x3);
+      if (low.mask === 0) continue;
+      if (low.mask & BarFlags.IO) {
+        let mask = BigInt(low.mask & ~0x3);
         if ((mask & 0xffff0000n) === 0n) mask |= 0xffff0000n; // a 16-bit I/O decoder
-        bars.push({ index: i, type: 'io', prefetchable: false, size: (~mask & 0xffffffffn) + 1n });
+        bars.push({ index: i, type: 'io', prefetchable: false, address: BigInt((low.saved & ~0x3) >>> 0), size: (~mask & 0xffffffffn) + 1n });
         continue;
       }
-      const prefetchable = (low & BarFlags.PREFETCH) !== 0;
-      if ((low & 0x6) === BarFlags.MEM_TYPE_64 && i + 1 < BAR_COUNT) {
-        const mask = (BigInt(await probe(client, at + 4)) << 32n) | BigInt((low & ~0xf) >>> 0);
-        bars.push({ index: i, type: 'mem64', prefetchable, size: (~mask & 0xffff_ffff_ffff_ffffn) + 1n });
+      const prefetchable = (low.mask & BarFlags.PREFETCH) !== 0;
+      const address = BigInt((low.saved & ~0xf) >>> 0);
+      if ((low.mask & 0x6) === BarFlags.MEM_TYPE_64 && i + 1 < BAR_COUNT) {
+        const high = await probe(client, at + 4);
+        const mask = (BigInt(high.mask) << 32n) | BigInt((low.mask & ~0xf) >>> 0);
+        bars.push({ index: i, type: 'mem64', prefetchable, address: (BigInt(high.saved) << 32n) | address, size: (~mask & 0xffff_ffff_ffff_ffffn) + 1n });
         i++;
       } else {
-        bars.push({ index: i, type: 'mem32', prefetchable, size: (~BigInt((low & ~0xf) >>> 0) & 0xffffffffn) + 1n });
+        bars.push({ index: i, type: 'mem32', prefetchable, address, size: (~BigInt((low.mask & ~0xf) >>> 0) & 0xffffffffn) + 1n });
       }
     }
+    return bars;
+  });
+}
+
+/**
+ * Sizes the expansion ROM BAR (address bits written all-ones, Enable left as it was), decode off meanwhile.
+ * @returns undefined when the device has no ROM.
+ * @throws {RemoteError} the server's errno for a refused access.
+ */
+export async function romSize(client: ConfigAccess): Promise<RomSize | undefined> {
+  return withDecodeOff(client, async () => {
+    const rom = await probe(client, PciHeader.ROM_ADDRESS, RomFlags.ADDRESS_MASK);
+    const mask = (rom.mask & RomFlags.ADDRESS_MASK) >>> 0;
+    if (mask === 0) return undefined;
+    return { address: (rom.saved & RomFlags.ADDRESS_MASK) >>> 0, enabled: (rom.saved & RomFlags.ENABLE) !== 0, size: (mask & -mask) >>> 0 };
+  });
+}
+
+/** Runs `fn` with memory and I/O decode off (as an OS sizes BARs), restoring Command afterwards. */
+async function withDecodeOff<T>(client: ConfigAccess, fn: () => Promise<T>): Promise<T> {
+  const command = await readConfig(client, PciHeader.COMMAND, 2);
+  const decode = PciCommand.IO | PciCommand.MEMORY;
+  if (command & decode) await writeConfig(client, PciHeader.COMMAND, 2, command & ~decode);
+  try {
+    return await fn();
   } finally {
     if (command & decode) await writeConfig(client, PciHeader.COMMAND, 2, command);
   }
-  return bars;
 }
 
 /**
@@ -325,12 +360,12 @@ export async function enableBusMaster(client: ConfigAccess): Promise<number> {
   return setCommand(client, PciCommand.MASTER);
 }
 
-/** Writes all-ones to the dword at `at`, reads it back, restores it. */
-async function probe(client: ConfigAccess, at: number): Promise<number> {
+/** Writes `value` (all-ones) to the dword at `at`, reads back what sticks, restores it. */
+async function probe(client: ConfigAccess, at: number, value = 0xffffffff): Promise<{ saved: number; mask: number }> {
   const saved = await readConfig(client, at, 4);
-  await writeConfig(client, at, 4, 0xffffffff);
+  await writeConfig(client, at, 4, value);
   try {
-    return await readConfig(client, at, 4);
+    return { saved, mask: await readConfig(client, at, 4) };
   } finally {
     await writeConfig(client, at, 4, saved);
   }

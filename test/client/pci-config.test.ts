@@ -11,6 +11,7 @@ import { describe, it } from 'node:test';
 import { VfioUserClient } from '../../src/client/client.js';
 import {
   barSizes,
+  romSize,
   disableMsix,
   enableBusMaster,
   enableMsi,
@@ -212,8 +213,8 @@ describe('BARs and Command', () => {
   it('sizes the DMA engine BARs', () =>
     withEngine(async (client) => {
       assert.deepEqual(await barSizes(client), [
-        { index: 0, type: 'mem32', prefetchable: false, size: 0x1000n },
-        { index: 4, type: 'mem32', prefetchable: false, size: 0x1000n },
+        { index: 0, type: 'mem32', prefetchable: false, address: 0n, size: 0x1000n },
+        { index: 4, type: 'mem32', prefetchable: false, address: 0n, size: 0x1000n },
       ]);
     }));
 
@@ -235,14 +236,30 @@ describe('BARs and Command', () => {
         const header = async (): Promise<number[]> => Promise.all([0x04, 0x10, 0x14, 0x18, 0x1c, 0x20].map((o) => readConfig(client, o, o === 0x04 ? 2 : 4)));
         const before = await header();
         assert.deepEqual(await barSizes(client), [
-          { index: 0, type: 'mem32', prefetchable: false, size: 0x1000n },
-          { index: 1, type: 'io', prefetchable: false, size: 0x100n },
-          { index: 2, type: 'mem64', prefetchable: true, size: 0x1_0000_0000n },
-          { index: 4, type: 'mem32', prefetchable: false, size: 0x2000n },
+          { index: 0, type: 'mem32', prefetchable: false, address: 0xfe000000n, size: 0x1000n },
+          { index: 1, type: 'io', prefetchable: false, address: 0n, size: 0x100n },
+          { index: 2, type: 'mem64', prefetchable: true, address: 0x12_0000_0000n, size: 0x1_0000_0000n },
+          { index: 4, type: 'mem32', prefetchable: false, address: 0n, size: 0x2000n },
         ]);
         assert.deepEqual(await header(), before);
       },
     ));
+
+  it('sizes the expansion ROM (Enable and address kept, decode restored)', () =>
+    withDevice(
+      testDeviceDefinition({
+        regions: { bar0: { size: 4096, read: (_o, n) => new Uint8Array(n), write: () => {} }, bar4: { size: 0x2000 }, rom: { size: 0x4000, read: (_o, n) => new Uint8Array(n) } },
+      }),
+      async (client) => {
+        await writeConfig(client, PciHeader.ROM_ADDRESS, 4, 0xfff0_0001);
+        await setCommand(client, PciCommand.MEMORY);
+        assert.deepEqual(await romSize(client), { address: 0xfff0_0000, enabled: true, size: 0x4000 });
+        assert.equal(await readConfig(client, PciHeader.ROM_ADDRESS, 4), 0xfff0_0001);
+        assert.equal(await readConfig(client, PciHeader.COMMAND, 2), PciCommand.MEMORY);
+      },
+    ));
+
+  it('romSize: undefined for a device without a ROM', () => withEngine(async (client) => assert.equal(await romSize(client), undefined)));
 
   it('sets and clears Command bits; enableBusMaster sets only Bus Master', () =>
     withEngine(async (client) => {

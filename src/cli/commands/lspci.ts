@@ -7,13 +7,14 @@
  * touching the device.
  */
 import type { VfioUserClient } from '../../client/client.js';
+import { barSizes, romSize } from '../../client/pci-config.js';
 import { RemoteError } from '../../errors.js';
 import { native } from '../../native/addon.js';
 import { RegionIndex } from '../../protocol/constants.js';
 import { formatLspciDump } from '../../pci/lspci.js';
-import { CONFIG_SPACE_SIZE, EXPRESS_CONFIG_SPACE_SIZE, PciHeader, RomFlags } from '../../pci/registers.js';
+import { CONFIG_SPACE_SIZE, EXPRESS_CONFIG_SPACE_SIZE, PciHeader } from '../../pci/registers.js';
 import { CliError, siteError, stdio, toJson, withClient, type GlobalOptions, type Output } from '../common.js';
-import { capabilityLines, decodeCapabilities, headerLines, sizeFromMask, titleLine, type BarProbe, type RomProbe } from '../pci-decode.js';
+import { capabilityLines, decodeCapabilities, headerLines, titleLine, type BarProbe, type RomProbe } from '../pci-decode.js';
 
 /** Options of `lspci`. */
 export interface LspciOptions {
@@ -25,67 +26,17 @@ export interface LspciOptions {
 const SLOT = '00:00.0';
 const CFG = RegionIndex.CONFIG;
 
-async function read32(client: VfioUserClient, at: number): Promise<number> {
-  const b = await client.regionRead(CFG, BigInt(at), 4);
-  return ((b[0] ?? 0) | ((b[1] ?? 0) << 8) | ((b[2] ?? 0) << 16) | ((b[3] ?? 0) << 24)) >>> 0;
-}
-
-async function write32(client: VfioUserClient, at: number, value: number): Promise<void> {
-  await client.regionWrite(CFG, BigInt(at), Uint8Array.of(value & 0xff, (value >>> 8) & 0xff, (value >>> 16) & 0xff, value >>> 24));
-}
-
-async function write16(client: VfioUserClient, at: number, value: number): Promise<void> {
-  await client.regionWrite(CFG, BigInt(at), Uint8Array.of(value & 0xff, (value >>> 8) & 0xff));
-}
-
-/** Saves the dword at `at`, writes `probe`, reads what sticks, restores. */
-async function sizeProbe(client: VfioUserClient, at: number, probe = 0xffff_ffff): Promise<{ original: number; readBack: number }> {
-  const original = await read32(client, at);
-  await write32(client, at, probe);
-  const readBack = await read32(client, at);
-  await write32(client, at, original);
-  return { original, readBack };
-}
-
-/** Sizes BAR `index` (and its upper half if 64-bit); `undefined` when not implemented. */
-async function probeBar(client: VfioUserClient, index: number): Promise<BarProbe | undefined> {
-  const at = PciHeader.BASE_ADDRESS_0 + 4 * index;
-  const low = await sizeProbe(client, at);
-  const io = (low.original & 1) !== 0;
-  const bits64 = !io && ((low.original >>> 1) & 3) === 2 && index < 5;
-  let mask = BigInt((low.readBack & (io ? ~3 : ~0xf)) >>> 0);
-  let address = BigInt((low.original & (io ? ~3 : ~0xf)) >>> 0);
-  if (bits64) {
-    const high = await sizeProbe(client, at + 4);
-    mask |= BigInt(high.readBack) << 32n;
-    address |= BigInt(high.original) << 32n;
-  } else if (io && low.readBack >>> 16 === 0) {
-    mask &= 0xffffn; // a 16-bit I/O decoder
-  }
-  const size = sizeFromMask(mask);
-  if (size === 0n) return undefined;
-  return { index, kind: io ? 'io' : 'memory', bits64, prefetchable: !io && (low.original & 8) !== 0, address, size };
-}
-
 /** Sizes the BARs and the ROM with memory and I/O decode turned off, as an OS does. */
-async function probe(client: VfioUserClient, config: Uint8Array): Promise<{ bars: BarProbe[]; rom: RomProbe | undefined }> {
-  const command = (config[PciHeader.COMMAND] ?? 0) | ((config[PciHeader.COMMAND + 1] ?? 0) << 8);
-  const decoding = command & 3;
-  if (decoding) await write16(client, PciHeader.COMMAND, command & ~3);
-  try {
-    const bars: BarProbe[] = [];
-    for (let i = 0; i < 6; i++) {
-      const bar = await probeBar(client, i);
-      if (bar) bars.push(bar);
-      if (bar?.bits64) i++;
-    }
-    const rom = await sizeProbe(client, PciHeader.ROM_ADDRESS, RomFlags.ADDRESS_MASK);
-    const romSize = Number(sizeFromMask(BigInt((rom.readBack & RomFlags.ADDRESS_MASK) >>> 0)));
-    const romProbe = romSize === 0 ? undefined : { address: (rom.original & RomFlags.ADDRESS_MASK) >>> 0, enabled: (rom.original & RomFlags.ENABLE) !== 0, size: romSize };
-    return { bars, rom: romProbe };
-  } finally {
-    if (decoding) await write16(client, PciHeader.COMMAND, command);
-  }
+async function probe(client: VfioUserClient): Promise<{ bars: BarProbe[]; rom: RomProbe | undefined }> {
+  const bars = (await barSizes(client)).map((b): BarProbe => ({
+    index: b.index,
+    kind: b.type === 'io' ? 'io' : 'memory',
+    bits64: b.type === 'mem64',
+    prefetchable: b.prefetchable,
+    address: b.address,
+    size: b.size,
+  }));
+  return { bars, rom: await romSize(client) };
 }
 
 /** Reads all of config space: 256 bytes, or 4096 for a PCI Express function. */
@@ -140,7 +91,7 @@ export async function runLspci(socket: string, options: LspciOptions, global: Gl
       }
       if (options.dump) return { config, bars: [], rom: undefined };
       try {
-        return { config, ...(await probe(client, config)) };
+        return { config, ...(await probe(client)) };
       } catch (error) {
         throw siteError('BAR sizing probe', error);
       }
