@@ -9,6 +9,8 @@
  * fires once, on the destination. Also: RUNNING_P2P, stopped register writes,
  * owed interrupts, and `load` validation.
  */
+import { drain, feedVarying } from '../support/migration-io.js';
+import { read32 as readReg32, write32 as writeReg32 } from '../support/regs.js';
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { VfioUserClient } from '../../src/client/client.js';
@@ -35,6 +37,12 @@ import { IrqIndex, MigrationFlags, MigrationState as S, RegionIndex } from '../.
 import { PciCommand } from '../../src/pci/registers.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
 import { pattern, serve, type Served } from './driver.js';
+
+/** MIG_DATA_WRITE of `stream` in pieces of varying odd sizes. */
+const feed = (client: VfioUserClient, stream: Uint8Array): Promise<void> => feedVarying(client, stream, (size) => (size * 5 + 2) % 997);
+
+const read32 = (client: VfioUserClient, offset: number): Promise<number> => readReg32(client, BAR0, offset);
+const write32 = (client: VfioUserClient, offset: number, value: number): Promise<void> => writeReg32(client, BAR0, offset, value);
 
 const BAR0 = RegionIndex.BAR0;
 const CONFIG = RegionIndex.CONFIG;
@@ -94,29 +102,6 @@ function hooks(engine: DmaEngineDevice): MigrationDefinition {
   const m = engine.device.definition.migration;
   assert.ok(m, 'the engine is migratable');
   return m;
-}
-
-async function read32(client: VfioUserClient, offset: number): Promise<number> {
-  const b = await client.regionRead(BAR0, BigInt(offset), 4);
-  return new DataView(b.buffer, b.byteOffset, 4).getUint32(0, true);
-}
-
-async function write32(client: VfioUserClient, offset: number, value: number): Promise<void> {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, value >>> 0, true);
-  await client.regionWrite(BAR0, BigInt(offset), b);
-}
-
-async function drain(client: VfioUserClient, chunk: number): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  for (let data = await client.migDataRead(chunk); data.length > 0; data = await client.migDataRead(chunk)) parts.push(data);
-  return Buffer.concat(parts);
-}
-
-async function feed(client: VfioUserClient, stream: Uint8Array): Promise<void> {
-  for (let at = 0, size = 1; at < stream.length; at += size, size = (size * 5 + 2) % 997 || 1) {
-    await client.migDataWrite(stream.subarray(at, at + size));
-  }
 }
 
 const result = (guest: GuestMemory, index: number): { checksum: number; status: number } =>

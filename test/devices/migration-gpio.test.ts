@@ -5,6 +5,8 @@
  * state and config space compare equal and the destination carries on.
  * Also: quiesce in STOP, and `load` refusing bad data.
  */
+import { drain, feedVarying } from '../support/migration-io.js';
+import { read32, write32 } from '../support/regs.js';
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { VfioUserClient } from '../../src/client/client.js';
@@ -18,6 +20,9 @@ import { IrqIndex, MigrationFlags, MigrationState as S, RegionIndex } from '../.
 import { PciCommand } from '../../src/pci/registers.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
 import { serve, type Served } from './driver.js';
+
+/** MIG_DATA_WRITE of `stream` in pieces of varying odd sizes. */
+const feed = (client: VfioUserClient, stream: Uint8Array): Promise<void> => feedVarying(client, stream, (size) => (size * 3 + 1) % 3001);
 
 const BAR2 = RegionIndex.BAR2;
 const CONFIG = RegionIndex.CONFIG;
@@ -52,31 +57,6 @@ function hooks(gpio: GpioDevice): MigrationDefinition {
   const m = gpio.device.definition.migration;
   assert.ok(m, 'the card is migratable');
   return m;
-}
-
-async function read32(client: VfioUserClient, region: number, offset: number): Promise<number> {
-  const b = await client.regionRead(region, BigInt(offset), 4);
-  return new DataView(b.buffer, b.byteOffset, 4).getUint32(0, true);
-}
-
-async function write32(client: VfioUserClient, region: number, offset: number, value: number): Promise<void> {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, value >>> 0, true);
-  await client.regionWrite(region, BigInt(offset), b);
-}
-
-/** MIG_DATA_READ until end of stream, `chunk` bytes at a time. */
-async function drain(client: VfioUserClient, chunk: number): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  for (let data = await client.migDataRead(chunk); data.length > 0; data = await client.migDataRead(chunk)) parts.push(data);
-  return Buffer.concat(parts);
-}
-
-/** MIG_DATA_WRITE of `stream` in chunks of varying odd sizes (1, 4, 13, 40, …). */
-async function feed(client: VfioUserClient, stream: Uint8Array): Promise<void> {
-  for (let at = 0, size = 1; at < stream.length; at += size, size = (size * 3 + 1) % 3001 || 1) {
-    await client.migDataWrite(stream.subarray(at, at + size));
-  }
 }
 
 const isEinval = (e: unknown): boolean => e instanceof RemoteError && e.errno === 22;

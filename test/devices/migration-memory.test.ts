@@ -5,6 +5,8 @@
  * destination at odd chunk sizes; a foreign stream refused; `load`
  * validation; and the cost of the pre-copy change scan at 1 MiB and 64 MiB.
  */
+import { drain, feedVarying } from '../support/migration-io.js';
+import { read32, write32 } from '../support/regs.js';
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { VfioUserClient } from '../../src/client/client.js';
@@ -20,6 +22,9 @@ import { MigrationFlags, MigrationState as S, RegionIndex } from '../../src/prot
 import { PciCommand } from '../../src/pci/registers.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
 import { pattern, serve, type Served } from './driver.js';
+
+/** MIG_DATA_WRITE of `stream` in pieces of varying odd sizes. */
+const feed = (client: VfioUserClient, stream: Uint8Array): Promise<void> => feedVarying(client, stream, (size) => (size * 7 + 3) % 200_003);
 
 const BAR0 = RegionIndex.BAR0;
 const BAR2 = RegionIndex.BAR2;
@@ -70,36 +75,11 @@ function hooks(mem: MemoryDevice): MigrationDefinition {
   return m;
 }
 
-async function read32(client: VfioUserClient, region: number, offset: number): Promise<number> {
-  const b = await client.regionRead(region, BigInt(offset), 4);
-  return new DataView(b.buffer, b.byteOffset, 4).getUint32(0, true);
-}
-
-async function write32(client: VfioUserClient, region: number, offset: number, value: number): Promise<void> {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, value >>> 0, true);
-  await client.regionWrite(region, BigInt(offset), b);
-}
-
 async function fill(client: VfioUserClient, pat: number, offset: number, length: number): Promise<void> {
   await write32(client, BAR2, MemoryReg.FILL_PATTERN, pat);
   await write32(client, BAR2, MemoryReg.FILL_OFFSET, offset);
   await write32(client, BAR2, MemoryReg.FILL_LENGTH, length);
   await write32(client, BAR2, MemoryReg.COMMAND, MemoryCommand.FILL);
-}
-
-/** MIG_DATA_READ until an empty read (end of stream in STOP_COPY, "nothing now" in PRE_COPY). */
-async function drain(client: VfioUserClient, chunk: number): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  for (let data = await client.migDataRead(chunk); data.length > 0; data = await client.migDataRead(chunk)) parts.push(data);
-  return Buffer.concat(parts);
-}
-
-/** MIG_DATA_WRITE of `stream` in chunks of varying odd sizes. */
-async function feed(client: VfioUserClient, stream: Uint8Array): Promise<void> {
-  for (let at = 0, size = 1; at < stream.length; at += size, size = (size * 7 + 3) % 200_003 || 1) {
-    await client.migDataWrite(stream.subarray(at, at + size));
-  }
 }
 
 /** Puts the source in STOP (from STOP_COPY) and compares the two config spaces. */

@@ -5,6 +5,7 @@
  * stream in any chunking up to max_data_xfer_size, and command gating by
  * state (libvfio-user's rules, src/migration/gating.ts) as a client sees it.
  */
+import { drain } from '../support/migration-io.js';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { VfioUserClient } from '../../src/client/client.js';
@@ -91,13 +92,6 @@ async function withDevices(list: DeviceOptions[], fn: (...devices: Served[]) => 
       await d.served.close();
     }
   }
-}
-
-/** MIG_DATA_READ until an empty reply. */
-async function drain(client: VfioUserClient, chunk = 65536): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  for (let part = await client.migDataRead(chunk); part.length > 0; part = await client.migDataRead(chunk)) parts.push(part);
-  return Buffer.concat(parts);
 }
 
 /** Offsets of the stream magic in `bytes`. */

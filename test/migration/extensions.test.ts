@@ -1,4 +1,5 @@
 /** The vendor migration extensions end to end: discovery, pre-copy info, deadline-carrying SETs, arc latency. */
+import { drainParts as drain } from '../support/migration-io.js';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -85,15 +86,6 @@ async function withDevice(t: TestDevice, fn: (client: VfioUserClient, served: Se
   } finally {
     client.close();
     await served.close();
-  }
-}
-
-async function drain(client: VfioUserClient, chunk = 65536): Promise<Uint8Array[]> {
-  const parts: Uint8Array[] = [];
-  for (;;) {
-    const data = await client.migDataRead(chunk);
-    if (data.length === 0) return parts;
-    parts.push(data);
   }
 }
 

@@ -1,4 +1,5 @@
 /** Migration v2 end to end through the client library: two served devices, a stream moved between them. */
+import { drainParts as drain } from '../support/migration-io.js';
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { VfioUserClient } from '../../src/client/client.js';
@@ -53,15 +54,6 @@ async function pair(fn: (src: { served: ServedDevice; client: VfioUserClient; re
     ca.close();
     cb.close();
     await Promise.all([sa.close(), sb.close()]);
-  }
-}
-
-async function drain(client: VfioUserClient, chunk = 65536): Promise<Uint8Array[]> {
-  const parts: Uint8Array[] = [];
-  for (;;) {
-    const data = await client.migDataRead(chunk);
-    if (data.length === 0) return parts;
-    parts.push(data);
   }
 }
 

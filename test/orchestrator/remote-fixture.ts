@@ -4,6 +4,7 @@
  * preparing guest RAM per offer), the checks that a failed migration left the
  * source intact and the destination reset, and a corrupting TCP proxy.
  */
+import { write32 as writeReg32 } from '../support/regs.js';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { VfioUserClient } from '../../src/client/client.js';
@@ -59,11 +60,7 @@ export async function withLocalPair(fn: (src: Side, dst: Side) => Promise<void>,
   }
 }
 
-export async function write32(client: VfioUserClient, offset: number, value: number): Promise<void> {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, value >>> 0, true);
-  await client.regionWrite(RegionIndex.BAR0, BigInt(offset), b);
-}
+export const write32 = (client: VfioUserClient, offset: number, value: number): Promise<void> => writeReg32(client, RegionIndex.BAR0, offset, value);
 
 export async function program(side: Side): Promise<void> {
   await setCommand(side.client, PciCommand.MEMORY | PciCommand.MASTER);

@@ -9,6 +9,7 @@
  * guest memory, device state (`save()`), the BAR registers and config space
  * are compared byte for byte, and the destination device is driven once more.
  */
+import { read32, write32 } from '../support/regs.js';
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
 import { VfioUserClient } from '../../src/client/client.js';
@@ -61,16 +62,6 @@ interface Spec<D extends { device: VfioUserDevice }> {
 }
 
 const u32 = (b: Uint8Array, at = 0): number => new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(at, true);
-
-async function read32(client: VfioUserClient, region: number, offset: number): Promise<number> {
-  return u32(await client.regionRead(region, BigInt(offset), 4));
-}
-
-async function write32(client: VfioUserClient, region: number, offset: number, value: number): Promise<void> {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, value >>> 0, true);
-  await client.regionWrite(region, BigInt(offset), b);
-}
 
 async function save(device: VfioUserDevice): Promise<Uint8Array> {
   const m = device.definition.migration;

@@ -12,6 +12,7 @@
  * reset hook restores the power-on contents on DEVICE_RESET and keeps them
  * when a client is lost, so a source resumes where it was.
  */
+import { drain } from '../support/migration-io.js';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { describe, it } from 'node:test';
@@ -109,16 +110,6 @@ async function die(dev: Dev, side: { client: VfioUserClient; memory: GuestMemory
   await side.client.closed;
   await dev.served.server.idle();
   side.memory.dispose();
-}
-
-/** Reads the saving stream to its end. */
-async function drain(client: VfioUserClient): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  for (;;) {
-    const data = await client.migDataRead(65536);
-    if (data.length === 0) return Buffer.concat(parts);
-    parts.push(data);
-  }
 }
 
 async function load(client: VfioUserClient, stream: Uint8Array): Promise<void> {
