@@ -1,18 +1,8 @@
 import assert from 'node:assert/strict';
+import { prngUnit as rng } from '../support/prng.js';
 import { describe, it } from 'node:test';
 import { DIRTY_CHUNK_BYTES, DirtyBitmap, setBitRange, testBit } from '../../src/device/dma-bitmap.js';
 import { DMA_WINDOW_OVERLAP, windowAt, windowLayout } from '../../src/device/dma-window.js';
-
-/** Tiny deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 describe('setBitRange', () => {
   it('matches a bit-by-bit oracle for every small range', () => {

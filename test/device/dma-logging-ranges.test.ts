@@ -3,6 +3,7 @@
  * any range (part of a region, several regions, gaps), clear on read of only
  * the reported part; checked against an independent page model.
  */
+import { prngUnit as rng } from '../support/prng.js';
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { DirtyBitmap } from '../../src/device/dma-bitmap.js';
@@ -29,17 +30,6 @@ function setBits(bitmap: Uint8Array): number[] {
     for (let i = 0; i < 8; i++) if (byte & (1 << i)) out.push(j * 8 + i);
   });
   return out;
-}
-
-/** Tiny deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
 }
 
 /**

@@ -17,7 +17,7 @@ import {
 import type { DeviceDefinition } from '../../src/device/types.js';
 import type { MigrationDefinition } from '../../src/migration/types.js';
 import { registerFileBar, takePageDelta, applyPageDelta } from '../support/register-file.js';
-import { serveTestDevice, testDeviceDefinition, type ServedDevice } from '../support/server-fixture.js';
+import { serveTestDevice, testDeviceDefinition, withServedClient, type ServedDevice } from '../support/server-fixture.js';
 
 const { GET, SET } = DeviceFeatureFlags;
 const MS = 1_000_000n;
@@ -77,17 +77,11 @@ function testDevice(migration: Partial<MigrationDefinition> = {}): TestDevice {
   return t;
 }
 
-async function withDevice(t: TestDevice, fn: (client: VfioUserClient, served: ServedDevice) => Promise<void>): Promise<void> {
-  const served = serveTestDevice(t.def);
-  t.served = served;
-  const client = await VfioUserClient.connect(served.path);
-  try {
-    await fn(client, served);
-  } finally {
-    client.close();
-    await served.close();
-  }
-}
+const withDevice = (t: TestDevice, fn: (client: VfioUserClient, served: ServedDevice) => Promise<void>): Promise<void> =>
+  withServedClient(t.def, (client, served) => {
+    t.served = served;
+    return fn(client, served);
+  });
 
 const isErrno = (errno: number) => (e: unknown) => e instanceof RemoteError && e.errno === errno;
 

@@ -1,25 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { memfdCreate, native, socketPair } from '../../src/native/addon.js';
+import { memfdCreate, native } from '../../src/native/addon.js';
 import type { NativePoller } from '../../src/native/types.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
-import { runChild } from './util.js';
+import { runChild, withSocketPair } from './util.js';
 
 const { UV_READABLE, UV_WRITABLE, UV_DISCONNECT } = native.constants;
-
-/** Runs `fn` with a fresh socketpair, closed afterwards. */
-async function withPair(fn: (a: number, b: number) => unknown): Promise<void> {
-  await assertNoFdLeak(async () => {
-    const [a, b] = socketPair();
-    try {
-      await fn(a, b);
-    } finally {
-      native.close(a);
-      native.close(b);
-    }
-  });
-}
 
 type Event = [status: number, events: number];
 
@@ -42,7 +29,7 @@ function recorder(fd: number, onEvent?: (poller: NativePoller, event: Event) => 
 
 describe('Poller', () => {
   it('reports readability with (0, UV_READABLE)', () =>
-    withPair(async (a, b) => {
+    withSocketPair(async (a, b) => {
       const { poller, next } = recorder(a);
       poller.start(UV_READABLE);
       native.write(b, new Uint8Array([1]));
@@ -51,7 +38,7 @@ describe('Poller', () => {
     }));
 
   it('reports UV_DISCONNECT when the peer closes', () =>
-    withPair(async (a, b) => {
+    withSocketPair(async (a, b) => {
       const { poller, next } = recorder(a);
       poller.start(UV_READABLE | UV_DISCONNECT);
       native.shutdown(b, 2);
@@ -62,7 +49,7 @@ describe('Poller', () => {
     }));
 
   it('start/stop are idempotent; close is idempotent and final', () =>
-    withPair(async (a) => {
+    withSocketPair(async (a) => {
       const { poller, events } = recorder(a);
       poller.stop();
       poller.start(UV_WRITABLE);
@@ -78,7 +65,7 @@ describe('Poller', () => {
     }));
 
   it('start(0) stops', () =>
-    withPair(async (a) => {
+    withSocketPair(async (a) => {
       const { poller, events } = recorder(a);
       poller.start(UV_WRITABLE);
       poller.start(0);
@@ -88,7 +75,7 @@ describe('Poller', () => {
     }));
 
   it('can close itself from inside the callback', () =>
-    withPair(async (a, b) => {
+    withSocketPair(async (a, b) => {
       const { poller, events, next } = recorder(a, (self) => self.close());
       poller.start(UV_READABLE);
       native.write(b, new Uint8Array([1]));
@@ -100,7 +87,7 @@ describe('Poller', () => {
     }));
 
   it('can restart with other events, and stop, from inside the callback', () =>
-    withPair(async (a, b) => {
+    withSocketPair(async (a, b) => {
       const { poller, next } = recorder(a, (self, [, mask]) => {
         if (mask & UV_READABLE) self.start(UV_WRITABLE);
         else self.stop();
@@ -115,7 +102,7 @@ describe('Poller', () => {
     }));
 
   it('drains promise jobs right after the callback (napi_make_callback)', () =>
-    withPair(async (a, b) => {
+    withSocketPair(async (a, b) => {
       const order: string[] = [];
       const done = new Promise<void>((resolve) => {
         const poller = new native.Poller(a, () => {
@@ -136,7 +123,7 @@ describe('Poller', () => {
     }));
 
   it('refuses a second started poller on one fd (libuv: EEXIST)', () =>
-    withPair(async (a) => {
+    withSocketPair(async (a) => {
       const first = new native.Poller(a, () => undefined);
       first.start(UV_READABLE);
       assert.throws(() => new native.Poller(a, () => undefined), { errno: 17, syscall: 'uv_poll_init' });
@@ -159,7 +146,7 @@ describe('Poller', () => {
     }));
 
   it('throws TypeError for bad arguments and a bad `this`', () =>
-    withPair((a) => {
+    withSocketPair((a) => {
       const Poller = native.Poller as unknown as new (...args: unknown[]) => NativePoller;
       assert.throws(() => new Poller(a), TypeError);
       assert.throws(() => new Poller('1', () => undefined), TypeError);

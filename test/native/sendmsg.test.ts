@@ -1,23 +1,11 @@
 import assert from 'node:assert/strict';
+import { withSocketPair } from './util.js';
 import { describe, it } from 'node:test';
-import { createEventFd, native, socketPair } from '../../src/native/addon.js';
+import { createEventFd, native } from '../../src/native/addon.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
 
 const EAGAIN = 11;
 const EINVAL = 22;
-
-/** Runs `fn` with a fresh socketpair, closed afterwards. */
-async function withPair(fn: (a: number, b: number) => unknown): Promise<void> {
-  await assertNoFdLeak(async () => {
-    const [a, b] = socketPair();
-    try {
-      await fn(a, b);
-    } finally {
-      native.close(a);
-      native.close(b);
-    }
-  });
-}
 
 function closeAll(fds: Iterable<number>): void {
   for (const fd of fds) native.close(fd);
@@ -30,7 +18,7 @@ function receivedFds(meta: Int32Array): number[] {
 
 describe('sendmsg / recvmsg', () => {
   it('carries data and several fds in one message', () =>
-    withPair((a, b) => {
+    withSocketPair((a, b) => {
       const sent = [createEventFd(1), createEventFd(2), createEventFd(3)];
       try {
         const data = new TextEncoder().encode('hello, fds');
@@ -59,7 +47,7 @@ describe('sendmsg / recvmsg', () => {
     }));
 
   it('respects byteOffset of the iovecs and of the receive buffer', () =>
-    withPair((a, b) => {
+    withSocketPair((a, b) => {
       const backing = new Uint8Array([9, 9, 1, 2, 3, 9, 9]);
       assert.equal(native.sendmsg(a, [backing.subarray(2, 5), new Uint8Array(0)], null), 3);
       const big = new Uint8Array(16);
@@ -70,12 +58,12 @@ describe('sendmsg / recvmsg', () => {
     }));
 
   it('closes fds beyond the room in meta and reports MSG_CTRUNC', () =>
-    withPair((a, b) => {
+    withSocketPair((a, b) => {
       const sent = [createEventFd(), createEventFd(), createEventFd()];
       try {
         assert.equal(native.sendmsg(a, [new Uint8Array([7])], sent), 1);
         const meta = new Int32Array(2 + 1);
-        // assertNoFdLeak around withPair proves the two extra fds were closed.
+        // assertNoFdLeak around withSocketPair proves the two extra fds were closed.
         assert.equal(native.recvmsg(b, new Uint8Array(4), meta), 1);
         assert.equal(meta[0], 1);
         assert.equal(meta[1], 1, 'ctrunc bit');
@@ -86,7 +74,7 @@ describe('sendmsg / recvmsg', () => {
     }));
 
   it('drops all fds when meta has no room', () =>
-    withPair((a, b) => {
+    withSocketPair((a, b) => {
       const efd = createEventFd();
       try {
         assert.equal(native.sendmsg(a, [new Uint8Array([1])], [efd]), 1);
@@ -99,7 +87,7 @@ describe('sendmsg / recvmsg', () => {
     }));
 
   it('does not merge two fd-carrying messages into one read', () =>
-    withPair((a, b) => {
+    withSocketPair((a, b) => {
       const efd = createEventFd();
       try {
         assert.equal(native.sendmsg(a, [new Uint8Array([1, 1])], [efd]), 2);
@@ -118,7 +106,7 @@ describe('sendmsg / recvmsg', () => {
     }));
 
   it('returns -EAGAIN on an empty socket and 0 at EOF', () =>
-    withPair((a, b) => {
+    withSocketPair((a, b) => {
       const meta = new Int32Array(4).fill(5);
       assert.equal(native.recvmsg(b, new Uint8Array(8), meta), -EAGAIN);
       assert.deepEqual([...meta.subarray(0, 2)], [0, 0]);
@@ -127,13 +115,13 @@ describe('sendmsg / recvmsg', () => {
     }));
 
   it('returns -EPIPE (no SIGPIPE) when the peer is gone', () =>
-    withPair((a, b) => {
+    withSocketPair((a, b) => {
       assert.equal(native.shutdown(b, 2), 0);
       assert.equal(native.sendmsg(a, [new Uint8Array(1)], null), -32);
     }));
 
   it('returns -EAGAIN when the socket buffer is full', () =>
-    withPair((a) => {
+    withSocketPair((a) => {
       const chunk = new Uint8Array(1 << 16);
       let result = 0;
       for (let i = 0; i < 10_000 && result >= 0; i++) result = native.sendmsg(a, [chunk], null);
@@ -141,7 +129,7 @@ describe('sendmsg / recvmsg', () => {
     }));
 
   it('passes Linux’s SCM_MAX_FD fds, and the kernel refuses one more with EINVAL', () =>
-    withPair((a, b) => {
+    withSocketPair((a, b) => {
       const { SCM_MAX_FD } = native.constants;
       const efd = createEventFd();
       try {
@@ -164,7 +152,7 @@ describe('sendmsg / recvmsg', () => {
   });
 
   it('throws TypeError for bad arguments', () =>
-    withPair((a, b) => {
+    withSocketPair((a, b) => {
       const bad = (fn: () => unknown): void => assert.throws(fn, TypeError);
       const sendmsg = native.sendmsg as (...args: unknown[]) => number;
       const recvmsg = native.recvmsg as (...args: unknown[]) => number;
@@ -185,7 +173,7 @@ describe('sendmsg / recvmsg', () => {
 
 describe('read / write / dup / eventfd / ioctl', () => {
   it('reads and writes plain bytes', () =>
-    withPair((a, b) => {
+    withSocketPair((a, b) => {
       assert.equal(native.write(a, new Uint8Array([1, 2, 3])), 3);
       const buf = new Uint8Array(8);
       assert.equal(native.read(b, buf), 3);
@@ -194,7 +182,7 @@ describe('read / write / dup / eventfd / ioctl', () => {
     }));
 
   it('ioctl passes a Uint8Array by pointer (FIONREAD)', () =>
-    withPair((a, b) => {
+    withSocketPair((a, b) => {
       const FIONREAD = 0x541b;
       assert.equal(native.write(a, new Uint8Array(5)), 5);
       const out = new Uint8Array(8);
@@ -204,7 +192,7 @@ describe('read / write / dup / eventfd / ioctl', () => {
     }));
 
   it('dup gives a new fd for the same socket', () =>
-    withPair((a, b) => {
+    withSocketPair((a, b) => {
       const copy = native.dup(a);
       assert.ok(copy > 2 && copy !== a);
       try {

@@ -3,7 +3,8 @@
  */
 import { spawn, type StdioOptions } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { native } from '../../src/native/addon.js';
+import { native, socketPair } from '../../src/native/addon.js';
+import { assertNoFdLeak } from '../support/fd-count.js';
 
 /** Resolves with the event mask once `fd` is ready for `events` (via a Poller, no busy loop). */
 export function waitFor(fd: number, events: number = native.constants.UV_READABLE): Promise<number> {
@@ -57,4 +58,17 @@ export function fillPattern(bytes: Uint8Array, seed: number): void {
 export function checkPattern(bytes: Uint8Array, seed: number): number {
   for (let i = 0; i < bytes.length; i++) if (bytes[i] !== ((i * seed + (i >>> 12)) & 0xff)) return i;
   return -1;
+}
+
+/** Runs `fn` with a fresh socketpair, closed afterwards, checking that no fd leaked. */
+export async function withSocketPair(fn: (a: number, b: number) => unknown): Promise<void> {
+  await assertNoFdLeak(async () => {
+    const [a, b] = socketPair();
+    try {
+      await fn(a, b);
+    } finally {
+      native.close(a);
+      native.close(b);
+    }
+  });
 }

@@ -6,7 +6,7 @@ import { RemoteError } from '../../src/errors.js';
 import { DeviceFeature, DeviceFeatureFlags, DmaMapFlags } from '../../src/protocol/constants.js';
 import { decodeDmaLoggingControl, encodeDmaLoggingControl } from '../../src/protocol/feature.js';
 import { memfdCreate, native } from '../../src/native/addon.js';
-import { serveTestDevice, type ServedDevice } from '../support/server-fixture.js';
+import { testDeviceDefinition, withServedClient, type ServedDevice } from '../support/server-fixture.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
 
 const { GET, SET, PROBE } = DeviceFeatureFlags;
@@ -14,16 +14,7 @@ const START = DeviceFeature.DMA_LOGGING_START;
 const rejects = (errno: number, echoed?: boolean) => (e: unknown): boolean =>
   e instanceof RemoteError && e.errno === errno && (echoed === undefined || (e.payload !== undefined) === echoed);
 
-async function withClient(fn: (client: VfioUserClient, served: ServedDevice) => Promise<void>): Promise<void> {
-  const served = serveTestDevice();
-  const client = await VfioUserClient.connect(served.path);
-  try {
-    await fn(client, served);
-  } finally {
-    client.close();
-    await served.close();
-  }
-}
+const withClient = (fn: (client: VfioUserClient, served: ServedDevice) => Promise<void>): Promise<void> => withServedClient(testDeviceDefinition(), fn);
 
 describe('DEVICE_FEATURE rules', () => {
   it('PROBE: supported ops succeed and echo; unsupported ops and unknown features fail with the request echoed', () =>

@@ -1,4 +1,5 @@
 /** A device served on a temporary socket, for server tests. */
+import { VfioUserClient } from '../../src/client/client.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -49,4 +50,16 @@ export function serveTestDevice(definition: DeviceDefinition = testDeviceDefinit
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Serves `definition`, connects a client, runs `fn`, then closes both. */
+export async function withServedClient(definition: DeviceDefinition, fn: (client: VfioUserClient, served: ServedDevice) => Promise<void>): Promise<void> {
+  const served = serveTestDevice(definition);
+  const client = await VfioUserClient.connect(served.path);
+  try {
+    await fn(client, served);
+  } finally {
+    client.close();
+    await served.close();
+  }
 }
