@@ -34,13 +34,19 @@ function fakeState(): InterruptState & { intxDisabledNow: boolean; status: boole
 
 const drain = (fd: number): bigint | number => native.eventfdRead(fd);
 
+/** An IRQ controller with one INTx line whose trigger is an eventfd (the caller resets the controller, which closes it). */
+function intxWithEventFd(): { state: ReturnType<typeof fakeState>; irqs: IrqController; efd: number } {
+  const state = fakeState();
+  const irqs = new IrqController([1, 0, 0, 0, 0], state);
+  const efd = createEventFd();
+  irqs.apply({ argsz: 20, flags: IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, index: 0, start: 0, count: 1 }, [efd]);
+  return { state, irqs, efd };
+}
+
 describe('IrqController INTx', () => {
   it('holds an interrupt raised while Interrupt Disable is set and delivers it when the bit clears', async () => {
     await assertNoFdLeak(() => {
-      const state = fakeState();
-      const irqs = new IrqController([1, 0, 0, 0, 0], state);
-      const efd = createEventFd();
-      irqs.apply({ argsz: 20, flags: IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, index: 0, start: 0, count: 1 }, [efd]);
+      const { state, irqs, efd } = intxWithEventFd();
       state.intxDisabledNow = true;
       state.modeNow = 'none';
       assert.equal(irqs.interrupt(), false);
@@ -58,10 +64,7 @@ describe('IrqController INTx', () => {
 
   it('forgets a held INTx the device deasserted, and pending state on clearPending', async () => {
     await assertNoFdLeak(() => {
-      const state = fakeState();
-      const irqs = new IrqController([1, 0, 0, 0, 0], state);
-      const efd = createEventFd();
-      irqs.apply({ argsz: 20, flags: IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, index: 0, start: 0, count: 1 }, [efd]);
+      const { state, irqs, efd } = intxWithEventFd();
       state.intxDisabledNow = true;
       irqs.interrupt();
       irqs.deassertIntx();
@@ -81,10 +84,7 @@ describe('IrqController INTx', () => {
 
   it('adopts an INTx left asserted in restored config space, delivering it once INTx is enabled', async () => {
     await assertNoFdLeak(() => {
-      const state = fakeState();
-      const irqs = new IrqController([1, 0, 0, 0, 0], state);
-      const efd = createEventFd();
-      irqs.apply({ argsz: 20, flags: IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, index: 0, start: 0, count: 1 }, [efd]);
+      const { state, irqs, efd } = intxWithEventFd();
       state.status = true; // as config.restore() left it
       state.intxDisabledNow = true;
       irqs.adoptPending();
