@@ -7,9 +7,11 @@
  *   --only NAMES   only these sections (comma separated: transport, codec,
  *                  server, client, migration, orchestrator)
  *   --help         this text
+ * LIBVFIO_USER_BUILD=DIR adds libvfio-user's samples/gpio-pci-idio-16 (built
+ * in DIR) to the server section, measured against the same C client.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runTransportBench, type TransportResult } from './transport.js';
@@ -48,6 +50,18 @@ function hasTaskset(): boolean {
   return spawnSync('taskset', ['-c', '0', 'true']).status === 0;
 }
 
+/** libvfio-user's gpio sample, compared in the server section when LIBVFIO_USER_BUILD names its build directory. */
+function libvfioUserGpio(): { libvfioUserGpio?: string } {
+  const dir = process.env['LIBVFIO_USER_BUILD'];
+  if (!dir) return {};
+  const binary = join(dir, 'samples', 'gpio-pci-idio-16');
+  if (!existsSync(binary)) {
+    process.stderr.write(`LIBVFIO_USER_BUILD: ${binary} does not exist; the server section runs without libvfio-user\n`);
+    return {};
+  }
+  return { libvfioUserGpio: binary };
+}
+
 function buildC(dir: string): string {
   const out = join(dir, 'echo');
   const source = new URL('../../bench/c/echo.c', import.meta.url).pathname;
@@ -71,7 +85,7 @@ async function main(): Promise<void> {
     const echo = needsEcho ? buildC(dir) : '';
     if (only.has('transport')) report.transport = await runTransportBench({ dir, echo, pin, iterations: quick ? 20_000 : 200_000, log: !json });
     if (only.has('codec')) report.codec = runCodecBench({ seconds: quick ? 0.3 : 1, log: !json });
-    if (only.has('server')) report.server = await runServerBench({ dir, echo, pin, iterations: quick ? 20_000 : 160_000, log: !json });
+    if (only.has('server')) report.server = await runServerBench({ dir, echo, pin, iterations: quick ? 20_000 : 160_000, log: !json, ...libvfioUserGpio() });
     if (only.has('client')) {
       // The client section compares with the C-to-C floor of the transport section (measured here when that section was not asked for).
       const cFloorNs = (report.transport ?? (await runTransportBench({ dir, echo: buildC(dir), pin, iterations: quick ? 20_000 : 200_000, log: false }))).cToC.meanNs;

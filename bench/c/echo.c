@@ -3,8 +3,10 @@
  * part of the library):
  *   echo server PATH                       accept one client, echo each message as a reply
  *   echo client PATH ITER SIZE [DEPTH]     send SIZE-byte messages, DEPTH in flight (default 1), print JSON
- *   echo vfu PATH ITER [DEPTH]             a vfio-user client: VERSION, then 4-byte REGION_READs
- *                                          of BAR0 with DEPTH in flight, print JSON
+ *   echo vfu PATH ITER [DEPTH [REGION [OFFSET]]]
+ *                                          a vfio-user client: VERSION, then 4-byte REGION_READs of
+ *                                          region REGION (default 0) at OFFSET (default 0) with
+ *                                          DEPTH in flight (default 1), print JSON
  *   echo memcpy BYTES ITER                 memcpy BYTES between two buffers ITER times, print JSON
  * Replies are read generically (16-byte header, then msg_size - 16 bytes).
  */
@@ -146,7 +148,7 @@ static int client(const char *path, long iterations, uint32_t size, long depth) 
     return run_loop(fd, msg, size, iterations, depth);
 }
 
-static int vfu_client(const char *path, long iterations, long depth) {
+static int vfu_client(const char *path, long iterations, long depth, uint32_t region, uint64_t offset) {
     int fd = connect_to(path);
     static unsigned char buf[1 << 16];
     const char *json = "{\"capabilities\":{\"max_msg_fds\":8}}";
@@ -158,9 +160,8 @@ static int vfu_client(const char *path, long iterations, long depth) {
     memcpy(buf + 20, json, strlen(json) + 1);
     if (write_full(fd, buf, vsize) < 0 || read_message(fd, buf, sizeof(buf)) < 0) { fprintf(stderr, "VERSION failed\n"); return 1; }
     unsigned char msg[32];
-    put_header(msg, 9, 32); /* REGION_READ {u64 offset 0, u32 region 0, u32 count 4} */
-    uint64_t offset = 0;
-    uint32_t region = 0, count = 4;
+    put_header(msg, 9, 32); /* REGION_READ {u64 offset, u32 region, u32 count 4} */
+    uint32_t count = 4;
     memcpy(msg + 16, &offset, 8);
     memcpy(msg + 24, &region, 4);
     memcpy(msg + 28, &count, 4);
@@ -187,8 +188,10 @@ int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "server") == 0) return serve(argv[2]);
     if ((argc == 5 || argc == 6) && strcmp(argv[1], "client") == 0)
         return client(argv[2], atol(argv[3]), (uint32_t)atol(argv[4]), argc == 6 ? atol(argv[5]) : 1);
-    if ((argc == 4 || argc == 5) && strcmp(argv[1], "vfu") == 0) return vfu_client(argv[2], atol(argv[3]), argc == 5 ? atol(argv[4]) : 1);
+    if (argc >= 4 && argc <= 7 && strcmp(argv[1], "vfu") == 0)
+        return vfu_client(argv[2], atol(argv[3]), argc >= 5 ? atol(argv[4]) : 1, argc >= 6 ? (uint32_t)atol(argv[5]) : 0,
+                          argc >= 7 ? strtoull(argv[6], NULL, 0) : 0);
     if (argc == 4 && strcmp(argv[1], "memcpy") == 0) return copy_bench((size_t)atol(argv[2]), atol(argv[3]));
-    fprintf(stderr, "usage: %s server PATH | client PATH ITER SIZE [DEPTH] | vfu PATH ITER [DEPTH] | memcpy BYTES ITER\n", argv[0]);
+    fprintf(stderr, "usage: %s server PATH | client PATH ITER SIZE [DEPTH] | vfu PATH ITER [DEPTH [REGION [OFFSET]]] | memcpy BYTES ITER\n", argv[0]);
     return 2;
 }
