@@ -52,15 +52,14 @@ export class RegisterBlock {
 
   /** Reads `length` bytes at `offset` (inside the block: the library checked). */
   read(offset: number, length: number): Uint8Array {
+    // Byte stores, no DataView: one over a small on-heap array would move it off-heap (hundreds of ns).
     const out = new Uint8Array(length);
-    const view = new DataView(out.buffer);
-    for (let dword = offset & ~3; dword < offset + length; dword += 4) {
+    const end = offset + length;
+    for (let dword = offset & ~3; dword < end; dword += 4) {
       const lo = Math.max(offset, dword);
-      const hi = Math.min(offset + length, dword + 4);
+      const hi = Math.min(end, dword + 4);
       const value = this.#registers.get(dword)?.read?.(laneMask(lo - dword, hi - dword)) ?? 0;
-      const bytes = new Uint8Array(4);
-      new DataView(bytes.buffer).setUint32(0, value >>> 0, true);
-      for (let b = lo; b < hi; b++) view.setUint8(b - offset, bytes[b - dword] as number);
+      for (let b = lo; b < hi; b++) out[b - offset] = value >>> (8 * (b - dword));
     }
     return out;
   }

@@ -2,7 +2,7 @@
  * REGION_READ (9), REGION_WRITE (10) and REGION_WRITE_MULTI (15).
  * Every decoder rejects an access whose `offset + count` passes 2^64.
  */
-import { InvalidArgumentError } from '../errors.js';
+import { InvalidArgumentError, ProtocolError } from '../errors.js';
 import {
   REGION_ACCESS_SIZE,
   REGION_WRITE_MULTI_DATA_SIZE,
@@ -39,31 +39,70 @@ export interface RegionWriteMultiReply {
 const WRAP_RISK = (1n << 64n) - (1n << 32n);
 const TWO_64 = U64_MAX + 1n;
 
-function checkWrap(r: WireReader, offset: bigint, count: number, field: string): void {
+// The 16-byte access struct is read and written byte-wise here, without a
+// WireReader/WireWriter: it is on every REGION_READ/WRITE of a device server.
+// u64s go through an 8-byte scratch (a DataView over a small on-heap array
+// would move it off-heap, hundreds of ns).
+const scratch = new Uint8Array(8);
+const scratchView = new DataView(scratch.buffer);
+
+function get32(b: Uint8Array, p: number): number {
+  return (b[p]! | (b[p + 1]! << 8) | (b[p + 2]! << 16) | (b[p + 3]! << 24)) >>> 0;
+}
+
+function put32(b: Uint8Array, p: number, v: number): void {
+  b[p] = v;
+  b[p + 1] = v >>> 8;
+  b[p + 2] = v >>> 16;
+  b[p + 3] = v >>> 24;
+}
+
+function checkWrap(what: string, offset: bigint, count: number, field: string): void {
   if (offset > WRAP_RISK && offset + BigInt(count) > TWO_64) {
-    throw r.error(`${field}offset ${offset} + count ${count} wraps past 2^64`);
+    throw new ProtocolError(`${what}: ${field}offset ${offset} + count ${count} wraps past 2^64`);
   }
 }
 
-function readAccess(r: WireReader): RegionAccess {
-  const offset = r.u64('offset');
-  const region = r.u32('region');
-  const count = r.u32('count');
-  checkWrap(r, offset, count, '');
+/** The access struct at the start of `b` (the caller checked that 16 bytes exist). */
+function accessAt(b: Uint8Array, what: string): RegionAccess {
+  for (let i = 0; i < 8; i++) scratch[i] = b[i]!;
+  const offset = scratchView.getBigUint64(0, true);
+  const region = get32(b, 8);
+  const count = get32(b, 12);
+  checkWrap(what, offset, count, '');
   return { offset, region, count };
 }
 
-function readAccessWithData(r: WireReader): RegionAccessWithData {
-  const offset = r.u64('offset');
-  const region = r.u32('region');
-  const count = r.u32('count');
-  checkWrap(r, offset, count, '');
-  if (count !== r.remaining) throw r.error(`count ${count} but ${r.remaining} data bytes follow`);
-  return { offset, region, count, data: r.rest() };
+function readAccess(payload: Uint8Array, what: string): RegionAccess {
+  if (payload.length < REGION_ACCESS_SIZE) {
+    throw new ProtocolError(`${what}: truncated (need ${REGION_ACCESS_SIZE} bytes, have ${payload.length})`);
+  }
+  return accessAt(payload, what);
 }
 
-function writeAccess(w: WireWriter, v: RegionAccess): WireWriter {
-  return w.u64(v.offset, 'offset').u32(v.region, 'region').u32(v.count, 'count');
+function readAccessWithData(payload: Uint8Array, what: string): RegionAccessWithData {
+  const { offset, region, count } = readAccess(payload, what);
+  const remaining = payload.length - REGION_ACCESS_SIZE;
+  if (count !== remaining) throw new ProtocolError(`${what}: count ${count} but ${remaining} data bytes follow`);
+  return { offset, region, count, data: payload.subarray(REGION_ACCESS_SIZE) };
+}
+
+function checkU32(v: number, field: string, what: string): void {
+  if (!Number.isInteger(v) || v < 0 || v > 0xffff_ffff) throw new InvalidArgumentError(`${what}: ${field} = ${v} does not fit its field`);
+}
+
+/** Writes the access struct at the start of `out` (at least 16 bytes). */
+function putAccess(out: Uint8Array, v: RegionAccess, what: string): void {
+  const offset = v.offset;
+  if (typeof offset !== 'bigint' || offset < 0n || offset > U64_MAX) {
+    throw new InvalidArgumentError(`${what}: offset = ${String(offset)} does not fit a u64`);
+  }
+  checkU32(v.region, 'region', what);
+  checkU32(v.count, 'count', what);
+  scratchView.setBigUint64(0, offset, true);
+  for (let i = 0; i < 8; i++) out[i] = scratch[i]!;
+  put32(out, 8, v.region);
+  put32(out, 12, v.count);
 }
 
 function checkData(v: RegionAccessWithData, what: string): void {
@@ -74,7 +113,9 @@ function checkData(v: RegionAccessWithData, what: string): void {
 
 /** Encodes a REGION_READ request or REGION_WRITE reply (16 bytes). @throws {InvalidArgumentError} EINVAL. */
 export function encodeRegionAccess(v: RegionAccess): Uint8Array {
-  return writeAccess(new WireWriter(REGION_ACCESS_SIZE, 'region access'), v).finish();
+  const out = new Uint8Array(REGION_ACCESS_SIZE);
+  putAccess(out, v, 'region access');
+  return out;
 }
 
 /**
@@ -83,9 +124,10 @@ export function encodeRegionAccess(v: RegionAccess): Uint8Array {
  */
 export function encodeRegionAccessWithData(v: RegionAccessWithData): Uint8Array {
   checkData(v, 'region access');
-  return writeAccess(new WireWriter(REGION_ACCESS_SIZE + v.data.length, 'region access'), v)
-    .bytes(v.data, 'data')
-    .finish();
+  const out = new Uint8Array(REGION_ACCESS_SIZE + v.data.length);
+  putAccess(out, v, 'region access');
+  out.set(v.data, REGION_ACCESS_SIZE);
+  return out;
 }
 
 /**
@@ -94,7 +136,7 @@ export function encodeRegionAccessWithData(v: RegionAccessWithData): Uint8Array 
  * @throws {ProtocolError} EINVAL if shorter than 16 bytes or `offset + count` wraps.
  */
 export function decodeRegionReadRequest(payload: Uint8Array): RegionAccess {
-  return readAccess(new WireReader(payload, 'REGION_READ'));
+  return readAccess(payload, 'REGION_READ');
 }
 
 /**
@@ -102,7 +144,7 @@ export function decodeRegionReadRequest(payload: Uint8Array): RegionAccess {
  * @throws {ProtocolError} EINVAL if truncated, `count` disagrees with the payload, or `offset + count` wraps.
  */
 export function decodeRegionWriteRequest(payload: Uint8Array): RegionAccessWithData {
-  return readAccessWithData(new WireReader(payload, 'REGION_WRITE'));
+  return readAccessWithData(payload, 'REGION_WRITE');
 }
 
 /**
@@ -112,7 +154,7 @@ export function decodeRegionWriteRequest(payload: Uint8Array): RegionAccessWithD
  */
 export function decodeRegionReadReply(payload: Uint8Array): RegionAccessWithData | undefined {
   if (payload.length === 0) return undefined;
-  return readAccessWithData(new WireReader(payload, 'REGION_READ reply'));
+  return readAccessWithData(payload, 'REGION_READ reply');
 }
 
 /**
@@ -122,7 +164,7 @@ export function decodeRegionReadReply(payload: Uint8Array): RegionAccessWithData
  */
 export function decodeRegionWriteReply(payload: Uint8Array): RegionAccess | undefined {
   if (payload.length === 0) return undefined;
-  return readAccess(new WireReader(payload, 'REGION_WRITE reply'));
+  return readAccess(payload, 'REGION_WRITE reply');
 }
 
 /**
@@ -139,7 +181,7 @@ export function encodeRegionWriteMulti(v: RegionWriteMulti): Uint8Array {
     if (one.count > REGION_WRITE_MULTI_DATA_SIZE) {
       throw new InvalidArgumentError(`REGION_WRITE_MULTI: a ${one.count}-byte write does not fit an 8-byte entry`);
     }
-    writeAccess(w, one).bytes(one.data, 'data').zeros(REGION_WRITE_MULTI_DATA_SIZE - one.count, 'data padding');
+    w.u64(one.offset, 'offset').u32(one.region, 'region').u32(one.count, 'count').bytes(one.data, 'data').zeros(REGION_WRITE_MULTI_DATA_SIZE - one.count, 'data padding');
   }
   return w.finish();
 }
@@ -161,7 +203,7 @@ export function decodeRegionWriteMulti(payload: Uint8Array): RegionWriteMulti {
     const offset = r.u64('wrs[].offset');
     const region = r.u32('wrs[].region');
     const count = r.u32('wrs[].count');
-    checkWrap(r, offset, count, `wrs[${i}].`);
+    checkWrap('REGION_WRITE_MULTI', offset, count, `wrs[${i}].`);
     if (count > REGION_WRITE_MULTI_DATA_SIZE) throw r.error(`wrs[${i}].count ${count} exceeds 8`);
     const data = r.bytes(REGION_WRITE_MULTI_DATA_SIZE, 'wrs[].data').subarray(0, count);
     writes.push({ offset, region, count, data });

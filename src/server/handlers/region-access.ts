@@ -12,38 +12,45 @@ import type { Handler, HandlerContext, HandlerReply } from '../types.js';
 
 type Req<C extends number> = Extract<DecodedRequest, { cmd: C }>;
 
+/** Region sizes up to this are compared as numbers (exact: offset ≤ size, so offset + count < 2^53). */
+const NUMBER_SIZE_LIMIT = 2n ** 52n;
+
+function accessError(a: RegionAccess, what: string, rule: string): ProtocolError {
+  return new ProtocolError(`${what} region ${a.region} offset 0x${a.offset.toString(16)} count ${a.count}: ${rule}`);
+}
+
 /**
  * Validates one access and returns its offset as a number.
  * @throws {ProtocolError} EINVAL naming the broken rule.
  */
 function checkAccess(ctx: HandlerContext, a: RegionAccess, write: boolean, what: string): number {
-  const fail = (rule: string): never => {
-    throw new ProtocolError(`${what} region ${a.region} offset 0x${a.offset.toString(16)} count ${a.count}: ${rule}`);
-  };
-  if (a.count > ctx.server.maxDataXferSize) fail(`count beyond max_data_xfer_size ${ctx.server.maxDataXferSize}`);
-  if (a.region >= ctx.device.numRegions) fail('no such region');
-  const desc = ctx.device.regionInfo(a.region);
-  if (!desc || desc.size === 0n) fail('region not implemented');
-  const d = desc as NonNullable<typeof desc>;
-  if (a.offset + BigInt(a.count) > d.size) fail(`access beyond the region's ${d.size} bytes`);
-  if (write && (d.flags & RegionInfoFlags.WRITE) === 0) fail('region is not writable');
-  if (!write && (d.flags & RegionInfoFlags.READ) === 0) fail('region is not readable');
+  if (a.count > ctx.server.maxDataXferSize) throw accessError(a, what, `count beyond max_data_xfer_size ${ctx.server.maxDataXferSize}`);
+  if (a.region >= ctx.device.numRegions) throw accessError(a, what, 'no such region');
+  const d = ctx.device.regionInfo(a.region);
+  if (!d || d.size === 0n) throw accessError(a, what, 'region not implemented');
+  // offset + count > size, without allocating bigints when the region is small enough.
+  const beyond = d.size <= NUMBER_SIZE_LIMIT ? a.offset > d.size || Number(a.offset) + a.count > Number(d.size) : a.offset + BigInt(a.count) > d.size;
+  if (beyond) throw accessError(a, what, `access beyond the region's ${d.size} bytes`);
+  if (write && (d.flags & RegionInfoFlags.WRITE) === 0) throw accessError(a, what, 'region is not writable');
+  if (!write && (d.flags & RegionInfoFlags.READ) === 0) throw accessError(a, what, 'region is not readable');
   return Number(a.offset);
 }
 
-function checkLength(data: Uint8Array, count: number, what: string): Uint8Array {
-  if (data.length !== count) throw new ProtocolError(`${what}: the device returned ${data.length} bytes for a ${count}-byte read`);
-  return data;
+/** The REGION_READ reply: the access echoed and the bytes the device returned (exactly `count`). */
+function readReply(a: RegionAccess, data: Uint8Array): HandlerReply {
+  if (data.length !== a.count) throw new ProtocolError(`REGION_READ: the device returned ${data.length} bytes for a ${a.count}-byte read`);
+  return { payload: encodeRegionAccessWithData({ offset: a.offset, region: a.region, count: a.count, data }) };
 }
+
+const NO_DATA = new Uint8Array(0);
 
 /** REGION_READ: replies with the access echoed and `count` bytes. */
 export const handleRegionRead: Handler<Req<typeof Command.REGION_READ>> = (ctx, request) => {
   const a = request.body;
   const offset = checkAccess(ctx, a, false, 'REGION_READ');
-  const reply = (data: Uint8Array): HandlerReply => ({ payload: encodeRegionAccessWithData({ ...a, data: checkLength(data, a.count, 'REGION_READ') }) });
-  if (a.count === 0) return reply(new Uint8Array(0));
+  if (a.count === 0) return readReply(a, NO_DATA);
   const data = ctx.device.regionRead(a.region, offset, a.count);
-  return data instanceof Promise ? data.then(reply) : reply(data);
+  return data instanceof Promise ? data.then((d) => readReply(a, d)) : readReply(a, data);
 };
 
 /** REGION_WRITE: replies with the access echoed. */
