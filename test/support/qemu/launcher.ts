@@ -150,33 +150,26 @@ export class Qemu {
     const fail = (why: string): Promise<never> => {
       child.kill('SIGKILL');
       return exited.then(() => {
-        qtestListener.close();
-        qmpListener.close();
         rmSync(dir, { recursive: true, force: true });
         throw new Error(`QEMU did not start (${why}); it printed:\n${output}`);
       });
     };
     let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), options.startTimeoutMs ?? 20_000)));
-    try {
-      const up = (async () => {
-        const qtest = new QtestClient(await qtestListener.accepted);
-        const qmp = await QmpClient.connect(await qmpListener.accepted);
-        return { qtest, qmp };
-      })();
-      const first = await Promise.race([up, exited.then((e) => `exited with ${e.code ?? e.signal}` as const), deadline]);
-      if (typeof first === 'string') {
-        void up.catch(() => undefined);
-        return await fail(first === 'timeout' ? 'start-up took too long' : first);
-      }
-      return new Qemu(child, dir, first.qtest, first.qmp, () => output, exited);
-    } catch (e) {
-      return await fail((e as Error).message);
-    } finally {
-      clearTimeout(timer);
-      qtestListener.close();
-      qmpListener.close();
+    const deadline = new Promise<string>((resolve) => (timer = setTimeout(() => resolve('start-up took too long'), options.startTimeoutMs ?? 20_000)));
+    const up = (async () => {
+      const qtest = new QtestClient(await qtestListener.accepted);
+      const qmp = await QmpClient.connect(await qmpListener.accepted);
+      return { qtest, qmp };
+    })();
+    const first = await Promise.race([up, exited.then((e) => `exited with ${e.code ?? e.signal}`), deadline]).catch((e: Error) => e.message);
+    clearTimeout(timer);
+    qtestListener.close();
+    qmpListener.close();
+    if (typeof first === 'string') {
+      void up.catch(() => undefined);
+      return fail(first);
     }
+    return new Qemu(child, dir, first.qtest, first.qmp, () => output, exited);
   }
 }
 
@@ -187,6 +180,7 @@ export function qemuArgs(qtestPath: string, qmpPath: string, o: QemuOptions): st
   const args = [
     '-accel', 'qtest',
     '-qtest', `unix:${qtestPath}`,
+    '-qtest-log', '/dev/null', // QEMU logs every qtest line to stderr otherwise
     '-chardev', `socket,path=${qmpPath},id=qmp0`,
     '-mon', 'chardev=qmp0,mode=control',
     '-run-with', 'exit-with-parent=on',
