@@ -57,6 +57,11 @@ export interface QemuOptions {
   rootPorts?: number;
   /** Guest RAM in MiB (default 256). */
   memoryMiB?: number;
+  /**
+   * Guest RAM a shared memfd QEMU passes with DMA_MAP (default true); false:
+   * anonymous RAM without an fd, so the server reaches it with DMA_READ/DMA_WRITE messages.
+   */
+  sharedMemory?: boolean;
   /** Extra arguments, appended last. */
   extraArgs?: string[];
   /** How long QEMU may take to come up (default 20 s). */
@@ -187,7 +192,7 @@ export function qemuArgs(qtestPath: string, qmpPath: string, o: QemuOptions): st
     '-nographic', '-nodefaults', '-display', 'none',
     '-machine', `${machine},memory-backend=mem`,
     '-m', `${mib}M`,
-    '-object', `memory-backend-memfd,id=mem,size=${mib}M,share=on`,
+    '-object', o.sharedMemory === false ? `memory-backend-ram,id=mem,size=${mib}M` : `memory-backend-memfd,id=mem,size=${mib}M,share=on`,
     '-L', '/usr/share/seabios', '-L', '/usr/share/qemu',
   ];
   const ports = o.rootPorts ?? 0;

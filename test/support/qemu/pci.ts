@@ -243,8 +243,12 @@ export class PciFunction {
   }
 }
 
-/** Gives a bridge (a root port) bus numbers and 1 MiB-aligned memory and 4 KiB-aligned I/O windows; enables forwarding. */
-export async function setUpBridge(bridge: PciFunction, secondary: number, alloc: Allocator, memSize = 16n << 20n, ioSize = 0x1000n): Promise<{ mem: bigint; io: bigint }> {
+/**
+ * Gives a bridge (a root port) bus numbers and 1 MiB-aligned memory and 4 KiB-aligned
+ * I/O windows taken from `alloc`; enables forwarding.
+ * @returns an allocator over the windows, for the BARs of devices behind the bridge.
+ */
+export async function setUpBridge(bridge: PciFunction, secondary: number, alloc: Allocator, memSize = 16n << 20n, ioSize = 0x1000n): Promise<Allocator> {
   await bridge.write8(Cfg.PRIMARY_BUS, bridge.bdf.bus);
   await bridge.write8(Cfg.SECONDARY_BUS, secondary);
   await bridge.write8(Cfg.SUBORDINATE_BUS, secondary);
@@ -260,7 +264,7 @@ export async function setUpBridge(bridge: PciFunction, secondary: number, alloc:
   await bridge.write32(Cfg.PREF_BASE_UPPER, 0);
   await bridge.write32(Cfg.PREF_LIMIT_UPPER, 0);
   await bridge.enable(Command.IO | Command.MEMORY | Command.BUS_MASTER);
-  return { mem, io };
+  return new Allocator(mem, io, mem + memSize, io + ioSize);
 }
 
 /** `bb:dd.f`. */
