@@ -37,7 +37,8 @@ describe('a Linux guest in QEMU drives our devices through vfio-user-pci', { ski
   });
 
   const context = (): string =>
-    `\n--- guest results:\n${run.results.join('\n')}\n--- QEMU printed:\n${run.qemuOutput}\n--- host errors: ${run.host.errors.join('; ')}`;
+    `\n--- console (last 60 lines):\n${run.transcript.split('\n').slice(-60).join('\n')}` +
+    `\n--- QEMU printed (${JSON.stringify(run.qemuExit)}):\n${run.qemuOutput}\n--- host errors: ${run.host.errors.join('; ')}`;
   /** The words of the single result line starting with `prefix`. */
   const line = (prefix: string): string[] => {
     const found = run.results.filter((l) => l.startsWith(`${prefix} `));

@@ -186,6 +186,8 @@ export async function runGuest(kit: GuestKit, deadlineMs: number): Promise<Guest
       new Promise<'killed at the deadline'>((resolve) => (timer = setTimeout(() => resolve('killed at the deadline'), deadlineMs - (Date.now() - started)))),
     ]);
     clearTimeout(timer);
+    // At the deadline QEMU goes first, so that a step waiting on it (QMP) ends too.
+    if (ended === 'killed at the deadline') await guest.close();
     await Promise.all(pending);
     return { results, host, transcript: guest.transcript(), qemuOutput: guest.output(), qemuExit: ended, durationMs: Date.now() - started };
   } finally {
