@@ -7,6 +7,7 @@
 import { Argument, Command as Cli, Option } from 'commander';
 import { runDemo, type DemoOptions } from './commands/demo.js';
 import { SERVE_DEVICES, runServe, type ServeCommandOptions } from './commands/serve.js';
+import { DEFAULT_SERVER_MSG_FDS, MAX_SERVER_MSG_FDS } from '../server/server.js';
 import { runInfo, type InfoOptions } from './commands/info.js';
 import { runLspci, type LspciOptions } from './commands/lspci.js';
 import { runRead, runWrite, type ReadOptions, type WriteOptions } from './commands/access.js';
@@ -62,6 +63,7 @@ program
   .requiredOption('--socket <path>', 'socket path to create (removed on exit)')
   .option('--size <bytes>', 'memory device: BAR0 size, a power of two (K/M/G suffixes allowed; default 1M)')
   .option('--allow-uid <uid...>', 'only serve clients running as these uids')
+  .option('--max-msg-fds <n>', `fds a client may send per message, advertised in VERSION (1–${MAX_SERVER_MSG_FDS}; QEMU accepts ≤ 16)`, String(DEFAULT_SERVER_MSG_FDS))
   .action(async (device: string, options: ServeCommandOptions) => {
     await runServe(device, options);
   });

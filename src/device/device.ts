@@ -56,7 +56,7 @@ export class VfioUserDevice implements SessionDevice {
     const msixRegion = msix ? this.#regions[msix.bar] : undefined;
     if (msixRegion) msixRegion.msix = msixWindow(this.config);
     const irq = definition.irqs ?? {};
-    this.irqs = new IrqController([irq.intx ? 1 : 0, irq.msi ?? 0, irq.msix ?? 0, irq.err ? 1 : 0, irq.req ? 1 : 0], interruptStateOf(this.config));
+    this.irqs = new IrqController([irq.intx ? 1 : 0, irq.msi ?? 0, irq.msix ?? 0, (irq.err ?? true) ? 1 : 0, (irq.req ?? true) ? 1 : 0], interruptStateOf(this.config));
     this.migration = definition.migration ? new MigrationController(definition.migration, this.config, definition.pci, () => this.irqs.adoptPending()) : undefined;
     this.#features = this.migration ? migrationFeatures(this.migration) : undefined;
     this.config.onChange((event) => {

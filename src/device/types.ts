@@ -103,9 +103,16 @@ export interface IrqsDefinition {
   msi?: number;
   /** MSI-X vectors: 1–2048 (adds an MSI-X capability; see {@link DeviceDefinition.msix}). */
   msix?: number;
-  /** Error-reporting eventfd (vfio ERR index). */
+  /**
+   * Error-reporting eventfd (vfio ERR index, one vector; {@link VfioUserDevice.reportError}).
+   * Default true, as the kernel's vfio-pci and libvfio-user report it: QEMU warns
+   * "Could not enable error recovery" when the count is 0.
+   */
   err?: boolean;
-  /** Device request eventfd (vfio REQ index). */
+  /**
+   * Device request eventfd (vfio REQ index, one vector; {@link VfioUserDevice.requestRelease}):
+   * how a device asks the VMM to release it (QEMU unplugs it). Default true.
+   */
   req?: boolean;
 }
 

@@ -1,8 +1,10 @@
 /**
  * A 16-in / 16-out GPIO card modelled on the ACCES PCI-IDIO-16, the card
  * libvfio-user's `samples/gpio-pci-idio-16.c` impersonates: vendor 0x494f,
- * device 0x0dc8, subsystem 0:0, class code 0 (the sample sets none), one
- * 256-byte BAR2 of registers and INTx (plus one MSI vector, so a driver that
+ * device 0x0dc8, subsystem 0:0, class code 0x118000 (signal processing
+ * controller; the sample sets none, and Linux assigns no BARs to a classless
+ * device hot-plugged into a running guest), one 256-byte I/O-port BAR2 of
+ * registers (as on the card and in the sample) and INTx (plus one MSI vector, so a driver that
  * enables MSI gets the same interrupt there).
  *
  * The input lines are simulated: the program hosting the device drives them
@@ -12,7 +14,7 @@
  * level: the device asserts it while any status bit is set and deasserts it
  * (PCI Status bit 3) when the driver clears the last one.
  *
- * BAR2 register map (memory BAR, any access width; reserved bytes read 0 and
+ * BAR2 register map (I/O BAR, any access width; reserved bytes read 0 and
  * ignore writes). 0x00–0x06 are byte registers laid out as on the real card:
  *
  * | off  | name         | access | meaning |
@@ -84,8 +86,11 @@ export const GpioReg = {
 /** One of {@link GpioReg}. */
 export type GpioReg = (typeof GpioReg)[keyof typeof GpioReg];
 
-/** PCI identity of the card (as in libvfio-user's sample). */
-export const GPIO_PCI_ID = { vendorId: 0x494f, deviceId: 0x0dc8, classCode: 0x000000 } as const;
+/**
+ * PCI identity of the card: libvfio-user's sample's ids, with class 0x118000
+ * (signal processing controller, other) where the sample has none.
+ */
+export const GPIO_PCI_ID = { vendorId: 0x494f, deviceId: 0x0dc8, classCode: 0x118000 } as const;
 /** Size of BAR2. */
 export const GPIO_BAR_SIZE = 0x100;
 /** Input and output channels. */
@@ -297,6 +302,7 @@ export function createGpioDevice(options: GpioOptions = {}): GpioDevice {
     regions: {
       bar2: {
         size: GPIO_BAR_SIZE,
+        type: 'io', // as on the real card and in libvfio-user's sample
         read: (offset, length) => registers.read(offset, length),
         write: (offset, data) => {
           if (!state.run.stopped) registers.write(offset, data); // a stopped card changes no state

@@ -348,14 +348,34 @@ export interface MigrationExtensions {
   identity?: number;
 }
 
-/** The `capabilities.migration` members a migratable device's server advertises. */
-export function migrationExtensionMembers(): ExtraMembers {
-  return {
-    [ExtensionCapability.PRECOPY_INFO]: { feature: ExtensionFeature.PRECOPY_INFO },
-    [ExtensionCapability.MIG_STATE_DEADLINE]: { feature: ExtensionFeature.MIG_STATE_DEADLINE },
-    [ExtensionCapability.MIG_ARC_LATENCY]: { feature: ExtensionFeature.MIG_ARC_LATENCY },
-    [ExtensionCapability.MIG_IDENTITY]: { feature: ExtensionFeature.MIG_IDENTITY },
-  };
+/** Every extension this library implements: capability member → feature index. */
+const EXTENSION_FEATURES: Readonly<Record<string, number>> = {
+  [ExtensionCapability.PRECOPY_INFO]: ExtensionFeature.PRECOPY_INFO,
+  [ExtensionCapability.MIG_STATE_DEADLINE]: ExtensionFeature.MIG_STATE_DEADLINE,
+  [ExtensionCapability.MIG_ARC_LATENCY]: ExtensionFeature.MIG_ARC_LATENCY,
+  [ExtensionCapability.MIG_IDENTITY]: ExtensionFeature.MIG_IDENTITY,
+};
+
+/**
+ * What a client puts in its own VERSION (`capabilities.migration`) to ask for
+ * the extensions: one member per extension it understands, value `{}`. A
+ * server advertises only extensions a client asked for, so a client that asks
+ * for none (QEMU, libvfio-user) gets a reply no longer than before them.
+ */
+export function migrationExtensionRequest(): ExtraMembers {
+  return Object.fromEntries(Object.keys(EXTENSION_FEATURES).map((name) => [name, {}]));
+}
+
+/**
+ * The `capabilities.migration` members a migratable device's server
+ * advertises: those of the extensions the client named in its own
+ * `capabilities.migration` (any value), in a fixed order.
+ * @param requested - the client's `migration` extra members, if any.
+ */
+export function migrationExtensionMembers(requested: ExtraMembers | undefined): ExtraMembers {
+  if (requested === undefined) return {};
+  const names = Object.keys(EXTENSION_FEATURES).filter((name) => Object.hasOwn(requested, name));
+  return Object.fromEntries(names.map((name) => [name, { feature: EXTENSION_FEATURES[name] }]));
 }
 
 function featureOf(member: unknown): number | undefined {

@@ -2,14 +2,14 @@
  * VERSION negotiation, the first message of every session: major 0, minor up
  * to 2, the client's capabilities honoured (`max_data_xfer_size` chunks
  * server→client DMA, `max_msg_fds`, `twin_socket`), ours advertised in JSON.
- * With a twin socket the reply carries one fd: the client's end of a socket pair
+ * The reply is never longer than the request (QEMU reads it into its request's
+ * buffer; see version-reply.ts). With a twin socket the reply carries one fd: the client's end of a socket pair
  * on which the server sends its own commands.
  */
 import { ProtocolError } from '../errors.js';
 import { Command, DEFAULT_PGSIZES, PROTOCOL_MAJOR, PROTOCOL_MINOR } from '../protocol/constants.js';
 import { isReply } from '../protocol/header.js';
 import { checkRequestFds, decodeRequest } from '../protocol/request.js';
-import { encodeVersion } from '../protocol/version.js';
 import { resolveCapabilities, type Capabilities, type ResolvedCapabilities } from '../protocol/capabilities.js';
 import { migrationExtensionMembers } from '../protocol/migration-extensions.js';
 import { native, socketPair } from '../native/addon.js';
@@ -18,6 +18,7 @@ import type { Message, Transport } from '../transport/transport.js';
 import type { Logger } from '../log.js';
 import type { ServerRequests } from './server-requests.js';
 import type { HandlerReply, ServerLimits } from './types.js';
+import { fitVersionReply } from './version-reply.js';
 
 /** The page size of migration dirty tracking we advertise (libvfio-user's). */
 const MIGRATION_PGSIZE = 4096;
@@ -57,24 +58,17 @@ export function negotiate(m: Message, limits: ServerLimits, requests: ServerRequ
     pgsizes: DEFAULT_PGSIZES,
     writeMultiple: limits.writeMultiple,
   };
-  // A migratable device also advertises this library's extension features (docs/protocol-extensions.md) as
-  // extra members of `migration`: libvfio-user's parser looks up only the members it knows, QEMU's warns.
-  if (migratable) caps.migration = { pgsize: MIGRATION_PGSIZE, extra: migrationExtensionMembers() };
-  const wantsTwin = client.twinSocket.supported && client.maxMsgFds > 0;
-  if (!wantsTwin) return { client, minor, twin: undefined, reply: { payload: encodeVersion({ major: PROTOCOL_MAJOR, minor, capabilities: caps }) } };
+  // A migratable device advertises this library's extension features (docs/protocol-extensions.md) as extra
+  // members of `migration`, but only those the client named in its own `migration`: QEMU warns about unknown
+  // members and receives the reply into its request's buffer.
+  if (migratable) caps.migration = { pgsize: MIGRATION_PGSIZE, extra: migrationExtensionMembers(version.capabilities?.migration?.extra) };
+  if (client.twinSocket.supported && client.maxMsgFds > 0) caps.twinSocket = { supported: true, fdIndex: 0 };
+  const fitted = fitVersionReply(PROTOCOL_MAJOR, minor, caps, m.payload.length);
+  if (fitted.omitted.length > 0) logger.info({ omitted: fitted.omitted }, 'VERSION reply shortened to fit the client\'s request');
+  if (!fitted.capabilities.twinSocket) return { client, minor, twin: undefined, reply: { payload: fitted.payload } };
   const [ours, theirs] = socketPair();
   const twin = openTwin(ours, requests, logger);
-  caps.twinSocket = { supported: true, fdIndex: 0 };
-  return {
-    client,
-    minor,
-    twin,
-    reply: {
-      payload: encodeVersion({ major: PROTOCOL_MAJOR, minor, capabilities: caps }),
-      fds: [theirs],
-      afterSend: () => native.close(theirs),
-    },
-  };
+  return { client, minor, twin, reply: { payload: fitted.payload, fds: [theirs], afterSend: () => native.close(theirs) } };
 }
 
 function openTwin(fd: number, requests: ServerRequests, logger: Logger): Transport {

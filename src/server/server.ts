@@ -6,6 +6,7 @@
  * When a client goes away its session tears down (DMA unmapped, IRQ fds closed,
  * the device reset with reason LOST_CONNECTION) and the next client is served.
  */
+import { InvalidArgumentError } from '../errors.js';
 import { Errno } from '../protocol/errno.js';
 import { HeaderFlags, SERVER_MAX_DATA_XFER_SIZE, SERVER_MAX_MSG_SIZE, DEFAULT_MAX_DMA_MAPS } from '../protocol/constants.js';
 import { UnixListener } from '../transport/unix-listener.js';
@@ -20,7 +21,10 @@ export interface ServeOptions {
   mode?: number;
   /** If set, only peers with one of these uids (SO_PEERCRED) are served. */
   allowedUids?: readonly number[];
-  /** Limits advertised to clients (defaults: 1 MiB transfers, 253 fds, 65535 maps, write_multiple). */
+  /**
+   * Limits advertised to clients (defaults: 1 MiB transfers, 16 fds, 65535 maps, write_multiple).
+   * `maxMsgFds` is 1–253; QEMU 10.2 refuses a server that advertises more than 16.
+   */
   limits?: Partial<ServerLimits>;
   /** How long a server→client DMA request waits for its reply (default 10 s). */
   dmaTimeoutMs?: number;
@@ -34,8 +38,13 @@ export interface ServeOptions {
   busyGraceMs?: number;
 }
 
-/** Most fds Linux delivers with one message (SCM_MAX_FD). */
-const SERVER_RECEIVE_FDS = 253;
+/**
+ * `max_msg_fds` advertised by default: what QEMU (which refuses more than 16)
+ * and libvfio-user accept; clients split SET_IRQS into batches of this many fds.
+ */
+export const DEFAULT_SERVER_MSG_FDS = 16;
+/** Most fds Linux delivers with one message (SCM_MAX_FD): the largest `maxMsgFds` a server may advertise. */
+export const MAX_SERVER_MSG_FDS = 253;
 
 /** A device served on a socket path. */
 export class DeviceServer {
@@ -56,16 +65,18 @@ export class DeviceServer {
     this.#options = options;
     this.#limits = {
       maxDataXferSize: SERVER_MAX_DATA_XFER_SIZE,
-      maxMsgFds: SERVER_RECEIVE_FDS,
+      maxMsgFds: DEFAULT_SERVER_MSG_FDS,
       maxDmaMaps: DEFAULT_MAX_DMA_MAPS,
       writeMultiple: true,
       ...options.limits,
     };
+    checkLimits(this.#limits);
     this.#listener = UnixListener.listen(options.path, { mode: options.mode ?? 0o600 }, (t) => this.#onConnection(t));
   }
 
   /**
    * Starts serving `device` on `options.path`.
+   * @throws {InvalidArgumentError} EINVAL for limits out of range (`maxMsgFds` 0–253, others positive integers).
    * @throws {SystemError} EADDRINUSE if another server owns the path; EACCES/ENOENT from bind.
    */
   static listen(device: SessionDevice, options: ServeOptions): DeviceServer {
@@ -163,5 +174,15 @@ export class DeviceServer {
       onStreamError: () => t.close(),
       onClose: () => clearTimeout(timer),
     });
+  }
+}
+
+function checkLimits(limits: ServerLimits): void {
+  const { maxMsgFds, maxDataXferSize, maxDmaMaps } = limits;
+  if (!Number.isInteger(maxMsgFds) || maxMsgFds < 0 || maxMsgFds > MAX_SERVER_MSG_FDS) {
+    throw new InvalidArgumentError(`limits.maxMsgFds: ${maxMsgFds} is not in 0–${MAX_SERVER_MSG_FDS}`);
+  }
+  for (const [name, value] of Object.entries({ maxDataXferSize, maxDmaMaps })) {
+    if (!Number.isSafeInteger(value) || value < 1) throw new InvalidArgumentError(`limits.${name}: ${value} is not a positive integer`);
   }
 }

@@ -6,7 +6,7 @@
  * interleaved on the main socket: replies to them are picked out of the stream
  * while the request that needs them waits, so neither side deadlocks.
  */
-import { ConnectionClosedError } from '../errors.js';
+import { ConnectionClosedError, ProtocolError } from '../errors.js';
 import { ReplyWithPayload, errnoOf } from './reply-error.js';
 import { HeaderFlags, commandName } from '../protocol/constants.js';
 import { isReply } from '../protocol/header.js';
@@ -145,6 +145,9 @@ export class Session {
   #dispatch(m: Message): HandlerReply | undefined | Promise<HandlerReply | undefined> {
     if (!this.#negotiated) return this.#negotiate(m);
     const request = decodeRequest(m.header, m.payload, this.#options.maxMessageSize);
+    if (m.fds.count > this.#options.limits.maxMsgFds) {
+      throw new ProtocolError(`${m.fds.count} fds in one message exceed the advertised max_msg_fds ${this.#options.limits.maxMsgFds}`);
+    }
     const { use } = checkRequestFds(request, m.fds.count);
     const migration = this.#device.migration;
     if (migration) checkCommandAllowed(migration.state as never, request.cmd);

@@ -22,7 +22,7 @@ describe('client: connect and VERSION', () => {
   it('negotiates 0.2 and records the server capabilities', () =>
     session(async ({ client, served, trace }) => {
       assert.deepEqual(client.version, { major: 0, minor: 2 });
-      assert.equal(client.server.maxMsgFds, 253);
+      assert.equal(client.server.maxMsgFds, 16);
       assert.equal(client.server.maxDataXferSize, 1 << 20);
       assert.equal(client.server.maxDmaMaps, 65535);
       assert.equal(client.server.pgsizes, 4096n);

@@ -96,16 +96,59 @@ describe('MSI', () => {
 });
 
 describe('MSI-X', () => {
-  it('the table resets to all vectors masked', () => {
+  it('the table resets to all Mask bits set, which gate nothing until the client writes the table', () => {
     const cs = new ConfigSpace(MSIX8);
     const msix = cs.msix;
     assert.ok(msix);
     assert.deepEqual(msix.table, { bar: 2, offset: 0, size: 128 });
     assert.deepEqual(msix.pba, { bar: 2, offset: 0x800, size: 8 });
+    assert.equal(msix.tableInUse, false);
     for (let v = 0; v < 8; v++) {
-      assert.equal(msix.isMasked(v), true);
+      assert.equal(msix.entry(v).masked, true);
+      assert.equal(msix.isMasked(v), false, 'a VMM that emulates the table (QEMU) never writes it: its vectors are not held');
       assert.deepEqual([...msix.tableRead(v * 16, 16)], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
     }
+  });
+
+  it('the first table write puts the table in use: its Mask bits then gate delivery', () => {
+    const cs = new ConfigSpace(MSIX8);
+    const msix = cs.msix;
+    assert.ok(msix);
+    msix.tableWrite(0, u32le(0xfee00000)); // address of vector 0 only
+    assert.equal(msix.tableInUse, true);
+    for (let v = 0; v < 8; v++) assert.equal(msix.isMasked(v), true, `vector ${v}`);
+    msix.tableWrite(12, u32le(0));
+    assert.equal(msix.isMasked(0), false);
+    cs.reset();
+    assert.equal(msix.tableInUse, false);
+    assert.equal(msix.isMasked(1), false);
+  });
+
+  it('a restored table is in use exactly when it differs from its reset value', () => {
+    const programmed = new ConfigSpace(MSIX8);
+    programmed.msix?.tableWrite(16, msixEntry(0xfee00000n, 0x21, true));
+    const target = new ConfigSpace(MSIX8);
+    target.restore(programmed.snapshot());
+    assert.equal(target.msix?.tableInUse, true);
+    assert.equal(target.msix?.isMasked(1), true);
+    const untouched = new ConfigSpace(MSIX8);
+    untouched.msix?.tableWrite(16, msixEntry(0n, 0, true)); // in use, but still at the reset value
+    const target2 = new ConfigSpace(MSIX8);
+    target2.restore(untouched.snapshot());
+    assert.equal(target2.msix?.tableInUse, false);
+    assert.equal(target2.msix?.isMasked(1), false);
+  });
+
+  it('Function Mask holds vectors of a table the client never wrote; clearing it raises msix-unmask for all', () => {
+    const cs = new ConfigSpace(MSIX8);
+    const msix = cs.msix;
+    assert.ok(msix);
+    const events = withEvents(cs);
+    cs.write(MSIX + 2, u16le(0xc000)); // enable + function mask, as QEMU forwards it
+    assert.equal(msix.isMasked(0), true);
+    cs.write(MSIX + 3, Uint8Array.of(0x80));
+    assert.equal(msix.isMasked(0), false);
+    assert.equal(events.filter((e) => e.type === 'msix-unmask').length, 8);
   });
 
   it('table writes at any alignment; unmasking a vector raises msix-unmask', () => {

@@ -37,7 +37,8 @@ describe('reset', () => {
     cs.onChange((e) => events.push(e));
     cs.reset();
     assert.deepEqual(cs.dump(), powerOn);
-    assert.equal(cs.msix?.isMasked(1), true);
+    assert.equal(cs.msix?.entry(1).masked, true);
+    assert.equal(cs.msix?.tableInUse, false);
     assert.equal(cs.msix?.isPending(1), false);
     assert.equal(le32(cs.msix?.tableRead(16, 4) ?? new Uint8Array(4)), 0);
     assert.deepEqual(events, [

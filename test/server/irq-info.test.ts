@@ -35,6 +35,18 @@ describe('DEVICE_GET_IRQ_INFO', () => {
           assert.deepEqual(decodeIrqInfo(r.payload), { argsz: 16, flags: IrqInfoFlags.EVENTFD, index, count: 0 });
         }
       },
+      testDeviceDefinition({ irqs: { err: false, req: false }, msix: undefined }),
+    ));
+
+  it('reports ERR and REQ with one vector by default, as vfio-pci and libvfio-user do (QEMU warns at 0)', (t) =>
+    withDevice(
+      t,
+      async ({ client }) => {
+        for (const index of [IrqIndex.ERR, IrqIndex.REQ]) {
+          const r = await client.ok(Command.DEVICE_GET_IRQ_INFO, req(index));
+          assert.equal(decodeIrqInfo(r.payload).count, 1, `index ${index}`);
+        }
+      },
       testDeviceDefinition({ irqs: {}, msix: undefined }),
     ));
 

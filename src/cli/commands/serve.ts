@@ -1,11 +1,12 @@
 /**
  * `vfio-user serve <gpio|memory|dma-engine> --socket PATH [--size BYTES]
- * [--allow-uid UID ...]`: serves one of the sample devices until SIGINT or
+ * [--allow-uid UID ...] [--max-msg-fds N]`: serves one of the sample devices until SIGINT or
  * SIGTERM, then closes the server (ending the session and removing the socket
  * file) and releases the device. Prints `serving <device> on <path>` once the
  * socket is listening.
  */
 import { InvalidArgumentError } from '../../errors.js';
+import { MAX_SERVER_MSG_FDS } from '../../server/server.js';
 import type { VfioUserDevice } from '../../device/device.js';
 import { createDmaEngineDevice } from '../../devices/dma-engine.js';
 import { createGpioDevice } from '../../devices/gpio.js';
@@ -23,6 +24,8 @@ export interface ServeCommandOptions {
   size?: string;
   /** Uids allowed to connect (default: anyone who can open the socket, which is 0600). */
   allowUid?: string[];
+  /** `max_msg_fds` advertised to clients (default 16). */
+  maxMsgFds?: string;
 }
 
 /** What {@link runServe} uses from its environment (tests inject their own). */
@@ -44,6 +47,15 @@ export function parseSize(text: string): number {
   const value = match ? Number(match[1]) * (UNITS[(match[2] ?? '').toLowerCase()] ?? NaN) : NaN;
   if (!Number.isSafeInteger(value)) throw new InvalidArgumentError(`--size: '${text}' is not a byte count (e.g. 1048576, 64K, 1M)`);
   return value;
+}
+
+function parseMaxMsgFds(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || n < 1 || n > MAX_SERVER_MSG_FDS) {
+    throw new InvalidArgumentError(`--max-msg-fds: '${text}' is not a count from 1 to ${MAX_SERVER_MSG_FDS}`);
+  }
+  return n;
 }
 
 function parseUids(texts: readonly string[] | undefined): number[] | undefined {
@@ -93,15 +105,20 @@ const defaultIo: ServeIo = {
 
 /**
  * Serves device `kind` on `options.socket` until stopped, then shuts down cleanly.
- * @throws {InvalidArgumentError} EINVAL for a bad device name, size or uid.
+ * @throws {InvalidArgumentError} EINVAL for a bad device name, size, uid or fd count.
  * @throws {SystemError} EADDRINUSE when another server owns the socket path; EACCES, ENOENT from bind.
  */
 export async function runServe(kind: string, options: ServeCommandOptions, io: ServeIo = defaultIo): Promise<void> {
   const allowedUids = parseUids(options.allowUid);
+  const maxMsgFds = parseMaxMsgFds(options.maxMsgFds);
   const device = createServedDevice(kind, options.size);
   try {
     const stopped = io.stopped(); // listen for signals before announcing, so none is missed
-    const server = device.serve({ path: options.socket, ...(allowedUids ? { allowedUids } : {}) });
+    const server = device.serve({
+      path: options.socket,
+      ...(allowedUids ? { allowedUids } : {}),
+      ...(maxMsgFds === undefined ? {} : { limits: { maxMsgFds } }),
+    });
     io.log(`serving ${kind} on ${server.path}`);
     await stopped;
     await server.close();

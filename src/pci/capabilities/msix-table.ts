@@ -11,6 +11,15 @@
  *
  * At power-on and after reset every entry is zero with its Mask bit set. The
  * PBA is read-only to the driver (writes are ignored) and set by the device.
+ *
+ * Whose table is it? A VMM may keep its own copy of the table (QEMU and Cloud
+ * Hypervisor do, as the kernel's vfio-pci hides a device's table from user
+ * space): it never writes this one, and masking is its own business. Or it may
+ * program this table (our client library does, as a driver would). The Mask
+ * bits therefore gate delivery only once the table is {@link MsixTable.inUse}:
+ * written by the client since the last reset (or restored, by migration, with
+ * entries that differ from their reset value). Until then every vector counts
+ * as unmasked here, so interrupts reach a VMM that emulates the table itself.
  */
 import { ProtocolError } from '../../errors.js';
 import { RegisterFile } from '../register-file.js';
@@ -51,6 +60,7 @@ export class MsixTable {
   readonly table: RegisterFile;
   /** Pending bits, vector `v` at bit `v % 8` of byte `v >> 3`. */
   readonly pba: Uint8Array;
+  #inUse = false;
 
   /** @param vectors - table size, 1–2048 (checked by the caller). */
   constructor(vectors: number) {
@@ -70,11 +80,26 @@ export class MsixTable {
       this.table.define(at + MsixEntry.VECTOR_CONTROL, 4, MSIX_VECTOR_MASKED, { wmask: MSIX_VECTOR_MASKED });
     }
     this.pba.fill(0);
+    this.#inUse = false;
   }
 
-  /** The vector's own Mask bit (Vector Control bit 0). */
+  /**
+   * Whether the client programs this table (it wrote it since the last reset,
+   * or a restored table differs from the reset state): only then do the Mask
+   * bits gate delivery.
+   */
+  get inUse(): boolean {
+    return this.#inUse;
+  }
+
+  /** The vector's own Mask bit (Vector Control bit 0), as stored. */
   vectorMasked(vector: number): boolean {
     return (this.table.u32(vector * MSIX_ENTRY_SIZE + MsixEntry.VECTOR_CONTROL) & MSIX_VECTOR_MASKED) !== 0;
+  }
+
+  /** The Mask bit as it gates delivery: set, in a table the client uses. */
+  maskApplies(vector: number): boolean {
+    return this.#inUse && this.vectorMasked(vector);
   }
 
   /** The vector's PBA bit. */
@@ -99,13 +124,14 @@ export class MsixTable {
   }
 
   /**
-   * Applies a driver write to the table (masks applied).
+   * Applies a driver write to the table (masks applied); the table is then in use.
    * @returns the vectors whose Mask bit the write cleared.
    * @throws {ProtocolError} EINVAL when the access leaves the table.
    */
   writeTable(offset: number, data: Uint8Array): number[] {
     checkAccess('table', offset, data.length, this.table.size);
     if (data.length === 0) return [];
+    this.#inUse = true;
     const first = Math.floor(offset / MSIX_ENTRY_SIZE);
     const last = Math.floor((offset + data.length - 1) / MSIX_ENTRY_SIZE);
     const wasMasked: boolean[] = [];
@@ -146,5 +172,17 @@ export class MsixTable {
     this.table.loadVariable(bytes.subarray(0, this.table.size));
     this.pba.set(bytes.subarray(this.table.size, this.table.size + this.pba.length));
     for (let v = this.vectors; v < this.pba.length * 8; v++) this.setPending(v, false);
+    this.#inUse = !this.#atResetValue();
+  }
+
+  /** Every entry zero with its Mask bit set, as reset leaves them. */
+  #atResetValue(): boolean {
+    for (let v = 0; v < this.vectors; v++) {
+      const at = v * MSIX_ENTRY_SIZE;
+      const { ADDRESS_LO, ADDRESS_HI, DATA, VECTOR_CONTROL } = MsixEntry;
+      const zero = this.table.u32(at + ADDRESS_LO) === 0 && this.table.u32(at + ADDRESS_HI) === 0 && this.table.u32(at + DATA) === 0;
+      if (!zero || this.table.u32(at + VECTOR_CONTROL) !== MSIX_VECTOR_MASKED) return false;
+    }
+    return true;
   }
 }

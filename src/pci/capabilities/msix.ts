@@ -10,8 +10,10 @@
  * The table and PBA live in a memory BAR; the BAR layer routes accesses in
  * {@link MsixCapability.table} / {@link MsixCapability.pba} to
  * `tableRead`/`tableWrite`/`pbaRead`/`pbaWrite`. A vector is masked when the
- * Function Mask or its own Mask bit is set; an access that unmasks vectors
- * raises one `msix-unmask` event per vector.
+ * Function Mask is set, or its own Mask bit is set in a table the client uses
+ * (msix-table.ts: a VMM that emulates the table itself never writes it, and
+ * its vectors are not held back by the reset value of bits it never sees); an
+ * access that unmasks vectors raises one `msix-unmask` event per vector.
  */
 import { InvalidArgumentError } from '../../errors.js';
 import { BAR_COUNT, type BarLayout } from '../bars.js';
@@ -125,12 +127,17 @@ export class MsixCapability implements Capability {
 
   /**
    * @param vector - 0 ≤ vector < {@link vectors}.
-   * @returns Function Mask || the vector's own Mask bit.
+   * @returns Function Mask || the vector's own Mask bit when the table is in use.
    * @throws {InvalidArgumentError} EINVAL for a vector out of range.
    */
   isMasked(vector: number): boolean {
     this.#check(vector);
-    return this.functionMasked || this.#store.vectorMasked(vector);
+    return this.functionMasked || this.#store.maskApplies(vector);
+  }
+
+  /** Whether the client programs the device's table (see msix-table.ts); only then do its Mask bits apply. */
+  get tableInUse(): boolean {
+    return this.#store.inUse;
   }
 
   /**
@@ -199,7 +206,7 @@ export class MsixCapability implements Capability {
     const old = (before[CONTROL] ?? 0) | ((before[CONTROL + 1] ?? 0) << 8);
     if ((old & MsixControl.FUNCTION_MASK) === 0 || this.functionMasked) return;
     for (let v = 0; v < this.vectors; v++) {
-      if (!this.#store.vectorMasked(v)) events.push({ type: 'msix-unmask', vector: v, pending: this.#store.pending(v) });
+      if (!this.#store.maskApplies(v)) events.push({ type: 'msix-unmask', vector: v, pending: this.#store.pending(v) });
     }
   }
 
