@@ -1,6 +1,7 @@
 /*
  * socket.c: UNIX stream sockets. Creating, binding, connecting, accepting;
- * sendmsg/recvmsg with SCM_RIGHTS fd passing; shutdown; SO_PEERCRED.
+ * sendmsg/recvmsg with SCM_RIGHTS fd passing; send of one buffer's range;
+ * shutdown; SO_PEERCRED.
  */
 #include "common.h"
 
@@ -147,6 +148,22 @@ static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
   return ret_sys(env, RETRY(sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT)));
 }
 
+/* `(fd, buf, offset, length)`: one send() of buf[offset, offset + length), no iovec array to walk. */
+static napi_value js_send(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  void *data;
+  size_t len;
+  double offset, length;
+  int fd;
+
+  if (!fd_args(env, info, argv, 4, &fd) ||
+      !arg_typed(env, argv[1], "buf", napi_uint8_array, &data, &len) ||
+      !arg_number(env, argv[2], "offset", 0, (double)len, &offset) ||
+      !arg_number(env, argv[3], "length", 0, (double)len - offset, &length))
+    return NULL;
+  return ret_sys(env, RETRY(send(fd, (char *)data + (size_t)offset, (size_t)length, MSG_NOSIGNAL | MSG_DONTWAIT)));
+}
+
 /* Moves every received fd into meta[2..], closing those that do not fit. */
 static void take_fds(struct msghdr *msg, int32_t *meta, size_t room) {
   size_t count = 0;
@@ -228,7 +245,7 @@ bool socket_init(napi_env env, napi_value exports) {
   static const export_fn fns[] = {
       {"unixSocket", js_unix_socket}, {"bind", js_bind}, {"listen", js_listen},
       {"accept", js_accept}, {"connect", js_connect}, {"socketPair", js_socket_pair},
-      {"sendmsg", js_sendmsg}, {"recvmsg", js_recvmsg}, {"shutdown", js_shutdown},
+      {"sendmsg", js_sendmsg}, {"send", js_send}, {"recvmsg", js_recvmsg}, {"shutdown", js_shutdown},
       {"peerCred", js_peer_cred},
   };
   return EXPORT_FNS(env, exports, fns);

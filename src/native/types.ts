@@ -4,7 +4,7 @@
  * lives in TypeScript.
  *
  * Conventions:
- * - Hot-path calls (`sendmsg`, `recvmsg`, `accept`, `connect`, `read`, `write`,
+ * - Hot-path calls (`sendmsg`, `send`, `recvmsg`, `accept`, `connect`, `read`, `write`,
  *   `eventfdRead`, `eventfdWrite`) never throw for an OS error: they return a
  *   negative errno (`-11` for EAGAIN). They throw `TypeError` for bad arguments.
  * - Set-up calls throw an `Error` with numeric `errno` (positive) and `syscall`
@@ -33,6 +33,12 @@ export interface NativeBinding {
    * `constants.SCM_MAX_FD` (253) in one message with -EINVAL.
    */
   sendmsg(fd: number, data: readonly Uint8Array[], fds: readonly number[] | null): number;
+  /**
+   * One `send(MSG_NOSIGNAL | MSG_DONTWAIT)` of `buf[offset, offset + length)`,
+   * without fds. Returns bytes sent, or -errno. An `offset`/`length` outside
+   * `buf` is a TypeError.
+   */
+  send(fd: number, buf: Uint8Array, offset: number, length: number): number;
   /**
    * One `recvmsg(MSG_CMSG_CLOEXEC | MSG_DONTWAIT)` into `buf`, accepting up to
    * `meta.length - 2` fds. Returns bytes read (0 = EOF) or -errno. On return

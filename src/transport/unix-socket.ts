@@ -1,17 +1,21 @@
 /**
  * A {@link Transport} over a non-blocking UNIX stream socket, driven by one
  * `uv_poll` watcher. Reads drain many queued messages per wake-up into a pooled
- * buffer (payloads are views into it, never reused); writes go out as one
- * `sendmsg` per message with its fds, and queue with back-pressure on EAGAIN or a
- * partial write.
+ * buffer (payloads are views into it, never reused). Writes go out as one
+ * system call per message (or per batch of replies) and queue with
+ * back-pressure on EAGAIN or a partial write: a small message without fds is
+ * copied into a staging buffer and sent with `send` (the common register
+ * access: no iovec array, and no small on-heap array handed to the addon, which
+ * would have to move it off-heap); others go as a gathering `sendmsg` with
+ * their fds.
  */
 import { ConnectionClosedError, InvalidArgumentError, SystemError } from '../errors.js';
 import { Errno } from '../protocol/errno.js';
-import { SERVER_MAX_MSG_SIZE } from '../protocol/constants.js';
+import { HEADER_SIZE as HEADER_BYTES, SERVER_MAX_MSG_SIZE } from '../protocol/constants.js';
 import { native } from '../native/addon.js';
 import type { NativePoller } from '../native/types.js';
 import { Framer, FramingError } from './framer.js';
-import { frameOutgoing } from './outgoing.js';
+import { frameOutgoing, messageSize, writeMessage } from './outgoing.js';
 import type { OutgoingHeader, PeerCredentials, Transport, TransportHandler } from './transport.js';
 
 const { UV_READABLE, UV_WRITABLE, UV_DISCONNECT } = native.constants;
@@ -20,6 +24,12 @@ const MIN_POOL_ROOM = 16 * 1024;
 const MAX_READS_PER_WAKE = 64;
 /** Chunks one `sendmsg` may gather (the addon's iovec limit). */
 const MAX_IOV = 64;
+/** Staging buffer for small messages (header + payload copied in, sent in one call). */
+const STAGE_SIZE = 64 * 1024;
+/** Payloads up to this size are staged (copied); larger ones go out as views. */
+const STAGE_MAX_PAYLOAD = 1024;
+/** What a read without fds reports (shared, never modified). */
+const NO_FDS: readonly number[] = Object.freeze([]);
 /** Linux caps the fds of one `sendmsg` at 253 (SCM_MAX_FD), so no read can bring more. */
 const SCM_MAX_FD = 253;
 
@@ -60,6 +70,10 @@ export class UnixSocketTransport implements Transport {
   #queue: PendingWrite[] = [];
   /** Replies produced while one read's messages are delivered, sent together afterwards. */
   #cork: Uint8Array[] = [];
+  /** Small messages staged for the next write: bytes [0, #staged); [0, #stageFrom) are already in `#cork` as a view. */
+  #stage: Uint8Array | undefined;
+  #staged = 0;
+  #stageFrom = 0;
   #corked = false;
   readonly #coalesce: boolean;
   #flushScheduled = false;
@@ -123,22 +137,47 @@ export class UnixSocketTransport implements Transport {
 
   send(header: OutgoingHeader, payload?: Uint8Array | readonly Uint8Array[], fds?: readonly number[]): boolean {
     if (this.#closed) throw new ConnectionClosedError(`send of cmd ${header.cmd}: transport is closed`);
-    const chunks = frameOutgoing(header, payload);
     const fdList = fds && fds.length > 0 ? fds : null;
+    const size = messageSize(header, payload);
+    if (!fdList && size - HEADER_BYTES <= STAGE_MAX_PAYLOAD) return this.#sendStaged(header, payload, size);
+    const chunks = frameOutgoing(header, payload);
     if ((this.#corked || this.#coalesce) && !fdList) {
+      this.#closeStageSegment();
       if (this.#cork.length + chunks.length > MAX_IOV) this.#flushCork();
       for (const c of chunks) this.#cork.push(c);
-      if (!this.#corked && !this.#flushScheduled) {
-        this.#flushScheduled = true;
-        queueMicrotask(() => {
-          this.#flushScheduled = false;
-          if (!this.#closed) this.#flushCork();
-        });
-      }
+      this.#scheduleFlush();
       return !this.#needDrain;
     }
     this.#flushCork(); // keep order: corked messages go first
     return this.#write(chunks, fdList);
+  }
+
+  /** Copies a small message into the staging buffer; sends it now unless replies are being gathered. */
+  #sendStaged(header: OutgoingHeader, payload: Uint8Array | readonly Uint8Array[] | undefined, size: number): boolean {
+    if (this.#staged + size > STAGE_SIZE) this.#flushCork();
+    const stage = (this.#stage ??= new Uint8Array(STAGE_SIZE));
+    writeMessage(stage, this.#staged, header, size, payload);
+    this.#staged += size;
+    if (this.#corked || this.#coalesce) this.#scheduleFlush();
+    else this.#flushCork();
+    return !this.#needDrain;
+  }
+
+  /** Under `coalesceWrites`, flushes what was gathered from a microtask (inside a delivered batch, #deliver does). */
+  #scheduleFlush(): void {
+    if (this.#corked || this.#flushScheduled) return;
+    this.#flushScheduled = true;
+    queueMicrotask(() => {
+      this.#flushScheduled = false;
+      if (!this.#closed) this.#flushCork();
+    });
+  }
+
+  /** Moves the staged bytes not yet in the cork into it, as a view (a larger message follows them). */
+  #closeStageSegment(): void {
+    if (this.#staged === this.#stageFrom) return;
+    this.#cork.push((this.#stage as Uint8Array).subarray(this.#stageFrom, this.#staged));
+    this.#stageFrom = this.#staged;
   }
 
   /** One `sendmsg` of `chunks` (fds with the first byte); queues what does not go out. */
@@ -161,11 +200,34 @@ export class UnixSocketTransport implements Transport {
     return this.#afterEnqueue();
   }
 
+  /** Sends everything gathered: staged bytes alone with one `send`, else the cork with one `sendmsg`. */
   #flushCork(): void {
-    if (this.#cork.length === 0) return;
+    if (this.#cork.length === 0) {
+      if (this.#staged > 0) this.#writeStage();
+      return;
+    }
+    this.#closeStageSegment();
     const chunks = this.#cork;
     this.#cork = [];
     this.#write(chunks, null);
+    this.#staged = this.#stageFrom = 0; // #enqueue copied whatever was left of the stage
+  }
+
+  /** One `send` of the staged bytes; what does not go out is copied to the queue. */
+  #writeStage(): void {
+    const stage = this.#stage as Uint8Array;
+    const size = this.#staged;
+    this.#staged = 0;
+    if (this.#closed) return;
+    let sent = 0;
+    if (this.#queue.length === 0) {
+      sent = native.send(this.#fd, stage, 0, size);
+      if (sent === size) return;
+      if (sent === -Errno.EAGAIN) sent = 0;
+      else if (sent < 0) return this.#fail(new SystemError('send', -sent));
+    }
+    this.#enqueue({ chunks: [stage.subarray(sent, size)], fds: null });
+    this.#afterEnqueue();
   }
 
   close(): void {
@@ -173,6 +235,9 @@ export class UnixSocketTransport implements Transport {
   }
 
   #enqueue(write: PendingWrite): void {
+    // The staging buffer is reused at once: queued bytes from it are copied out.
+    const stage = this.#stage?.buffer;
+    if (stage) write.chunks = write.chunks.map((c) => (c.buffer === stage ? c.slice() : c));
     this.#queue.push(write);
     for (const c of write.chunks) this.#queuedBytes += c.length;
   }
@@ -233,13 +298,13 @@ export class UnixSocketTransport implements Transport {
     }
   }
 
-  #takeMetaFds(): number[] {
+  #takeMetaFds(): readonly number[] {
     const count = this.#meta[0] as number;
-    if (count === 0) return [];
+    if (count === 0) return NO_FDS;
     return Array.from(this.#meta.subarray(2, 2 + count));
   }
 
-  #deliver(chunk: Uint8Array, fds: number[]): void {
+  #deliver(chunk: Uint8Array, fds: readonly number[]): void {
     const { messages, error } = this.#framer.push(chunk, fds);
     const handler = this.#handler as TransportHandler;
     this.#corked = messages.length > 1;
@@ -259,14 +324,14 @@ export class UnixSocketTransport implements Transport {
     if (error && !this.#closed) this.#streamError(error);
   }
 
-  #onFdsLost(fds: number[]): void {
+  #onFdsLost(fds: readonly number[]): void {
     closeFds(fds);
     this.#streamError(
       new FramingError('recvmsg: file descriptors were truncated (MSG_CTRUNC); the message they belonged to is lost', Errno.EMSGSIZE),
     );
   }
 
-  #onEof(fds: number[]): void {
+  #onEof(fds: readonly number[]): void {
     closeFds(fds);
     const error = this.#framer.midMessage
       ? new ConnectionClosedError('peer closed the connection in the middle of a message', { errno: Errno.ECONNRESET })
@@ -294,6 +359,7 @@ export class UnixSocketTransport implements Transport {
     for (const w of this.#queue) closeFds(w.fds);
     this.#queue = [];
     this.#cork = [];
+    this.#staged = this.#stageFrom = 0;
     this.#queuedBytes = 0;
     native.close(this.#fd);
     this.#handler?.onClose(error);
@@ -330,6 +396,6 @@ function dupOrThrow(fd: number): number {
   return copy;
 }
 
-function closeFds(fds: number[] | null): void {
+function closeFds(fds: readonly number[] | null): void {
   if (fds) for (const fd of fds) native.close(fd);
 }

@@ -120,6 +120,27 @@ describe('sendmsg / recvmsg', () => {
       assert.equal(native.sendmsg(a, [new Uint8Array(1)], null), -32);
     }));
 
+  it('send() sends one range of a buffer, checks the range, and returns -errno', () =>
+    withSocketPair((a, b) => {
+      const backing = new Uint8Array([9, 1, 2, 3, 9]);
+      assert.equal(native.send(a, backing.subarray(1), 0, 3), 3);
+      assert.equal(native.send(a, backing, 4, 1), 1);
+      assert.equal(native.send(a, backing, 5, 0), 0);
+      const got = new Uint8Array(8);
+      assert.equal(native.recvmsg(b, got, new Int32Array(2)), 4);
+      assert.deepEqual([...got.subarray(0, 4)], [1, 2, 3, 9]);
+      assert.throws(() => native.send(a, backing, 3, 3), TypeError, 'past the end');
+      assert.throws(() => native.send(a, backing, 6, 0), TypeError, 'offset past the end');
+      assert.throws(() => native.send(a, backing, -1, 1), TypeError);
+      assert.throws(() => native.send(a, backing, 0.5, 1), TypeError);
+      const chunk = new Uint8Array(1 << 16);
+      let result = 0;
+      for (let i = 0; i < 10_000 && result >= 0; i++) result = native.send(a, chunk, 0, chunk.length);
+      assert.equal(result, -EAGAIN);
+      assert.equal(native.shutdown(b, 2), 0);
+      assert.equal(native.send(a, backing, 0, 1), -32, 'EPIPE, no SIGPIPE');
+    }));
+
   it('returns -EAGAIN when the socket buffer is full', () =>
     withSocketPair((a) => {
       const chunk = new Uint8Array(1 << 16);

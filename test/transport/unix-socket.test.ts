@@ -136,6 +136,38 @@ describe('UnixSocketTransport', () => {
     });
   });
 
+  it('keeps the bytes and order of small (staged) and large messages mixed under back-pressure', async () => {
+    const [fdA, fdB] = socketPair();
+    const a = new UnixSocketTransport(fdA, { coalesceWrites: true });
+    const b = new UnixSocketTransport(fdB);
+    collect(a);
+    b.pause(); // the writer's socket buffer fills: staged bytes must be copied before the stage is reused
+    const cb = collect(b);
+    const big = new Uint8Array(256 * 1024);
+    for (let i = 0; i < big.length; i++) big[i] = (i * 13) & 0xff;
+    const small = (i: number): Uint8Array => Uint8Array.from({ length: 1 + (i % 40) }, (_, k) => (i + k) & 0xff);
+    const expected: Uint8Array[] = [];
+    let id = 0;
+    for (let tick = 0; tick < 4; tick++) {
+      for (let i = 0; i < 300; i++) {
+        const payload = i % 100 === 50 ? big : small(id);
+        a.send({ msgId: id, cmd: 9, flags: 0 }, payload);
+        expected.push(payload);
+        id++;
+      }
+      await new Promise((r) => setImmediate(r)); // the coalesced batch is flushed (and partly queued)
+    }
+    assert.ok(a.pendingWriteBytes > 0, 'part of it had to be queued');
+    b.resume();
+    await cb.message(id - 1);
+    cb.messages.forEach((m, i) => {
+      assert.equal(m.header.msgId, i);
+      assert.deepEqual(m.payload, expected[i], `message ${i}`);
+    });
+    a.close();
+    b.close();
+  });
+
   it('reports a peer that closes mid-message as a connection error', async () => {
     const [fdA, fdB] = socketPair();
     const t = new UnixSocketTransport(fdB);
@@ -198,27 +230,31 @@ describe('UnixSocketTransport', () => {
     });
   });
 
-  it('coalesces sends made in one tick into one sendmsg when asked, keeping order and fds with their message', async () => {
+  it('coalesces sends made in one tick into one system call when asked, keeping order and fds with their message', async () => {
     await assertNoFdLeak(async () => {
       const [fdA, fdB] = socketPair();
       const a = new UnixSocketTransport(fdA, { coalesceWrites: true });
       const b = new UnixSocketTransport(fdB);
       collect(a);
       const cb = collect(b);
-      const calls: [number, number][] = []; // [chunks, fds] of each sendmsg
-      const real = native.sendmsg;
-      native.sendmsg = (fd, data, fds) => (calls.push([data.length, fds?.length ?? 0]), real(fd, data, fds));
+      // Each system call: ['send', bytes] for staged small messages, ['sendmsg', chunks, fds] otherwise.
+      const calls: (string | number)[][] = [];
+      const realSendmsg = native.sendmsg;
+      const realSend = native.send;
+      native.sendmsg = (fd, data, fds) => (calls.push(['sendmsg', data.length, fds?.length ?? 0]), realSendmsg(fd, data, fds));
+      native.send = (fd, buf, offset, length) => (calls.push(['send', length]), realSend(fd, buf, offset, length));
       try {
         const efd = createEventFd();
         for (let i = 0; i < 5; i++) a.send({ msgId: i, cmd: 9, flags: 0 }, Uint8Array.of(i));
         a.send({ msgId: 5, cmd: 8, flags: 0 }, new Uint8Array(20), [efd]); // flushes what precedes it, goes with its fd
         for (let i = 6; i < 9; i++) a.send({ msgId: i, cmd: 9, flags: 0 }, Uint8Array.of(i));
         native.close(efd);
-        assert.deepEqual(calls, [[10, 0], [2, 1]], 'the first five together, then the fd message; the rest wait for the microtask');
+        assert.deepEqual(calls, [['send', 5 * 17], ['sendmsg', 2, 1]], 'the first five together, then the fd message; the rest wait for the microtask');
         await cb.message(8);
-        assert.deepEqual(calls, [[10, 0], [2, 1], [6, 0]]);
+        assert.deepEqual(calls, [['send', 5 * 17], ['sendmsg', 2, 1], ['send', 3 * 17]]);
       } finally {
-        native.sendmsg = real;
+        native.sendmsg = realSendmsg;
+        native.send = realSend;
       }
       assert.deepEqual(cb.messages.map((m) => [m.header.msgId, m.fds.count]), [[0, 0], [1, 0], [2, 0], [3, 0], [4, 0], [5, 1], [6, 0], [7, 0], [8, 0]]);
       cb.messages.forEach((m) => m.fds.closeRemaining());
