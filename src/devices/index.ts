@@ -5,7 +5,7 @@
  * All three are migratable (migration v2; the memory device with pre-copy).
  */
 export { createGpioDevice, GpioReg, GPIO_PCI_ID, GPIO_BAR_SIZE, GPIO_CHANNELS, GPIO_DEVICE_TYPE, GPIO_STATE_VERSION, GPIO_STATE_SIZE } from './gpio.js';
-export { createMemoryDevice, MemoryReg, MemoryCommand, MemoryStatus, MEMORY_PCI_ID, MEMORY_DEFAULT_SIZE, MEMORY_MIN_SIZE, MEMORY_MAX_SIZE } from './memory.js';
+export { createMemoryDevice, MemoryReg, MemoryCommand, MemoryStatus, MemoryIrqEnable, MEMORY_PCI_ID, MEMORY_DEFAULT_SIZE, MEMORY_MIN_SIZE, MEMORY_MAX_SIZE } from './memory.js';
 export {
   MEMORY_DEVICE_TYPE,
   MEMORY_STATE_VERSION,

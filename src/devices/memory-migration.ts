@@ -1,9 +1,11 @@
 /**
  * Migration of the memory device (v2 with PRE_COPY and P2P). Its state is the
- * BAR2 control registers *and* the BAR0 memory: the client writes BAR0
- * through its mmap, so the bytes are device state the destination must have.
+ * BAR2 control block — registers *and* the command in progress — and the
+ * BAR0 memory: the client writes BAR0 through its mmap, so the bytes are
+ * device state the destination must have.
  *
- * Device type `memory`, state version 1. All fields little-endian.
+ * Device type `memory`, state version 2 (version 1 had no command engine:
+ * a 32-byte header, refused by the library as older). All fields little-endian.
  *
  * `'full'` record:
  *
@@ -13,10 +15,22 @@
  * | 8   | 4    | FILL_PATTERN |
  * | 12  | 4    | FILL_OFFSET |
  * | 16  | 4    | FILL_LENGTH |
- * | 20  | 4    | STATUS (0, DONE or ERROR) |
+ * | 20  | 4    | STATUS: DONE, ERROR, BUSY (set iff a command runs), IRQ |
  * | 24  | 4    | memory encoding: 0 IMAGE, 1 PAGES |
- * | 28  | 4    | reserved, 0 |
- * | 32  | …    | IMAGE: all of BAR0 (`size` bytes); PAGES: a page list |
+ * | 28  | 4    | IRQ_ENABLE |
+ * | 32  | 4    | CHECKSUM (result of the last CHECKSUM command) |
+ * | 36  | 4    | running command: 0 none, 1 FILL, 2 CHECKSUM |
+ * | 40  | 4    | PROGRESS: bytes the running (or last) command has done |
+ * | 44  | 4    | FNV-1a of the bytes hashed so far by a running CHECKSUM (0 otherwise) |
+ * | 48  | …    | IMAGE: all of BAR0 (`size` bytes); PAGES: a page list |
+ *
+ * A command running when the device stops is neither finished nor cancelled:
+ * it pauses between two slices (no slice runs in STOP, STOP_COPY, RESUMING or
+ * ERROR) and the record carries it — command, progress and partial hash; the
+ * FILL registers cannot change while it runs, and the bytes it filled so far
+ * are in the memory. The destination goes on from there when it runs, and
+ * completes it (STATUS, CHECKSUM, interrupt) as the source would have; so does
+ * the source if the migration is abandoned and it runs again.
  *
  * Page list (PAGES, and every `'delta'` record):
  *
@@ -44,14 +58,15 @@ import type { MigrationDefinition } from '../migration/types.js';
 import { MAX_RECORD_PAYLOAD } from '../migration/stream-format.js';
 import { MigrationState } from '../protocol/constants.js';
 import { WireReader } from '../protocol/wire-reader.js';
-import { RunState, isPreCopy, openState, reserved } from './migration-support.js';
+import { MemoryCommand, MemoryStatus, MemoryIrqEnable, type MemoryControl, type MemoryEngine } from './memory-engine.js';
+import { checkBits, isPreCopy, openState } from './migration-support.js';
 
 /** Device type in the migration stream. */
 export const MEMORY_DEVICE_TYPE = 'memory';
 /** Version of the state layout. */
-export const MEMORY_STATE_VERSION = 1;
+export const MEMORY_STATE_VERSION = 2;
 /** Bytes of a `'full'` record before the memory. */
-export const MEMORY_STATE_HEADER_SIZE = 32;
+export const MEMORY_STATE_HEADER_SIZE = 48;
 /** Granularity of pre-copy deltas. */
 export const MEMORY_MIGRATION_PAGE_SIZE = 4096;
 /** How a `'full'` record carries BAR0. */
@@ -64,16 +79,8 @@ const SCAN_BLOCK = 64 * 1024;
 const PAGE = MEMORY_MIGRATION_PAGE_SIZE;
 const PAGE_ENTRY = 4 + PAGE;
 const PAGE_LIST_HEADER = 8;
-const STATUS_VALUES: readonly number[] = [0, 1, 2];
+const STATUS_BITS = MemoryStatus.DONE | MemoryStatus.ERROR | MemoryStatus.BUSY | MemoryStatus.IRQ;
 const WHAT = `${MEMORY_DEVICE_TYPE} state v${MEMORY_STATE_VERSION}`;
-
-/** The BAR2 fill registers. */
-export interface FillState {
-  pattern: number;
-  offset: number;
-  length: number;
-  status: number;
-}
 
 /** One page of a page list. */
 interface PageEntry {
@@ -83,8 +90,7 @@ interface PageEntry {
 
 /** The memory device's migration: state layout, pre-copy tracking, quiesce. */
 export class MemoryMigration {
-  readonly run = new RunState();
-  readonly #fill: FillState;
+  readonly #engine: MemoryEngine;
   /** BAR0, set by {@link attach} once the device exists. */
   #memory: Uint8Array = new Uint8Array(0);
   /** What the destination has of BAR0, while a pre-copy is open. */
@@ -94,8 +100,8 @@ export class MemoryMigration {
   /** An IMAGE record was loaded in this resuming stream. */
   #baseLoaded = false;
 
-  constructor(fill: FillState) {
-    this.#fill = fill;
+  constructor(engine: MemoryEngine) {
+    this.#engine = engine;
   }
 
   /** Gives the migration BAR0 (the device's shared memory, known only once the device is created). */
@@ -122,7 +128,7 @@ export class MemoryMigration {
     if (isPreCopy(from) && to === MigrationState.STOP_COPY) this.#final = true;
     else if (isPreCopy(from) && !isPreCopy(to)) this.#shadow = undefined; // pre-copy abandoned
     if (to === MigrationState.RESUMING) this.#baseLoaded = false;
-    this.run.enter(to);
+    this.#engine.enter(to);
   }
 
   /**
@@ -147,7 +153,7 @@ export class MemoryMigration {
     this.#header(out, MemoryEncoding.IMAGE);
     out.set(this.#memory, MEMORY_STATE_HEADER_SIZE);
     // The library copies a payload when it queues it, so the image itself can be the shadow.
-    this.#shadow = this.run.preCopy ? out.subarray(MEMORY_STATE_HEADER_SIZE) : undefined;
+    this.#shadow = this.#engine.run.preCopy ? out.subarray(MEMORY_STATE_HEADER_SIZE) : undefined;
     return out;
   }
 
@@ -178,10 +184,7 @@ export class MemoryMigration {
     const r = openState(WHAT, payload, MEMORY_STATE_HEADER_SIZE, false);
     const size = r.u64('BAR0 size');
     if (size !== BigInt(this.#memory.length)) throw r.error(`BAR0 size ${size}, this device has ${this.#memory.length}`);
-    const fill: FillState = { pattern: r.u32('FILL_PATTERN'), offset: r.u32('FILL_OFFSET'), length: r.u32('FILL_LENGTH'), status: r.u32('STATUS') };
-    if (!STATUS_VALUES.includes(fill.status)) throw r.error(`STATUS ${fill.status} is not 0, DONE or ERROR`);
-    const encoding = r.u32('memory encoding');
-    reserved(r, 4);
+    const { control, encoding } = this.#readControl(r);
     if (encoding === MemoryEncoding.IMAGE) {
       if (r.remaining !== this.#memory.length) throw r.error(`memory image of ${r.remaining} bytes, BAR0 has ${this.#memory.length}`);
       this.#memory.set(r.rest());
@@ -192,17 +195,48 @@ export class MemoryMigration {
     } else {
       throw r.error(`unknown memory encoding ${encoding}`);
     }
-    Object.assign(this.#fill, fill);
+    this.#engine.restore(control);
+  }
+
+  /** The header after the BAR0 size: the control state, checked for consistency, and the memory encoding. */
+  #readControl(r: WireReader): { control: MemoryControl; encoding: number } {
+    const pattern = r.u32('FILL_PATTERN');
+    const offset = r.u32('FILL_OFFSET');
+    const length = r.u32('FILL_LENGTH');
+    const status = checkBits(r, 'STATUS', r.u32('STATUS'), STATUS_BITS);
+    const encoding = r.u32('memory encoding');
+    const irqEnable = checkBits(r, 'IRQ_ENABLE', r.u32('IRQ_ENABLE'), MemoryIrqEnable.COMPLETION);
+    const checksum = r.u32('CHECKSUM');
+    const command = r.u32('running command');
+    const progress = r.u32('PROGRESS');
+    const hash = r.u32('partial hash');
+    const size = this.#memory.length;
+    const busy = (status & MemoryStatus.BUSY) !== 0;
+    const total = command === MemoryCommand.FILL ? length : size;
+    if (command !== 0 && command !== MemoryCommand.FILL && command !== MemoryCommand.CHECKSUM) throw r.error(`running command ${command} is not 0, FILL or CHECKSUM`);
+    if (busy !== (command !== 0)) throw r.error(`STATUS.BUSY ${busy ? 'set' : 'clear'} with running command ${command}`);
+    if (busy && (status & MemoryStatus.DONE) !== 0) throw r.error('STATUS has both BUSY and DONE');
+    if (command === MemoryCommand.FILL && offset + length > size) throw r.error(`running FILL of [${offset}, +${length}) outside BAR0's ${size} bytes`);
+    if (progress > total) throw r.error(`PROGRESS ${progress} beyond the ${total} bytes of ${command === MemoryCommand.FILL ? 'the running FILL' : 'BAR0'}`);
+    if (command !== MemoryCommand.CHECKSUM && hash !== 0) throw r.error(`partial hash 0x${hash.toString(16)} without a running CHECKSUM`);
+    const control = { pattern, offset, length, status: status & ~MemoryStatus.BUSY, irqEnable, checksum, command, progress, hash };
+    return { control, encoding };
   }
 
   #header(out: Uint8Array, encoding: MemoryEncoding): void {
     const v = new DataView(out.buffer, out.byteOffset, MEMORY_STATE_HEADER_SIZE);
     v.setBigUint64(0, BigInt(this.#memory.length), true);
-    v.setUint32(8, this.#fill.pattern, true);
-    v.setUint32(12, this.#fill.offset, true);
-    v.setUint32(16, this.#fill.length, true);
-    v.setUint32(20, this.#fill.status, true);
+    const c = this.#engine.control;
+    v.setUint32(8, c.pattern, true);
+    v.setUint32(12, c.offset, true);
+    v.setUint32(16, c.length, true);
+    v.setUint32(20, this.#engine.status(), true);
     v.setUint32(24, encoding, true);
+    v.setUint32(28, c.irqEnable, true);
+    v.setUint32(32, c.checksum, true);
+    v.setUint32(36, c.command, true);
+    v.setUint32(40, c.progress, true);
+    v.setUint32(44, c.hash, true);
   }
 
   /** Indexes of the pages where BAR0 differs from the shadow. */

@@ -74,8 +74,11 @@ describe('MappedRegion on the memory device', () => {
           await bar2.write(BigInt(MemoryReg.FILL_LENGTH), le32(64));
           await bar2.write(BigInt(MemoryReg.COMMAND), le32(MemoryCommand.FILL));
           assert.equal(bar2.lastPath, 'message');
+          await dev.idle(); // commands run asynchronously
           assert.equal(u32(await bar2.read(BigInt(MemoryReg.STATUS), 4)), MemoryStatus.DONE);
           assert.deepEqual(await mapped.read(0x30000n, 64), new Uint8Array(64).fill(0xa5));
+          await bar2.write(BigInt(MemoryReg.COMMAND), le32(MemoryCommand.CHECKSUM));
+          await dev.idle();
           assert.equal(u32(await bar2.read(BigInt(MemoryReg.CHECKSUM), 4)), fnv1a32(await mapped.read(0n, SIZE)));
         } finally {
           bar2.close();
