@@ -84,6 +84,7 @@ describe('QEMU vfio-user-pci with our sample devices: enumeration, BARs, registe
   it('GPIO: a guest store to OUTPUT reaches the device; inputs driven by the host read back through QEMU', async () => {
     const io = barAccess(guest.qemu.qtest, fns.gpio.bar(2));
     await io.write32(0x10, 0x0001_a5c3);
+    await io.flush(); // the write was posted
     assert.equal(gpio.outputs, 0xa5c3, 'the device got the write (bits 31:16 ignored)');
     assert.equal(await io.read32(0x10), 0xa5c3);
     assert.equal(await io.read8(0x04), 0xa5, 'OUT8_15 byte register over the same state');
@@ -92,6 +93,7 @@ describe('QEMU vfio-user-pci with our sample devices: enumeration, BARs, registe
     assert.equal(await io.read32(0x14), (1 << 3) | (1 << 12));
     assert.equal(await io.read8(0x01), 1 << 3);
     await io.write32(0x18, 0xffff);
+    await io.flush();
     assert.equal(gpio.irqEnable, 0xffff);
     assert.equal(await io.read8(0x02), 0, 'reading IRQ_CTL disables the interrupts, as on the card');
     assert.equal(gpio.irqEnable, 0);

@@ -23,7 +23,7 @@ import { serveInProcess, type InProcessServer } from '../support/qemu/servers.js
 
 const qemu = qemuBinary();
 const Reg = { ID: 0x00n, CONTROL: 0x04n, STATUS: 0x08n, RING_LO: 0x0cn, RING_HI: 0x10n, RING_SIZE: 0x14n, HEAD: 0x18n, TAIL: 0x1cn, COMPLETED: 0x20n, ERRORS: 0x24n } as const;
-const COPY = 1, CHECKSUM_ONLY = 2, DONE = 1, ERROR = 2, EFAULT = 14;
+const COPY = 1, CHECKSUM_ONLY = 2, DONE = 1, ERROR = 2, EFAULT = 14, HALTED = 4;
 const RING = GUEST_RAM_BASE + 0x1_0000n;
 const RING_SIZE = 8;
 const SRC = GUEST_RAM_BASE + 0x10_0000n;
@@ -92,6 +92,7 @@ describe('QEMU vfio-user-pci: our DMA engine copies in guest RAM and signals com
     await q.writel(bar0 + Reg.RING_HI, Number(RING >> 32n));
     await q.writel(bar0 + Reg.RING_SIZE, RING_SIZE);
     await q.writel(bar0 + Reg.CONTROL, 1);
+    assert.equal(await q.readl(bar0 + Reg.CONTROL), 1, 'ENABLE (the read also flushes the posted writes)');
     assert.equal(engine.engineState().ringBase, RING);
     assert.equal(engine.engineState().enabled, true);
   });
@@ -160,3 +161,44 @@ async function waitFor(check: () => Promise<boolean>, what: string, timeoutMs = 
     await new Promise((r) => setTimeout(r, 1));
   }
 }
+
+describe('QEMU vfio-user-pci: guest RAM without an fd, so the DMA engine reaches it with DMA_READ/DMA_WRITE messages', { skip: qemu.skip }, () => {
+  const tmp = tempDir('qemu-dma-msg');
+  let served: InProcessServer;
+  let guest: Guest;
+
+  before(async () => {
+    served = serveInProcess(tmp.dir, 'dma', createDmaEngineDevice().device);
+    // memory-backend-ram: QEMU's DMA_MAP carries no fd, and QEMU serves DMA_READ/DMA_WRITE (hw/vfio-user/pci.c).
+    guest = await startGuest(qemu.path as string, { devices: [{ socket: served.path, addr: '0x4' }], sharedMemory: false });
+  });
+
+  after(async () => {
+    await guest?.qemu.close();
+    await served?.close();
+    tmp.remove();
+  });
+
+  it('a COPY over several DMA chunks lands in guest RAM byte for byte, with its checksum and DONE, and vector 0 arrives', async () => {
+    const q = guest.qemu.qtest;
+    const fn = await probe(guest, DMA_ENGINE_PCI_ID.vendorId, DMA_ENGINE_PCI_ID.deviceId);
+    const bar = fn.bar(0).address;
+    await q.writel(MSG[0], 0);
+    await enableMsix(q, fn, await msixTable(fn), [{ address: MSG[0], data: DATA[0] }]);
+    await q.writel(bar + Reg.RING_LO, Number(RING & 0xffff_ffffn));
+    await q.writel(bar + Reg.RING_SIZE, RING_SIZE);
+    await q.writel(bar + Reg.CONTROL, 1);
+    const data = randomBytes(3 * (1 << 20) + 4096 + 7); // more than one max_data_xfer_size chunk, odd length
+    for (let at = 0; at < data.length; at += 1 << 16) await q.memwrite(SRC + BigInt(at), data.subarray(at, at + (1 << 16)));
+    const dst = GUEST_RAM_BASE + (8n << 20n); // clear of the source
+    await q.memwrite(RING, descriptor(SRC, dst, data.length, COPY));
+    await q.writel(bar + Reg.TAIL, 1);
+    await waitFor(async () => (await q.readl(bar + Reg.HEAD)) === 1 || ((await q.readl(bar + Reg.STATUS)) & HALTED) !== 0, 'the descriptor to complete');
+    assert.equal(await q.readl(bar + Reg.STATUS), 0, 'neither ERROR nor HALTED (HALTED: the descriptor itself could not be read through DMA_READ)');
+    assert.deepEqual(await result(q, 0), { checksum: fnv1a(data), status: DONE });
+    await waitMessage(q, MSG[0], DATA[0], WAIT_MS);
+    const copied = Buffer.alloc(data.length);
+    for (let at = 0; at < data.length; at += 1 << 16) copied.set(await q.memread(dst + BigInt(at), Math.min(1 << 16, data.length - at)), at);
+    assert.ok(copied.equals(data), 'the copy is in guest RAM');
+  });
+});

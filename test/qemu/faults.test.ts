@@ -169,6 +169,7 @@ describe('QEMU vfio-user-pci faults: our server dies under QEMU; QEMU dies under
       await plugIn(g1, port, { id: 'hp', socket: served.path });
       const io = barAccess(g1.qemu.qtest, (await probe(g1, GPIO_PCI_ID.vendorId, GPIO_PCI_ID.deviceId, 1, window)).bar(2));
       await io.write32(OUTPUT, 0xbeef);
+      await io.flush(); // posted
       assert.equal(gpio.outputs, 0xbeef);
       await g1.qemu.qmp.execute('device_del', { id: 'hp' });
       const exp = await port.capability(CapId.PCIE);
@@ -186,6 +187,7 @@ describe('QEMU vfio-user-pci faults: our server dies under QEMU; QEMU dies under
       const g2 = await start({ devices: [{ socket: served.path, addr: '0x4' }] });
       const io2 = barAccess(g2.qemu.qtest, (await probe(g2, GPIO_PCI_ID.vendorId, GPIO_PCI_ID.deviceId)).bar(2));
       await io2.write32(OUTPUT, 0x0102);
+      await io2.flush();
       assert.equal(gpio.outputs, 0x0102);
       assert.equal(served.server.sessionCount, 2);
       await g2.qemu.close();

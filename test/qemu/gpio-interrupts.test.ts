@@ -47,12 +47,14 @@ describe('QEMU vfio-user-pci: our GPIO card interrupts the guest (INTx, then MSI
   it('INTx: an enabled input change raises a PIRQ pin of the IOAPIC; the guest reads the status, clears it, and the pin drops', async () => {
     const q = guest.qemu.qtest;
     await io.write32(IRQ_ENABLE, 1 << 5);
+    await io.flush(); // posted: let it reach the device before the line changes
     const from = q.irqEvents.length;
     gpio.setInput(5, true);
     const raised = await q.waitIrq((e) => e.level, from, WAIT_MS);
     assert.ok(raised.line >= 16 && raised.line <= 23, `q35 routes PCI INTx to IOAPIC pins 16-23, got ${raised.line}`);
     assert.equal(await io.read32(IRQ_STATUS), 1 << 5, 'the driver sees which input changed');
     await io.write32(IRQ_STATUS, 1 << 5);
+    await io.flush();
     assert.equal(gpio.irqStatus, 0, 'write-1-to-clear reached the device');
     await q.waitIrq((e) => e.line === raised.line && !e.level, from, WAIT_MS);
     await io.read32(OUTPUT); // one more access: an EOI, should anything be pending
@@ -75,6 +77,7 @@ describe('QEMU vfio-user-pci: our GPIO card interrupts the guest (INTx, then MSI
   it('INTx: a change on an input whose interrupt is disabled raises nothing (the next enabled one does)', async () => {
     const q = guest.qemu.qtest;
     await io.write32(IRQ_ENABLE, 1 << 7);
+    await io.flush();
     const from = q.irqEvents.length;
     gpio.setInput(6, true); // not enabled
     gpio.setInput(7, true); // enabled
@@ -89,11 +92,13 @@ describe('QEMU vfio-user-pci: our GPIO card interrupts the guest (INTx, then MSI
     await q.writel(address, 0);
     await enableMsi(fn, address, 0x4a21);
     await io.write32(IRQ_ENABLE, 1 << 9);
+    await io.flush();
     const from = q.irqEvents.length;
     gpio.setInput(9, true);
     await waitMessage(q, address, 0x4a21, WAIT_MS);
     assert.equal(await io.read32(IRQ_STATUS), 1 << 9);
     await io.write32(IRQ_STATUS, 1 << 9);
+    await io.flush();
     gpio.setInput(9, false);
     await waitMessage(q, address, 0x4a21, WAIT_MS);
     assert.deepEqual(q.irqEvents.slice(from).filter((e) => e.level), [], 'no INTx while MSI is on');

@@ -58,6 +58,7 @@ describe('QEMU vfio-user-pci hot-plug on a pcie-root-port: device_add, use, devi
     assert.deepEqual(fn.bdf, { bus: 1, dev: 0, fn: 0 });
     const io = barAccess(guest.qemu.qtest, fn.bar(2));
     await io.write32(OUTPUT, 0x5a5a);
+    await io.flush(); // posted
     assert.equal(gpio.outputs, 0x5a5a);
     assert.equal(await io.read32(OUTPUT), 0x5a5a);
   });
@@ -77,6 +78,7 @@ describe('QEMU vfio-user-pci hot-plug on a pcie-root-port: device_add, use, devi
     const io = barAccess(guest.qemu.qtest, fn.bar(2));
     assert.equal(await io.read32(OUTPUT), 0, 'a fresh card');
     await io.write32(OUTPUT, 0x0f0f);
+    await io.flush();
     assert.equal(gpio.outputs, 0x0f0f);
     await unplug(guest, port, 'hp1');
     await served.server.idle();

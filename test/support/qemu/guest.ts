@@ -40,13 +40,23 @@ export async function probe(g: Guest, vendorId: number, deviceId: number, bus = 
   return fn;
 }
 
-/** Byte and dword access to a BAR by offset: port I/O for an I/O BAR, loads and stores otherwise. */
+/**
+ * Byte and dword access to a BAR by offset: port I/O for an I/O BAR, loads and stores otherwise.
+ *
+ * Writes are posted: QEMU sends REGION_WRITE with NO_REPLY (unless the region
+ * is mmappable) and answers qtest at once, so the device may not have seen a
+ * write when `write32` resolves. {@link BarAccess.flush} reads the BAR back,
+ * as a driver does: the server answers requests in order, so once the read
+ * returns every earlier write has been applied.
+ */
 export interface BarAccess {
   readonly bar: Bar;
   read8(off: number): Promise<number>;
   read32(off: number): Promise<number>;
   write8(off: number, v: number): Promise<void>;
   write32(off: number, v: number): Promise<void>;
+  /** A one-byte read of `off` (default 0; pick a register without read side effects). */
+  flush(off?: number): Promise<void>;
 }
 
 /** {@link BarAccess} for `bar` (assigned) through `q`. */
@@ -59,6 +69,7 @@ export function barAccess(q: QtestClient, bar: Bar): BarAccess {
       read32: async (off) => (await q.inl(port + off)) >>> 0,
       write8: (off, v) => q.outb(port + off, v),
       write32: (off, v) => q.outl(port + off, v),
+      flush: async (off = 0) => void (await q.inb(port + off)),
     };
   }
   return {
@@ -67,5 +78,6 @@ export function barAccess(q: QtestClient, bar: Bar): BarAccess {
     read32: async (off) => (await q.readl(bar.address + BigInt(off))) >>> 0,
     write8: (off, v) => q.writeb(bar.address + BigInt(off), v),
     write32: (off, v) => q.writel(bar.address + BigInt(off), v),
+    flush: async (off = 0) => void (await q.readb(bar.address + BigInt(off))),
   };
 }
