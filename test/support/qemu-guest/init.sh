@@ -8,6 +8,7 @@
 #   VU_HOTPLUG   name of the device the host hot-plugs after boot (gpio), or none
 #   VU_SCRATCH   physical address of 1 MiB of RAM reserved with memmap= (DMA, MSI-X targets)
 #   VU_MODULES   modules to insmod from /lib/modules, in order, comma-separated
+#   VU_VFIO      set: also drive the DMA engine through vfio-pci with /bin/vfio-dma
 
 /bin/busybox mkdir -p /proc /sys /dev /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
@@ -91,6 +92,7 @@ find_cap() {
 
 load_modules() {
   for m in $(echo "$VU_MODULES" | tr ',' ' '); do
+    [ "$m" = none ] && continue
     if insmod "/lib/modules/$m.ko" 2>/dev/null; then say "module $m loaded"; else fail "insmod $m"; fi
   done
 }
@@ -189,6 +191,19 @@ dma_checks() {
   wait_host dma-checked
 }
 
+# DMA engine again, now through the guest kernel's vfio-pci behind QEMU's Intel
+# IOMMU (iommu=pt left it in an identity domain until now): vfio-dma maps a
+# buffer at an IOVA of its choice and waits for MSI-X vector 0 on an eventfd.
+vfio_checks() {
+  [ -n "$VU_VFIO" ] || return 0
+  d=$(find_dev "$VU_DMA") || return 0
+  echo vfio-pci > "$d/driver_override"
+  echo "$(basename "$d")" > /sys/bus/pci/drivers_probe
+  drv=$(basename "$(readlink "$d/driver" 2>/dev/null)")
+  [ "$drv" = vfio-pci ] || { fail "vfio: the DMA engine is bound to '$drv', not vfio-pci"; return 0; }
+  vfio-dma "$(basename "$d")" || fail "vfio-dma exited with $?"
+}
+
 # GPIO card: registers in its I/O BAR2 (sysfs resource2), INTx through uio_pci_generic:
 # reading /dev/uioN returns the interrupt count; the driver masks INTx with the
 # Command register's Interrupt Disable bit and user space clears it again.
@@ -246,6 +261,7 @@ enumerate
 hotplug
 memory_checks
 dma_checks
+vfio_checks
 gpio_checks
 victim_checks
 say "END $(cut -d' ' -f1 /proc/uptime)"

@@ -26,8 +26,10 @@ export interface GuestKit {
   busybox: string;
   /** Modules to insmod in this order (dependencies first); built-in ones are left out. */
   modules: GuestModule[];
-  /** Why a wanted module is unavailable, if one is (the checks that need it skip). */
-  missing: string[];
+  /** Per feature asked for: why one of its modules is unavailable (the checks that need it skip); empty if all are there. */
+  missing: Record<string, string[]>;
+  /** A C compiler that links statically (`gcc -static`), or why there is none. */
+  cc: { path: string; skip: false } | { path: undefined; skip: string };
 }
 
 /** Reads the release string a bzImage carries (boot protocol ≥ 2.00: `kernel_version` at 0x20e). */
@@ -97,30 +99,43 @@ export function resolveModules(dir: string, wanted: readonly string[], busybox: 
   }
   const modules: GuestModule[] = [];
   const missing: string[] = [];
-  const seen = new Set<string>();
+  const loaded = new Set<string>();
   const add = (name: string): boolean => {
-    if (builtin.has(name) || seen.has(name)) return true;
-    seen.add(name);
+    if (builtin.has(name) || loaded.has(name)) return true;
     const entry = deps.get(name);
     if (!entry) {
       missing.push(`${name}: neither built into the kernel nor in ${dir}/modules.dep`);
       return false;
     }
-    if (!entry.deps.reverse().every(add)) return false;
+    // modules.dep lists the direct dependency first: load them in reverse.
+    if (![...entry.deps].reverse().every(add)) return false;
     const data = moduleBytes(join(dir, entry.path), busybox);
     if (typeof data === 'string') {
       missing.push(`${name}: ${data}`);
       return false;
     }
     modules.push({ name, data });
+    loaded.add(name);
     return true;
   };
   wanted.forEach((w) => add(norm(w)));
   return { modules, missing };
 }
 
-/** The kit, or why the guest test skips. */
-export function guestKit(wantedModules: readonly string[]): { kit: GuestKit | undefined; skip: string | false } {
+/** `gcc`, if it can link a static program (glibc's libc.a installed). */
+function staticCc(): GuestKit['cc'] {
+  const r = spawnSync('gcc', ['-static', '-x', 'c', '-o', '/dev/null', '-'], { input: 'int main(void) { return 0; }\n', encoding: 'utf8' });
+  if (r.error) return { path: undefined, skip: `no gcc (${r.error.message}); the guest's vfio-pci check needs a static C program` };
+  if (r.status !== 0) return { path: undefined, skip: `gcc -static fails (${r.stderr.trim().split('\n')[0] ?? ''}); install libc6-dev` };
+  return { path: 'gcc', skip: false };
+}
+
+/**
+ * The kit, or why the guest test skips. `features` names the modules each
+ * optional check needs; a feature whose modules are missing is reported in
+ * {@link GuestKit.missing}, the others are loaded.
+ */
+export function guestKit(features: Record<string, readonly string[]>): { kit: GuestKit | undefined; skip: string | false } {
   const qemu = process.env['VFIO_USER_QEMU'];
   const kernel = process.env['VFIO_USER_GUEST_KERNEL'];
   const busybox = process.env['VFIO_USER_GUEST_BUSYBOX'] ?? '/bin/busybox';
@@ -134,6 +149,13 @@ export function guestKit(wantedModules: readonly string[]): { kit: GuestKit | un
   if (!executable(busybox)) return no(`no busybox at ${busybox} (install busybox-static or set VFIO_USER_GUEST_BUSYBOX)`);
   if (hasInterpreter(busybox)) return no(`${busybox} is not a statically linked x86-64 ELF (the guest has no libc); install busybox-static or set VFIO_USER_GUEST_BUSYBOX`);
   const dir = process.env['VFIO_USER_GUEST_MODULES'] ?? join('/lib/modules', release);
-  const { modules, missing } = resolveModules(dir, wantedModules, busybox);
-  return { kit: { qemu, kernel, release, busybox, modules, missing }, skip: false };
+  const modules: GuestModule[] = [];
+  const missing: Record<string, string[]> = {};
+  for (const [feature, wanted] of Object.entries(features)) {
+    const found = resolveModules(dir, wanted, busybox);
+    missing[feature] = found.missing;
+    if (found.missing.length > 0) continue;
+    for (const m of found.modules) if (!modules.some((n) => n.name === m.name)) modules.push(m);
+  }
+  return { kit: { qemu, kernel, release, busybox, modules, missing, cc: staticCc() }, skip: false };
 }

@@ -42,6 +42,8 @@ export interface GuestMachineOptions {
   devices: GuestPciDevice[];
   /** Empty pcie-root-ports `rp0`… with native hot-plug, for `device_add`. */
   rootPorts: number;
+  /** An emulated Intel IOMMU (`intel-iommu,caching-mode=on`, which vfio devices need) in front of every device. */
+  iommu: boolean;
   /** Directory for the console and QMP sockets. */
   dir: string;
   /** Called with each console line that carries a result (the text after `VU: `). */
@@ -76,6 +78,8 @@ export function guestArgs(o: GuestMachineOptions, consolePath: string, qmpPath: 
     // Native PCIe hot-plug in the root ports (the guest's pciehp), not ACPI's.
     '-global', 'ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off',
   ];
+  // The IOMMU must exist before the devices it translates for.
+  if (o.iommu) args.push('-device', 'intel-iommu,caching-mode=on');
   for (let i = 0; i < o.rootPorts; i++) {
     args.push('-device', `pcie-root-port,id=rp${i},bus=pcie.0,chassis=${i + 1},slot=${i + 1},addr=0x${(0x10 + i).toString(16)}`);
   }

@@ -6,6 +6,7 @@
  * (init.sh) asks for with "VU: WAIT <tag>". Everything the guest reported and
  * everything the host observed is returned for the test to check.
  */
+import { spawnSync } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,6 +24,16 @@ export const DMA_SRC = SCRATCH + 0x1000;
 export const DMA_DST = SCRATCH + 0x2000;
 /** Guest RAM. */
 export const GUEST_MIB = 256;
+/** The IOVA vfio-dma.c maps its buffer at (source at +0x1000, destination at +0x2000). */
+export const VFIO_IOVA = 0x1000_0000;
+
+/** Why the vfio-pci check cannot run with `kit`, or false if it can. */
+export function vfioSkip(kit: GuestKit): string | false {
+  if (kit.cc.skip) return kit.cc.skip;
+  const missing = kit.missing['vfio'] ?? [];
+  return missing.length > 0 ? `vfio modules missing for the guest kernel: ${missing.join('; ')}` : false;
+}
+
 /** x-msg-timeout of the device whose server is killed. */
 export const VICTIM_MSG_TIMEOUT_MS = 1000;
 /** Slots on pcie.0 (sysfs names in the guest). */
@@ -41,6 +52,9 @@ export interface HostSide {
   /** The DMA engine's view of the source and destination buffers (read through its DMA mappings). */
   dmaSource?: Uint8Array;
   dmaDest?: Uint8Array;
+  /** The same through vfio-pci: the buffers at the IOVA the guest's driver mapped (so QEMU's vIOMMU forwarded that map). */
+  vfioSource?: Uint8Array;
+  vfioDest?: Uint8Array;
   /** How `device_add` went: undefined if it succeeded. */
   hotplugError?: string;
   /** How the killed server ended, QEMU's output after the kill, and QMP query-status after it. */
@@ -62,7 +76,16 @@ export interface GuestRun {
   durationMs: number;
 }
 
-function initrd(kit: GuestKit, path: string): void {
+/** Builds vfio-dma.c into `dir` with `gcc -static`. @throws Error with gcc's output if it fails. */
+function buildVfioDma(dir: string): Uint8Array {
+  const source = new URL('../../../../test/support/qemu-guest/vfio-dma.c', import.meta.url).pathname;
+  const out = join(dir, 'vfio-dma');
+  const r = spawnSync('gcc', ['-static', '-O2', '-Wall', '-Werror', '-o', out, source], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`gcc -static vfio-dma.c failed: ${r.error?.message ?? r.stderr}`);
+  return readFileSync(out);
+}
+
+function initrd(kit: GuestKit, path: string, extra: CpioEntry[]): void {
   const entries: CpioEntry[] = [
     { kind: 'dir', path: 'bin' },
     { kind: 'dir', path: 'dev' },
@@ -73,13 +96,16 @@ function initrd(kit: GuestKit, path: string): void {
     { kind: 'symlink', path: 'bin/sh', target: 'busybox' },
     { kind: 'file', path: 'init', data: readFileSync(new URL('../../../../test/support/qemu-guest/init.sh', import.meta.url)), mode: 0o755 },
     ...kit.modules.map((m): CpioEntry => ({ kind: 'file', path: `lib/modules/${m.name}.ko`, data: m.data })),
+    ...extra,
   ];
   writeFileSync(path, initramfs(entries));
 }
 
-function append(kit: GuestKit): string {
+function append(kit: GuestKit, vfio: boolean): string {
   return [
     'console=ttyS0 quiet panic=-1',
+    // The IOMMU translates for vfio-pci only; other devices keep an identity domain (their DMA addresses are physical).
+    ...(vfio ? ['intel_iommu=on iommu=pt VU_VFIO=1'] : []),
     `memmap=1M$0x${SCRATCH.toString(16)}`,
     `VU_MEM=${SLOTS.mem} VU_DMA=${SLOTS.dma} VU_VICTIM=${SLOTS.victim}`,
     // The GPIO card is hot-plugged behind root port rp0: whatever bus number the port got.
@@ -115,7 +141,8 @@ export async function runGuest(kit: GuestKit, deadlineMs: number): Promise<Guest
   let killOutputAt = 0;
   try {
     victim = await startCliServer(dir, 'memory', ['--size', '64K']);
-    initrd(kit, join(dir, 'initrd.gz'));
+    const vfio = vfioSkip(kit) === false;
+    initrd(kit, join(dir, 'initrd.gz'), vfio ? [{ kind: 'file', path: 'bin/vfio-dma', data: buildVfioDma(dir), mode: 0o755 }] : []);
     const steps: Record<string, (m: GuestMachine) => Promise<void> | void> = {
       hotplug: async (m) => {
         try {
@@ -135,6 +162,10 @@ export async function runGuest(kit: GuestKit, deadlineMs: number): Promise<Guest
       'dma-checked': async () => {
         host.dmaSource = await dma.device.dma.read(BigInt(DMA_SRC), 4096);
         host.dmaDest = await dma.device.dma.read(BigInt(DMA_DST), 4096);
+      },
+      'vfio-mapped': async () => {
+        host.vfioSource = await dma.device.dma.read(BigInt(VFIO_IOVA + 0x1000), 4096);
+        host.vfioDest = await dma.device.dma.read(BigInt(VFIO_IOVA + 0x2000), 4096);
       },
       'gpio-outputs': () => void (host.gpioOutputs = gpio.outputs),
       'gpio-irq-1': () => (gpio.setInput(0, true), void host.gpioInputs.push(gpio.inputs)),
@@ -168,7 +199,8 @@ export async function runGuest(kit: GuestKit, deadlineMs: number): Promise<Guest
       qemu: kit.qemu,
       kernel: kit.kernel,
       initrd: join(dir, 'initrd.gz'),
-      append: append(kit),
+      append: append(kit, vfio),
+      iommu: vfio,
       memoryMiB: GUEST_MIB,
       rootPorts: 1,
       dir,
