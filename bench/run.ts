@@ -5,10 +5,13 @@
  *   --json         print one JSON document instead of tables
  *   --quick        fewer iterations (for a smoke run)
  *   --only NAMES   only these sections (comma separated: transport, codec,
- *                  server, client, migration, orchestrator)
+ *                  server, client, migration, orchestrator, qemu)
  *   --help         this text
  * LIBVFIO_USER_BUILD=DIR adds libvfio-user's samples/gpio-pci-idio-16 (built
- * in DIR) to the server section, measured against the same C client.
+ * in DIR) to the server section, measured against the same C client, and to
+ * the qemu section.
+ * VFIO_USER_QEMU=PATH (a qemu-system-x86_64 with vfio-user-pci) enables the
+ * qemu section: register reads as a QEMU guest sees them (qtest accelerator).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -20,6 +23,7 @@ import { runServerBench, type ServerResult } from './server.js';
 import { runClientBench, type ClientResult } from './client.js';
 import { runMigrationBench, type MigrationResult } from './migration.js';
 import { runOrchestratorBench, type OrchestratorResult } from './orchestrator.js';
+import { runQemuBench, type QemuResult } from './qemu.js';
 
 interface Report {
   pinnedCpu: string | null;
@@ -29,9 +33,10 @@ interface Report {
   client?: ClientResult;
   migration?: MigrationResult;
   orchestrator?: OrchestratorResult;
+  qemu?: QemuResult;
 }
 
-const SECTIONS = ['transport', 'codec', 'server', 'client', 'migration', 'orchestrator'] as const;
+const SECTIONS = ['transport', 'codec', 'server', 'client', 'migration', 'orchestrator', 'qemu'] as const;
 type Section = (typeof SECTIONS)[number];
 
 function sections(): Set<Section> {
@@ -93,6 +98,11 @@ async function main(): Promise<void> {
     }
     if (only.has('migration')) report.migration = await runMigrationBench({ dir, echo, stateBytes: (quick ? 32 : 256) << 20, log: !json });
     if (only.has('orchestrator')) report.orchestrator = await runOrchestratorBench({ dir, guestBytes: (quick ? 64 : 256) << 20, log: !json });
+    if (only.has('qemu')) {
+      const qemu = process.env['VFIO_USER_QEMU'];
+      if (qemu) report.qemu = runQemuBench({ pin, qemu, iterations: quick ? 1000 : 5000, rounds: quick ? 2 : 4, log: !json, ...libvfioUserGpio() });
+      else if (!json) console.log('\nQEMU: skipped (VFIO_USER_QEMU is not set)');
+    }
     if (json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
