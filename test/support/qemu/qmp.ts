@@ -104,7 +104,13 @@ export class QmpClient {
 
   #onLine(line: string): void {
     if (line.trim() === '') return;
-    const msg = JSON.parse(line) as { QMP?: unknown; id?: number; return?: unknown; error?: { class: string; desc: string }; event?: string; data?: Record<string, unknown> };
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(line);
+    } catch {
+      return; // not QMP (QEMU writes nothing else here); ignored rather than thrown from a socket callback
+    }
+    const msg = parsed as { QMP?: unknown; id?: number; return?: unknown; error?: { class: string; desc: string }; event?: string; data?: Record<string, unknown> };
     if (msg.QMP !== undefined) return this.#greeted();
     if (msg.event !== undefined) return this.#onEvent({ event: msg.event, ...(msg.data ? { data: msg.data } : {}) });
     const p = msg.id === undefined ? undefined : this.#pending.get(msg.id);
