@@ -41,8 +41,12 @@ function load(): NativeBinding {
   });
 }
 
-/** The raw addon. Hot-path calls return `-errno`; set-up calls throw a plain `Error`. */
-export const native: NativeBinding = load();
+/**
+ * The raw addon. Hot-path calls return `-errno`; set-up calls throw a plain `Error`.
+ * A copy of the exports object, which Node-API leaves in dictionary mode: every
+ * `native.x` load would miss V8's inline caches.
+ */
+export const native: NativeBinding = { ...load() };
 
 /** What the addon attaches to the errors it throws. */
 interface NativeError extends Error {
