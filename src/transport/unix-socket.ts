@@ -16,6 +16,7 @@ import { native } from '../native/addon.js';
 import type { NativePoller } from '../native/types.js';
 import { Framer, FramingError } from './framer.js';
 import { frameOutgoing, messageSize, writeMessage } from './outgoing.js';
+import { ReadAhead } from './read-ahead.js';
 import type { OutgoingHeader, PeerCredentials, Transport, TransportHandler } from './transport.js';
 
 const { UV_READABLE, UV_WRITABLE, UV_DISCONNECT } = native.constants;
@@ -83,6 +84,9 @@ export class UnixSocketTransport implements Transport {
   #paused = false;
   #closed = false;
   #watching = 0;
+  /** Whether bytes went out since the last read (a reply to what it brought). */
+  #sent = false;
+  readonly #readAhead = new ReadAhead();
 
   /**
    * Takes ownership of `fd` (closed by {@link close}). The socket must be
@@ -186,6 +190,7 @@ export class UnixSocketTransport implements Transport {
     if (this.#queue.length === 0) {
       const sent = native.sendmsg(this.#fd, chunks, fdList);
       if (sent >= 0) {
+        this.#sent = true;
         const rest = dropSent(chunks, sent);
         if (rest.length === 0) return true;
         this.#enqueue({ chunks: rest, fds: null });
@@ -222,6 +227,7 @@ export class UnixSocketTransport implements Transport {
     let sent = 0;
     if (this.#queue.length === 0) {
       sent = native.send(this.#fd, stage, 0, size);
+      if (sent > 0) this.#sent = true;
       if (sent === size) return;
       if (sent === -Errno.EAGAIN) sent = 0;
       else if (sent < 0) return this.#fail(new SystemError('send', -sent));
@@ -278,6 +284,7 @@ export class UnixSocketTransport implements Transport {
   }
 
   #readSome(): void {
+    let ahead = false; // this read is a read-ahead (see ReadAhead)
     for (let i = 0; i < MAX_READS_PER_WAKE; i++) {
       if (this.#closed || this.#paused || !this.#reading) return;
       if (POOL_SIZE - this.#poolOffset < MIN_POOL_ROOM) {
@@ -286,15 +293,24 @@ export class UnixSocketTransport implements Transport {
       }
       const room = this.#pool.subarray(this.#poolOffset);
       const n = native.recvmsg(this.#fd, room, this.#meta);
-      if (n === -Errno.EAGAIN) return;
+      if (n === -Errno.EAGAIN) return ahead ? this.#readAhead.miss() : undefined;
+      if (ahead) {
+        this.#readAhead.hit();
+        ahead = false;
+      }
       if (n < 0) return this.#fail(new SystemError('recvmsg', -n));
       const fds = this.#takeMetaFds();
       if (n === 0) return this.#onEof(fds);
       const chunk = room.subarray(0, n);
       this.#poolOffset += n;
       if (this.#meta[1] !== 0) return this.#onFdsLost(fds);
+      this.#sent = false;
       this.#deliver(chunk, fds);
-      if (n < room.length && fds.length === 0) return; // drained; poll is level-triggered
+      if (n < room.length && fds.length === 0) {
+        // Drained (poll is level-triggered): wait for the next wake-up, unless a reply just went out.
+        ahead = this.#sent && this.#readAhead.shouldTry();
+        if (!ahead) return;
+      }
     }
   }
 

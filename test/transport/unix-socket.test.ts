@@ -263,6 +263,41 @@ describe('UnixSocketTransport', () => {
     });
   });
 
+  it('reads the next request right after replying when the peer already sent it (no wake-up in between)', async () => {
+    const [fdA, peer] = socketPair();
+    const server = new UnixSocketTransport(fdA);
+    let turns = 0; // event-loop turns seen so far
+    let done = false;
+    const turn = (): void => {
+      turns++;
+      if (!done) setImmediate(turn);
+    };
+    turn();
+    const seen: number[] = [];
+    const request = (id: number): Uint8Array => header(id, 9, 16);
+    const all = new Promise<void>((resolve) =>
+      server.start({
+        onMessage(m) {
+          seen.push(turns);
+          server.send({ msgId: m.header.msgId, cmd: 9, flags: 1 });
+          // A peer sharing our CPU runs during the send and writes its next request before we poll again.
+          if (m.header.msgId < 9) assert.equal(native.sendmsg(peer, [request(m.header.msgId + 1)], null), 16);
+          else resolve();
+        },
+        onClose() {},
+      }),
+    );
+    assert.equal(native.sendmsg(peer, [request(0)], null), 16);
+    await all;
+    done = true;
+    assert.equal(seen.length, 10);
+    assert.deepEqual(seen, new Array(10).fill(seen[0]), 'all ten handled in one wake-up');
+    const replies = new Uint8Array(1024);
+    assert.equal(native.recvmsg(peer, replies, new Int32Array(2)), 10 * 16, 'every reply went out');
+    server.close();
+    native.close(peer);
+  });
+
   it('refuses to send on a closed transport', () => {
     const [a, b] = pair();
     a.close();
