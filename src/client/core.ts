@@ -8,7 +8,7 @@ import { ConnectionClosedError, ProtocolError, RemoteError, VfioUserError } from
 import { Command, DEFAULT_MAX_DATA_XFER_SIZE, HeaderFlags, PROTOCOL_MAJOR, PROTOCOL_MINOR, SERVER_MAX_MSG_SIZE, commandName } from '../protocol/constants.js';
 import { Errno, errnoName } from '../protocol/errno.js';
 import { isError, isReply, replyErrno, type MessageHeader } from '../protocol/header.js';
-import { decodeVersion, encodeVersion, type Version } from '../protocol/version.js';
+import { VERSION_REQUEST_PAD, decodeVersion, encodeVersion, type Version } from '../protocol/version.js';
 import { migrationExtensionRequest } from '../protocol/migration-extensions.js';
 import { resolveCapabilities, type Capabilities, type ResolvedCapabilities } from '../protocol/capabilities.js';
 import { decodeDmaReadRequest, decodeDmaWriteRequest, encodeDmaAccess, encodeDmaAccessWithData } from '../protocol/dma.js';
@@ -117,7 +117,7 @@ export class ClientCore {
     caps.migration ??= { extra: migrationExtensionRequest() };
     this.#maxDataXferSize = caps.maxDataXferSize ?? DEFAULT_MAX_DATA_XFER_SIZE;
     this.advertised = caps;
-    const reply = await this.request(Command.VERSION, encodeVersion({ major: PROTOCOL_MAJOR, minor: PROTOCOL_MINOR, capabilities: caps }));
+    const reply = await this.request(Command.VERSION, encodeVersion({ major: PROTOCOL_MAJOR, minor: PROTOCOL_MINOR, capabilities: caps }, VERSION_REQUEST_PAD));
     const fds = reply.fds.takeAll();
     try {
       const version = decodeReplyVersion(reply.payload);

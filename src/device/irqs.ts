@@ -210,7 +210,13 @@ export class IrqController {
     const v = this.#vectors[index]?.[vector];
     if (!v) return;
     v.masked = masked;
-    if (!masked && v.pending) this.refreshPending();
+    if (masked) return;
+    if (v.pending) return this.refreshPending();
+    // INTx is a level: a client unmasks after its end of interrupt (QEMU does, as the kernel automasks);
+    // a line still asserted is signalled again, as vfio-pci does, or the level would be lost.
+    if (index === IrqIndex.INTX && this.#state.mode() === 'intx' && this.#state.intxAsserted() && !this.#state.intxDisabled()) {
+      this.#signal(IrqIndex.INTX, 0);
+    }
   }
 
   #signal(index: number, vector: number): boolean {

@@ -99,7 +99,7 @@ export {
   formatCapabilitiesJson,
   resolveCapabilities,
 } from './capabilities.js';
-export { encodeVersion, decodeVersion } from './version.js';
+export { encodeVersion, decodeVersion, VERSION_REQUEST_PAD } from './version.js';
 export {
   encodeDmaMapRequest,
   decodeDmaMapRequest,

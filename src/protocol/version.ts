@@ -24,15 +24,24 @@ const utf8Encoder = new TextEncoder();
 
 /**
  * Encodes a VERSION payload; the JSON (if any) is compact and NUL-terminated.
+ * @param padTo - pad the JSON with trailing spaces (still valid JSON) so the
+ *   payload is at least this long: a server answers in no more bytes than the
+ *   request (QEMU's rule), so a client that wants every capability and
+ *   extension in the reply leaves room for it.
  * @throws {InvalidArgumentError} EINVAL if major/minor do not fit a u16 or a capability is invalid.
  */
-export function encodeVersion(v: Version): Uint8Array {
+export function encodeVersion(v: Version, padTo = 0): Uint8Array {
   const json = v.capabilities === undefined ? undefined : utf8Encoder.encode(formatCapabilitiesJson(v.capabilities));
-  const w = new WireWriter(VERSION_SIZE + (json === undefined ? 0 : json.length + 1), 'VERSION');
+  const jsonSize = json === undefined ? 0 : Math.max(json.length + 1, padTo - VERSION_SIZE);
+  const w = new WireWriter(VERSION_SIZE + jsonSize, 'VERSION');
   w.u16(v.major, 'major').u16(v.minor, 'minor');
-  if (json !== undefined) w.bytes(json, 'JSON').zeros(1, 'NUL');
+  if (json !== undefined) w.bytes(json, 'JSON').bytes(SPACES.subarray(0, jsonSize - json.length - 1), 'padding').zeros(1, 'NUL');
   return w.finish();
 }
+
+/** Room a client leaves for the server's VERSION reply: more than this library's longest (~330 bytes). */
+export const VERSION_REQUEST_PAD = 512;
+const SPACES = new Uint8Array(VERSION_REQUEST_PAD).fill(0x20);
 
 /**
  * Decodes a VERSION payload. The JSON must end in NUL (libvfio-user rule); as

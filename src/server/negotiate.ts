@@ -19,6 +19,7 @@ import type { Logger } from '../log.js';
 import type { ServerRequests } from './server-requests.js';
 import type { HandlerReply, ServerLimits } from './types.js';
 import { fitVersionReply } from './version-reply.js';
+import { clientProfile, type ClientProfile, type DmaLayoutOption } from './client-profile.js';
 
 /** The page size of migration dirty tracking we advertise (libvfio-user's). */
 const MIGRATION_PGSIZE = 4096;
@@ -26,6 +27,8 @@ const MIGRATION_PGSIZE = 4096;
 /** The outcome of a successful negotiation. */
 export interface Negotiated {
   client: ResolvedCapabilities;
+  /** Where the client departs from the specification (DMA message layout). */
+  profile: ClientProfile;
   minor: number;
   reply: HandlerReply;
   /** The server's end of the twin socket, when negotiated. */
@@ -37,7 +40,7 @@ export interface Negotiated {
  * @throws {ProtocolError} EINVAL when the message is not VERSION, carries fds,
  *   has major ≠ 0 or malformed capabilities (the session is then closed).
  */
-export function negotiate(m: Message, limits: ServerLimits, requests: ServerRequests, logger: Logger, migratable = false): Negotiated {
+export function negotiate(m: Message, limits: ServerLimits, requests: ServerRequests, logger: Logger, migratable = false, dmaLayout: DmaLayoutOption = 'auto'): Negotiated {
   if (m.header.cmd !== Command.VERSION) throw new ProtocolError(`the first message must be VERSION, not command ${m.header.cmd}`);
   const request = decodeRequest(m.header, m.payload);
   if (request.cmd !== Command.VERSION) throw new ProtocolError('the first message must be VERSION');
@@ -51,6 +54,7 @@ export function negotiate(m: Message, limits: ServerLimits, requests: ServerRequ
     throw new ProtocolError(`migration page size ${clientPgsize} is not ${MIGRATION_PGSIZE}`);
   }
   const minor = Math.min(version.minor, PROTOCOL_MINOR);
+  const profile = clientProfile(version, dmaLayout);
   const caps: Capabilities = {
     maxMsgFds: limits.maxMsgFds,
     maxDataXferSize: limits.maxDataXferSize,
@@ -65,10 +69,10 @@ export function negotiate(m: Message, limits: ServerLimits, requests: ServerRequ
   if (client.twinSocket.supported && client.maxMsgFds > 0) caps.twinSocket = { supported: true, fdIndex: 0 };
   const fitted = fitVersionReply(PROTOCOL_MAJOR, minor, caps, m.payload.length);
   if (fitted.omitted.length > 0) logger.info({ omitted: fitted.omitted }, 'VERSION reply shortened to fit the client\'s request');
-  if (!fitted.capabilities.twinSocket) return { client, minor, twin: undefined, reply: { payload: fitted.payload } };
+  if (!fitted.capabilities.twinSocket) return { client, profile, minor, twin: undefined, reply: { payload: fitted.payload } };
   const [ours, theirs] = socketPair();
   const twin = openTwin(ours, requests, logger);
-  return { client, minor, twin, reply: { payload: fitted.payload, fds: [theirs], afterSend: () => native.close(theirs) } };
+  return { client, profile, minor, twin, reply: { payload: fitted.payload, fds: [theirs], afterSend: () => native.close(theirs) } };
 }
 
 function openTwin(fd: number, requests: ServerRequests, logger: Logger): Transport {

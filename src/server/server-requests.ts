@@ -2,14 +2,15 @@
  * Commands the server sends to its client — DMA_READ and DMA_WRITE for
  * message-mode DMA regions — with their own 16-bit message ids (wrapping,
  * never reusing one in flight), a reply timeout, and chunking to the client's
- * `max_data_xfer_size`. They go out on the twin socket when one was
+ * `max_data_xfer_size`, in the layout of the client's profile (client-profile.ts). They go out on the twin socket when one was
  * negotiated, else on the main socket.
  */
 import { ConnectionClosedError, ProtocolError, RemoteError, TimeoutError } from '../errors.js';
 import { Command, DEFAULT_MAX_DATA_XFER_SIZE, HeaderFlags } from '../protocol/constants.js';
 import { Errno } from '../protocol/errno.js';
 import { isError, replyErrno } from '../protocol/header.js';
-import { decodeDmaReadReply, decodeDmaWriteReply, encodeDmaAccess, encodeDmaAccessWithData } from '../protocol/dma.js';
+import { decodeDmaReadReply, decodeDmaWriteReply, encodeDmaAccess, encodeDmaAccessWithData, type DmaLayout } from '../protocol/dma.js';
+import type { ClientProfile } from './client-profile.js';
 import type { ResolvedCapabilities } from '../protocol/capabilities.js';
 import type { Message, Transport } from '../transport/transport.js';
 import type { DmaMessageTransport } from '../device/dma.js';
@@ -39,9 +40,13 @@ export class ServerRequests {
     this.#channel = transport;
   }
 
-  /** A DMA transport chunking to the client's `max_data_xfer_size`. */
-  dmaTransport(caps: () => ResolvedCapabilities | undefined): DmaMessageTransport {
-    const chunk = (): number => Math.max(1, caps()?.maxDataXferSize ?? DEFAULT_MAX_DATA_XFER_SIZE);
+  /**
+   * A DMA transport chunking to the client's `max_data_xfer_size` (and its
+   * profile's limit), in the message layout its profile says.
+   */
+  dmaTransport(peer: () => { client: ResolvedCapabilities; profile: ClientProfile } | undefined): DmaMessageTransport {
+    const chunk = (): number => Math.max(1, Math.min(peer()?.client.maxDataXferSize ?? DEFAULT_MAX_DATA_XFER_SIZE, peer()?.profile.dmaChunkLimit ?? Infinity));
+    const layout = (): DmaLayout => peer()?.profile.dmaLayout ?? 'vfio-user';
     return {
       read: async (addr, count) => {
         const out = new Uint8Array(count);
@@ -49,7 +54,7 @@ export class ServerRequests {
           const n = Math.min(chunk(), count - done);
           const at = addr + BigInt(done);
           const reply = await this.request(Command.DMA_READ, encodeDmaAccess({ addr: at, count: BigInt(n) }));
-          const body = decodeDmaReadReply(reply.payload);
+          const body = decodeDmaReadReply(reply.payload, layout());
           if (body.addr !== at || body.count !== BigInt(n)) throw new ProtocolError(`DMA_READ reply for 0x${at.toString(16)}+${n} describes 0x${body.addr.toString(16)}+${body.count}`);
           out.set(body.data, done);
           done += n;
@@ -60,7 +65,7 @@ export class ServerRequests {
         for (let done = 0; done < data.length; ) {
           const n = Math.min(chunk(), data.length - done);
           const at = addr + BigInt(done);
-          const reply = await this.request(Command.DMA_WRITE, encodeDmaAccessWithData({ addr: at, count: BigInt(n), data: data.subarray(done, done + n) }));
+          const reply = await this.request(Command.DMA_WRITE, encodeDmaAccessWithData({ addr: at, count: BigInt(n), data: data.subarray(done, done + n) }, layout()));
           const body = decodeDmaWriteReply(reply.payload);
           if (body && (body.addr !== at || body.count !== BigInt(n))) throw new ProtocolError(`DMA_WRITE reply for 0x${at.toString(16)}+${n} does not echo it`);
           done += n;

@@ -12,6 +12,7 @@ import { HeaderFlags, SERVER_MAX_DATA_XFER_SIZE, SERVER_MAX_MSG_SIZE, DEFAULT_MA
 import { UnixListener } from '../transport/unix-listener.js';
 import type { Transport } from '../transport/transport.js';
 import { Session } from './session.js';
+import type { DmaLayoutOption } from './client-profile.js';
 import type { ServerLimits, SessionDevice } from './types.js';
 
 /** Options of {@link DeviceServer.listen}. */
@@ -28,6 +29,12 @@ export interface ServeOptions {
   limits?: Partial<ServerLimits>;
   /** How long a server→client DMA request waits for its reply (default 10 s). */
   dmaTimeoutMs?: number;
+  /**
+   * Layout of server→client DMA messages: `'auto'` (default) uses QEMU's
+   * (u32 count, data at 12) for a client recognised as QEMU at VERSION and
+   * the specification's otherwise; `'qemu'` or `'vfio-user'` force one.
+   */
+  dmaLayout?: DmaLayoutOption;
   /** How long a refused client may stay connected before it is closed (default 5 s). */
   refusalTimeoutMs?: number;
   /**
@@ -153,6 +160,7 @@ export class DeviceServer {
       limits: this.#limits,
       maxMessageSize: Math.max(SERVER_MAX_MSG_SIZE, this.#limits.maxDataXferSize + 32),
       ...(this.#options.dmaTimeoutMs === undefined ? {} : { dmaTimeoutMs: this.#options.dmaTimeoutMs }),
+      ...(this.#options.dmaLayout === undefined ? {} : { dmaLayout: this.#options.dmaLayout }),
     });
     this.#session = session;
     this.#cleanup = session.closed.then((error) => {

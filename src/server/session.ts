@@ -19,6 +19,7 @@ import { ResetReason } from '../device/types.js';
 import { HANDLERS } from './dispatch.js';
 import { checkCommandAllowed } from '../migration/gating.js';
 import { negotiate, type Negotiated } from './negotiate.js';
+import type { DmaLayoutOption } from './client-profile.js';
 import { ServerRequests } from './server-requests.js';
 import type { HandlerContext, HandlerReply, ServerLimits, SessionDevice } from './types.js';
 
@@ -29,6 +30,8 @@ export interface SessionOptions {
   maxMessageSize: number;
   /** How long a server→client DMA request may wait for its reply (default 10 s). */
   dmaTimeoutMs?: number;
+  /** DMA message layout: `'auto'` (default) recognises QEMU's client (client-profile.ts). */
+  dmaLayout?: DmaLayoutOption;
   /** Requests queued beyond this pause reading from the socket (default 256). */
   maxQueued?: number;
 }
@@ -58,7 +61,7 @@ export class Session {
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
     this.#requests = new ServerRequests(transport, options.dmaTimeoutMs ?? 10_000);
     this.#dma = new DmaController({
-      transport: this.#requests.dmaTransport(() => this.#clientCaps()),
+      transport: this.#requests.dmaTransport(() => this.#negotiated),
       onUnmap: (region) => this.#notify(() => device.dmaUnmapping?.(region)),
     });
     device.attach(this.#dma);
@@ -86,10 +89,6 @@ export class Session {
     } catch (err) {
       this.#device.logger.error({ err }, 'device DMA hook failed');
     }
-  }
-
-  #clientCaps(): ResolvedCapabilities | undefined {
-    return this.#negotiated?.client;
   }
 
   #onMessage(m: Message): void {
@@ -157,14 +156,15 @@ export class Session {
 
   #negotiate(m: Message): HandlerReply {
     try {
-      const result = negotiate(m, this.#options.limits, this.#requests, this.#device.logger, this.#device.migration !== undefined);
+      const result = negotiate(m, this.#options.limits, this.#requests, this.#device.logger, this.#device.migration !== undefined, this.#options.dmaLayout);
+      if (result.profile.name !== 'vfio-user') this.#device.logger.info({ profile: result.profile }, 'client recognised; DMA messages in its layout');
       this.#negotiated = result;
       this.#context = {
         device: this.#device,
         dma: this.#dma,
         client: result.client,
         server: this.#options.limits,
-        dmaTransport: this.#requests.dmaTransport(() => result.client),
+        dmaTransport: this.#requests.dmaTransport(() => result),
         logger: this.#device.logger,
       };
       return result.reply;

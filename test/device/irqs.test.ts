@@ -62,6 +62,26 @@ describe('IrqController INTx', () => {
     });
   });
 
+  it('signals again on UNMASK while the line is still asserted (a level is not lost after the client\'s EOI)', async () => {
+    await assertNoFdLeak(() => {
+      const { state, irqs, efd } = intxWithEventFd();
+      const unmask = { argsz: 20, flags: IrqSetFlags.DATA_NONE | IrqSetFlags.ACTION_UNMASK, index: 0, start: 0, count: 1 };
+      assert.equal(irqs.interrupt(), true);
+      assert.equal(drain(efd), 1n);
+      irqs.apply(unmask, []); // QEMU's end of interrupt: the device still asserts
+      assert.equal(drain(efd), 1n, 'the asserted line is signalled again');
+      irqs.deassertIntx();
+      irqs.apply(unmask, []);
+      assert.equal(drain(efd), -11, 'a deasserted line is not');
+      irqs.interrupt();
+      drain(efd);
+      state.intxDisabledNow = true;
+      irqs.apply(unmask, []);
+      assert.equal(drain(efd), -11, 'nor one the guest disabled');
+      irqs.reset();
+    });
+  });
+
   it('forgets a held INTx the device deasserted, and pending state on clearPending', async () => {
     await assertNoFdLeak(() => {
       const { state, irqs, efd } = intxWithEventFd();

@@ -16,16 +16,11 @@ import { createGpioDevice } from '../../src/devices/gpio.js';
 import { fitVersionReply } from '../../src/server/version-reply.js';
 import { StepClient } from '../support/step-client.js';
 import { serveTestDevice } from '../support/server-fixture.js';
-import { wb } from '../support/wire-builder.js';
+import { qemuVersionRequest } from '../support/qemu-version.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-/** QEMU 10.2.2's VERSION request payload, byte for byte (hw/vfio-user/proxy.c caps_json; 214-byte message). */
-const QEMU_CAPS_JSON =
-  '{"capabilities": {"max_msg_fds": 16, "max_data_xfer_size": 1048576, "pgsizes": 4096, "max_dma_maps": 65535, ' +
-  '"migration": {"pgsize": 4096, "max_bitmap_size": 268435456}, "write_multiple": true}}';
-const qemuVersionRequest = (): Uint8Array => wb().u16(0).u16(0).cstr(QEMU_CAPS_JSON).build();
 
 /** Serves a migratable sample device (the GPIO card) on a fresh path. */
 async function withGpio(body: (path: string) => Promise<void>): Promise<void> {

@@ -8,7 +8,7 @@ import { connectUnix } from '../../src/transport/unix-listener.js';
 import { UnixSocketTransport } from '../../src/transport/unix-socket.js';
 import type { Message } from '../../src/transport/transport.js';
 import { Command, HeaderFlags } from '../../src/protocol/constants.js';
-import { decodeVersion, encodeVersion } from '../../src/protocol/version.js';
+import { VERSION_REQUEST_PAD, decodeVersion, encodeVersion } from '../../src/protocol/version.js';
 import type { Capabilities } from '../../src/protocol/capabilities.js';
 import type { Version } from '../../src/protocol/version.js';
 
@@ -50,10 +50,10 @@ export class StepClient {
     return new StepClient(await connectUnix(path));
   }
 
-  /** Connects and negotiates VERSION 0.2 with `caps`. */
+  /** Connects and negotiates VERSION 0.2 with `caps`, leaving room for the whole reply (VERSION_REQUEST_PAD). */
   static async open(path: string, caps: Capabilities = { maxMsgFds: 8 }): Promise<{ client: StepClient; version: Version }> {
     const client = await StepClient.connect(path);
-    const reply = await client.request(Command.VERSION, encodeVersion({ major: 0, minor: 2, capabilities: caps }));
+    const reply = await client.request(Command.VERSION, encodeVersion({ major: 0, minor: 2, capabilities: caps }, VERSION_REQUEST_PAD));
     assert.equal(reply.flags & HeaderFlags.ERROR, 0, `VERSION failed with errno ${reply.errorNo}`);
     const version = decodeVersion(reply.payload);
     if (reply.fds.length > 0) client.#useTwin(reply.fds[0]!);
