@@ -64,6 +64,11 @@ export interface QemuOptions {
   sharedMemory?: boolean;
   /** Extra arguments, appended last. */
   extraArgs?: string[];
+  /**
+   * A whole machine command line (e.g. the README's) used instead of the
+   * `-machine`, `-m` and `-object` arguments built from the options above.
+   */
+  machineArgs?: string[];
   /** How long QEMU may take to come up (default 20 s). */
   startTimeoutMs?: number;
 }
@@ -190,10 +195,12 @@ export function qemuArgs(qtestPath: string, qmpPath: string, o: QemuOptions): st
     '-mon', 'chardev=qmp0,mode=control',
     '-run-with', 'exit-with-parent=on',
     '-nographic', '-nodefaults', '-display', 'none',
-    '-machine', `${machine},memory-backend=mem`,
-    '-m', `${mib}M`,
-    '-object', o.sharedMemory === false ? `memory-backend-ram,id=mem,size=${mib}M` : `memory-backend-memfd,id=mem,size=${mib}M,share=on`,
     '-L', '/usr/share/seabios', '-L', '/usr/share/qemu',
+    ...(o.machineArgs ?? [
+      '-machine', `${machine},memory-backend=mem`,
+      '-m', `${mib}M`,
+      '-object', o.sharedMemory === false ? `memory-backend-ram,id=mem,size=${mib}M` : `memory-backend-memfd,id=mem,size=${mib}M,share=on`,
+    ]),
   ];
   const ports = o.rootPorts ?? 0;
   if (ports > 0) {
