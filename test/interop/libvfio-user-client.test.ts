@@ -54,7 +54,7 @@ import { assertNoFdLeak } from '../support/fd-count.js';
 
 const build = libvfioUserBuild();
 const CLIENT_TIMEOUT_MS = 30_000;
-/** Our server's `max_msg_fds`; the client maps twice as many one-page DMA regions. */
+/** Our server's `max_msg_fds` (the largest allowed; the default is 16); the client maps twice as many one-page DMA regions. */
 const OUR_MAX_MSG_FDS = 253;
 const EINVAL = 22;
 
@@ -129,7 +129,7 @@ describe('libvfio-user samples/client against our device (shaped like samples/se
     const dir = mkdtempSync(join(tmpdir(), 'vfio-user-interop-'));
     const sample = serverSampleDevice();
     const serverPath = join(dir, 'device.sock');
-    h = { sample, server: sample.device.serve(serverPath), serverPath, dir };
+    h = { sample, server: sample.device.serve({ path: serverPath, limits: { maxMsgFds: OUR_MAX_MSG_FDS } }), serverPath, dir };
   });
 
   after(async () => {
