@@ -33,11 +33,15 @@ async function withCard(fn: (gpio: GpioDevice, client: StepClient) => Promise<vo
 }
 
 describe('GPIO sample device (PCI-IDIO-16)', () => {
-  it('has the sample identity, a 256-byte BAR2 without mmap, INTx and one MSI vector', async () => {
+  it('has the sample identity with a real class code, a 256-byte I/O BAR2 without mmap, INTx and one MSI vector', async () => {
     await withCard(async (_gpio, client) => {
       assert.equal(await readLe(client, CONFIG, 0x00, 2), 0x494f);
       assert.equal(await readLe(client, CONFIG, 0x02, 2), 0x0dc8);
       assert.equal(await readLe(client, CONFIG, 0x3d, 1), 1, 'Interrupt Pin INTA#');
+      // A class code (Linux assigns no BARs to a classless card hot-plugged into a running guest) and an
+      // I/O-port BAR2, as on the card and in libvfio-user's sample.
+      assert.equal((await readLe(client, CONFIG, 0x08, 4)) >>> 8, 0x118000, 'class: signal processing controller, other');
+      assert.equal((await readLe(client, CONFIG, 0x18, 4)) & 1, 1, 'BAR2 is an I/O BAR');
       const info = decodeRegionInfo((await client.ok(Command.DEVICE_GET_REGION_INFO, encodeRegionInfoRequest({ argsz: 32, index: BAR2 }))).payload);
       assert.equal(info.size, 0x100n);
       assert.equal(info.flags, RegionInfoFlags.READ | RegionInfoFlags.WRITE);
