@@ -60,7 +60,8 @@ export function negotiate(m: Message, limits: ServerLimits, requests: ServerRequ
     maxDataXferSize: limits.maxDataXferSize,
     maxDmaMaps: limits.maxDmaMaps,
     pgsizes: DEFAULT_PGSIZES,
-    writeMultiple: limits.writeMultiple,
+    // Not even `false` to QEMU (client-profile.ts): the member would only take room in its short reply.
+    writeMultiple: profile.writeMultiple ? limits.writeMultiple : undefined,
   };
   // A migratable device advertises this library's extension features (docs/protocol-extensions.md) as extra
   // members of `migration`, but only those the client named in its own `migration`: QEMU warns about unknown

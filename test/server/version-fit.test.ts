@@ -2,7 +2,8 @@
  * The VERSION reply is never longer than the request (QEMU 10.2 receives it
  * into its request's buffer and fails the attach otherwise), max_msg_fds is
  * what QEMU accepts, and the migration extensions are advertised only to a
- * client that asks for them.
+ * client that asks for them. QEMU is not told about write_multiple
+ * (src/server/client-profile.ts).
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -14,6 +15,7 @@ import { decodeVersion, encodeVersion } from '../../src/protocol/version.js';
 import { migrationExtensionRequest, migrationExtensionsOf } from '../../src/protocol/migration-extensions.js';
 import { createGpioDevice } from '../../src/devices/gpio.js';
 import { fitVersionReply } from '../../src/server/version-reply.js';
+import { clientProfile } from '../../src/server/client-profile.js';
 import { StepClient } from '../support/step-client.js';
 import { serveTestDevice } from '../support/server-fixture.js';
 import { qemuVersionRequest } from '../support/qemu-version.js';
@@ -51,6 +53,26 @@ describe('VERSION reply size', () => {
       assert.equal(caps?.maxDataXferSize, 1 << 20);
       client.close();
     }));
+
+  it('does not advertise write_multiple to QEMU (its 10.2 flag for it also forces every send through its iothread), does to others', () =>
+    withGpio(async (path) => {
+      const qemu = await StepClient.connect(path);
+      const r = await qemu.ok(Command.VERSION, qemuVersionRequest());
+      assert.equal(decodeVersion(r.payload).capabilities?.writeMultiple, undefined);
+      qemu.close();
+      await qemu.closed;
+      const { client, version } = await StepClient.open(path, { maxMsgFds: 8 });
+      assert.equal(version.capabilities?.writeMultiple, true);
+      client.close();
+    }));
+
+  it('decides write_multiple by recognising QEMU, whatever DMA layout is forced', () => {
+    const qemu = decodeVersion(qemuVersionRequest());
+    assert.equal(clientProfile(qemu).writeMultiple, false);
+    assert.equal(clientProfile(qemu, 'vfio-user').writeMultiple, false);
+    assert.equal(clientProfile({ major: 0, minor: 2 }, 'qemu').writeMultiple, true);
+    assert.equal(clientProfile({ major: 0, minor: 2 }).writeMultiple, true);
+  });
 
   it('advertises the migration extensions to a client that names them in its own VERSION', () =>
     withGpio(async (path) => {
