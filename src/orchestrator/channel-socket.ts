@@ -123,7 +123,16 @@ export class ChannelSocket {
       }, timeoutMs);
       this.#pending.set(id, { resolve, reject, timer });
     });
-    await this.send(ChannelFrame.REQUEST, id, encodeMessage({ op, args }, body));
+    // The reply may fail (the channel closed) while the request is still being sent: observed here, thrown once.
+    reply.catch(() => undefined);
+    try {
+      await this.send(ChannelFrame.REQUEST, id, encodeMessage({ op, args }, body));
+    } catch (error) {
+      const pending = this.#pending.get(id);
+      if (pending) clearTimeout(pending.timer);
+      this.#pending.delete(id);
+      throw error;
+    }
     return reply;
   }
 

@@ -11,6 +11,7 @@ import { recoverMigration } from '../client/migration-recovery.js';
 import { closeFd } from '../native/addon.js';
 import { MigrationState as S, RegionIndex } from '../protocol/constants.js';
 import type { ArcLatency, MigrationIdentity } from '../protocol/migration-extensions.js';
+import type { LedgerEntry } from './ledger.js';
 import type { MigrationSide } from './types.js';
 
 /** What the compatibility check compares of one side (plain data: it crosses the migration channel as JSON). */
@@ -59,6 +60,14 @@ export interface MigrationDestination {
    * never left (the source is resumed); any other leaves the source held.
    */
   complete(): Promise<void>;
+  /** The id the destination records the outcome under (a remote one). */
+  readonly migrationId?: string;
+  /**
+   * After {@link complete} failed with its reply lost: whether the destination
+   * committed (`committed`), surely did not (`abandoned`), or cannot be told
+   * (`unknown`: the source must stay held). Never throws.
+   */
+  resolveCommit?(): Promise<LedgerEntry>;
 }
 
 /**

@@ -20,6 +20,10 @@
  * 4. Abort / failure: the source back to RUNNING (DEVICE_RESET if that fails),
  *    the destination DEVICE_RESET, DMA logging stopped. The source's guest
  *    memory is never written.
+ * 5. A commit whose reply is lost: the destination is asked how it ended
+ *    (`resolveCommit`): committed → the source stays stopped for good
+ *    (migrated); abandoned → the source runs again; no answer → the source
+ *    is held stopped, intact, for `vfio-user migrate-resolve`.
  */
 import type { VfioUserClient } from '../client/client.js';
 import { GUEST_PAGE_SIZE } from '../client/guest-memory.js';
@@ -27,7 +31,7 @@ import { DeviceFeature, DeviceFeatureFlags, MigrationFlags, MigrationState as S 
 import { DeadlineOutcome } from '../protocol/migration-extensions.js';
 import { stateName } from '../migration/state-machine.js';
 import { InvalidArgumentError } from '../errors.js';
-import { checkCompatibility } from './compat.js';
+import { checkCompatibility, MigrationCompatibilityError } from './compat.js';
 import { isMigrationSide, localDestination, type MigrationDestination } from './destination.js';
 import { estimateArcsMs, estimateSwitchover } from './estimate.js';
 import { AutoConverge, RateLimiter } from './throttle.js';
@@ -65,8 +69,27 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
     throw new InvalidArgumentError('migrate: autoConverge needs a throttle callback (the VMM slows its guest)');
   }
   const converge = options.autoConverge ? new AutoConverge(options.autoConverge === true ? {} : options.autoConverge) : undefined;
-  const profile = await checkCompatibility(options.source, destination);
-  return new Run(options, destination, { pacer, converge }, profile.migrationFlags, started).execute();
+  let flags: bigint;
+  try {
+    flags = (await checkCompatibility(options.source, destination)).migrationFlags;
+  } catch (error) {
+    if (error instanceof MigrationCompatibilityError) throw error;
+    // A side lost before anything changed (the channel broke during the check): nothing to recover.
+    await destination.abandon();
+    return failedBeforeStart(error, destination, started);
+  }
+  return new Run(options, destination, { pacer, converge }, flags, started).execute();
+}
+
+/** The report of a migration that failed in its compatibility check (nothing was changed; the source runs). */
+function failedBeforeStart(error: unknown, destination: MigrationDestination, started: number): MigrationReport {
+  return {
+    outcome: 'failed', reason: `compatibility check: ${error instanceof Error ? error.message : String(error)}`, sourceRecovery: 'running', phase: 'precopy',
+    ...(destination.migrationId === undefined ? {} : { migrationId: destination.migrationId }),
+    totalMs: now() - started, downtimeMs: 0, projectedDowntimeMs: Number.POSITIVE_INFINITY,
+    bytes: { precopyMemory: 0n, precopyDevice: 0n, stopCopyMemory: 0n, stopCopyDevice: 0n },
+    iterations: 0, arcs: [], destination: destination.address, throttlePercent: 0, bandwidthLimitedMs: 0,
+  };
 }
 
 class Run {
@@ -98,6 +121,10 @@ class Run {
   #remaining = 0n;
   #projected = Number.POSITIVE_INFINITY;
   #phase: MigrationPhase = 'precopy';
+  /** The phase an abort came from. */
+  #endPhase: MigrationPhase = 'precopy';
+  /** Source stop → destination RUNNING (ms), once the destination runs. */
+  #downtimeMs = 0;
   readonly #bytes = { precopyMemory: 0n, precopyDevice: 0n, stopCopyMemory: 0n, stopCopyDevice: 0n };
   #iterations = 0;
   #throttlePercent = 0;
@@ -275,21 +302,33 @@ class Run {
     await this.#set('destination', S.STOP);
     this.#checkBudget('destination STOP');
     await this.#set('destination', S.RUNNING);
-    const downtimeMs = now() - this.#stoppedAt;
+    this.#downtimeMs = now() - this.#stoppedAt;
+    this.#checkSignal();
     // The commit: a remote receiver keeps the device from here on; until it confirms, a failure resumes the source.
     this.#phase = 'commit';
     await this.#dst.complete();
-    // Outside the downtime window: the stopped source leaves STOP_COPY, logging ends.
+    return this.#committed();
+  }
+
+  /** After the commit: outside the downtime window, the stopped source leaves STOP_COPY for good, logging ends. */
+  async #committed(resolution?: string): Promise<MigrationReport> {
     this.#unthrottle();
-    await this.#tracker?.stop();
+    await this.#tracker?.stop().catch(() => undefined);
     await this.#set('source', S.STOP).catch(() => undefined);
     this.#phase = 'done';
+    this.#endPhase = 'done';
     this.#progress();
-    return this.#report('migrated', downtimeMs);
+    return { ...this.#report('migrated', this.#downtimeMs), ...(resolution === undefined ? {} : { resolution }) };
   }
 
   async #abort(error: unknown): Promise<MigrationReport> {
-    if (this.#phase === 'commit' && (error as { commitUnsent?: boolean }).commitUnsent !== true) return this.#unconfirmedCommit(error);
+    if (this.#phase === 'commit' && (error as { commitUnsent?: boolean }).commitUnsent !== true) return this.#resolveCommit(error);
+    return this.#recover(error);
+  }
+
+  /** The source back to RUNNING, the destination abandoned. */
+  async #recover(error: unknown, why?: string): Promise<MigrationReport> {
+    if (this.#phase !== 'abort') this.#endPhase = this.#phase;
     this.#phase = 'abort';
     const outcome = error instanceof Abort ? 'aborted' : 'failed';
     let sourceRecovery: MigrationReport['sourceRecovery'] = 'running';
@@ -308,21 +347,31 @@ class Run {
     await this.#tracker?.stop();
     if (this.#dstState !== undefined) await this.#dst.abandon();
     this.#progress();
-    const reason = error instanceof Error ? error.message : String(error);
+    const reason = why ?? (error instanceof Error ? error.message : String(error));
     return { ...this.#report(outcome, downtimeMs), reason, sourceRecovery };
   }
 
   /**
    * The destination runs but did not confirm the commit (the link broke in
-   * that last round trip): it may have committed, so resuming the source could
-   * run the guest twice. The source is left stopped, its state and memory
-   * intact, for the operator (or the VMM) to decide.
+   * that last round trip): it may have committed. The destination is asked
+   * how the migration ended; the source resumes only if it surely did not
+   * commit. Without an answer the source is held stopped, its state and
+   * memory intact, for the operator (`vfio-user migrate-resolve`) to decide.
    */
-  #unconfirmedCommit(error: unknown): MigrationReport {
+  async #resolveCommit(error: unknown): Promise<MigrationReport> {
+    const lost = error instanceof Error ? error.message : String(error);
+    const answer = this.#dst.resolveCommit ? await this.#dst.resolveCommit() : undefined;
+    const id = this.#dst.migrationId ?? '?';
+    if (answer?.outcome === 'committed') return this.#committed(`the commit's reply was lost (${lost}); the receiver confirmed migration ${id} committed`);
+    if (answer?.outcome === 'abandoned') {
+      return this.#recover(error, `the receiver abandoned migration ${id} before committing (its phase ${answer.phase}${answer.reason ? `: ${answer.reason}` : ''})`);
+    }
+    this.#endPhase = 'commit';
     this.#phase = 'abort';
     this.#unthrottle();
     this.#progress();
-    const reason = `commit unconfirmed (the destination runs; the source is held stopped): ${error instanceof Error ? error.message : String(error)}`;
+    const why = answer?.reason ?? lost;
+    const reason = `commit unconfirmed (the destination may run; the source is held stopped): ${why}; resolve with \`vfio-user migrate-resolve --to ${this.#dst.address} --id ${id}\``;
     return { ...this.#report('failed', now() - (this.#stoppedAt ?? now())), reason, sourceRecovery: 'held' };
   }
 
@@ -346,12 +395,19 @@ class Run {
     return Math.min(now() + PRECOPY_DEVICE_SLICE_MS, this.#started + this.#timeout);
   }
 
+  #checkSignal(): void {
+    const signal = this.#o.signal;
+    if (signal?.aborted) throw new Abort(`interrupted (${signal.reason instanceof Error ? signal.reason.message : String(signal.reason ?? 'aborted')})`);
+  }
+
   #checkTimeout(): void {
+    this.#checkSignal();
     const elapsed = now() - this.#started;
     if (elapsed > this.#timeout) throw new Abort(`timed out after ${elapsed.toFixed(0)} ms (limit ${this.#timeout} ms)`);
   }
 
   #checkBudget(step: string): void {
+    this.#checkSignal();
     const elapsed = now() - (this.#stoppedAt ?? now());
     if (elapsed > this.#budget) throw new Abort(`downtime budget exceeded after ${step}: ${elapsed.toFixed(2)} ms > ${this.#budget} ms`);
   }
@@ -371,6 +427,8 @@ class Run {
   #report(outcome: MigrationReport['outcome'], downtimeMs: number): MigrationReport {
     return {
       outcome,
+      phase: outcome === 'migrated' ? 'done' : this.#endPhase,
+      ...(this.#dst.migrationId === undefined ? {} : { migrationId: this.#dst.migrationId }),
       totalMs: now() - this.#started,
       downtimeMs,
       projectedDowntimeMs: this.#projected,

@@ -6,13 +6,19 @@
  * the sender commits. A channel that breaks, a corrupted frame, a stream the
  * device refuses or an abandon before the commit all end the same way: the
  * destination device is reset to RUNNING and the prepared side released.
+ * Every migration has an id (the sender's hello names it); the receiver keeps
+ * each one's outcome in a {@link MigrationLedger} and answers `outcome`
+ * requests for it on any connection, so a sender that lost the commit's reply
+ * learns whether the destination committed (docs/protocol-extensions.md §7.1).
  */
+import { randomUUID } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
 import { MigrationState as S } from '../protocol/constants.js';
 import { Errno } from '../protocol/errno.js';
 import { ChannelFrame, decodeMemory, decodeMessage, encodeMessage, type Frame } from './channel.js';
 import { ChannelSocket, errnoOf, MigrationChannelError, type WireError } from './channel-socket.js';
 import { describeSide, resetToRunning } from './destination.js';
+import { checkMigrationId, MigrationLedger, type ChannelPhase, type LedgerEntry } from './ledger.js';
 import type { MigrationSide } from './types.js';
 
 /** What a sender offers in its hello. */
@@ -32,6 +38,10 @@ export interface PreparedDestination {
 /** How one incoming migration ended. */
 export interface ReceiveOutcome {
   outcome: 'committed' | 'abandoned' | 'refused';
+  /** The migration's id (none when refused before a hello named one). */
+  migrationId?: string;
+  /** The receiver's phase when it ended: `connect` (no hello), `precopy` (receiving), `switchover` (destination STOP), `commit` (destination RUNNING, commit awaited), `done` (committed). */
+  phase: ChannelPhase;
   peer: string;
   reason?: string;
   /** Frames and bytes applied. */
@@ -58,6 +68,10 @@ export interface ReceiverOptions {
   onOutcome?(outcome: ReceiveOutcome): void;
   /** The channel of a committed migration closed (the sender has nothing more to say). */
   onCommittedClosed?(outcome: ReceiveOutcome): void;
+  /** Runs when the commit request arrives, before it is decided (an application's last check; a test's fault point). */
+  beforeCommit?(migrationId: string): Promise<void>;
+  /** Runs after the commit was recorded, before it is answered. */
+  afterCommit?(migrationId: string): Promise<void>;
   /** Application messages after the commit (`RemoteDestination.message`). */
   onMessage?(head: unknown, body: Uint8Array, destination: PreparedDestination): Promise<{ result: unknown; body?: Uint8Array }>;
 }
@@ -71,7 +85,9 @@ const QUEUE_HIGH = 64 << 20;
 export class MigrationReceiver {
   readonly #server: Server;
   readonly #options: ReceiverOptions;
-  #busy = false;
+  readonly #ledger = new MigrationLedger();
+  /** The migration being received (until it commits or is abandoned). */
+  #current: Session | undefined;
 
   private constructor(server: Server, options: ReceiverOptions) {
     this.#server = server;
@@ -107,31 +123,111 @@ export class MigrationReceiver {
     this.#server.close();
   }
 
-  #accept(socket: Socket): void {
-    if (this.#busy) {
-      const refused = new ChannelSocket(socket, { onFrame: (f) => void refuse(refused, f), onClose: () => undefined });
-      return;
-    }
-    this.#busy = true;
-    new Session(socket, this.#options, (outcome) => {
-      this.#busy = false;
-      this.#options.onOutcome?.(outcome);
-    });
+  /** What this receiver knows of a migration id (`unknown` if never seen). */
+  outcomeOf(migrationId: string): LedgerEntry {
+    return this.#ledger.lookup(migrationId);
   }
-}
 
-/** Answers the first request EBUSY and closes. */
-async function refuse(channel: ChannelSocket, frame: Frame): Promise<void> {
-  if (frame.type === ChannelFrame.REQUEST) {
-    await channel.respond(frame.id, { error: { errno: Errno.EBUSY, message: 'another migration is being received' } }).catch(() => undefined);
+  /**
+   * Shuts down (SIGTERM): stops listening; a migration not yet committed is
+   * abandoned now (its device reset, the sender told by a NOTICE, its outcome
+   * reported). A committed one is not touched.
+   * @returns the migration that was in progress, as decided (undefined when none was).
+   */
+  shutdown(reason: string): LedgerEntry | undefined {
+    this.close();
+    const session = this.#current;
+    if (session === undefined) return undefined;
+    session.abandon(reason);
+    return this.#ledger.lookup(session.migrationId);
   }
-  channel.end();
+
+  #accept(socket: Socket): void {
+    const peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    let session: Session | undefined;
+    /** An outcome query or a busy refusal: not a migration, nothing to report. */
+    let quiet = false;
+    let first = true;
+    let refusal: string | undefined;
+    const channel: ChannelSocket = new ChannelSocket(socket, {
+      onFrame: (frame) => {
+        if (session) session.enqueue(frame);
+        else if (first) {
+          first = false;
+          void this.#first(channel, frame, peer, (s) => (session = s)).then((r) => {
+            quiet = r.quiet;
+            refusal = r.refusal;
+          });
+        }
+      },
+      onClose: (error) => {
+        if (session) void session.closed(error);
+        else if (!quiet) {
+          const reason = refusal ?? (error ? error.message : 'closed before a hello');
+          this.#options.onOutcome?.({ outcome: 'refused', phase: 'connect', peer, reason, memoryBytes: 0n, deviceBytes: 0n });
+        }
+      },
+    });
+    const helloMs = this.#options.helloTimeoutMs ?? 10_000;
+    const helloTimer = setTimeout(() => {
+      if (session === undefined) channel.destroy(new MigrationChannelError(`no hello in ${helloMs} ms`, Errno.ETIMEDOUT));
+    }, helloMs);
+    helloTimer.unref();
+    socket.once('close', () => clearTimeout(helloTimer));
+  }
+
+  /** A connection's first frame: an `outcome` query (answered, then closed), or the hello that starts a session. */
+  async #first(channel: ChannelSocket, frame: Frame, peer: string, started: (s: Session) => void): Promise<{ quiet: boolean; refusal?: string }> {
+    let op = '?';
+    try {
+      if (frame.type !== ChannelFrame.REQUEST) throw new MigrationChannelError(`frame type ${frame.type} before a request`, Errno.EPROTO);
+      const h = decodeMessage(frame.payload).head as { op?: unknown; args?: unknown };
+      op = typeof h.op === 'string' ? h.op : '?';
+      const args = (h.args ?? {}) as Record<string, unknown>;
+      if (op === 'outcome') {
+        const answer = this.#resolve(checkMigrationId(args.migrationId));
+        await channel.respond(frame.id, { result: answer }).catch(() => undefined);
+        channel.end();
+        return { quiet: true };
+      }
+      if (op !== 'hello') throw new MigrationChannelError(`'${op}' before hello`, Errno.EPROTO);
+      if (this.#current !== undefined) throw new MigrationChannelError('another migration is being received', Errno.EBUSY);
+      const id = args.migrationId === undefined ? `rx-${randomUUID()}` : checkMigrationId(args.migrationId);
+      if (this.#ledger.lookup(id).outcome !== 'unknown') throw new MigrationChannelError(`migration id ${id} was already used`, Errno.EEXIST);
+      const session = new Session(channel, peer, id, this.#options, this.#ledger, (outcome) => {
+        if (this.#current === session) this.#current = undefined;
+        this.#options.onOutcome?.(outcome);
+      });
+      this.#current = session;
+      started(session);
+      session.enqueue(frame);
+      return { quiet: false };
+    } catch (error) {
+      const message = `${op}: ${(error as Error).message}`;
+      await channel.respond(frame.id, { error: { errno: errnoOf(error), message } }).catch(() => undefined);
+      channel.end();
+      return { quiet: errnoOf(error) === Errno.EBUSY, refusal: message };
+    }
+  }
+
+  /**
+   * The answer to `outcome`: the ledger's record. The migration still in
+   * progress under that id is abandoned first — its sender lost the link and
+   * asks, so it will not commit it — which makes the answer final.
+   */
+  #resolve(migrationId: string): LedgerEntry {
+    const session = this.#current;
+    if (session !== undefined && session.migrationId === migrationId) session.abandon('the sender lost the link and asked for the outcome before the commit');
+    return this.#ledger.lookup(migrationId);
+  }
 }
 
 /** One incoming migration. */
 class Session {
+  readonly migrationId: string;
   readonly #channel: ChannelSocket;
   readonly #options: ReceiverOptions;
+  readonly #ledger: MigrationLedger;
   readonly #done: (outcome: ReceiveOutcome) => void;
   readonly #queue: Frame[] = [];
   #queued = 0;
@@ -139,6 +235,7 @@ class Session {
   #prepared: PreparedDestination | undefined;
   #committed = false;
   #finished = false;
+  #phase: ChannelPhase = 'connect';
   /** The first streamed frame that could not be applied: everything after it is dropped, every request fails with it. */
   #streamError: WireError | undefined;
   #memoryBytes = 0n;
@@ -147,26 +244,36 @@ class Session {
   #commitOutcome: ReceiveOutcome | undefined;
   readonly #peer: string;
 
-  constructor(socket: Socket, options: ReceiverOptions, done: (outcome: ReceiveOutcome) => void) {
+  constructor(channel: ChannelSocket, peer: string, migrationId: string, options: ReceiverOptions, ledger: MigrationLedger, done: (outcome: ReceiveOutcome) => void) {
+    this.migrationId = migrationId;
+    this.#channel = channel;
+    this.#peer = peer;
     this.#options = options;
-    this.#peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    this.#ledger = ledger;
     this.#done = done;
-    this.#channel = new ChannelSocket(socket, {
-      onFrame: (frame) => this.#enqueue(frame),
-      onClose: (error) => void this.#closed(error),
-    });
-    const helloTimer = setTimeout(() => {
-      if (this.#prepared === undefined) this.#channel.destroy(new MigrationChannelError(`no hello in ${options.helloTimeoutMs ?? 10_000} ms`, Errno.ETIMEDOUT));
-    }, options.helloTimeoutMs ?? 10_000);
-    helloTimer.unref();
-    socket.once('close', () => clearTimeout(helloTimer));
+    this.#enter('connect');
   }
 
-  #enqueue(frame: Frame): void {
+  enqueue(frame: Frame): void {
     this.#queue.push(frame);
     this.#queued += frame.payload.length;
     if (this.#queued > QUEUE_HIGH) this.#channel.pauseReading(true);
     if (!this.#working) void this.#work();
+  }
+
+  /**
+   * Abandons the migration now unless it committed (SIGTERM, or its sender
+   * asking for the outcome): recorded at once, the sender told by a NOTICE,
+   * then the device reset and the side released.
+   */
+  abandon(reason: string): void {
+    if (this.#committed || this.#finished) return;
+    void this.#finish(reason, true);
+  }
+
+  #enter(phase: ChannelPhase): void {
+    this.#phase = phase;
+    this.#ledger.record({ migrationId: this.migrationId, outcome: 'in-progress', phase });
   }
 
   async #work(): Promise<void> {
@@ -222,9 +329,10 @@ class Session {
     } catch (error) {
       outcome = { error: { errno: errnoOf(error), message: `${op}: ${(error as Error).message}` } };
     }
+    if (this.#finished && !this.#committed) return; // abandoned meanwhile: the NOTICE said so
     await this.#channel.respond(frame.id, outcome).catch(() => undefined);
-    if (op === 'abandon') await this.#finish('abandoned', 'the sender abandoned the migration');
-    else if (op === 'hello' && 'error' in outcome) await this.#finish('abandoned', `refused: ${outcome.error.message}`);
+    if (op === 'abandon') await this.#finish('the sender abandoned the migration');
+    else if (op === 'hello' && 'error' in outcome) await this.#finish(`refused: ${outcome.error.message}`);
   }
 
   async #op(op: string, args: Record<string, unknown>, body: Uint8Array): Promise<{ result: unknown; body?: Uint8Array }> {
@@ -243,26 +351,46 @@ class Session {
         return { result: await client.migrationState() };
       case 'arcs':
         return { result: client.migrationExtensions.arcLatency === undefined ? [] : await client.arcLatencies() };
-      case 'set': {
-        const state = args.state;
-        if (typeof state !== 'number' || !SETTABLE.has(state)) throw new MigrationChannelError(`state ${String(state)} may not be requested of a destination`, Errno.EINVAL);
-        await client.setMigrationState(state);
-        return { result: null };
-      }
+      case 'set':
+        return this.#set(args.state, prepared);
       case 'flush':
         return { result: null };
       case 'vmstate':
         this.#vmState = new Uint8Array(body);
         return { result: null };
       case 'complete':
-        if ((await client.migrationState()) !== S.RUNNING) throw new MigrationChannelError('the destination device is not RUNNING', Errno.EINVAL);
-        this.#committed = true;
-        this.#commitOutcome = { outcome: 'committed', peer: this.#peer, memoryBytes: this.#memoryBytes, deviceBytes: this.#deviceBytes, destination: prepared, ...(this.#vmState ? { vmState: this.#vmState } : {}) };
-        this.#done(this.#commitOutcome);
-        return { result: null };
+        return this.#commit(prepared);
       default:
         throw new MigrationChannelError(`unknown request '${op}'`, Errno.ENOSYS);
     }
+  }
+
+  async #set(state: unknown, prepared: PreparedDestination): Promise<{ result: null }> {
+    if (typeof state !== 'number' || !SETTABLE.has(state)) throw new MigrationChannelError(`state ${String(state)} may not be requested of a destination`, Errno.EINVAL);
+    await prepared.side.client.setMigrationState(state);
+    if (!this.#finished) {
+      if (state === S.STOP) this.#enter('switchover');
+      else if (state === S.RUNNING && this.#phase === 'switchover') this.#enter('commit');
+    }
+    return { result: null };
+  }
+
+  /** The commit: decided in one turn of the event loop after the checks, so an abandon (SIGTERM, a fence) is either before it or after it. */
+  async #commit(prepared: PreparedDestination): Promise<{ result: null }> {
+    await this.#options.beforeCommit?.(this.migrationId);
+    const state = await prepared.side.client.migrationState();
+    if (this.#finished) throw new MigrationChannelError('the migration was abandoned before the commit', Errno.ECANCELED);
+    if (state !== S.RUNNING) throw new MigrationChannelError('the destination device is not RUNNING', Errno.EINVAL);
+    this.#committed = true;
+    this.#phase = 'done';
+    this.#ledger.record({ migrationId: this.migrationId, outcome: 'committed', phase: 'done' });
+    this.#commitOutcome = {
+      outcome: 'committed', migrationId: this.migrationId, phase: 'done', peer: this.#peer, memoryBytes: this.#memoryBytes, deviceBytes: this.#deviceBytes, destination: prepared,
+      ...(this.#vmState ? { vmState: this.#vmState } : {}),
+    };
+    this.#done(this.#commitOutcome);
+    await this.#options.afterCommit?.(this.migrationId);
+    return { result: null };
   }
 
   async #hello(args: Record<string, unknown>): Promise<unknown> {
@@ -274,8 +402,15 @@ class Session {
       throw new MigrationChannelError('guest memory must be a positive number of 4 KiB pages at a page-aligned 64-bit IOVA', Errno.EINVAL);
     }
     if (memory.size > max) throw new MigrationChannelError(`guest memory of ${memory.size} bytes exceeds this receiver's ${max}`, Errno.ENOMEM);
-    this.#prepared = await this.#options.prepare({ memory: { size: memory.size, iova: memory.iova }, peer: this.#peer });
-    return { channelVersion: 1, maxTransferSize: this.#prepared.side.client.maxTransferSize };
+    const prepared = await this.#options.prepare({ memory: { size: memory.size, iova: memory.iova }, peer: this.#peer });
+    if (this.#finished) {
+      // abandoned while preparing (SIGTERM): nothing will use it
+      await prepared.release().catch(() => undefined);
+      throw new MigrationChannelError('the migration was abandoned', Errno.ECANCELED);
+    }
+    this.#prepared = prepared;
+    this.#enter('precopy');
+    return { channelVersion: 1, maxTransferSize: prepared.side.client.maxTransferSize, migrationId: this.migrationId };
   }
 
   async #message(args: Record<string, unknown>, body: Uint8Array, prepared: PreparedDestination): Promise<{ result: unknown; body?: Uint8Array }> {
@@ -289,26 +424,36 @@ class Session {
     this.#channel.destroy(new MigrationChannelError(error.message, error.errno));
   }
 
-  async #closed(error: Error | undefined): Promise<void> {
+  async closed(error: Error | undefined): Promise<void> {
     if (this.#committed || this.#finished) {
       const first = !this.#finished;
       this.#finished = true;
       if (first && this.#commitOutcome) this.#options.onCommittedClosed?.(this.#commitOutcome);
       return;
     }
-    await this.#finish('abandoned', error ? `channel lost: ${error.message}` : 'the sender closed the channel before the commit');
+    await this.#finish(error ? `channel lost: ${error.message}` : 'the sender closed the channel before the commit');
   }
 
-  /** The end of an uncommitted migration: the device reset to RUNNING, the side released. */
-  async #finish(outcome: 'abandoned', reason: string): Promise<void> {
+  /**
+   * The end of an uncommitted migration: recorded as abandoned at once; the
+   * sender told (`notify`: the receiver decided it), then the device reset to RUNNING and the side released.
+   */
+  async #finish(reason: string, notify = false): Promise<void> {
     if (this.#finished || this.#committed) return;
     this.#finished = true;
-    this.#channel.destroy();
+    const phase = this.#phase;
+    this.#ledger.record({ migrationId: this.migrationId, outcome: 'abandoned', phase, reason });
+    if (notify) {
+      const notice = { errno: Errno.ECANCELED, message: `the receiver abandoned migration ${this.migrationId}: ${reason}`, outcome: 'abandoned', migrationId: this.migrationId, phase };
+      void this.#channel.send(ChannelFrame.NOTICE, 0, encodeMessage(notice)).catch(() => undefined);
+      this.#channel.end();
+      setTimeout(() => this.#channel.destroy(), 1000).unref();
+    } else this.#channel.destroy();
     const prepared = this.#prepared;
     if (prepared !== undefined) {
       await resetToRunning(prepared.side.client);
       await prepared.release().catch(() => undefined);
     }
-    this.#done({ outcome: prepared ? outcome : 'refused', peer: this.#peer, reason, memoryBytes: this.#memoryBytes, deviceBytes: this.#deviceBytes });
+    this.#done({ outcome: prepared ? 'abandoned' : 'refused', migrationId: this.migrationId, phase, peer: this.#peer, reason, memoryBytes: this.#memoryBytes, deviceBytes: this.#deviceBytes });
   }
 }

@@ -6,13 +6,15 @@
  * streamed frames are not acknowledged one by one — a failure to apply one
  * comes back as a NOTICE and fails the next write or request.
  */
-import { connect as connectTcp } from 'node:net';
+import { randomUUID } from 'node:crypto';
+import { connect as connectTcp, type Socket } from 'node:net';
 import { ConnectionClosedError, InvalidArgumentError, VfioUserError } from '../errors.js';
 import { Errno } from '../protocol/errno.js';
 import type { ArcLatency } from '../protocol/migration-extensions.js';
 import { CHANNEL_VERSION, ChannelFrame, decodeMessage, memoryPrefix, type Frame } from './channel.js';
 import { ChannelSocket, fromWire, type ChannelReply } from './channel-socket.js';
 import type { DeviceDescription, MigrationDestination } from './destination.js';
+import { checkMigrationId, type LedgerEntry } from './ledger.js';
 
 /** A parsed `tcp://HOST:PORT`. */
 export interface ChannelAddress {
@@ -44,6 +46,10 @@ export interface RemoteDestinationOptions {
   memory: { size: bigint; iova: bigint };
   /** Connect and per-request limit (default 10 000 ms; state changes get the larger of this and 60 s). */
   timeoutMs?: number;
+  /** The migration's id, used once per receiver (default a random UUID). */
+  migrationId?: string;
+  /** How long {@link RemoteDestination.resolveCommit} keeps asking an unreachable receiver (default 10 000 ms). */
+  resolveTimeoutMs?: number;
 }
 
 /** What the receiver answers to `hello`. */
@@ -58,16 +64,23 @@ const now = (): number => performance.now();
 export class RemoteDestination implements MigrationDestination {
   readonly address: string;
   readonly maxTransferSize: number;
+  /** The id the receiver records this migration's outcome under. */
+  readonly migrationId: string;
   readonly #channel: ChannelSocket;
   readonly #timeoutMs: number;
+  readonly #resolveTimeoutMs: number;
   /** The first failure the receiver reported for a streamed frame. */
   #streamError: Error | undefined;
+  /** The receiver said it abandoned the migration (NOTICE with `outcome: 'abandoned'`). */
+  #abandonedByPeer: LedgerEntry | undefined;
 
-  private constructor(address: string, channel: ChannelSocket, welcome: Welcome, timeoutMs: number) {
+  private constructor(address: string, channel: ChannelSocket, welcome: Welcome, migrationId: string, options: RemoteDestinationOptions) {
     this.address = address;
     this.#channel = channel;
     this.maxTransferSize = welcome.maxTransferSize;
-    this.#timeoutMs = timeoutMs;
+    this.migrationId = migrationId;
+    this.#timeoutMs = options.timeoutMs ?? 10_000;
+    this.#resolveTimeoutMs = options.resolveTimeoutMs ?? 10_000;
   }
 
   /**
@@ -79,21 +92,8 @@ export class RemoteDestination implements MigrationDestination {
   static async connect(url: string, options: RemoteDestinationOptions): Promise<RemoteDestination> {
     const { host, port } = parseChannelAddress(url);
     const timeoutMs = options.timeoutMs ?? 10_000;
-    const socket = connectTcp({ host, port });
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        socket.destroy();
-        reject(new VfioUserError(`connect ${url}: timed out after ${timeoutMs} ms`, { errno: Errno.ETIMEDOUT }));
-      }, timeoutMs);
-      socket.once('connect', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      socket.once('error', (error: NodeJS.ErrnoException) => {
-        clearTimeout(timer);
-        reject(new VfioUserError(`connect ${url}: ${error.code ?? error.message}`, { errno: errnoOfCode(error.code), cause: error }));
-      });
-    });
+    const migrationId = checkMigrationId(options.migrationId ?? randomUUID());
+    const socket = await connectSocket(url, timeoutMs);
     let self: RemoteDestination | undefined;
     const channel = new ChannelSocket(socket, {
       onFrame: (frame) => {
@@ -104,16 +104,62 @@ export class RemoteDestination implements MigrationDestination {
       },
     });
     try {
-      const { result } = await channel.request('hello', { channelVersion: CHANNEL_VERSION, memory: options.memory }, undefined, timeoutMs);
+      const { result } = await channel.request('hello', { channelVersion: CHANNEL_VERSION, memory: options.memory, migrationId }, undefined, timeoutMs);
       const welcome = result as Partial<Welcome>;
       if (welcome.channelVersion !== CHANNEL_VERSION || typeof welcome.maxTransferSize !== 'number' || welcome.maxTransferSize < 4096) {
         throw new VfioUserError(`${url}: unexpected hello answer ${JSON.stringify(result)}`, { errno: Errno.EPROTO });
       }
-      self = new RemoteDestination(`tcp://${host.includes(':') ? `[${host}]` : host}:${port}`, channel, welcome as Welcome, timeoutMs);
+      self = new RemoteDestination(`tcp://${host.includes(':') ? `[${host}]` : host}:${port}`, channel, welcome as Welcome, migrationId, options);
       return self;
     } catch (error) {
       channel.destroy();
       throw error;
+    }
+  }
+
+  /**
+   * Asks the receiver at `url` how migration `migrationId` ended, on a new
+   * connection. A migration still in progress there is abandoned by the
+   * question (its sender lost it), so `in-progress` is never the answer.
+   * @throws {InvalidArgumentError} EINVAL for a bad address or id; a connect error
+   *   (ECONNREFUSED, ETIMEDOUT…); {@link MigrationChannelError} with the receiver's errno.
+   */
+  static async queryOutcome(url: string, migrationId: string, timeoutMs = 10_000): Promise<LedgerEntry> {
+    parseChannelAddress(url);
+    checkMigrationId(migrationId);
+    const channel = new ChannelSocket(await connectSocket(url, timeoutMs), { onFrame: () => undefined, onClose: () => undefined });
+    try {
+      const { result } = await channel.request('outcome', { migrationId }, undefined, timeoutMs);
+      const e = result as Partial<LedgerEntry>;
+      const outcomes = ['committed', 'abandoned', 'unknown', 'in-progress'];
+      if (e.migrationId !== migrationId || typeof e.outcome !== 'string' || !outcomes.includes(e.outcome) || typeof e.phase !== 'string') {
+        throw new VfioUserError(`${url}: unexpected outcome answer ${JSON.stringify(result)}`, { errno: Errno.EPROTO });
+      }
+      return { migrationId, outcome: e.outcome, phase: e.phase, ...(typeof e.reason === 'string' ? { reason: e.reason } : {}) };
+    } finally {
+      channel.destroy();
+    }
+  }
+
+  /**
+   * After the commit's reply was lost: how the migration ended. The receiver's
+   * NOTICE when it abandoned it; else its answer to {@link queryOutcome}, asked
+   * again until it answers or the resolve timeout passes (then `unknown`, with
+   * the last error as the reason). Never throws.
+   */
+  async resolveCommit(): Promise<LedgerEntry> {
+    if (this.#abandonedByPeer) return { ...this.#abandonedByPeer };
+    const deadline = now() + this.#resolveTimeoutMs;
+    for (;;) {
+      const left = deadline - now();
+      try {
+        return await RemoteDestination.queryOutcome(this.address, this.migrationId, Math.max(100, Math.min(this.#timeoutMs, left)));
+      } catch (error) {
+        const told = this.#abandonedByPeer as LedgerEntry | undefined; // a NOTICE may have come meanwhile
+        if (told) return { ...told };
+        if (now() + 200 > deadline) return { migrationId: this.migrationId, outcome: 'unknown', phase: 'commit', reason: `the receiver did not answer in ${this.#resolveTimeoutMs} ms: ${(error as Error).message}` };
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
     }
   }
 
@@ -214,11 +260,36 @@ export class RemoteDestination implements MigrationDestination {
       return;
     }
     try {
-      this.#streamError ??= fromWire('migration receiver', decodeMessage(frame.payload).head);
+      const head = decodeMessage(frame.payload).head as { outcome?: unknown; phase?: unknown; message?: unknown };
+      if (head.outcome === 'abandoned') {
+        this.#abandonedByPeer = { migrationId: this.migrationId, outcome: 'abandoned', phase: typeof head.phase === 'string' ? (head.phase as LedgerEntry['phase']) : 'connect', reason: String(head.message) };
+      }
+      this.#streamError ??= fromWire('migration receiver', head);
     } catch (error) {
       this.#streamError ??= error as Error;
     }
   }
+}
+
+/** A connected TCP socket to `url` (tcp://HOST:PORT). @throws {VfioUserError} ETIMEDOUT, ECONNREFUSED, ECONNRESET, EIO. */
+async function connectSocket(url: string, timeoutMs: number): Promise<Socket> {
+  const { host, port } = parseChannelAddress(url);
+  const socket = connectTcp({ host, port });
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new VfioUserError(`connect ${url}: timed out after ${timeoutMs} ms`, { errno: Errno.ETIMEDOUT }));
+    }, timeoutMs);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    socket.once('error', (error: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      reject(new VfioUserError(`connect ${url}: ${error.code ?? error.message}`, { errno: errnoOfCode(error.code), cause: error }));
+    });
+  });
+  return socket;
 }
 
 /** Maps a Node connect error code to its errno. */

@@ -56,6 +56,8 @@ export interface MigrateOptions {
   /** Pre-copy iterations before giving up on convergence (default 30). */
   maxPrecopyIterations?: number;
   onProgress?: (p: Progress) => void;
+  /** Aborts the migration at its next step (e.g. on SIGTERM): the source runs again, unless the commit was already sent. */
+  signal?: AbortSignal;
 }
 
 /** One migration state change the orchestrator made, as timed by it. */
@@ -80,6 +82,12 @@ export interface MigrationReport {
    * destination runs but the commit was not confirmed, so the source stays stopped (intact).
    */
   sourceRecovery?: 'running' | 'reset' | 'unrecovered' | 'held';
+  /** The phase the migration ended in (`done` when migrated; for an abort, the phase it was aborted from). */
+  phase: MigrationPhase;
+  /** The destination's migration id (a remote one), for `vfio-user migrate-resolve`. */
+  migrationId?: string;
+  /** How a commit whose reply was lost was resolved (the receiver's answer). */
+  resolution?: string;
   totalMs: number;
   /** Source left a running state → destination RUNNING (or → source running again after an abort in switch-over; 0 if it never stopped). */
   downtimeMs: number;

@@ -14,7 +14,7 @@ import { createDmaEngineDevice, DmaEngineControl, DmaEngineReg, type DmaEngineDe
 import { RemoteDestination } from '../../src/orchestrator/remote.js';
 import { DESCRIPTOR_SIZE, DescriptorFlags, decodeResult, encodeDescriptor } from '../../src/devices/dma-descriptor.js';
 import { fnv1a32 } from '../../src/devices/fnv1a.js';
-import { MigrationReceiver, type ReceiveOutcome } from '../../src/orchestrator/receiver.js';
+import { MigrationReceiver, type ReceiveOutcome, type ReceiverOptions } from '../../src/orchestrator/receiver.js';
 import { MigrationState as S, RegionIndex } from '../../src/protocol/constants.js';
 import { PciCommand } from '../../src/pci/registers.js';
 import { pattern, serve, type Served } from '../devices/driver.js';
@@ -105,13 +105,15 @@ export interface Receiving {
   close(): Promise<void>;
 }
 
-export async function openReceiving(): Promise<Receiving> {
+/** `hooks`: extra receiver options (beforeCommit, afterCommit…). */
+export async function openReceiving(hooks: Partial<ReceiverOptions> = {}): Promise<Receiving> {
   const engine = createDmaEngineDevice();
   const served = serve(engine.device);
   const outcomes: ReceiveOutcome[] = [];
   const waiters: Array<(o: ReceiveOutcome) => void> = [];
   const r: Partial<Receiving> = { engine, served, outcomes, last: undefined };
   r.receiver = await MigrationReceiver.listen({
+    ...hooks,
     port: 0,
     prepare: async (offer) => {
       const client = await VfioUserClient.connect(served.path);
@@ -147,9 +149,9 @@ export async function openReceiving(): Promise<Receiving> {
   return r as Receiving;
 }
 
-export async function withSetup(fn: (src: Side, rx: Receiving) => Promise<void>): Promise<void> {
+export async function withSetup(fn: (src: Side, rx: Receiving) => Promise<void>, hooks: Partial<ReceiverOptions> = {}): Promise<void> {
   const src = await openSource();
-  const rx = await openReceiving();
+  const rx = await openReceiving(hooks);
   try {
     await fn(src, rx);
   } finally {
