@@ -35,6 +35,8 @@ export interface ServeOptions {
    * the specification's otherwise; `'qemu'` or `'vfio-user'` force one.
    */
   dmaLayout?: DmaLayoutOption;
+  /** How long a client may take to send VERSION before it is dropped (default 10 s). */
+  handshakeTimeoutMs?: number;
   /** How long a refused client may stay connected before it is closed (default 5 s). */
   refusalTimeoutMs?: number;
   /**
@@ -161,6 +163,7 @@ export class DeviceServer {
       maxMessageSize: Math.max(SERVER_MAX_MSG_SIZE, this.#limits.maxDataXferSize + 32),
       ...(this.#options.dmaTimeoutMs === undefined ? {} : { dmaTimeoutMs: this.#options.dmaTimeoutMs }),
       ...(this.#options.dmaLayout === undefined ? {} : { dmaLayout: this.#options.dmaLayout }),
+      ...(this.#options.handshakeTimeoutMs === undefined ? {} : { handshakeTimeoutMs: this.#options.handshakeTimeoutMs }),
     });
     this.#session = session;
     this.#cleanup = session.closed.then((error) => {

@@ -12,7 +12,7 @@ import { HeaderFlags, commandName } from '../protocol/constants.js';
 import { isReply } from '../protocol/header.js';
 import { checkRequestFds, decodeRequest } from '../protocol/request.js';
 import type { ResolvedCapabilities } from '../protocol/capabilities.js';
-import type { Message, Transport } from '../transport/transport.js';
+import type { Message, OutgoingHeader, Transport } from '../transport/transport.js';
 import type { FramingError } from '../transport/framer.js';
 import { DmaController } from '../device/dma.js';
 import { ResetReason } from '../device/types.js';
@@ -32,6 +32,12 @@ export interface SessionOptions {
   dmaTimeoutMs?: number;
   /** DMA message layout: `'auto'` (default) recognises QEMU's client (client-profile.ts). */
   dmaLayout?: DmaLayoutOption;
+  /**
+   * How long a client may take to send VERSION before it is dropped (default
+   * 10 s): a client that connects and says nothing would hold the device and
+   * every other client would get EBUSY.
+   */
+  handshakeTimeoutMs?: number;
   /** Requests queued beyond this pause reading from the socket (default 256). */
   maxQueued?: number;
 }
@@ -50,6 +56,9 @@ export class Session {
   /** The request being handled asynchronously, if any (teardown waits for it). */
   #inFlight: Promise<void> | undefined;
   #closing = false;
+  /** Replies wait in the transport beyond its high-water mark: reading and handling stop until it drains. */
+  #congested = false;
+  #handshakeTimer: NodeJS.Timeout | undefined;
   #resolveClosed!: (error: Error | undefined) => void;
   /** Resolves with the reason (undefined for an orderly EOF) after cleanup. */
   readonly closed: Promise<Error | undefined>;
@@ -68,8 +77,11 @@ export class Session {
     transport.start({
       onMessage: (m) => this.#onMessage(m),
       onStreamError: (e) => this.#onStreamError(e),
+      onDrain: () => this.#onDrain(),
       onClose: (e) => void this.#teardown(e),
     });
+    this.#handshakeTimer = setTimeout(() => this.#handshakeExpired(), options.handshakeTimeoutMs ?? 10_000);
+    this.#handshakeTimer.unref();
   }
 
   /** The client's negotiated capabilities, once VERSION is done. */
@@ -103,7 +115,7 @@ export class Session {
 
   /** Handles queued requests in order; synchronous ones inline, an async one blocks the queue. */
   #pump(): void {
-    while (!this.#busy && this.#queue.length > 0 && !this.#closing) {
+    while (!this.#busy && !this.#congested && this.#queue.length > 0 && !this.#closing) {
       const m = this.#queue.shift() as Message;
       const pending = this.#handle(m);
       if (pending) {
@@ -116,7 +128,42 @@ export class Session {
         return;
       }
     }
-    if (this.#queue.length === 0 && !this.#closing) this.#transport.resume();
+    if (this.#queue.length === 0 && !this.#closing && !this.#congested) this.#transport.resume();
+  }
+
+  /** The client reads its replies again: handle what is queued, then read more. */
+  #onDrain(): void {
+    if (!this.#congested) return;
+    this.#congested = false;
+    this.#pump();
+  }
+
+  #handshakeExpired(): void {
+    if (this.#negotiated || this.#closing) return;
+    this.#device.logger.warn({ timeoutMs: this.#options.handshakeTimeoutMs ?? 10_000 }, 'no VERSION in time: client dropped');
+    this.close();
+  }
+
+  /**
+   * Sends one reply. A client that does not read its replies fills the
+   * transport's queue: past its high-water mark the session stops reading and
+   * handling until it drains, so the server's memory stays bounded. A send
+   * that fails (e.g. EMFILE duplicating a reply's fd) ends this session, never
+   * the process.
+   */
+  #send(header: OutgoingHeader, payload?: Uint8Array | readonly Uint8Array[], fds?: readonly number[]): void {
+    let flowing: boolean;
+    try {
+      flowing = this.#transport.send(header, payload, fds);
+    } catch (err) {
+      this.#device.logger.error({ err, cmd: commandName(header.cmd) }, 'reply could not be sent: closing the session');
+      this.close();
+      return;
+    }
+    if (!flowing && !this.#congested) {
+      this.#congested = true;
+      this.#transport.pause();
+    }
   }
 
   /** Handles one request; returns a promise only if the handler went asynchronous. */
@@ -159,6 +206,7 @@ export class Session {
       const result = negotiate(m, this.#options.limits, this.#requests, this.#device.logger, this.#device.migration !== undefined, this.#options.dmaLayout);
       if (result.profile.name !== 'vfio-user') this.#device.logger.info({ profile: result.profile }, 'client recognised; DMA messages in its layout');
       this.#negotiated = result;
+      clearTimeout(this.#handshakeTimer);
       this.#context = {
         device: this.#device,
         dma: this.#dma,
@@ -178,7 +226,7 @@ export class Session {
   #reply(m: Message, reply: HandlerReply | undefined): void {
     try {
       if (this.#transport.closed || (m.header.flags & HeaderFlags.NO_REPLY) !== 0) return;
-      this.#transport.send({ msgId: m.header.msgId, cmd: m.header.cmd, flags: HeaderFlags.TYPE_REPLY }, reply?.payload, reply?.fds);
+      this.#send({ msgId: m.header.msgId, cmd: m.header.cmd, flags: HeaderFlags.TYPE_REPLY }, reply?.payload, reply?.fds);
     } finally {
       reply?.afterSend?.();
     }
@@ -190,14 +238,14 @@ export class Session {
     if (this.#transport.closed || (m.header.flags & HeaderFlags.NO_REPLY) !== 0) return;
     const payload = error instanceof ReplyWithPayload ? error.payload : undefined;
     const flags = HeaderFlags.TYPE_REPLY | HeaderFlags.ERROR;
-    this.#transport.send({ msgId: m.header.msgId, cmd: m.header.cmd, flags, errorNo: errno }, payload);
+    this.#send({ msgId: m.header.msgId, cmd: m.header.cmd, flags, errorNo: errno }, payload);
   }
 
   #onStreamError(error: FramingError): void {
     // The stream is out of sync: answer the offending header if there was one, then close.
     this.#device.logger.warn({ err: error }, 'stream error, closing the session');
     if (error.header && !isReply(error.header)) {
-      this.#transport.send({ msgId: error.header.msgId, cmd: error.header.cmd, flags: HeaderFlags.TYPE_REPLY | HeaderFlags.ERROR, errorNo: error.errno });
+      this.#send({ msgId: error.header.msgId, cmd: error.header.cmd, flags: HeaderFlags.TYPE_REPLY | HeaderFlags.ERROR, errorNo: error.errno });
     }
     this.#transport.close();
   }
@@ -205,6 +253,7 @@ export class Session {
   async #teardown(error: Error | undefined): Promise<void> {
     if (this.#closing) return;
     this.#closing = true;
+    clearTimeout(this.#handshakeTimer);
     for (const m of this.#queue.splice(0)) m.fds.closeRemaining();
     this.#requests.close(new ConnectionClosedError('the client went away', { cause: error }));
     this.#negotiated?.twin?.close();

@@ -41,6 +41,12 @@ export interface UnixSocketTransportOptions {
   /** Bytes queued beyond which `send` returns false (default 4 MiB). */
   highWaterMark?: number;
   /**
+   * Fds queued (duplicates held until their message goes out) beyond which
+   * `send` returns false too (default 64): small replies that each carry an fd
+   * would otherwise exhaust the process's fds long before the byte mark.
+   */
+  highWaterFds?: number;
+  /**
    * Most fds accepted with one read (default 253, all that Linux can send at
    * once). More are closed and reported as a stream error (EMSGSIZE).
    */
@@ -64,6 +70,8 @@ export class UnixSocketTransport implements Transport {
   readonly #framer: Framer;
   readonly #poller: NativePoller;
   readonly #highWaterMark: number;
+  readonly #highWaterFds: number;
+  #queuedFds = 0;
   readonly #meta: Int32Array;
   #handler: TransportHandler | undefined;
   #pool = new Uint8Array(POOL_SIZE);
@@ -95,6 +103,7 @@ export class UnixSocketTransport implements Transport {
   constructor(fd: number, options: UnixSocketTransportOptions = {}) {
     this.#fd = fd;
     this.#highWaterMark = options.highWaterMark ?? 4 * 1024 * 1024;
+    this.#highWaterFds = options.highWaterFds ?? 64;
     this.#meta = new Int32Array(2 + (options.maxReceiveFds ?? SCM_MAX_FD));
     this.#coalesce = options.coalesceWrites ?? false;
     this.#framer = new Framer({
@@ -201,7 +210,12 @@ export class UnixSocketTransport implements Transport {
         return false;
       }
     }
-    this.#enqueue({ chunks, fds: fdList ? fdList.map((f) => dupOrThrow(f)) : null });
+    const fds = fdList ? duplicateAll(fdList) : null;
+    if (fds instanceof Error) {
+      this.#fail(fds); // the message cannot go out whole: the stream would desynchronise
+      return false;
+    }
+    this.#enqueue({ chunks, fds });
     return this.#afterEnqueue();
   }
 
@@ -246,11 +260,12 @@ export class UnixSocketTransport implements Transport {
     if (stage) write.chunks = write.chunks.map((c) => (c.buffer === stage ? c.slice() : c));
     this.#queue.push(write);
     for (const c of write.chunks) this.#queuedBytes += c.length;
+    this.#queuedFds += write.fds?.length ?? 0;
   }
 
   #afterEnqueue(): boolean {
     this.#updatePoll();
-    if (this.#queuedBytes >= this.#highWaterMark) this.#needDrain = true;
+    if (this.#queuedBytes >= this.#highWaterMark || this.#queuedFds >= this.#highWaterFds) this.#needDrain = true;
     return !this.#needDrain;
   }
 
@@ -271,6 +286,7 @@ export class UnixSocketTransport implements Transport {
       if (sent === -Errno.EAGAIN) return;
       if (sent < 0) return this.#fail(new SystemError('sendmsg', -sent));
       this.#queuedBytes -= sent;
+      this.#queuedFds -= head.fds?.length ?? 0;
       closeFds(head.fds);
       head.fds = null;
       head.chunks = dropSent(head.chunks, sent);
@@ -377,6 +393,7 @@ export class UnixSocketTransport implements Transport {
     this.#cork = [];
     this.#staged = this.#stageFrom = 0;
     this.#queuedBytes = 0;
+    this.#queuedFds = 0;
     native.close(this.#fd);
     this.#handler?.onClose(error);
   }
@@ -406,10 +423,18 @@ function dropSent(chunks: Uint8Array[], sent: number): Uint8Array[] {
   return rest;
 }
 
-function dupOrThrow(fd: number): number {
-  const copy = native.dup(fd);
-  if (copy < 0) throw new SystemError('dup', -copy, `fd ${fd}`);
-  return copy;
+/** Duplicates every fd of a queued message, or none: on failure (EMFILE) those made are closed. */
+function duplicateAll(fds: readonly number[]): number[] | SystemError {
+  const copies: number[] = [];
+  for (const fd of fds) {
+    const copy = native.dup(fd);
+    if (copy < 0) {
+      closeFds(copies);
+      return new SystemError('dup', -copy, `fd ${fd}`);
+    }
+    copies.push(copy);
+  }
+  return copies;
 }
 
 function closeFds(fds: readonly number[] | null): void {
