@@ -156,7 +156,8 @@ export class UnixSocketTransport implements Transport {
     const chunks = frameOutgoing(header, payload);
     if ((this.#corked || this.#coalesce) && !fdList) {
       this.#closeStageSegment();
-      if (this.#cork.length + chunks.length > MAX_IOV) this.#flushCork();
+      // One iovec stays free for the staged bytes that may follow these chunks.
+      if (this.#cork.length + chunks.length >= MAX_IOV) this.#flushCork();
       for (const c of chunks) this.#cork.push(c);
       this.#scheduleFlush();
       return !this.#needDrain;

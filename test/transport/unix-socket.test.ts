@@ -136,6 +136,23 @@ describe('UnixSocketTransport', () => {
     });
   });
 
+  it('gathers no more than 64 chunks into one sendmsg when small messages follow large ones', async () => {
+    const [fdA, fdB] = socketPair();
+    const a = new UnixSocketTransport(fdA, { coalesceWrites: true });
+    const b = new UnixSocketTransport(fdB);
+    collect(a);
+    const cb = collect(b);
+    const big = new Uint8Array(2000).fill(7);
+    // 32 large messages are 64 chunks (header + payload each); the small ones after them are staged.
+    for (let i = 0; i < 32; i++) a.send({ msgId: i, cmd: 9, flags: 0 }, big);
+    for (let i = 32; i < 40; i++) a.send({ msgId: i, cmd: 9, flags: 0 }, Uint8Array.of(i));
+    await cb.message(39);
+    assert.deepEqual(cb.messages.map((m) => m.header.msgId), Array.from({ length: 40 }, (_, i) => i));
+    assert.deepEqual(cb.messages[39]!.payload, Uint8Array.of(39));
+    a.close();
+    b.close();
+  });
+
   it('keeps the bytes and order of small (staged) and large messages mixed under back-pressure', async () => {
     const [fdA, fdB] = socketPair();
     const a = new UnixSocketTransport(fdA, { coalesceWrites: true });
