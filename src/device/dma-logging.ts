@@ -123,6 +123,28 @@ export class DmaLog {
   }
 
   /**
+   * Every rule of {@link report}, with no side effect: the bitmap size in bytes
+   * a report of `[iova, iova + length)` at `pageSize` would return. A caller
+   * that must refuse the request for its own reasons (the reply would not fit
+   * the client's argsz or max_data_xfer_size) checks this first, so a refused
+   * report never clears a dirty bit.
+   * @throws {ProtocolError} as {@link report}.
+   */
+  reportSize(regions: readonly DmaRegionEntry[], iova: bigint, length: bigint, pageSize: bigint): number {
+    return this.#checkReport(regions, iova, length, pageSize).bytes;
+  }
+
+  /** The rules of a report, in order; @returns the first overlapping region's index and the bitmap size. */
+  #checkReport(regions: readonly DmaRegionEntry[], iova: bigint, length: bigint, pageSize: bigint): { first: number; bytes: number } {
+    const site = `DMA_LOGGING_REPORT [${iova}, +${length})`;
+    if (length <= 0n) throw reject(site, 'length', 'length is 0');
+    if (iova < 0n || iova + length > IOVA_LIMIT) throw reject(site, 'overflow', 'range passes 2^64', Errno.EOVERFLOW);
+    const first = firstOverlap(regions, iova, length);
+    if (first < 0) throw reject(site, 'not-mapped', 'no byte of the range is mapped', Errno.ENOENT);
+    return { first, bytes: checkReportRequest(site, this.#pageSize !== undefined, length, pageSize) };
+  }
+
+  /**
    * DMA_LOGGING_REPORT of any IOVA range: bit `i` is the report page at
    * `iova + i * pageSize`. Bits come from the regions' logs; pages that are
    * unmapped, in message-mode regions (the client performed those writes and
@@ -138,12 +160,8 @@ export class DmaLog {
    *   before logging, as libvfio-user does); then `checkReportRequest`'s rules.
    */
   report(regions: readonly DmaRegionEntry[], iova: bigint, length: bigint, pageSize: bigint): Uint8Array {
-    const site = `DMA_LOGGING_REPORT [${iova}, +${length})`;
-    if (length <= 0n) throw reject(site, 'length', 'length is 0');
-    if (iova < 0n || iova + length > IOVA_LIMIT) throw reject(site, 'overflow', 'range passes 2^64', Errno.EOVERFLOW);
-    const first = firstOverlap(regions, iova, length);
-    if (first < 0) throw reject(site, 'not-mapped', 'no byte of the range is mapped', Errno.ENOENT);
-    const out = new Uint8Array(checkReportRequest(site, this.#pageSize !== undefined, length, pageSize));
+    const { first, bytes } = this.#checkReport(regions, iova, length, pageSize);
+    const out = new Uint8Array(bytes);
     const end = iova + length;
     for (let i = first; i < regions.length && regions[i]!.addr < end; i++) {
       const region = regions[i]!;

@@ -254,6 +254,16 @@ export class DmaController {
     return this.#log.report(this.#regions, iova, length, pageSize);
   }
 
+  /**
+   * The size in bytes of the bitmap {@link report} would return for the same
+   * arguments, after checking all of its rules; clears nothing. Callers that
+   * may still refuse the request check this before calling {@link report}.
+   * @throws {ProtocolError} as {@link report}.
+   */
+  reportSize(iova: bigint, length: bigint, pageSize: bigint): number {
+    return this.#log.reportSize(this.#regions, iova, length, pageSize);
+  }
+
   // ------------------------------------------------------------- device side
 
   /**

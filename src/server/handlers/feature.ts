@@ -3,7 +3,8 @@
  * GET or SET. Rules, in order (one check each): only MASK/GET/SET/PROBE bits;
  * a feature this device has; PROBE → the asked GET/SET bits are supported,
  * nothing is touched; otherwise exactly one of GET and SET, supported by the
- * feature; GET → argsz covers the reply. SET and PROBE replies echo the
+ * feature; GET → argsz covers the reply, checked before the GET acts when the
+ * feature can say its reply size (FeatureHandler.replySize). SET and PROBE replies echo the
  * request (argsz unchanged); a failed SET or PROBE echoes it too, with the
  * ERROR flag, as libvfio-user does.
  */
@@ -57,8 +58,13 @@ async function run(ctx: HandlerContext, body: DeviceFeaturePayload): Promise<Han
   if (ops !== GET && ops !== SET) fail('exactly one of GET and SET is required without PROBE');
   if ((feature.ops & ops) === 0) fail(`${ops === GET ? 'GET' : 'SET'} not supported`);
   if (ops === GET) {
+    const fits = (length: number): void => {
+      if (argsz < 8 + length) fail(`argsz ${argsz} cannot hold the ${8 + length}-byte reply`);
+    };
+    // Validate, then act: a GET that changes state (REPORT clears the log) is measured before it runs.
+    if (feature.replySize) fits(feature.replySize(ctx, data));
     const reply = await (feature.get as NonNullable<FeatureHandler['get']>)(ctx, data);
-    if (argsz < 8 + reply.length) fail(`argsz ${argsz} cannot hold the ${8 + reply.length}-byte reply`);
+    fits(reply.length);
     return { payload: encodeDeviceFeature({ argsz: 8 + reply.length, flags, data: reply }) };
   }
   if (argsz < 8 + data.length) fail('argsz below the request');

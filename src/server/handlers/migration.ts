@@ -21,6 +21,7 @@ import {
   encodePrecopyInfo,
   MAX_ACCEPTED_VERSIONS,
   MigIdentityFlags,
+  PRECOPY_INFO_SIZE,
 } from '../../protocol/migration-extensions.js';
 import type { DecodedRequest } from '../../protocol/request.js';
 import { checkMigDataRead, checkMigDataWrite } from '../../migration/gating.js';
@@ -68,6 +69,8 @@ function identityOf(migration: MigrationController): Uint8Array {
 function extensionFeatures(migration: MigrationController): Array<[number, FeatureHandler]> {
   const precopyInfo: FeatureHandler = {
     ops: DeviceFeatureFlags.GET,
+    // Taking the status records the device's delta in the stream: the reply size is known before it is taken.
+    replySize: () => PRECOPY_INFO_SIZE,
     get: async () => encodePrecopyInfo(await migration.precopyStatus()),
   };
   const deadline: FeatureHandler = {
