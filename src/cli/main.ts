@@ -14,6 +14,7 @@ import { runRead, runWrite, type ReadOptions, type WriteOptions } from './comman
 import { runBench, type BenchOptions } from './commands/bench.js';
 import { runMigrate, type MigrateCommandOptions } from './commands/migrate.js';
 import { runMigrateListen, type MigrateListenOptions } from './commands/migrate-listen.js';
+import { runMigrateResolve, type MigrateResolveOptions } from './commands/migrate-resolve.js';
 import { describeError, type GlobalOptions } from './common.js';
 import { VERSION } from '../version.js';
 
@@ -130,8 +131,17 @@ program
   .option('--bandwidth <rate>', 'pre-copy bandwidth cap in bytes/s (K/M/G = 10^3/6/9), e.g. 200M')
   .option('--auto-converge', 'throttle the guest workload when pre-copy does not converge (QEMU auto-converge: 20%, +10%, at most 99%)')
   .option('--time-limit <duration>', 'hard limit on the whole migration (aborted back to the source beyond it)', '60s')
+  .option('--resolve-timeout <duration>', "how long to keep asking the receiver how the migration ended when the commit's reply is lost (then the source is held)", '10s')
   .addOption(json)
   .action((options: MigrateCommandOptions) => runMigrate(options, globals()));
+
+program
+  .command('migrate-resolve')
+  .description('ask a receiver (`vfio-user migrate-listen`) how migration ID ended, for a source left held: committed = stop the source for good, abandoned = resume it')
+  .requiredOption('--to <url>', 'the receiver, tcp://HOST:PORT')
+  .requiredOption('--id <id>', "the migration id (the sender's summary prints it)")
+  .addOption(json)
+  .action((options: MigrateResolveOptions) => runMigrateResolve(options, globals()));
 
 program
   .command('migrate-listen')

@@ -88,6 +88,7 @@ export class MigrationReceiver {
   readonly #ledger = new MigrationLedger();
   /** The migration being received (until it commits or is abandoned). */
   #current: Session | undefined;
+  readonly #sockets = new Set<Socket>();
 
   private constructor(server: Server, options: ReceiverOptions) {
     this.#server = server;
@@ -118,9 +119,14 @@ export class MigrationReceiver {
     return typeof a === 'object' && a !== null ? a.port : 0;
   }
 
-  /** Stops listening (a migration in progress goes on; its outcome is still reported). */
-  close(): void {
+  /**
+   * Stops listening (a migration in progress goes on; its outcome is still
+   * reported). `force` also closes every connection still open (after a
+   * shutdown, when the application is done with them).
+   */
+  close(force = false): void {
     this.#server.close();
+    if (force) for (const s of this.#sockets) s.destroy();
   }
 
   /** What this receiver knows of a migration id (`unknown` if never seen). */
@@ -143,6 +149,8 @@ export class MigrationReceiver {
   }
 
   #accept(socket: Socket): void {
+    this.#sockets.add(socket);
+    socket.once('close', () => this.#sockets.delete(socket));
     const peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     let session: Session | undefined;
     /** An outcome query or a busy refusal: not a migration, nothing to report. */

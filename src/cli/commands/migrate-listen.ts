@@ -19,6 +19,7 @@ import { MigrationReceiver, type MigrationOffer, type PreparedDestination, type 
 import { CliError, parseInteger, parseTimeout, stdio, toJson, type GlobalOptions, type Output } from '../common.js';
 import { JOB_WAIT_MS, JobStream, digestOutside, driverFor, holesOf, waitJobs, type WorkloadState } from '../migrate-workload.js';
 import { startServer, type ServerProcess } from '../serve-child.js';
+import { faultPause } from '../fault-pause.js';
 
 /** Options of `migrate-listen`. */
 export interface MigrateListenOptions {
@@ -66,7 +67,7 @@ async function verifyAndContinue(request: { snapshotDigest?: unknown; unfinished
   await stream.done();
   failures.push(...stream.failures.slice(state.failures.length));
   if (stream.posted < stream.total || stream.inFlight.length > 0) failures.push(`the destination did not finish the jobs (${stream.finished} of ${stream.total})`);
-  return { memoryVerified, doneOnDestination: stream.finished - before, failures };
+  return { memoryVerified, doneOnDestination: Math.max(0, stream.finished - before), failures };
 }
 
 /** Connects to the device, retrying while the server still finishes the previous session (EBUSY). */
@@ -83,18 +84,34 @@ async function connectDevice(socket: string, timeoutMs: number): Promise<VfioUse
 }
 
 /** The one-line (or JSON) account of a finished migration. */
-function report(o: ReceiveOutcome, verdict: DemoVerdict | undefined, json: boolean, out: Output): void {
-  const doc = { outcome: o.outcome, peer: o.peer, ...(o.reason ? { reason: o.reason } : {}), memoryBytes: o.memoryBytes, deviceBytes: o.deviceBytes, ...(verdict ? { demo: verdict } : {}) };
+function report(o: ReceiveOutcome, verdict: DemoVerdict | undefined, json: boolean, out: Output, note?: string): void {
+  const doc = {
+    outcome: o.outcome, phase: o.phase, ...(o.migrationId ? { migrationId: o.migrationId } : {}), peer: o.peer, ...(o.reason ? { reason: o.reason } : {}),
+    memoryBytes: o.memoryBytes, deviceBytes: o.deviceBytes, ...(verdict ? { demo: verdict } : {}), ...(note ? { note } : {}),
+  };
   if (json) out.line(toJson(doc));
   else {
     const demo = verdict ? `; demo: ${verdict.doneOnDestination} jobs done here, memory ${verdict.memoryVerified ? 'equals' : 'DIFFERS from'} the snapshot, errors ${verdict.failures.length}` : '';
-    out.line(`${o.outcome} from ${o.peer}${o.reason ? ` (${o.reason})` : ''}: ${(Number(o.memoryBytes) / 1e6).toFixed(1)} MB memory, ${(Number(o.deviceBytes) / 1e6).toFixed(1)} MB device${demo}`);
+    const id = o.migrationId ? ` migration ${o.migrationId}` : '';
+    out.line(`${o.outcome}${id} from ${o.peer} in phase ${o.phase}${o.reason ? ` (${o.reason})` : ''}: ${(Number(o.memoryBytes) / 1e6).toFixed(1)} MB memory, ${(Number(o.deviceBytes) / 1e6).toFixed(1)} MB device${demo}${note ? `; ${note}` : ''}`);
   }
+}
+
+/** A committed migration whose sender is still connected: its destination runs here. */
+interface Active {
+  outcome: ReceiveOutcome;
+  /** The demo's verify-and-continue in progress, if any. */
+  work?: Promise<unknown>;
 }
 
 /**
  * Runs `migrate-listen`: until SIGINT/SIGTERM, or the first migration's end with `--once`.
- * @throws {CliError} on a bad option, a port in use, or (with `--once`) a migration that did not commit.
+ * A signal abandons a migration not yet committed (the sender is told, and
+ * resumes its source) and stops; a committed destination is never torn down
+ * silently: the receiver keeps serving it until its sender is done, and only
+ * a second signal stops it, saying so.
+ * @throws {CliError} on a bad option, a port in use, (with `--once`) a migration that did not commit,
+ *   or a committed destination stopped by a second signal.
  */
 export async function runMigrateListen(options: MigrateListenOptions = {}, global: GlobalOptions = {}, out: Output = stdio): Promise<void> {
   const port = Number(parseInteger(options.port ?? '0', '--port', 65535n));
@@ -103,12 +120,17 @@ export async function runMigrateListen(options: MigrateListenOptions = {}, globa
   const json = options.json === true;
   const dir = options.socket === undefined ? mkdtempSync(join(tmpdir(), 'vfio-user-listen-')) : undefined;
   let server: ServerProcess | undefined;
+  const say = (line: string): void => void process.stderr.write(`migrate-listen: ${line}\n`);
+  let onSignal: ((name: NodeJS.Signals) => void) | undefined;
   try {
     const socket = options.socket ?? join(dir as string, 'destination.sock');
     if (options.socket === undefined) server = await startServer(socket);
     let finish!: (ok: boolean) => void;
     const finished = new Promise<boolean>((resolve) => (finish = resolve));
-    const demo: { verdict?: DemoVerdict } = {};
+    let signalled: ((name: string) => void) | undefined;
+    const released = new Promise<string>((resolve) => (signalled = resolve));
+    let stopping: string | undefined;
+    const active = new Map<string, Active>();
     let lastVmState: Uint8Array | undefined;
     const release = async (side: PreparedDestination['side']): Promise<void> => {
       side.client.close();
@@ -131,38 +153,69 @@ export async function runMigrateListen(options: MigrateListenOptions = {}, globa
         const side = { client, memory, iova: offer.memory.iova };
         return { side, release: () => release(side) };
       },
+      beforeCommit: (id) => faultPause('receiver:commit', released, id),
+      afterCommit: (id) => faultPause('receiver:committed', released, id),
       onMessage: async (head, _body, destination) => {
         const request = head as { demo?: unknown };
         if (request.demo !== 'verify-and-continue') throw new CliError(`unknown message ${JSON.stringify(head)}`);
-        demo.verdict = await verifyAndContinue(request as never, lastVmState, destination);
-        return { result: demo.verdict };
+        const entry = [...active.values()].find((a) => a.outcome.destination === destination);
+        const work = verifyAndContinue(request as never, lastVmState, destination);
+        if (entry) entry.work = work;
+        return { result: await work };
       },
       onOutcome: (o) => {
         if (o.outcome === 'committed') {
           lastVmState = o.vmState;
+          active.set(o.migrationId ?? '?', { outcome: o });
           return;
         }
-        report(o, undefined, json, out);
-        if (options.once) finish(false);
+        report(o, undefined, json, out, stopping ? `stopped by ${stopping}` : undefined);
+        if (options.once || stopping) finish(false);
       },
       onCommittedClosed: (o) => {
-        report(o, demo.verdict, json, out);
-        const ok = demo.verdict === undefined || (demo.verdict.memoryVerified && demo.verdict.failures.length === 0);
-        demo.verdict = undefined;
-        if (o.destination) void release(o.destination.side);
-        if (options.once) finish(ok);
+        const entry = active.get(o.migrationId ?? '?');
+        void (async () => {
+          // The destination keeps running its workload to the end before it is released.
+          const verdict = (await entry?.work?.catch(() => undefined)) as DemoVerdict | undefined;
+          if (!active.delete(o.migrationId ?? '?')) return; // stopped by a second signal meanwhile
+          report(o, verdict, json, out, 'the sender is done; the destination was released after its workload');
+          const ok = verdict === undefined || (verdict.memoryVerified && verdict.failures.length === 0);
+          if (o.destination) await release(o.destination.side);
+          if (options.once || (stopping && active.size === 0)) finish(ok);
+        })();
       },
     });
     process.stderr.write(`listening tcp://${host.includes(':') ? `[${host}]` : host}:${receiver.port} (destination device ${options.socket ?? `dma-engine, pid ${server?.child.pid}`})\n`);
-    const stop = (): void => finish(true);
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
+    onSignal = (name: NodeJS.Signals): void => {
+      if (stopping === undefined) {
+        stopping = name;
+        const decided = receiver.shutdown(name);
+        signalled?.(name);
+        if (decided) say(`${name}: abandoning migration ${decided.migrationId} in phase ${decided.phase} (not committed: its sender resumes its source)`);
+        for (const id of active.keys()) say(`${name}: migration ${id} is committed and its device runs here: serving it until its sender is done (${name} again stops it now)`);
+        if (!decided && active.size === 0) {
+          say(`${name}: no migration in progress; stopped`);
+          finish(true);
+        }
+        return;
+      }
+      for (const [id, a] of active) {
+        active.delete(id);
+        report(a.outcome, undefined, json, out, `the committed destination was stopped by a second ${name} while it ran`);
+        if (a.outcome.destination) void release(a.outcome.destination.side);
+      }
+      finish(false);
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
     const ok = await finished;
-    process.off('SIGINT', stop);
-    process.off('SIGTERM', stop);
-    receiver.close();
-    if (!ok) throw new CliError('migrate-listen: the migration did not complete');
+    receiver.close(true);
+    if (!ok && (options.once || stopping !== undefined)) throw new CliError(`migrate-listen: ${stopping ? `stopped by ${stopping}` : 'the migration did not complete'}`);
   } finally {
+    if (onSignal) {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
     await server?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });
   }

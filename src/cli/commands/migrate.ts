@@ -8,7 +8,10 @@
  * the VMM's state). Then the destination's guest memory is checked against
  * the source's snapshot at switch-over (the stopped source's memory, outside
  * what unfinished jobs still write), and the remaining jobs must complete,
- * correctly, on the destination.
+ * correctly, on the destination. SIGTERM/SIGINT stop it at its next step:
+ * the source runs again unless the destination committed, and the summary
+ * says so with the phase it ended in (docs/migration-faults.md, "Remote
+ * migration faults").
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -19,12 +22,14 @@ import { enableBusMaster } from '../../client/pci-config.js';
 import { migrate, type MigrateOptions, type MigrationReport } from '../../orchestrator/migrate.js';
 import { createProgressBar } from '../../orchestrator/progress.js';
 import { RemoteDestination } from '../../orchestrator/remote.js';
+import { MigrationState as S } from '../../protocol/constants.js';
 import { startServer } from '../serve-child.js';
 import { CliError, parseCount, parseTimeout, stdio, toJson, withClient, type GlobalOptions, type Output } from '../common.js';
 import {
   GUEST_RAM, IOVA, JOB_WAIT_MS, MAX_JOBS, MIN_JOB, MAX_JOB, BATCH, JobStream, attachGuestRam, digestOutside, driverFor, holesOf, isPending, waitJobs,
 } from '../migrate-workload.js';
 import { parseBandwidth, type DemoVerdict } from './migrate-listen.js';
+import { faultArmed, faultPause } from '../fault-pause.js';
 
 /** Options of `migrate`. */
 export interface MigrateCommandOptions {
@@ -35,12 +40,30 @@ export interface MigrateCommandOptions {
   bandwidth?: string;
   autoConverge?: boolean;
   timeLimit?: string;
+  resolveTimeout?: string;
   json?: boolean;
+}
+
+/** SIGTERM/SIGINT while the demo runs: the migration's abort signal, and where the demo is. */
+interface Interrupt {
+  signal: AbortSignal;
+  /** Settles when a signal came (releases a fault pause). */
+  released: Promise<void>;
+  /** The demo's phase: connect, warm-up, the migration's phases, verify. */
+  phase: string;
 }
 
 /** The `--json` document. */
 export interface MigrateSummary {
   outcome: MigrationReport['outcome'];
+  /** Where it ended: `warm-up` (before the migration), the migration's phase (`precopy`, `switchover`, `commit`, `done`), `verify`. */
+  phase: string;
+  /** The signal that stopped the demo, if one did. */
+  interrupted?: string;
+  /** The receiver's migration id (remote), for `vfio-user migrate-resolve`. */
+  migrationId?: string;
+  /** How a lost commit reply was resolved. */
+  resolution?: string;
   reason?: string;
   sourceRecovery?: MigrationReport['sourceRecovery'];
   destination: string;
@@ -89,7 +112,7 @@ async function localTarget(dst: VfioUserClient, dstMem: GuestMemory): Promise<De
       stream.start(driverFor(dst, dstMem));
       await stream.done();
       if (stream.posted < stream.total || stream.inFlight.length > 0) failures.push(`the destination did not finish the jobs (${stream.finished} of ${stream.total})`);
-      return { memoryVerified, doneOnDestination: stream.finished - before, failures };
+      return { memoryVerified, doneOnDestination: Math.max(0, stream.finished - before), failures };
     },
   };
 }
@@ -114,7 +137,7 @@ interface DemoSettings {
 }
 
 /** Streams jobs on the source, migrates, verifies. */
-async function runDemo(src: VfioUserClient, srcMem: GuestMemory, target: DemoTarget, settings: DemoSettings, say: (line: string) => void): Promise<MigrateSummary> {
+async function runDemo(src: VfioUserClient, srcMem: GuestMemory, target: DemoTarget, settings: DemoSettings, say: (line: string) => void, interrupt: Interrupt): Promise<MigrateSummary> {
   const { total, budgetMs } = settings;
   await enableBusMaster(src);
   const driver = driverFor(src, srcMem);
@@ -123,8 +146,11 @@ async function runDemo(src: VfioUserClient, srcMem: GuestMemory, target: DemoTar
   stream.start(driver);
   say(`jobs       ${total} copy jobs of ${MIN_JOB >> 10}..${MAX_JOB >> 10} KiB streamed on the source, ${BATCH} per doorbell; migrating with a ${budgetMs} ms downtime budget`);
   // Let the stream get going before the migration starts.
+  interrupt.phase = 'warm-up';
   const warm = performance.now() + 1000;
-  while (stream.finished < Math.min(total, 2 * BATCH) && performance.now() < warm) await new Promise((resolve) => setTimeout(resolve, 1));
+  while (stream.finished < Math.min(total, 2 * BATCH) && performance.now() < warm && !interrupt.signal.aborted) await new Promise((resolve) => setTimeout(resolve, 1));
+  await faultPause('sender:warm-up', interrupt.released);
+  if (interrupt.signal.aborted) return interruptedBeforeStart(stream, target, settings, interrupt);
 
   const bar = createProgressBar({ memoryBytes: GUEST_RAM });
   let report: MigrationReport;
@@ -137,7 +163,9 @@ async function runDemo(src: VfioUserClient, srcMem: GuestMemory, target: DemoTar
       timeoutMs: settings.timeoutMs,
       ...(settings.autoConverge ? { autoConverge: true, throttle: (percent: number) => stream.throttle(percent) } : {}),
       vmState: () => Buffer.from(JSON.stringify(stream.state())),
+      signal: interrupt.signal,
       onProgress: (p) => {
+        if (p.phase !== 'abort') interrupt.phase = p.phase;
         // The vCPUs pause before the switch-over: no doorbell once it is next.
         if (p.phase !== 'precopy' || p.projectedDowntimeMs <= budgetMs) stream.pause();
         bar.onProgress?.(p);
@@ -152,16 +180,31 @@ async function runDemo(src: VfioUserClient, srcMem: GuestMemory, target: DemoTar
   const summary = summarize(report, budgetMs, total);
   const failures = [...stream.failures];
   if (report.outcome === 'migrated') {
+    interrupt.phase = 'verify';
     // The source stopped at STOP_COPY: its memory is the switch-over snapshot.
     const unfinished = stream.inFlight.filter((j) => isPending(srcMem, j));
     const digest = digestOutside(srcMem.read(0n, GUEST_RAM), holesOf(unfinished));
     summary.jobs.doneOnSource = stream.finished + stream.inFlight.length - unfinished.length;
-    const verdict = await target.finish(stream, digest, unfinished.map((j) => j.seq));
+    let verdict: DemoVerdict | undefined;
+    let lost: string | undefined;
+    try {
+      verdict = await untilInterrupted(target.finish(stream, digest, unfinished.map((j) => j.seq)), interrupt);
+    } catch (error) {
+      lost = `verification failed (the destination was migrated): ${(error as Error).message}`;
+    }
+    if (verdict === undefined) {
+      summary.phase = 'verify';
+      summary.jobs.errors = failures.length + 1;
+      summary.jobs.firstErrors = [...failures, lost ?? 'verification interrupted: the destination keeps running the workload'].slice(0, 5);
+      return summary;
+    }
     summary.memoryVerified = verdict.memoryVerified;
     if (!verdict.memoryVerified) failures.push('destination guest memory differs from the source snapshot at switch-over');
     summary.jobs.doneOnDestination = verdict.doneOnDestination;
     failures.push(...verdict.failures);
     if (summary.jobs.doneOnSource + summary.jobs.doneOnDestination !== total) failures.push(`jobs done: ${summary.jobs.doneOnSource} + ${summary.jobs.doneOnDestination} of ${total}`);
+  } else if (interrupt.signal.aborted) {
+    summary.jobs.doneOnSource = stream.finished; // the source runs again; the demo stops here
   } else if (report.sourceRecovery !== 'held') {
     // The source runs again: it finishes the batch in flight and the rest itself.
     stream.start(driver);
@@ -175,9 +218,34 @@ async function runDemo(src: VfioUserClient, srcMem: GuestMemory, target: DemoTar
   return summary;
 }
 
+/** SIGTERM during the warm-up: the source keeps running, the receiver is told to abandon. */
+async function interruptedBeforeStart(stream: JobStream, target: DemoTarget, settings: DemoSettings, interrupt: Interrupt): Promise<MigrateSummary> {
+  stream.pause();
+  await stream.done();
+  const destination = target.destination;
+  if ('abandon' in destination) await destination.abandon();
+  const summary: MigrateSummary = {
+    outcome: 'aborted', phase: 'warm-up', reason: `interrupted (${String((interrupt.signal.reason as Error).message)}) before the migration started`, sourceRecovery: 'running',
+    ...(destination instanceof RemoteDestination ? { migrationId: destination.migrationId } : {}),
+    destination: 'address' in destination ? destination.address : 'local', totalMs: 0, downtimeMs: 0, budgetMs: settings.budgetMs, projectedDowntimeMs: null,
+    bytes: { precopyMemory: 0n, precopyDevice: 0n, stopCopyMemory: 0n, stopCopyDevice: 0n }, iterations: 0, throttlePercent: 0, arcs: [],
+    jobs: { total: settings.total, doneOnSource: stream.finished, doneOnDestination: 0, errors: 0, firstErrors: [] }, memoryVerified: null,
+  };
+  return summary;
+}
+
+/** `work`'s result, or undefined when a signal comes first. */
+async function untilInterrupted<T>(work: Promise<T>, interrupt: Interrupt): Promise<T | undefined> {
+  work.catch(() => undefined);
+  return Promise.race([work, interrupt.released.then(() => undefined)]);
+}
+
 function summarize(report: MigrationReport, budgetMs: number, total: number): MigrateSummary {
   return {
     outcome: report.outcome,
+    phase: report.phase,
+    ...(report.migrationId === undefined ? {} : { migrationId: report.migrationId }),
+    ...(report.resolution === undefined ? {} : { resolution: report.resolution }),
     ...(report.reason === undefined ? {} : { reason: report.reason }),
     ...(report.sourceRecovery === undefined ? {} : { sourceRecovery: report.sourceRecovery }),
     destination: report.destination,
@@ -200,6 +268,7 @@ const mb = (n: bigint): string => (Number(n) / 1e6).toFixed(1);
 export function formatMigrateSummary(s: MigrateSummary): string[] {
   const lines = [
     `outcome    ${s.outcome}${s.reason ? `: ${s.reason}` : ''}${s.sourceRecovery ? ` (source ${s.sourceRecovery})` : ''}`,
+    `phase      ${s.phase}${s.interrupted ? ` (${s.interrupted})` : ''}${s.migrationId ? `; migration id ${s.migrationId}` : ''}${s.resolution ? `; ${s.resolution}` : ''}`,
     `downtime   ${s.downtimeMs.toFixed(2)} ms of a ${s.budgetMs} ms budget (projected ${s.projectedDowntimeMs === null ? '-' : s.projectedDowntimeMs.toFixed(2)} ms); total ${s.totalMs.toFixed(1)} ms, ${s.iterations} pre-copy iterations`,
     `bytes      pre-copy ${mb(s.bytes.precopyMemory)} MB memory + ${mb(s.bytes.precopyDevice)} MB device; stop-copy ${mb(s.bytes.stopCopyMemory)} MB memory + ${mb(s.bytes.stopCopyDevice)} MB device`,
     `arcs       ${s.arcs.map((a) => `${a.side} ${a.from}>${a.to} ${a.ms.toFixed(2)} ms`).join(', ') || '-'}`,
@@ -222,7 +291,21 @@ export async function runMigrate(options: MigrateCommandOptions = {}, global: Gl
     autoConverge: options.autoConverge === true,
     timeoutMs: parseDowntime(options.timeLimit ?? '60s', '--time-limit'),
   };
+  const resolveTimeoutMs = parseDowntime(options.resolveTimeout ?? '10s', '--resolve-timeout');
   const say = (line: string): void => void (options.json || out.line(line));
+  const controller = new AbortController();
+  const interrupt: Interrupt = {
+    signal: controller.signal,
+    released: new Promise<void>((resolve) => controller.signal.addEventListener('abort', () => resolve(), { once: true })),
+    phase: 'connect',
+  };
+  const onSignal = (name: NodeJS.Signals): void => {
+    if (controller.signal.aborted) return;
+    process.stderr.write(`migrate: ${name} in phase ${interrupt.phase}: stopping (the source runs again unless the destination committed)\n`);
+    controller.abort(new Error(name));
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
   const dir = mkdtempSync(join(tmpdir(), 'vfio-user-migrate-'));
   try {
     const sockets = options.to === undefined ? ['source.sock', 'destination.sock'] : ['source.sock'];
@@ -233,12 +316,12 @@ export async function runMigrate(options: MigrateCommandOptions = {}, global: Gl
       summary = await withClient(join(dir, 'source.sock'), global, async (src) => {
         const srcMem = await attachGuestRam(src, 'migrate-source-ram');
         try {
-          if (options.to !== undefined) return await runRemote(src, srcMem, options.to, settings, global, say);
+          if (options.to !== undefined) return await runRemote(src, srcMem, { url: options.to, resolveTimeoutMs }, settings, global, say, interrupt);
           return await withClient(join(dir, 'destination.sock'), global, async (dst) => {
             const dstMem = await attachGuestRam(dst, 'migrate-destination-ram');
             try {
               say(`guest RAM  ${GUEST_RAM >> 20} MiB memfd on each side, DMA_MAP at IOVA 0x${IOVA.toString(16)}`);
-              return await runDemo(src, srcMem, await localTarget(dst, dstMem), settings, say);
+              return await runDemo(src, srcMem, await localTarget(dst, dstMem), settings, say, interrupt);
             } finally {
               dstMem.dispose();
             }
@@ -250,25 +333,52 @@ export async function runMigrate(options: MigrateCommandOptions = {}, global: Gl
     } finally {
       await Promise.all(servers.map((s) => s.stop()));
     }
+    if (controller.signal.aborted) summary.interrupted = (controller.signal.reason as Error).message;
     if (options.json) out.line(toJson(summary));
     else formatMigrateSummary(summary).forEach((l) => out.line(l));
-    if (summary.outcome !== 'migrated') throw new CliError(`migrate: ${summary.outcome}: ${summary.reason ?? 'unknown reason'}`);
+    if (summary.outcome !== 'migrated') throw new CliError(`migrate: ${summary.outcome}: ${summary.reason ?? 'unknown reason'} (phase ${summary.phase})`);
     if (summary.jobs.errors > 0) throw new CliError(`migrate: verification failed: ${summary.jobs.firstErrors[0] ?? ''}`);
   } finally {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
-async function runRemote(src: VfioUserClient, srcMem: GuestMemory, url: string, settings: DemoSettings, global: GlobalOptions, say: (line: string) => void): Promise<MigrateSummary> {
+/** Arms the remote fault points (fault-pause.ts): after the first full copy, and with the destination running before the commit. */
+function armFaultPoints(destination: RemoteDestination, interrupt: Interrupt): void {
+  if (faultArmed('sender:precopy')) {
+    const flush = destination.flush.bind(destination);
+    let first = true;
+    destination.flush = async () => {
+      await flush();
+      if (first) await faultPause('sender:precopy', interrupt.released);
+      first = false;
+    };
+  }
+  if (faultArmed('sender:commit')) {
+    const set = destination.setMigrationState.bind(destination);
+    destination.setMigrationState = async (state) => {
+      await set(state);
+      if (state === S.RUNNING) await faultPause('sender:commit', interrupt.released);
+    };
+  }
+}
+
+async function runRemote(
+  src: VfioUserClient, srcMem: GuestMemory, to: { url: string; resolveTimeoutMs: number }, settings: DemoSettings, global: GlobalOptions, say: (line: string) => void, interrupt: Interrupt,
+): Promise<MigrateSummary> {
+  const { url } = to;
   let destination: RemoteDestination;
   try {
-    destination = await RemoteDestination.connect(url, { memory: { size: srcMem.size, iova: IOVA }, timeoutMs: parseTimeout(global.timeout) });
+    destination = await RemoteDestination.connect(url, { memory: { size: srcMem.size, iova: IOVA }, timeoutMs: parseTimeout(global.timeout), resolveTimeoutMs: to.resolveTimeoutMs });
+    armFaultPoints(destination, interrupt);
   } catch (error) {
     throw new CliError(`migrate: ${url}: ${(error as Error).message}`, { cause: error });
   }
   try {
     say(`guest RAM  ${GUEST_RAM >> 20} MiB memfd at IOVA 0x${IOVA.toString(16)}; the receiver at ${destination.address} prepared its own`);
-    return await runDemo(src, srcMem, remoteTarget(destination), settings, say);
+    return await runDemo(src, srcMem, remoteTarget(destination), settings, say, interrupt);
   } finally {
     destination.close();
   }
