@@ -24,6 +24,8 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { GuestMemory } from '../src/client/guest-memory.js';
 import { RemoteDestination } from '../src/orchestrator/remote.js';
+import { loadTlsCredentials, type ChannelTlsCredentials } from '../src/orchestrator/channel-tls.js';
+import { makeTlsCredentials } from './tls-creds.js';
 import { Errno } from '../src/protocol/errno.js';
 import {
   close,
@@ -38,6 +40,7 @@ import {
   type DestinationFactory,
   type OrchestratorAbort,
   type OrchestratorBudget,
+  type OrchestratorRun,
   type OrchestratorTransport,
   type Side,
 } from './orchestrator-matrix.js';
@@ -57,6 +60,11 @@ export interface OrchestratorResult {
   tcp: OrchestratorTransport;
   /** tcp.migrationGBps / migrationGBps. */
   tcpToUnix: number;
+  /**
+   * The channel over mutual TLS 1.3 (another receiver process, same device): channel copy and whole
+   * migration at 0 % dirty rate (best of 3 each), and their share of plaintext TCP's; or why it was skipped.
+   */
+  tls: { channelGBps: number; migrationGBps: number; channelToPlain: number; migrationToPlain: number; connectMs: number } | { skipped: string };
   /** Bare loopback TCP to a discarding process (GB/s), and the TCP migration's share of it. */
   rawTcpGBps: number;
   tcpToRawTcp: number;
@@ -131,9 +139,9 @@ async function rawTcpBandwidth(bytes: number): Promise<number> {
   }
 }
 
-/** The receiver process in front of the device on `devicePath`; resolves with its port. */
-async function startReceiver(devicePath: string): Promise<{ proc: ReturnType<typeof spawn>; port: number }> {
-  const proc = spawn(process.execPath, [RECEIVER, devicePath], { stdio: ['pipe', 'pipe', 'inherit'] });
+/** The receiver process in front of the device on `devicePath` (over mutual TLS with `tlsDir`); resolves with its port. */
+async function startReceiver(devicePath: string, tlsDir?: string): Promise<{ proc: ReturnType<typeof spawn>; port: number }> {
+  const proc = spawn(process.execPath, [RECEIVER, devicePath, ...(tlsDir ? [tlsDir] : [])], { stdio: ['pipe', 'pipe', 'inherit'] });
   const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream });
   const exited = once(proc, 'exit').then(([code]) => {
     throw new Error(`bench/receive.js exited (${String(code)}) before listening`);
@@ -152,15 +160,46 @@ async function startReceiver(devicePath: string): Promise<{ proc: ReturnType<typ
 }
 
 /** A RemoteDestination, retrying while the receiver still releases the previous migration (EBUSY). */
-async function connectRemote(url: string, size: bigint): Promise<RemoteDestination> {
+async function connectRemote(url: string, size: bigint, tls?: ChannelTlsCredentials): Promise<RemoteDestination> {
   for (let attempt = 0; ; attempt++) {
     try {
-      return await RemoteDestination.connect(url, { memory: { size, iova: IOVA } });
+      return await RemoteDestination.connect(url, { memory: { size, iova: IOVA }, ...(tls ? { tls } : {}) });
     } catch (error) {
       if ((error as { errno?: number }).errno !== Errno.EBUSY || attempt >= 40) throw error;
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
   }
+}
+
+/**
+ * The TCP channel's cost of TLS: a receiver process with mutual TLS 1.3 in front of the same
+ * device; channel copy and whole migrations at 0 % dirty rate, best of 3 each, against plaintext's.
+ */
+async function tlsComparison(
+  src: Side, dir: string, devicePath: string, budgetMs: number, plain: { channelGBps: number; migrationGBps: number }, procs: Array<ReturnType<typeof spawn>>,
+): Promise<OrchestratorResult['tls']> {
+  const made = makeTlsCredentials(join(dir, 'tls-creds'));
+  if ('skipped' in made) return made;
+  const rx = await startReceiver(devicePath, made.dir);
+  procs.push(rx.proc);
+  const creds = loadTlsCredentials(made.dir, 'client');
+  const url = `tcp://127.0.0.1:${rx.port}`;
+  const connect = (): Promise<RemoteDestination> => connectRemote(url, src.memory.size, creds);
+  const remote: DestinationFactory = {
+    open: async () => {
+      const d = await connect();
+      return { destination: d, close: () => d.close() };
+    },
+  };
+  await migrateOnce(src, remote, budgetMs, 1); // warm-up
+  const channelGBps = round(((await channelBandwidth(src.memory, connect)) * 1000) / 1e9);
+  const runs: OrchestratorRun[] = [];
+  for (let i = 0; i < 3; i++) runs.push(await migrateOnce(src, remote, budgetMs, 1));
+  const migrationGBps = Math.max(...runs.map((r) => r.GBps));
+  const connects = runs.map((r) => r.connectMs).sort((a, b) => a - b);
+  return {
+    channelGBps, migrationGBps, channelToPlain: round(channelGBps / plain.channelGBps), migrationToPlain: round(migrationGBps / plain.migrationGBps), connectMs: connects[1] ?? 0,
+  };
 }
 
 /** Runs the section. */
@@ -197,6 +236,7 @@ export async function runOrchestratorBench(o: { dir: string; guestBytes: number;
     const channelRate = await channelBandwidth(src.memory, connect);
     const tcp = await runMatrix(src, remote, budgets, channelRate);
     const rawTcpGBps = round(((await rawTcpBandwidth(Number(src.memory.size))) * 1000) / 1e9);
+    const tls = await tlsComparison(src, o.dir, dstPath, budgets[0] as number, { channelGBps: tcp.copyGBps, migrationGBps: tcp.migrationGBps }, procs);
 
     const result: OrchestratorResult = {
       guestBytes: o.guestBytes,
@@ -207,6 +247,7 @@ export async function runOrchestratorBench(o: { dir: string; guestBytes: number;
       tcp,
       rawTcpGBps,
       tcpToUnix: round(tcp.migrationGBps / unix.migrationGBps),
+      tls,
       tcpToRawTcp: round(tcp.migrationGBps / rawTcpGBps),
     };
     if (o.log) print(result, unix);
@@ -230,6 +271,13 @@ function print(r: OrchestratorResult, unix: OrchestratorTransport): void {
   console.log(`  whole migration at 0 % dirty rate (bytes moved / total time, best of 3)           ${r.tcp.migrationGBps} GB/s (${r.tcpToRawTcp}× bare TCP)`);
   console.log(`  connect + receiver preparation before each migration (median, not in total time) ${r.tcp.connectMs} ms`);
   printMatrix(r.tcp);
+  if ('skipped' in r.tls) console.log(`  over loopback TCP with mutual TLS 1.3: skipped (${r.tls.skipped})`);
+  else {
+    console.log(`  over loopback TCP with mutual TLS 1.3 (another receiver process, same device):`);
+    console.log(`  channel copy (as above, best of 3)                                                ${r.tls.channelGBps} GB/s (${r.tls.channelToPlain}× plaintext)`);
+    console.log(`  whole migration at 0 % dirty rate (best of 3)                                     ${r.tls.migrationGBps} GB/s (${r.tls.migrationToPlain}× plaintext)`);
+    console.log(`  connect + TLS handshake + receiver preparation (median)                           ${r.tls.connectMs} ms`);
+  }
   console.log(`  summary: whole migration UNIX ${r.migrationGBps} GB/s, TCP ${r.tcp.migrationGBps} GB/s (TCP/UNIX ${r.tcpToUnix});`);
   console.log(`           switch-overs met the budget: UNIX ${share(r.budgets)}; TCP ${share(r.tcp.budgets)};`);
   console.log(`           time to abort (median): UNIX ${r.abort.medianMs} ms, TCP ${r.tcp.abort.medianMs} ms`);

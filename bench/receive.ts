@@ -21,12 +21,15 @@ import { VfioUserClient } from '../src/client/client.js';
 import { GuestMemory, GUEST_PAGE_SIZE } from '../src/client/guest-memory.js';
 import { setCommand } from '../src/client/pci-config.js';
 import { MigrationReceiver, type PreparedDestination } from '../src/orchestrator/receiver.js';
+import { loadTlsCredentials } from '../src/orchestrator/channel-tls.js';
 import { Errno } from '../src/protocol/errno.js';
 import { PciCommand } from '../src/pci/registers.js';
 
 const socketPath = process.argv[2];
+/** A tls-creds-x509 directory: the channel over mutual TLS. */
+const tlsDir = process.argv[3];
 if (!socketPath) {
-  process.stderr.write('usage: receive.js DEVICE_SOCKET\n');
+  process.stderr.write('usage: receive.js DEVICE_SOCKET [TLS_CREDS_DIR]\n');
   process.exit(2);
 }
 
@@ -72,6 +75,7 @@ function prefault(memory: GuestMemory): void {
 
 const receiver = await MigrationReceiver.listen({
   port: 0,
+  ...(tlsDir ? { tls: loadTlsCredentials(tlsDir, 'server') } : {}),
   prepare: async (offer): Promise<PreparedDestination> => {
     if (committed) {
       releaseHeld(committed);

@@ -131,6 +131,8 @@ program
   .option('--bandwidth <rate>', 'pre-copy bandwidth cap in bytes/s (K/M/G = 10^3/6/9), e.g. 200M')
   .option('--auto-converge', 'throttle the guest workload when pre-copy does not converge (QEMU auto-converge: 20%, +10%, at most 99%)')
   .option('--time-limit <duration>', 'hard limit on the whole migration (aborted back to the source beyond it)', '60s')
+  .option('--tls-creds <dir>', "mutual TLS: a directory with ca-cert.pem, client-cert.pem, client-key.pem (QEMU's tls-creds-x509 layout)")
+  .option('--no-tls', 'allow a plaintext channel to a receiver beyond loopback (TLS is required there otherwise)')
   .option('--resolve-timeout <duration>', "how long to keep asking the receiver how the migration ended when the commit's reply is lost (then the source is held)", '10s')
   .addOption(json)
   .action((options: MigrateCommandOptions) => runMigrate(options, globals()));
@@ -140,6 +142,7 @@ program
   .description('ask a receiver (`vfio-user migrate-listen`) how migration ID ended, for a source left held: committed = stop the source for good, abandoned = resume it')
   .requiredOption('--to <url>', 'the receiver, tcp://HOST:PORT')
   .requiredOption('--id <id>', "the migration id (the sender's summary prints it)")
+  .option('--tls-creds <dir>', 'mutual TLS, as for migrate')
   .addOption(json)
   .action((options: MigrateResolveOptions) => runMigrateResolve(options, globals()));
 
@@ -150,6 +153,8 @@ program
   .option('--host <addr>', 'address to listen on', '127.0.0.1')
   .option('--socket <path>', 'the destination device (default: a DMA engine served in a child process)')
   .option('--once', 'exit after the first migration ends (status 1 if it did not commit and verify)')
+  .option('--tls-creds <dir>', "mutual TLS: a directory with ca-cert.pem, server-cert.pem, server-key.pem (QEMU's tls-creds-x509 layout); senders need a client certificate from that CA")
+  .option('--no-tls', 'allow a plaintext, unauthenticated channel on an address beyond loopback (TLS is required there otherwise)')
   .addOption(json)
   .action((options: MigrateListenOptions) => runMigrateListen(options, globals()));
 

@@ -4,6 +4,8 @@ export { localDestination, describeSide } from './destination.js';
 export { RemoteDestination, parseChannelAddress } from './remote.js';
 export { MigrationReceiver } from './receiver.js';
 export { MigrationLedger, checkMigrationId, LEDGER_SIZE } from './ledger.js';
+export { loadTlsCredentials, isLoopback } from './channel-tls.js';
+export type { ChannelTlsCredentials } from './channel-tls.js';
 export { MigrationChannelError } from './channel-socket.js';
 export { RateLimiter, AutoConverge, throttleDelayMs } from './throttle.js';
 export { createProgressBar } from './progress.js';

@@ -13,11 +13,13 @@
  */
 import { randomUUID } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
 import { MigrationState as S } from '../protocol/constants.js';
 import { Errno } from '../protocol/errno.js';
 import { ChannelFrame, decodeMemory, decodeMessage, encodeMessage, type Frame } from './channel.js';
 import { ChannelSocket, errnoOf, MigrationChannelError, type WireError } from './channel-socket.js';
 import { describeSide, resetToRunning } from './destination.js';
+import { serverTlsOptions, type ChannelTlsCredentials } from './channel-tls.js';
 import { checkMigrationId, MigrationLedger, type ChannelPhase, type LedgerEntry } from './ledger.js';
 import type { MigrationSide } from './types.js';
 
@@ -60,6 +62,13 @@ export interface ReceiverOptions {
   port: number;
   /** Largest guest memory accepted (default 64 GiB). */
   maxMemoryBytes?: bigint;
+  /**
+   * TLS with mutual authentication (channel-tls.ts): only senders with a
+   * certificate signed by `ca` are served. Without it the channel is plaintext.
+   */
+  tls?: ChannelTlsCredentials;
+  /** A connection refused at the TLS handshake (no or a wrong certificate, not TLS). */
+  onTlsRefused?(peer: string, error: Error): void;
   /** A connection that has not said hello by then is closed, freeing the receiver (default 10 000 ms). */
   helloTimeoutMs?: number;
   /** Creates the destination for an offer (guest memory of the offered size, attached at its IOVA). Throw to refuse. */
@@ -100,9 +109,12 @@ export class MigrationReceiver {
    * @throws Node's listen error (EADDRINUSE, EACCES) with its `code`.
    */
   static async listen(options: ReceiverOptions): Promise<MigrationReceiver> {
-    const server = createServer();
+    const server = options.tls ? createTlsServer(serverTlsOptions(options.tls)) : createServer();
     const receiver = new MigrationReceiver(server, options);
-    server.on('connection', (socket) => receiver.#accept(socket));
+    if (options.tls) {
+      server.on('secureConnection', (socket: Socket) => receiver.#accept(socket));
+      server.on('tlsClientError', (error: Error, socket: Socket) => options.onTlsRefused?.(`${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`, error));
+    } else server.on('connection', (socket: Socket) => receiver.#accept(socket));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(options.port, options.host ?? '127.0.0.1', () => {

@@ -15,6 +15,7 @@ import { CHANNEL_VERSION, ChannelFrame, decodeMessage, memoryPrefix, type Frame 
 import { ChannelSocket, fromWire, type ChannelReply } from './channel-socket.js';
 import type { DeviceDescription, MigrationDestination } from './destination.js';
 import { checkMigrationId, type LedgerEntry } from './ledger.js';
+import { connectTlsSocket, type ChannelTlsCredentials } from './channel-tls.js';
 
 /** A parsed `tcp://HOST:PORT`. */
 export interface ChannelAddress {
@@ -50,6 +51,8 @@ export interface RemoteDestinationOptions {
   migrationId?: string;
   /** How long {@link RemoteDestination.resolveCommit} keeps asking an unreachable receiver (default 10 000 ms). */
   resolveTimeoutMs?: number;
+  /** TLS with mutual authentication (channel-tls.ts): the sender's certificate and the CA the receiver's must chain to. */
+  tls?: ChannelTlsCredentials;
 }
 
 /** What the receiver answers to `hello`. */
@@ -69,6 +72,7 @@ export class RemoteDestination implements MigrationDestination {
   readonly #channel: ChannelSocket;
   readonly #timeoutMs: number;
   readonly #resolveTimeoutMs: number;
+  readonly #tls: ChannelTlsCredentials | undefined;
   /** The first failure the receiver reported for a streamed frame. */
   #streamError: Error | undefined;
   /** The receiver said it abandoned the migration (NOTICE with `outcome: 'abandoned'`). */
@@ -81,6 +85,7 @@ export class RemoteDestination implements MigrationDestination {
     this.migrationId = migrationId;
     this.#timeoutMs = options.timeoutMs ?? 10_000;
     this.#resolveTimeoutMs = options.resolveTimeoutMs ?? 10_000;
+    this.#tls = options.tls;
   }
 
   /**
@@ -93,7 +98,7 @@ export class RemoteDestination implements MigrationDestination {
     const { host, port } = parseChannelAddress(url);
     const timeoutMs = options.timeoutMs ?? 10_000;
     const migrationId = checkMigrationId(options.migrationId ?? randomUUID());
-    const socket = await connectSocket(url, timeoutMs);
+    const socket = await connectSocket(url, timeoutMs, options.tls);
     let self: RemoteDestination | undefined;
     const channel = new ChannelSocket(socket, {
       onFrame: (frame) => {
@@ -124,10 +129,10 @@ export class RemoteDestination implements MigrationDestination {
    * @throws {InvalidArgumentError} EINVAL for a bad address or id; a connect error
    *   (ECONNREFUSED, ETIMEDOUT…); {@link MigrationChannelError} with the receiver's errno.
    */
-  static async queryOutcome(url: string, migrationId: string, timeoutMs = 10_000): Promise<LedgerEntry> {
+  static async queryOutcome(url: string, migrationId: string, timeoutMs = 10_000, tls?: ChannelTlsCredentials): Promise<LedgerEntry> {
     parseChannelAddress(url);
     checkMigrationId(migrationId);
-    const channel = new ChannelSocket(await connectSocket(url, timeoutMs), { onFrame: () => undefined, onClose: () => undefined });
+    const channel = new ChannelSocket(await connectSocket(url, timeoutMs, tls), { onFrame: () => undefined, onClose: () => undefined });
     try {
       const { result } = await channel.request('outcome', { migrationId }, undefined, timeoutMs);
       const e = result as Partial<LedgerEntry>;
@@ -153,7 +158,7 @@ export class RemoteDestination implements MigrationDestination {
     for (;;) {
       const left = deadline - now();
       try {
-        return await RemoteDestination.queryOutcome(this.address, this.migrationId, Math.max(100, Math.min(this.#timeoutMs, left)));
+        return await RemoteDestination.queryOutcome(this.address, this.migrationId, Math.max(100, Math.min(this.#timeoutMs, left)), this.#tls);
       } catch (error) {
         const told = this.#abandonedByPeer as LedgerEntry | undefined; // a NOTICE may have come meanwhile
         if (told) return { ...told };
@@ -272,8 +277,9 @@ export class RemoteDestination implements MigrationDestination {
 }
 
 /** A connected TCP socket to `url` (tcp://HOST:PORT). @throws {VfioUserError} ETIMEDOUT, ECONNREFUSED, ECONNRESET, EIO. */
-async function connectSocket(url: string, timeoutMs: number): Promise<Socket> {
+async function connectSocket(url: string, timeoutMs: number, tls?: ChannelTlsCredentials): Promise<Socket> {
   const { host, port } = parseChannelAddress(url);
+  if (tls) return connectTlsSocket(host, port, tls, timeoutMs, url);
   const socket = connectTcp({ host, port });
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => {

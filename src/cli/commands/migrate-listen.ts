@@ -15,6 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VfioUserClient } from '../../client/client.js';
 import { GuestMemory } from '../../client/guest-memory.js';
+import { isLoopback, loadTlsCredentials, type ChannelTlsCredentials } from '../../orchestrator/channel-tls.js';
 import { MigrationReceiver, type MigrationOffer, type PreparedDestination, type ReceiveOutcome } from '../../orchestrator/receiver.js';
 import { CliError, parseInteger, parseTimeout, stdio, toJson, type GlobalOptions, type Output } from '../common.js';
 import { JOB_WAIT_MS, JobStream, digestOutside, driverFor, holesOf, waitJobs, type WorkloadState } from '../migrate-workload.js';
@@ -28,6 +29,10 @@ export interface MigrateListenOptions {
   socket?: string;
   once?: boolean;
   json?: boolean;
+  /** A QEMU tls-creds-x509 directory (ca-cert.pem, server-cert.pem, server-key.pem): mutual TLS. */
+  tlsCreds?: string;
+  /** false (`--no-tls`): allow a plaintext channel beyond loopback. */
+  tls?: boolean;
 }
 
 /** What the receiver answers the demo's `verify-and-continue`. */
@@ -118,6 +123,7 @@ export async function runMigrateListen(options: MigrateListenOptions = {}, globa
   const host = options.host ?? '127.0.0.1';
   const timeoutMs = parseTimeout(global.timeout);
   const json = options.json === true;
+  const tls = channelTls(host, options, 'server', 'migrate-listen: listening on');
   const dir = options.socket === undefined ? mkdtempSync(join(tmpdir(), 'vfio-user-listen-')) : undefined;
   let server: ServerProcess | undefined;
   const say = (line: string): void => void process.stderr.write(`migrate-listen: ${line}\n`);
@@ -140,6 +146,7 @@ export async function runMigrateListen(options: MigrateListenOptions = {}, globa
     const receiver = await MigrationReceiver.listen({
       host,
       port,
+      ...(tls ? { tls, onTlsRefused: (peer: string, error: Error) => say(`refused ${peer} at the TLS handshake: ${error.message}`) } : {}),
       prepare: async (offer: MigrationOffer) => {
         const client = await connectDevice(socket, timeoutMs);
         const memory = GuestMemory.create(offer.memory.size, { name: 'migrate-listen-ram' });
@@ -185,7 +192,8 @@ export async function runMigrateListen(options: MigrateListenOptions = {}, globa
         })();
       },
     });
-    process.stderr.write(`listening tcp://${host.includes(':') ? `[${host}]` : host}:${receiver.port} (destination device ${options.socket ?? `dma-engine, pid ${server?.child.pid}`})\n`);
+    const security = tls ? 'TLS 1.3, client certificates required' : 'plaintext';
+    process.stderr.write(`listening tcp://${host.includes(':') ? `[${host}]` : host}:${receiver.port} (${security}; destination device ${options.socket ?? `dma-engine, pid ${server?.child.pid}`})\n`);
     onSignal = (name: NodeJS.Signals): void => {
       if (stopping === undefined) {
         stopping = name;
@@ -219,4 +227,21 @@ export async function runMigrateListen(options: MigrateListenOptions = {}, globa
     await server?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * The channel's TLS credentials for `side`: loaded from `--tls-creds`; none on
+ * loopback; beyond loopback TLS is required unless `--no-tls` says otherwise.
+ * @throws {CliError} for unreadable credentials, or a plaintext channel beyond loopback without `--no-tls`.
+ */
+export function channelTls(host: string, options: { tlsCreds?: string; tls?: boolean }, side: 'server' | 'client', what: string): ChannelTlsCredentials | undefined {
+  if (options.tlsCreds !== undefined) {
+    try {
+      return loadTlsCredentials(options.tlsCreds, side);
+    } catch (error) {
+      throw new CliError((error as Error).message, { cause: error });
+    }
+  }
+  if (isLoopback(host) || options.tls === false) return undefined;
+  throw new CliError(`${what} ${host} (beyond loopback) needs --tls-creds DIR (mutual TLS: ca-cert.pem, ${side}-cert.pem, ${side}-key.pem as QEMU's tls-creds-x509), or --no-tls for a plaintext, unauthenticated channel`);
 }

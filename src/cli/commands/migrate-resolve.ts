@@ -9,6 +9,7 @@
  */
 import { RemoteDestination } from '../../orchestrator/remote.js';
 import type { LedgerEntry } from '../../orchestrator/ledger.js';
+import { loadTlsCredentials } from '../../orchestrator/channel-tls.js';
 import { CliError, parseTimeout, stdio, toJson, type GlobalOptions, type Output } from '../common.js';
 
 /** Options of `migrate-resolve`. */
@@ -16,6 +17,8 @@ export interface MigrateResolveOptions {
   to?: string;
   id?: string;
   json?: boolean;
+  /** A QEMU tls-creds-x509 directory (the receiver listens with TLS). */
+  tlsCreds?: string;
 }
 
 /** What the source's owner must do for each outcome. */
@@ -39,7 +42,8 @@ export async function runMigrateResolve(options: MigrateResolveOptions = {}, glo
   if (options.to === undefined || options.id === undefined) throw new CliError('migrate-resolve: --to tcp://HOST:PORT and --id ID are required');
   let entry: LedgerEntry;
   try {
-    entry = await RemoteDestination.queryOutcome(options.to, options.id, parseTimeout(global.timeout));
+    const tls = options.tlsCreds === undefined ? undefined : loadTlsCredentials(options.tlsCreds, 'client');
+    entry = await RemoteDestination.queryOutcome(options.to, options.id, parseTimeout(global.timeout), tls);
   } catch (error) {
     throw new CliError(`migrate-resolve: ${options.to}: ${(error as Error).message}; the outcome is unknown, keep the source held`, { cause: error });
   }

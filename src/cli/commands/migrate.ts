@@ -28,7 +28,9 @@ import { CliError, parseCount, parseTimeout, stdio, toJson, withClient, type Glo
 import {
   GUEST_RAM, IOVA, JOB_WAIT_MS, MAX_JOBS, MIN_JOB, MAX_JOB, BATCH, JobStream, attachGuestRam, digestOutside, driverFor, holesOf, isPending, waitJobs,
 } from '../migrate-workload.js';
-import { parseBandwidth, type DemoVerdict } from './migrate-listen.js';
+import { channelTls, parseBandwidth, type DemoVerdict } from './migrate-listen.js';
+import { parseChannelAddress } from '../../orchestrator/remote.js';
+import type { ChannelTlsCredentials } from '../../orchestrator/channel-tls.js';
 import { faultArmed, faultPause } from '../fault-pause.js';
 
 /** Options of `migrate`. */
@@ -42,6 +44,10 @@ export interface MigrateCommandOptions {
   timeLimit?: string;
   resolveTimeout?: string;
   json?: boolean;
+  /** A QEMU tls-creds-x509 directory (ca-cert.pem, client-cert.pem, client-key.pem): mutual TLS. */
+  tlsCreds?: string;
+  /** false (`--no-tls`): allow a plaintext channel beyond loopback. */
+  tls?: boolean;
 }
 
 /** SIGTERM/SIGINT while the demo runs: the migration's abort signal, and where the demo is. */
@@ -292,6 +298,7 @@ export async function runMigrate(options: MigrateCommandOptions = {}, global: Gl
     timeoutMs: parseDowntime(options.timeLimit ?? '60s', '--time-limit'),
   };
   const resolveTimeoutMs = parseDowntime(options.resolveTimeout ?? '10s', '--resolve-timeout');
+  const tls = options.to === undefined ? undefined : channelTls(addressHost(options.to), options, 'client', 'migrate: a channel to');
   const say = (line: string): void => void (options.json || out.line(line));
   const controller = new AbortController();
   const interrupt: Interrupt = {
@@ -316,7 +323,7 @@ export async function runMigrate(options: MigrateCommandOptions = {}, global: Gl
       summary = await withClient(join(dir, 'source.sock'), global, async (src) => {
         const srcMem = await attachGuestRam(src, 'migrate-source-ram');
         try {
-          if (options.to !== undefined) return await runRemote(src, srcMem, { url: options.to, resolveTimeoutMs }, settings, global, say, interrupt);
+          if (options.to !== undefined) return await runRemote(src, srcMem, { url: options.to, resolveTimeoutMs, tls }, settings, global, say, interrupt);
           return await withClient(join(dir, 'destination.sock'), global, async (dst) => {
             const dstMem = await attachGuestRam(dst, 'migrate-destination-ram');
             try {
@@ -366,12 +373,12 @@ function armFaultPoints(destination: RemoteDestination, interrupt: Interrupt): v
 }
 
 async function runRemote(
-  src: VfioUserClient, srcMem: GuestMemory, to: { url: string; resolveTimeoutMs: number }, settings: DemoSettings, global: GlobalOptions, say: (line: string) => void, interrupt: Interrupt,
+  src: VfioUserClient, srcMem: GuestMemory, to: { url: string; resolveTimeoutMs: number; tls: ChannelTlsCredentials | undefined }, settings: DemoSettings, global: GlobalOptions, say: (line: string) => void, interrupt: Interrupt,
 ): Promise<MigrateSummary> {
   const { url } = to;
   let destination: RemoteDestination;
   try {
-    destination = await RemoteDestination.connect(url, { memory: { size: srcMem.size, iova: IOVA }, timeoutMs: parseTimeout(global.timeout), resolveTimeoutMs: to.resolveTimeoutMs });
+    destination = await RemoteDestination.connect(url, { memory: { size: srcMem.size, iova: IOVA }, timeoutMs: parseTimeout(global.timeout), resolveTimeoutMs: to.resolveTimeoutMs, ...(to.tls ? { tls: to.tls } : {}) });
     armFaultPoints(destination, interrupt);
   } catch (error) {
     throw new CliError(`migrate: ${url}: ${(error as Error).message}`, { cause: error });
@@ -381,5 +388,14 @@ async function runRemote(
     return await runDemo(src, srcMem, remoteTarget(destination), settings, say, interrupt);
   } finally {
     destination.close();
+  }
+}
+
+/** The host of `tcp://HOST:PORT`. @throws {CliError} for a bad address. */
+function addressHost(url: string): string {
+  try {
+    return parseChannelAddress(url).host;
+  } catch (error) {
+    throw new CliError(`migrate: ${(error as Error).message}`, { cause: error });
   }
 }
