@@ -15,10 +15,11 @@
  * QEMU is also not told about `write_multiple`: QEMU 10.1–10.2 defines
  * `VFIO_PROXY_USE_MULTI` as 0x16, which includes `VFIO_PROXY_FORCE_QUEUED`
  * (0x4), so a server that advertises it makes QEMU queue every message for its
- * vfio-user iothread instead of sending it from the vCPU thread: two more
- * thread hand-offs per register access (measured: +25 µs per `inl` with QEMU
- * and the server on one CPU, bench `qemu`). QEMU only builds REGION_WRITE_MULTI
- * past 1,024 queued posted writes, so it loses nothing without it.
+ * vfio-user iothread instead of sending it from the accessing thread, which
+ * wakes the iothread through an eventfd to send it (measured per `inl`, QEMU
+ * and the server on one CPU: 8 more system calls in QEMU and ~20 µs; bench
+ * `qemu`, docs/interop.md). QEMU only builds REGION_WRITE_MULTI past 1,024
+ * queued posted writes, so it loses nothing without it.
  *
  * QEMU is recognised by its VERSION: minor 0 and `migration.max_bitmap_size`,
  * a member only QEMU's client sends (the specification dropped it with
