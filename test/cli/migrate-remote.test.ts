@@ -87,12 +87,13 @@ describe('vfio-user migrate --to tcp:// → migrate-listen (two processes, loopb
     const served = serve(engine.device);
     const listener = await listen(['--socket', served.path]);
     try {
-      // A 20 MB/s cap stretches pre-copy of 64 MiB to ~3 s; the receiver dies ~0.5 s after it prepared the destination.
+      // A 20 MB/s cap stretches pre-copy of 64 MiB to ~3 s; the receiver dies once the destination device is RESUMING (pre-copy under way).
       const sender = runCli(['migrate', '--demo', '--to', listener.url, '--bandwidth', '20M', '--jobs', '300', '--json'], 90_000);
       const deadline = performance.now() + 30_000;
       while (!engine.device.connected && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
       assert.ok(engine.device.connected, 'the receiver connected to the destination device');
-      await new Promise((resolve) => setTimeout(resolve, 500));
+      while (engine.device.migration?.state !== S.RESUMING && performance.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+      assert.equal(engine.device.migration?.state, S.RESUMING, 'the orchestrator set the destination RESUMING');
       listener.child.kill('SIGKILL');
       const r = await sender;
       assert.equal(r.code, 1);
