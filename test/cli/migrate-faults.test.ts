@@ -207,7 +207,8 @@ describe('migrate / migrate-listen stopped at chosen phases (two processes)', { 
       assert.doesNotMatch(s.sender.err(), /Error|at .*\.js/, 'one line, no stack');
       await s.receiver.waitFor(/"outcome": "abandoned"/);
       s.receiver.child.kill('SIGTERM');
-      await s.receiver.exited;
+      assert.equal(await s.receiver.exited, 0, 'an idle receiver stops at once, cleanly');
+      assert.match(s.receiver.err(), /SIGTERM: no migration in progress; stopped/);
       const got = lastJson<ReceiverReport>(s.receiver.out());
       assert.equal(got.outcome, 'abandoned');
       assert.equal(got.phase, 'precopy');
