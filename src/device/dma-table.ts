@@ -38,7 +38,7 @@ export class DmaTable {
    * inserts the region. On success with `created`, the region owns `fd`.
    * @throws {ProtocolError} the DMA_MAP errnos (see `DmaController.map`).
    */
-  add(request: DmaMapRequest, fd: number | undefined): DmaAddResult {
+  add(request: DmaMapRequest, fd: number | undefined, maxRegions = this.#maxRegions): DmaAddResult {
     const { addr, size, offset, flags } = request;
     const site = `DMA_MAP [${addr}, +${size})`;
     checkMapRequest(request, fd !== undefined);
@@ -55,7 +55,7 @@ export class DmaTable {
     if ((existing && existing.end > addr) || (next && next.addr < addr + size)) {
       throw reject(site, 'overlap', 'overlaps an existing region', DMA_MAP_OVERLAP_ERRNO);
     }
-    if (this.entries.length >= this.#maxRegions) throw reject(site, 'region-limit', `${this.#maxRegions} regions`);
+    if (this.entries.length >= maxRegions) throw reject(site, 'region-limit', `${maxRegions} regions`);
     const entry = new DmaRegionEntry(addr, size, offset, flags, this.#backing(request, fd, file));
     mapFirst(site, entry);
     this.entries.splice(index + 1, 0, entry);

@@ -50,6 +50,12 @@ export interface DmaControllerOptions {
   windowSize?: number;
 }
 
+/** Per-call limits of {@link DmaController.map}. */
+export interface DmaMapLimits {
+  /** Most regions at once, replacing the controller's `maxRegions` (the server passes its `max_dma_maps`). */
+  maxRegions?: number;
+}
+
 /** Options of {@link DmaController.read} and {@link DmaController.write}. */
 export interface DmaAccessOptions {
   /**
@@ -75,7 +81,13 @@ export interface DmaUnmapResult {
   bitmap: Uint8Array;
 }
 
-const DEFAULT_MAX_REGIONS = 1024;
+/**
+ * Default most regions mapped at once (libvfio-user's `max_regions` default),
+ * and the server's default `max_dma_maps`: what is advertised is what is
+ * enforced. Each region holds an fd and at least one mmap, and the kernel's
+ * default `vm.max_map_count` is 65530 for the whole process.
+ */
+export const DEFAULT_MAX_REGIONS = 1024;
 
 function closedError(site: string): StateError {
   return new StateError(`DMA ${site}: controller is closed`, { errno: Errno.ENOTCONN });
@@ -141,6 +153,8 @@ export class DmaController {
    * mapped (MMAP and FILE_IO alike; windows of at most 1 GiB, the first one at
    * once, the rest on first use); without one it is accessed by messages.
    * @param fd - the fd that came with the request, if any.
+   * @param limits - the server's limits for this session (its advertised
+   *   `max_dma_maps`), instead of the controller's own `maxRegions`.
    * @returns the new (or identical existing) region.
    * @throws {ProtocolError} EINVAL: unknown flag bits, MMAP/FILE_IO without fd,
    *   size 0, range wraps 2^64, overlap ({@link DMA_MAP_OVERLAP_ERRNO}), same
@@ -148,11 +162,11 @@ export class DmaController {
    *   ENOSPC: size > 8 TiB; fstat/mmap errno (EBADF, EACCES, ENODEV, ENOMEM).
    * @throws {StateError} ENOTCONN after {@link close}.
    */
-  map(request: DmaMapRequest, fd: number | undefined): DmaRegion {
+  map(request: DmaMapRequest, fd: number | undefined, limits: DmaMapLimits = {}): DmaRegion {
     let owned = fd;
     try {
       if (this.#closed) throw closedError('map');
-      const { region, created } = this.#table.add(request, fd);
+      const { region, created } = this.#table.add(request, fd, limits.maxRegions ?? this.maxRegions);
       if (created) {
         owned = undefined; // the new region owns it now (message mode: no fd)
         this.#log.attach(region);
@@ -270,7 +284,8 @@ export class DmaController {
    * Reads guest memory; the range may span adjacent regions of either mode.
    * @throws {InvalidArgumentError} EFAULT (unmapped byte, or a region unmapped
    *   while a message was in flight), EACCES (region without READ), EINVAL (bad length).
-   * @throws {StateError} ENOTCONN when closed, or a message region has no transport.
+   * @throws {StateError} ENOTCONN when closed, or a message region has no transport;
+   *   EFAULT when the client shrank the region's file under it ({@link DmaRegion.faulted}).
    */
   async read(iova: bigint, length: number, options: DmaAccessOptions = {}): Promise<Uint8Array> {
     const segments = this.#resolve('read', iova, length, DmaAccess.READ);
@@ -290,7 +305,8 @@ export class DmaController {
   /**
    * Writes guest memory; marks the pages dirty in mmap regions while logging.
    * @throws {InvalidArgumentError} EFAULT, EACCES (region without WRITE), EINVAL.
-   * @throws {StateError} ENOTCONN when closed, or a message region has no transport.
+   * @throws {StateError} ENOTCONN when closed, or a message region has no transport;
+   *   EFAULT when the client shrank the region's file under it ({@link DmaRegion.faulted}).
    */
   async write(iova: bigint, data: Uint8Array, options: DmaAccessOptions = {}): Promise<void> {
     let pos = 0;
@@ -309,7 +325,8 @@ export class DmaController {
   /**
    * Synchronous {@link read} for ranges in mmap-mode regions only.
    * @throws {InvalidArgumentError} EFAULT, EACCES, EINVAL; ENOTSUP when a
-   *   segment is message mode. @throws {StateError} ENOTCONN when closed.
+   *   segment is message mode. @throws {StateError} ENOTCONN when closed; EFAULT
+   *   when the client shrank the region's file under it ({@link DmaRegion.faulted}).
    */
   readSync(iova: bigint, length: number): Uint8Array {
     const out = new Uint8Array(length);
@@ -321,7 +338,8 @@ export class DmaController {
    * Like {@link readSync}, into the caller's buffer (no allocation): reads
    * `target.length` bytes at `iova`.
    * @throws {InvalidArgumentError} EFAULT, EACCES, EINVAL; ENOTSUP when a
-   *   segment is message mode. @throws {StateError} ENOTCONN when closed.
+   *   segment is message mode. @throws {StateError} ENOTCONN when closed; EFAULT
+   *   when the client shrank the region's file under it ({@link DmaRegion.faulted}).
    */
   readInto(iova: bigint, target: Uint8Array): void {
     const off = this.#fastOffset(iova, target.length, false);
@@ -337,7 +355,8 @@ export class DmaController {
   /**
    * Synchronous {@link write} for ranges in mmap-mode regions only; marks dirty pages.
    * @throws {InvalidArgumentError} EFAULT, EACCES, EINVAL; ENOTSUP when a
-   *   segment is message mode. @throws {StateError} ENOTCONN when closed.
+   *   segment is message mode. @throws {StateError} ENOTCONN when closed; EFAULT
+   *   when the client shrank the region's file under it ({@link DmaRegion.faulted}).
    */
   writeSync(iova: bigint, data: Uint8Array): void {
     const off = this.#fastOffset(iova, data.length, true);

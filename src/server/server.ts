@@ -9,6 +9,7 @@
 import { InvalidArgumentError } from '../errors.js';
 import { Errno } from '../protocol/errno.js';
 import { HeaderFlags, SERVER_MAX_DATA_XFER_SIZE, SERVER_MAX_MSG_SIZE, DEFAULT_MAX_DMA_MAPS } from '../protocol/constants.js';
+import { DEFAULT_MAX_REGIONS } from '../device/dma.js';
 import { UnixListener } from '../transport/unix-listener.js';
 import type { Transport } from '../transport/transport.js';
 import { Session } from './session.js';
@@ -23,8 +24,9 @@ export interface ServeOptions {
   /** If set, only peers with one of these uids (SO_PEERCRED) are served. */
   allowedUids?: readonly number[];
   /**
-   * Limits advertised to clients (defaults: 1 MiB transfers, 16 fds, 65535 maps, write_multiple).
+   * Limits advertised to clients and enforced (defaults: 1 MiB transfers, 16 fds, 1024 maps, write_multiple).
    * `maxMsgFds` is 1–253; QEMU 10.2 refuses a server that advertises more than 16.
+   * `maxDmaMaps` is 1–65535 (QEMU 10.2 refuses more as "too large"); DMA_MAP beyond it fails.
    */
   limits?: Partial<ServerLimits>;
   /** How long a server→client DMA request waits for its reply (default 10 s). */
@@ -75,7 +77,7 @@ export class DeviceServer {
     this.#limits = {
       maxDataXferSize: SERVER_MAX_DATA_XFER_SIZE,
       maxMsgFds: DEFAULT_SERVER_MSG_FDS,
-      maxDmaMaps: DEFAULT_MAX_DMA_MAPS,
+      maxDmaMaps: DEFAULT_MAX_REGIONS,
       writeMultiple: true,
       ...options.limits,
     };
@@ -85,7 +87,7 @@ export class DeviceServer {
 
   /**
    * Starts serving `device` on `options.path`.
-   * @throws {InvalidArgumentError} EINVAL for limits out of range (`maxMsgFds` 0–253, others positive integers).
+   * @throws {InvalidArgumentError} EINVAL for limits out of range (`maxMsgFds` 0–253, `maxDmaMaps` 1–65535, others positive integers).
    * @throws {SystemError} EADDRINUSE if another server owns the path; EACCES/ENOENT from bind.
    */
   static listen(device: SessionDevice, options: ServeOptions): DeviceServer {
@@ -196,4 +198,5 @@ function checkLimits(limits: ServerLimits): void {
   for (const [name, value] of Object.entries({ maxDataXferSize, maxDmaMaps })) {
     if (!Number.isSafeInteger(value) || value < 1) throw new InvalidArgumentError(`limits.${name}: ${value} is not a positive integer`);
   }
+  if (maxDmaMaps > DEFAULT_MAX_DMA_MAPS) throw new InvalidArgumentError(`limits.maxDmaMaps: ${maxDmaMaps} is above ${DEFAULT_MAX_DMA_MAPS} (QEMU refuses more)`);
 }

@@ -94,8 +94,8 @@ describe('VERSION reply size', () => {
       client.close();
     }));
 
-  it('answers a VERSION without JSON with a reply without JSON', async () => {
-    const served = serveTestDevice();
+  it('answers a VERSION without JSON with a reply without JSON (a server whose limits are all the defaults)', async () => {
+    const served = serveTestDevice(undefined, { limits: { maxDmaMaps: 65535 } });
     const client = await StepClient.connect(served.path);
     const r = await client.ok(Command.VERSION, encodeVersion({ major: 0, minor: 2 }));
     assert.equal(r.payload.length, 4);
@@ -105,11 +105,14 @@ describe('VERSION reply size', () => {
   });
 
   it('refuses with E2BIG when a limit below the default cannot be stated in the room the request gives', async () => {
-    const served = serveTestDevice(undefined, { limits: { maxDataXferSize: 4096 } });
-    const client = await StepClient.connect(served.path);
-    await client.fails(Command.VERSION, encodeVersion({ major: 0, minor: 2 }), 7);
-    await client.closed;
-    await served.close();
+    // max_data_xfer_size below 1 MiB, and the default server's max_dma_maps (1024, below the spec's 65535).
+    for (const limits of [{ maxDataXferSize: 4096, maxDmaMaps: 65535 }, {}]) {
+      const served = serveTestDevice(undefined, { limits });
+      const client = await StepClient.connect(served.path);
+      await client.fails(Command.VERSION, encodeVersion({ major: 0, minor: 2 }), 7);
+      await client.closed;
+      await served.close();
+    }
   });
 
   it('refuses more than max_msg_fds fds in one message with EINVAL, closing them all', () =>

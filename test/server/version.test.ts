@@ -27,8 +27,8 @@ describe('VERSION', () => {
     await served.close();
   });
 
-  it('answers minor min(client, 2), and accepts a VERSION without JSON', async () => {
-    const served = serveTestDevice();
+  it('answers minor min(client, 2), and accepts a VERSION without JSON (from a server with the default limits)', async () => {
+    const served = serveTestDevice(undefined, { limits: { maxDmaMaps: 65535 } });
     const client = await StepClient.connect(served.path);
     const r = await client.ok(Command.VERSION, encodeVersion({ major: 0, minor: 7 }));
     assert.equal(decodeVersion(r.payload).minor, 2);

@@ -15,11 +15,14 @@ function rule(ok: boolean, what: string): void {
   if (!ok) throw new ProtocolError(what);
 }
 
-/** DMA_MAP: argsz ≥ 32; the fd (if any) is handed to the DMA controller. */
+/**
+ * DMA_MAP: argsz ≥ 32; the fd (if any) is handed to the DMA controller, which
+ * enforces the `max_dma_maps` this server advertised (EINVAL beyond it).
+ */
 export const handleDmaMap: Handler<Req<typeof Command.DMA_MAP>> = (ctx, request, fds, use) => {
   rule(request.body.argsz >= DMA_MAP_SIZE, `DMA_MAP: argsz ${request.body.argsz} below ${DMA_MAP_SIZE}`);
   const fd = use > 0 ? fds.take(0) : undefined;
-  const region = ctx.dma.map(request.body, fd);
+  const region = ctx.dma.map(request.body, fd, { maxRegions: ctx.server.maxDmaMaps });
   try {
     ctx.device.dmaMapped?.(region);
   } catch (err) {
