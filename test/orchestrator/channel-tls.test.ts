@@ -18,7 +18,9 @@ import { isLoopback, loadTlsCredentials, type ChannelTlsCredentials } from '../.
 import { migrate } from '../../src/orchestrator/migrate.js';
 import { RemoteDestination } from '../../src/orchestrator/remote.js';
 import { MigrationState as S } from '../../src/protocol/constants.js';
-import { runCli } from '../cli/support.js';
+import { spawn } from 'node:child_process';
+import { createDmaEngineDevice } from '../../src/devices/dma-engine.js';
+import { MAIN, runCli, serve } from '../cli/support.js';
 import { GUEST, IOVA, program, saveState, withSetup } from './remote-fixture.js';
 
 const hasOpenssl = ((): boolean => {
@@ -101,6 +103,31 @@ describe('migration channel over TLS (mutual authentication)', { skip }, () => {
         (e: Error & { errno?: number }) => e.errno === 13 && /certificate/i.test(e.message),
       );
     }, { tls: rogue.server }));
+
+  it('the CLI end to end: migrate-listen --tls-creds and migrate --tls-creds migrate the demo', async () => {
+    const engine = createDmaEngineDevice();
+    const served = serve(engine.device);
+    const listener = spawn(process.execPath, [MAIN, 'migrate-listen', '--port', '0', '--socket', served.path, '--tls-creds', good.dir, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      let err = '';
+      const url = await new Promise<string>((resolve, reject) => {
+        listener.stderr?.on('data', (d: Buffer) => {
+          err += d.toString();
+          const m = /listening (tcp:\/\/\S+) \(TLS 1\.3, client certificates required/.exec(err);
+          if (m?.[1]) resolve(m[1]);
+        });
+        listener.once('close', () => reject(new Error(err)));
+      });
+      const r = await runCli(['migrate', '--demo', '--to', url, '--jobs', '60', '--downtime', '5s', '--tls-creds', good.dir, '--json'], 60_000);
+      assert.equal(r.code, 0, r.stderr);
+      const summary = JSON.parse(r.stdout) as { outcome: string; memoryVerified: boolean };
+      assert.equal(summary.outcome, 'migrated');
+      assert.equal(summary.memoryVerified, true);
+    } finally {
+      listener.kill('SIGKILL');
+      await served.close();
+    }
+  });
 
   it('the CLI: plaintext beyond loopback is refused unless --no-tls; unreadable credentials are named', async () => {
     const [wide, creds] = await Promise.all([
