@@ -177,8 +177,7 @@ export class MigrationController {
     const deadline = budgetNs > 0n ? t0 + budgetNs : undefined;
     const expired = (): boolean => deadline !== undefined && process.hrtime.bigint() >= deadline;
     const abort = new AbortController();
-    const timerMs = deadline === undefined ? undefined : Number((budgetNs + 999_999n) / 1_000_000n);
-    const timer = timerMs !== undefined && timerMs <= MAX_TIMER_MS ? setTimeout(() => abort.abort(), timerMs) : undefined;
+    const timer = deadline === undefined ? undefined : abortAtDeadline(deadline, abort);
     let reached = 1; // visited[0 .. reached) are committed
     let late = false; // the budget ran out before the last committed arc completed, or before the next one
     this.#arcSignal = abort.signal;
@@ -201,7 +200,7 @@ export class MigrationController {
         if ((late = expired())) flags |= DeadlineReplyFlags.DEADLINE_IN_ARC;
       }
     } finally {
-      clearTimeout(timer);
+      timer?.cancel();
       this.#arcSignal = undefined;
     }
     if (reached === visited.length && !late) return result(DeadlineOutcome.DONE);
@@ -463,4 +462,24 @@ export class MigrationController {
 /** EINVAL for a migration command on a device that has no migration. */
 export function noMigration(what: string): ProtocolError {
   return new ProtocolError(`${what}: the device does not support migration`, { errno: Errno.EINVAL });
+}
+
+/**
+ * Aborts `abort` once `process.hrtime.bigint()` reaches `deadline`, never
+ * before: libuv timers run against a cached loop time and may fire up to
+ * about a millisecond early, so a timer that fires before the deadline is
+ * re-armed for the time that remains. Budgets beyond setTimeout's range are
+ * left to the checks between arcs.
+ * @returns `cancel`, which stops the timer (idempotent).
+ */
+function abortAtDeadline(deadline: bigint, abort: AbortController): { cancel(): void } {
+  let timer: NodeJS.Timeout | undefined;
+  const arm = (): void => {
+    const left = deadline - process.hrtime.bigint();
+    if (left <= 0n) return abort.abort();
+    const ms = Number((left + 999_999n) / 1_000_000n);
+    timer = ms <= MAX_TIMER_MS ? setTimeout(arm, ms) : undefined;
+  };
+  arm();
+  return { cancel: () => clearTimeout(timer) };
 }

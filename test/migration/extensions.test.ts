@@ -230,6 +230,21 @@ describe('migration extensions: deadline-carrying state change', () => {
     });
   });
 
+  it('the abort signal never fires before the deadline (libuv timers may fire early: the server re-arms), 25 tries', async () => {
+    const t = testDevice();
+    t.behaviour.delayMs = new Map([[`${S.RUNNING}>${S.STOP}`, 2000]]);
+    t.behaviour.cooperative = true;
+    await withDevice(t, async (client) => {
+      for (let i = 0; i < 25; i++) {
+        const budget = BigInt(2 + (i % 5)) * MS;
+        const r = await client.setMigrationStateWithDeadline(S.STOP, budget);
+        assert.ok(r.elapsedNs >= budget, `try ${i}: gave up after ${r.elapsedNs} ns, before the ${budget} ns budget`);
+        assert.equal(r.outcome, DeadlineOutcome.ROLLED_BACK);
+        assert.equal(r.flags & DeadlineReplyFlags.ARC_ABANDONED, DeadlineReplyFlags.ARC_ABANDONED);
+      }
+    });
+  });
+
   it('from PRE_COPY the walk back stops at RUNNING: it never opens a new saving stream', async () => {
     const t = testDevice();
     t.behaviour.delayMs = new Map([[`${S.RUNNING}>${S.STOP}`, 100]]);
