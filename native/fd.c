@@ -1,12 +1,15 @@
 /*
  * fd.c: plain file descriptors. close, dup, read, write; eventfd counters;
- * ioctl.
+ * ioctl. Also prctl(PR_SET_PDEATHSIG), for child processes that must not
+ * outlive their parent.
  */
 #include "common.h"
 
 #include <fcntl.h>
 #include <sys/eventfd.h>
+#include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 static napi_value js_close(napi_env env, napi_callback_info info) {
@@ -99,11 +102,22 @@ static napi_value js_ioctl(napi_env env, napi_callback_info info) {
   return ret_sys(env, ioctl(fd, (unsigned long)request, arg));
 }
 
+/* setParentDeathSignal(sig): prctl(PR_SET_PDEATHSIG, sig); 0 or -errno. */
+static napi_value js_set_parent_death_signal(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int sig;
+
+  if (!get_args(env, info, argv, 1, 1, NULL) || !arg_int(env, argv[0], "signal", &sig)) return NULL;
+  if (sig < 0 || sig >= NSIG) return throw_type(env, "signal %d is out of range", sig);
+  return ret_sys(env, prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0UL, 0UL, 0UL));
+}
+
 bool fd_init(napi_env env, napi_value exports) {
   static const export_fn fns[] = {
       {"close", js_close}, {"dup", js_dup}, {"read", js_read}, {"write", js_write},
       {"eventfd", js_eventfd}, {"eventfdRead", js_eventfd_read},
       {"eventfdWrite", js_eventfd_write}, {"ioctl", js_ioctl},
+      {"setParentDeathSignal", js_set_parent_death_signal},
   };
   return EXPORT_FNS(env, exports, fns);
 }

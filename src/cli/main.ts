@@ -4,6 +4,7 @@
  * stdout (`--json` for machine output); `--trace` prints every protocol
  * message on stderr; failures print one line on stderr and exit 1.
  */
+import './die-with-parent.js'; // first: a server child started by this CLI dies with its parent
 import { Argument, Command as Cli, Option } from 'commander';
 import { runDemo, type DemoOptions } from './commands/demo.js';
 import { SERVE_DEVICES, runServe, type ServeCommandOptions } from './commands/serve.js';

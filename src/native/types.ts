@@ -104,6 +104,11 @@ export interface NativeBinding {
    */
   ioctl(fd: number, request: number, arg: Uint8Array | number): number;
   /**
+   * `prctl(PR_SET_PDEATHSIG, signal)`: this process receives `signal` when
+   * the thread that created it exits (0 cancels). Returns 0 or -errno.
+   */
+  setParentDeathSignal(signal: number): number;
+  /**
    * A `uv_poll_t` watching `fd`. The callback runs through
    * `napi_make_callback` (so exceptions reach `uncaughtException` and promise
    * jobs drain after it) with `(status, events)`: status 0 or -errno,

@@ -10,9 +10,6 @@
  * Exit status 0 only if every job verified.
  */
 import { randomFillSync, randomInt } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { VfioUserClient } from '../../client/client.js';
 import { GuestMemory } from '../../client/guest-memory.js';
 import { Interrupts } from '../../client/interrupts.js';
@@ -155,21 +152,16 @@ export function formatSummary(s: DemoSummary): string[] {
  */
 export async function runDemo(options: DemoOptions = {}, global: GlobalOptions = {}, out: Output = stdio): Promise<void> {
   const jobs = parseCount(options.jobs ?? '2000', '--jobs', 1_000_000);
-  const dir = mkdtempSync(join(tmpdir(), 'vfio-user-demo-'));
-  const socket = join(dir, 'dma.sock');
+  const server = await startServer('dma.sock'); // the child owns the socket's directory: nothing to remove here
+  const { socket } = server;
+  let summary: DemoSummary;
   try {
-    const server = await startServer(socket);
-    let summary: DemoSummary;
-    try {
-      if (!options.json) out.line(`server     pid ${server.child.pid}: vfio-user serve dma-engine --socket ${socket}`);
-      summary = await withClient(socket, global, (client) => drive(client, jobs, out, options.json === true), { out });
-    } finally {
-      await server.stop();
-    }
-    if (options.json) out.line(toJson(summary));
-    else formatSummary(summary).forEach((l) => out.line(l));
-    if (summary.errors > 0 || summary.device.errors > 0) throw new CliError(`demo: ${summary.errors} of ${summary.jobs} jobs failed verification`);
+    if (!options.json) out.line(`server     pid ${server.child.pid}: vfio-user serve dma-engine --socket ${socket}`);
+    summary = await withClient(socket, global, (client) => drive(client, jobs, out, options.json === true), { out });
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    await server.stop();
   }
+  if (options.json) out.line(toJson(summary));
+  else formatSummary(summary).forEach((l) => out.line(l));
+  if (summary.errors > 0 || summary.device.errors > 0) throw new CliError(`demo: ${summary.errors} of ${summary.jobs} jobs failed verification`);
 }

@@ -10,9 +10,6 @@
  * workload from the migrated VMM state when the sender asks it to, and
  * answers whether guest memory matched the source's snapshot.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { VfioUserClient } from '../../client/client.js';
 import { GuestMemory } from '../../client/guest-memory.js';
 import { isLoopback, loadTlsCredentials, type ChannelTlsCredentials } from '../../orchestrator/channel-tls.js';
@@ -124,13 +121,13 @@ export async function runMigrateListen(options: MigrateListenOptions = {}, globa
   const timeoutMs = parseTimeout(global.timeout);
   const json = options.json === true;
   const tls = channelTls(host, options, 'server', 'migrate-listen: listening on');
-  const dir = options.socket === undefined ? mkdtempSync(join(tmpdir(), 'vfio-user-listen-')) : undefined;
   let server: ServerProcess | undefined;
   const say = (line: string): void => void process.stderr.write(`migrate-listen: ${line}\n`);
   let onSignal: ((name: NodeJS.Signals) => void) | undefined;
   try {
-    const socket = options.socket ?? join(dir as string, 'destination.sock');
-    if (options.socket === undefined) server = await startServer(socket);
+    // The child owns its socket's directory and dies with this process (serve-child.ts): nothing to remove here.
+    if (options.socket === undefined) server = await startServer('destination.sock');
+    const socket = options.socket ?? (server as ServerProcess).socket;
     let finish!: (ok: boolean) => void;
     const finished = new Promise<boolean>((resolve) => (finish = resolve));
     let signalled: ((name: string) => void) | undefined;
@@ -225,7 +222,6 @@ export async function runMigrateListen(options: MigrateListenOptions = {}, globa
       process.off('SIGTERM', onSignal);
     }
     await server?.stop();
-    if (dir) rmSync(dir, { recursive: true, force: true });
   }
 }
 

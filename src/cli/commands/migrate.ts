@@ -13,9 +13,6 @@
  * says so with the phase it ended in (docs/migration-faults.md, "Remote
  * migration faults").
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { VfioUserClient } from '../../client/client.js';
 import type { GuestMemory } from '../../client/guest-memory.js';
 import { enableBusMaster } from '../../client/pci-config.js';
@@ -313,18 +310,18 @@ export async function runMigrate(options: MigrateCommandOptions = {}, global: Gl
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
-  const dir = mkdtempSync(join(tmpdir(), 'vfio-user-migrate-'));
   try {
     const sockets = options.to === undefined ? ['source.sock', 'destination.sock'] : ['source.sock'];
-    const servers = await Promise.all(sockets.map((name) => startServer(join(dir, name))));
+    // Each child owns its socket's directory and dies with this process (serve-child.ts): nothing to remove here.
+    const servers = await Promise.all(sockets.map((name) => startServer(name)));
     let summary: MigrateSummary;
     try {
       say(`servers    ${servers.map((s, i) => `${i === 0 ? 'source' : 'destination'} pid ${s.child.pid}`).join(', ')} (vfio-user serve dma-engine)${options.to ? `; destination ${options.to}` : ''}`);
-      summary = await withClient(join(dir, 'source.sock'), global, async (src) => {
+      summary = await withClient(servers[0]!.socket, global, async (src) => {
         const srcMem = await attachGuestRam(src, 'migrate-source-ram');
         try {
           if (options.to !== undefined) return await runRemote(src, srcMem, { url: options.to, resolveTimeoutMs, tls }, settings, global, say, interrupt);
-          return await withClient(join(dir, 'destination.sock'), global, async (dst) => {
+          return await withClient(servers[1]!.socket, global, async (dst) => {
             const dstMem = await attachGuestRam(dst, 'migrate-destination-ram');
             try {
               say(`guest RAM  ${GUEST_RAM >> 20} MiB memfd on each side, DMA_MAP at IOVA 0x${IOVA.toString(16)}`);
@@ -348,7 +345,6 @@ export async function runMigrate(options: MigrateCommandOptions = {}, global: Gl
   } finally {
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
-    rmSync(dir, { recursive: true, force: true });
   }
 }
 
