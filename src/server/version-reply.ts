@@ -26,8 +26,9 @@ interface Omission {
 /**
  * Omissions in the order they are made: first what only costs an optional
  * feature (extensions, write_multiple, the twin socket), then limits whose
- * default is smaller than ours (the client just does less per message), and
- * migration last (the client then sees a device that does not migrate).
+ * default is smaller than ours (the client just does less per message),
+ * migration (the client then sees a device that does not migrate), and last a
+ * `max_dma_maps` below the default (the client learns the limit from EINVAL).
  */
 const OMISSIONS: readonly Omission[] = [
   {
@@ -60,6 +61,9 @@ const OMISSIONS: readonly Omission[] = [
     drop: (c) => delete c.maxMsgFds,
   },
   { name: 'migration', applies: (c) => c.migration !== undefined, drop: (c) => delete c.migration },
+  // Last resort: a max_dma_maps below the spec's default. The client then assumes 65535 and a map past our
+  // limit fails with EINVAL, as with libvfio-user, which never advertises it — better than no session at all.
+  { name: 'max_dma_maps (below the default)', applies: (c) => c.maxDmaMaps !== undefined, drop: (c) => delete c.maxDmaMaps },
 ];
 
 /** A VERSION reply payload that fits, and the members given up for it. */
