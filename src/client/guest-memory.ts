@@ -20,7 +20,7 @@
  * for them (DMA logging, or `dmaUnmap(..., { dirtyPageSize })`).
  */
 import { ConnectionClosedError, InvalidArgumentError, StateError } from '../errors.js';
-import { memfdCreate, mapFd, native, unmap } from '../native/addon.js';
+import { createSealedMemfd, mapFd, native, unmap } from '../native/addon.js';
 import { DmaMapFlags } from '../protocol/constants.js';
 import { Errno } from '../protocol/errno.js';
 import type { VfioUserClient } from './client.js';
@@ -259,7 +259,11 @@ export class GuestMemory {
   }
 
   /**
-   * Allocates `size` bytes of zeroed guest RAM (a memfd, mapped here).
+   * Allocates `size` bytes of zeroed guest RAM (a memfd, mapped here), sealed
+   * against resizing (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`, as QEMU's
+   * memory-backend-memfd): no one holding the fd, this process included,
+   * can shrink it under a server's mapping, and servers that require sealed
+   * DMA fds map it.
    * @param size - a positive multiple of 4096.
    * @throws {InvalidArgumentError} EINVAL for a bad size or window size.
    * @throws {SystemError} EMFILE/ENOMEM/ENOSPC when the memfd cannot be created or mapped.
@@ -274,7 +278,7 @@ export class GuestMemory {
       throw new InvalidArgumentError(`GuestMemory.create: windowSize ${windowSize} must be a power of two from ${GUEST_PAGE_SIZE} to ${GUEST_WINDOW_SIZE}`);
     }
     const name = options.name ?? 'guest-ram';
-    const fd = memfdCreate(name, Number(n));
+    const fd = createSealedMemfd(name, Number(n));
     try {
       return new GuestMemory(name, fd, Number(n), windowSize);
     } catch (error) {

@@ -2,9 +2,16 @@
  * One DMA region: a range of guest memory the client mapped with DMA_MAP,
  * either backed by an fd we mmap (windowed, see `dma-window.ts`) or accessed
  * by DMA_READ/DMA_WRITE messages.
+ *
+ * A client may shrink the file behind an mmap-mode region (an fd without
+ * `F_SEAL_SHRINK`): touching a page past the new end raises SIGBUS. The
+ * addon's SIGBUS guard absorbs it (that page reads as zeros and drops writes);
+ * this module notices through `sigbusFaults()` and `mappingFaulted()`, marks
+ * the region faulted, and fails that access and every later one with EFAULT
+ * until the client unmaps the region. The process never dies of it.
  */
 import { StateError, SystemError } from '../errors.js';
-import { mapFd, unmap } from '../native/addon.js';
+import { mapFd, mappingFaulted, sigbusFaults, unmap } from '../native/addon.js';
 import { DmaMapFlags } from '../protocol/constants.js';
 import { Errno } from '../protocol/errno.js';
 import type { DirtyBitmap } from './dma-bitmap.js';
@@ -36,11 +43,18 @@ export interface DmaRegion {
   readonly writable: boolean;
   readonly mode: DmaAccessMode;
   /**
-   * The fd carries `F_SEAL_SHRINK`. When false, a client that shrinks the file
-   * after DMA_MAP makes a later access past the new end kill this process with
-   * SIGBUS; only a sealed memfd rules that out. Always false in message mode.
+   * The fd carries `F_SEAL_SHRINK`. When false, a client may shrink the file
+   * after DMA_MAP; an access past the new end is then absorbed by the SIGBUS
+   * guard and fails with EFAULT (see {@link faulted}); a sealed memfd rules
+   * that out. Always false in message mode.
    */
   readonly sealedAgainstShrink: boolean;
+  /**
+   * The client shrank the file under this region and an access touched a page
+   * past its end: every access now fails with EFAULT (views handed out earlier
+   * read zeros there and drop writes) until the region is unmapped.
+   */
+  readonly faulted: boolean;
   /** False once the region has been unmapped (its views are then detached). */
   readonly mapped: boolean;
 }
@@ -74,6 +88,9 @@ export class DmaRegionEntry implements DmaRegion {
   /** Dirty log; set only while logging and only in mmap mode. */
   bitmap: DirtyBitmap | undefined;
   #mapped = true;
+  #faulted = false;
+  /** {@link sigbusFaults} when this region's windows were last found intact. */
+  #faultsSeen: number;
   #fd: number;
   readonly #layout: WindowLayout | undefined;
   readonly #windows: (ArrayBuffer | undefined)[] = [];
@@ -101,10 +118,16 @@ export class DmaRegionEntry implements DmaRegion {
     this.fileId = file?.fileId;
     this.#fd = file?.fd ?? -1;
     this.#layout = file?.layout;
+    this.#faultsSeen = file ? sigbusFaults() : 0;
   }
 
   get mapped(): boolean {
     return this.#mapped;
+  }
+
+  get faulted(): boolean {
+    if (!this.#faulted && this.#layout && sigbusFaults() !== this.#faultsSeen) this.#recheck();
+    return this.#faulted;
   }
 
   /** Longest view that fits in one window wherever it starts (region size when unwindowed). */
@@ -137,6 +160,7 @@ export class DmaRegionEntry implements DmaRegion {
       pos += n;
       length -= n;
     }
+    this.#guard();
   }
 
   /**
@@ -156,6 +180,7 @@ export class DmaRegionEntry implements DmaRegion {
     const at = this.#windowOffset(off, bytes.length);
     if (at < 0) return false;
     (this.#hitBytes as Uint8Array).set(bytes, at);
+    this.#guard();
     return true;
   }
 
@@ -164,6 +189,7 @@ export class DmaRegionEntry implements DmaRegion {
     const at = this.#windowOffset(off, dst.length);
     if (at < 0) return false;
     dst.set((this.#hitBytes as Uint8Array).subarray(at, at + dst.length));
+    this.#guard();
     return true;
   }
 
@@ -174,7 +200,7 @@ export class DmaRegionEntry implements DmaRegion {
    */
   #windowOffset(off: number, length: number): number {
     const layout = this.#layout;
-    if (!layout || !this.#mapped) return -1;
+    if (!layout || !this.#mapped || this.#faulted) return -1;
     const rel = layout.delta + off;
     if (rel >= this.#hitStart && rel + length <= this.#hitEnd) return rel - this.#hitStart;
     const win = windowAt(layout, rel);
@@ -195,6 +221,7 @@ export class DmaRegionEntry implements DmaRegion {
       pos += n;
       length -= n;
     }
+    this.#guard();
   }
 
   /**
@@ -221,8 +248,34 @@ export class DmaRegionEntry implements DmaRegion {
     if (fd >= 0) closeFd(fd);
   }
 
-  /** `[buffer, offset in buffer, bytes available there]` for region offset `off`. */
+  /**
+   * After an access: when the SIGBUS guard absorbed a fault anywhere since
+   * this region was last found intact, find out whether it was here.
+   * @throws {StateError} EFAULT when this region's file shrank under it.
+   */
+  #guard(): void {
+    if (sigbusFaults() !== this.#faultsSeen) this.#recheck();
+    if (this.#faulted) throw this.#faultError();
+  }
+
+  #recheck(): void {
+    this.#faultsSeen = sigbusFaults();
+    if (this.#windows.some((w) => w !== undefined && mappingFaulted(w))) this.#faulted = true;
+  }
+
+  #faultError(): StateError {
+    return new StateError(
+      `DMA region [${this.addr}, ${this.end}): the client shrank its file under the mapping; unmap the region`,
+      { errno: Errno.EFAULT },
+    );
+  }
+
+  /**
+   * `[buffer, offset in buffer, bytes available there]` for region offset `off`.
+   * @throws {StateError} EFAULT once the region is {@link faulted}.
+   */
   #locate(off: number): [ArrayBuffer, number, number] {
+    this.#guard();
     const layout = this.#layout!;
     const rel = layout.delta + off;
     const win = windowAt(layout, rel);

@@ -1,12 +1,12 @@
 /**
  * The device's regions other than config space: BARs, expansion ROM and VGA.
  * Each is served from shared memory (a memfd the client may mmap in its sparse
- * areas), from the author's callbacks, or both; the MSI-X table and PBA are
+ * areas, sealed so that no client can resize it), from the author's callbacks, or both; the MSI-X table and PBA are
  * carved out of their BAR and routed to the MSI-X emulation.
  */
 import { InvalidArgumentError } from '../errors.js';
 import { RegionIndex, RegionInfoFlags } from '../protocol/constants.js';
-import { mapFd, memfdCreate, native, unmap } from '../native/addon.js';
+import { createSealedMemfd, mapFd, native, unmap } from '../native/addon.js';
 import type { Logger } from '../log.js';
 import type { BarDefinition, DeviceDefinition, RegionDefinition, RegionSpan } from './types.js';
 import type { IoEventFdDescription, RegionDescription } from '../server/types.js';
@@ -53,7 +53,8 @@ export class Region {
     this.writable = index !== RegionIndex.ROM && (definition.writable ?? true);
     if (definition.shared) {
       const length = roundUp(this.size, PAGE);
-      this.fd = memfdCreate(`vfio-user-region-${index}`, length);
+      // Sealed before any client sees it: a client's ftruncate fails (EPERM) instead of making our accesses SIGBUS.
+      this.fd = createSealedMemfd(`vfio-user-region-${index}`, length);
       this.memory = new Uint8Array(mapFd(this.fd, 0, length, true), 0, this.size);
       const declared = typeof definition.shared === 'object' ? definition.shared.sparse : undefined;
       this.sparse = declared ? checkSparse(index, declared, this.size) : defaultSparse(this.size, msixCarveOut);

@@ -61,7 +61,8 @@ export interface RegionDefinition extends RegionCallbacks {
   writable?: boolean;
   /**
    * Back the region with shared memory: the library creates a memfd of `size`
-   * bytes, maps it for the device (`device.regionMemory(index)`) and offers it
+   * bytes, sealed against resizing (a client's `ftruncate` on it fails with
+   * EPERM, so it cannot make the server fault with SIGBUS), maps it for the device (`device.regionMemory(index)`) and offers it
    * to the client for mmap. `sparse` lists the areas the client may map (default:
    * the whole region, minus MSI-X table/PBA pages when they live here); accesses
    * elsewhere go to the callbacks, or to the shared memory when there are none.

@@ -8,10 +8,14 @@
  * - Close a {@link NativePoller} before closing the fd it watches. libuv
  *   aborts the process if it finds a watched fd closed, and refuses
  *   (`EEXIST`) a second poller on an fd number it still watches.
- * - A mapping is live memory: touching it past the end of the file (the file
- *   shrank, or the mapping was longer than the file) kills the process with
- *   SIGBUS, and writing to a `PROT_READ`-only mapping with SIGSEGV. Check
- *   sizes with `native.fstat` and map read-only regions with care.
+ * - A mapping is live memory: writing to a `PROT_READ`-only mapping kills the
+ *   process with SIGSEGV. Touching it past the end of the file (the file
+ *   shrank, or the mapping was longer than the file) raises SIGBUS, which the
+ *   addon's SIGBUS guard absorbs for every mapping made by {@link mapFd}: the
+ *   faulting page becomes zeros (writes to it are lost), the mapping is marked
+ *   (see {@link mappingFaulted}) and {@link sigbusFaults} counts up. Callers
+ *   that map a peer's file must check those and fail the access; files we
+ *   create and hand out are sealed instead ({@link createSealedMemfd}).
  */
 import { createRequire } from 'node:module';
 import { SystemError } from '../errors.js';
@@ -115,6 +119,61 @@ export function memfdCreate(name: string, size: number, flags = 0): number {
   return fd;
 }
 
+/** Seals that make a memfd's size fixed for good: no shrink, no grow, no new seals. */
+const FIXED_SIZE_SEALS = native.constants.F_SEAL_SHRINK | native.constants.F_SEAL_GROW | native.constants.F_SEAL_SEAL;
+
+/**
+ * Creates a memfd of `size` bytes whose size nobody can change: sealed with
+ * `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL` (as QEMU's memory-backend-memfd
+ * does by default). Hand this, not a plain memfd, to a peer that maps it: a
+ * peer's `ftruncate` then fails with EPERM instead of making our own accesses
+ * fault with SIGBUS, and servers that map only sealed fds accept it.
+ *
+ * @throws {SystemError} as {@link memfdCreate}; `EPERM`/`EINVAL` if sealing
+ *   fails (not expected for a fresh memfd). The fd is closed on any failure.
+ */
+export function createSealedMemfd(name: string, size: number): number {
+  const fd = memfdCreate(name, size, native.constants.MFD_ALLOW_SEALING);
+  try {
+    throwIfErrno(native.addSeals(fd, FIXED_SIZE_SEALS), 'fcntl', `${name}: F_ADD_SEALS`);
+  } catch (error) {
+    native.close(fd);
+    throw error;
+  }
+  return fd;
+}
+
+let faultCounter: Uint32Array | undefined;
+
+/**
+ * How many SIGBUS faults the addon's guard has absorbed in this process so
+ * far (a plain memory load after the first call). When it changes, ask
+ * {@link mappingFaulted} which of your mappings faulted.
+ *
+ * @throws {SystemError} on the first call only: `EMFILE`/`ENOMEM` when the
+ *   counter page cannot be created or mapped.
+ */
+export function sigbusFaults(): number {
+  if (faultCounter === undefined) {
+    const fd = callNative(() => native.sigbusCounterFd());
+    try {
+      faultCounter = new Uint32Array(mapFd(fd, 0, native.constants.PAGE_SIZE, false), 0, 1);
+    } finally {
+      native.close(fd);
+    }
+  }
+  return faultCounter[0]!;
+}
+
+/**
+ * Whether the SIGBUS guard repaired a fault in `buffer` (a {@link mapFd}
+ * mapping): its file shrank under it and at least one page now reads as zeros
+ * and drops writes. False for an unmapped buffer or one not from {@link mapFd}.
+ */
+export function mappingFaulted(buffer: ArrayBuffer): boolean {
+  return native.mappingFaulted(buffer);
+}
+
 /**
  * Maps `length` bytes of `fd` from `offset` (`MAP_SHARED`) as an ArrayBuffer.
  * Release it with {@link unmap}; if you do not, GC unmaps it.
@@ -124,7 +183,8 @@ export function memfdCreate(name: string, size: number, flags = 0): number {
  *   (then any write through a view crashes the process with SIGSEGV).
  * @throws {SystemError} `EINVAL` for a misaligned offset, `EACCES` when the fd
  *   is not open for the access asked, `ENODEV` when it cannot be mapped,
- *   `ENOMEM` when out of address space; `EBADF` for a bad fd.
+ *   `ENOMEM` when out of address space or when 65536 mappings are
+ *   alive (the SIGBUS guard's limit); `EBADF` for a bad fd.
  * @throws {TypeError} when `length` is 0.
  */
 export function mapFd(fd: number, offset: number, length: number, writable: boolean): ArrayBuffer {

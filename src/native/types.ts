@@ -96,6 +96,16 @@ export interface NativeBinding {
    * returns false; otherwise returns true. If never called, GC unmaps.
    */
   munmap(buffer: ArrayBuffer): boolean;
+  /**
+   * Whether the SIGBUS guard replaced a page of this `mmap` mapping with zeros
+   * (its file shrank under it). False when unmapped or not from `mmap`.
+   */
+  mappingFaulted(buffer: ArrayBuffer): boolean;
+  /**
+   * A new fd (close-on-exec) of the page holding the SIGBUS guard's fault
+   * counter (a u32 at offset 0), installing the guard if needed. Throws.
+   */
+  sigbusCounterFd(): number;
   /** `msync(MS_SYNC)` over a mapping. Throws. */
   msync(buffer: ArrayBuffer): void;
   /**
