@@ -61,26 +61,28 @@ describe('hostile client: replies never read', { timeout: 60_000 }, () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('1 MiB REGION_READs never read: the server\'s RSS stays bounded (it stops reading the session)', async () => {
+  it('1 MiB REGION_READs never read: the server\'s RSS stays bounded (it stops reading the session)', async (t) => {
     const before = rssBytes(pid);
     const socket = await deafClient(server.path);
     // 512 reads of 1 MiB = 512 MiB of replies asked for: without back-pressure the server queues them all.
     flood(socket, 512, Command.REGION_READ, encodeRegionAccess({ offset: 0n, region: RegionIndex.BAR0, count: MiB }));
     await new Promise((r) => setTimeout(r, 1500)); // let the server do what it will with the flood
     const grown = rssBytes(pid) - before;
+    t.diagnostic(`server RSS ${(before / MiB).toFixed(1)} → ${((before + grown) / MiB).toFixed(1)} MiB under 512 MiB of unread replies`);
     assert.ok(alive(pid));
     assert.ok(grown < 96 * MiB, `server RSS grew by ${(grown / MiB).toFixed(1)} MiB`);
     await servesNextClient(server, socket);
     assert.ok(alive(pid));
   });
 
-  it('GET_REGION_INFO replies carrying fds never read: the server\'s fds stay bounded, and it stays up', async () => {
+  it('GET_REGION_INFO replies carrying fds never read: the server\'s fds stay bounded, and it stays up', async (t) => {
     const fdsBefore = fdCount(pid);
     const socket = await deafClient(server.path);
     flood(socket, 30_000, Command.DEVICE_GET_REGION_INFO, encodeRegionInfoRequest({ argsz: 64, index: RegionIndex.BAR0 }));
     await new Promise((r) => setTimeout(r, 1500));
     assert.ok(alive(pid), `server died: ${server.output()}`);
     const held = fdCount(pid) - fdsBefore;
+    t.diagnostic(`server fds ${fdsBefore} → ${fdsBefore + held} under 30000 unread fd-carrying replies`);
     assert.ok(held < 200, `server holds ${held} more fds`);
     await servesNextClient(server, socket);
     assert.ok(await eventually(() => fdCount(pid) <= fdsBefore + 2, 3000), `fds after: ${fdCount(pid)} vs ${fdsBefore}`);
