@@ -13,6 +13,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command, DeviceFeature, DeviceFeatureFlags, DmaMapFlags, HeaderFlags, MigrationState, RegionIndex } from '../../src/protocol/constants.js';
@@ -59,6 +60,23 @@ async function read32(client: StepClient, region: number, offset: number): Promi
 const setState = (client: StepClient, state: number): Promise<Reply> =>
   askOk(client, Command.DEVICE_FEATURE, wb().u32(16).u32(DeviceFeature.MIG_DEVICE_STATE | DeviceFeatureFlags.SET).u32(state).u32(0).build());
 
+/**
+ * Resolves once the child accepts connections: its socket file appears at
+ * bind(), a moment before listen(), and a connect in between is refused.
+ */
+async function listening(server: ChildServer): Promise<ChildServer> {
+  for (let i = 0; ; i++) {
+    const refused = await new Promise<boolean>((resolve) => {
+      const probe = connect(server.path);
+      probe.once('connect', () => (probe.destroy(), resolve(false)));
+      probe.once('error', () => resolve(true));
+    });
+    if (!refused) return server;
+    if (i >= 250) throw new Error(`the server never listened: ${server.output()}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 /** The hostile client has left: the server is up, its fds are back near where they were, and it serves a new client. */
 async function stillServing(server: ChildServer, fdsBefore: number): Promise<void> {
   const pid = server.child.pid as number;
@@ -75,7 +93,7 @@ describe('hostile client: shrinks the memory device\'s BAR0 fd', () => {
   let server: ChildServer;
 
   before(async () => {
-    server = await startCliServer(dir, 'memory', ['--size', String(BAR0_SIZE)]);
+    server = await listening(await startCliServer(dir, 'memory', ['--size', String(BAR0_SIZE)]));
   });
 
   after(async () => {
@@ -142,7 +160,7 @@ describe('hostile client: shrinks its DMA memfd and rings the DMA engine', () =>
   let server: ChildServer;
 
   before(async () => {
-    server = await startCliServer(dir, 'dma-engine');
+    server = await listening(await startCliServer(dir, 'dma-engine'));
   });
 
   after(async () => {
