@@ -48,9 +48,19 @@ export interface ChildServer {
 const CLI = fileURLToPath(new URL('../../../src/cli/main.js', import.meta.url));
 
 /** Starts `vfio-user serve <kind> --socket dir/kind.sock`; resolves once it announced the socket. */
-export function startCliServer(dir: string, kind: 'gpio' | 'memory' | 'dma-engine', extra: string[] = []): Promise<ChildServer> {
+export async function startCliServer(dir: string, kind: 'gpio' | 'memory' | 'dma-engine', extra: string[] = []): Promise<ChildServer> {
   const path = join(dir, `${kind}-cli.sock`);
-  return startChild(process.execPath, [CLI, 'serve', kind, '--socket', path, ...extra], path);
+  const server = await startChild(process.execPath, [CLI, 'serve', kind, '--socket', path, ...extra], path);
+  // The socket file exists from bind(); `serve` announces itself only once it listens.
+  const deadline = Date.now() + 10_000;
+  while (!server.output().includes(`serving ${kind} on`)) {
+    if (Date.now() > deadline) {
+      await server.kill();
+      throw new Error(`vfio-user serve ${kind} did not announce itself within 10 s: ${server.output()}`);
+    }
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  return server;
 }
 
 /** Where libvfio-user's gpio sample is, or why the reference tests skip. */
