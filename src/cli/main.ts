@@ -13,6 +13,8 @@ import { runInfo, type InfoOptions } from './commands/info.js';
 import { runLspci, type LspciOptions } from './commands/lspci.js';
 import { runRead, runWrite, type ReadOptions, type WriteOptions } from './commands/access.js';
 import { runBench, type BenchOptions } from './commands/bench.js';
+import { ASSIGN_BARS_MODES } from './bar-gate.js';
+import { runShell, type ShellOptions } from './commands/shell.js';
 import { runMigrate, type MigrateCommandOptions } from './commands/migrate.js';
 import { runMigrateListen, type MigrateListenOptions } from './commands/migrate-listen.js';
 import { runMigrateResolve, type MigrateResolveOptions } from './commands/migrate-resolve.js';
@@ -87,6 +89,9 @@ program
   .action((socket: string, options: LspciOptions) => runLspci(socket, options, globals()));
 
 const regionHelp = 'bar0..bar5, rom, config, vga, or a region index';
+const assignBars = new Option('--assign-bars <mode>', 'BAR set-up for servers that serve a BAR only once assigned and decoding (QEMU x-remote): auto = assign addresses and enable decode like a VMM when a BAR access is refused for that, always, never')
+  .choices(ASSIGN_BARS_MODES)
+  .default('auto');
 program
   .command('read')
   .description('read registers: one REGION_READ of --width bytes per value, little-endian, printed in hex')
@@ -95,6 +100,7 @@ program
   .argument('<offset>', 'byte offset in the region (decimal or 0x-hex)')
   .option('--count <n>', 'number of values to read', '1')
   .option('--width <bytes>', 'access width: 1, 2, 4 or 8', '4')
+  .addOption(assignBars)
   .addOption(json)
   .action((socket: string, region: string, offset: string, options: ReadOptions) => runRead(socket, region, offset, options, globals()));
 
@@ -106,6 +112,7 @@ program
   .argument('<offset>', 'byte offset in the region (decimal or 0x-hex)')
   .argument('<value>', 'the value (decimal or 0x-hex); must fit in --width bytes')
   .option('--width <bytes>', 'access width: 1, 2, 4 or 8', '4')
+  .addOption(assignBars)
   .addOption(json)
   .action((socket: string, region: string, offset: string, value: string, options: WriteOptions) => runWrite(socket, region, offset, value, options, globals()));
 
@@ -119,8 +126,19 @@ program
   .option('--count <n>', 'requests per measurement', '10000')
   .option('--depth <n>', 'requests in flight for the throughput rows', '16')
   .option('--large-size <bytes>', 'bytes per read for the MB/s row (K/M suffixes; capped to the region and max_data_xfer_size)', '64K')
+  .addOption(assignBars)
   .addOption(json)
   .action((socket: string, options: BenchOptions) => runBench(socket, options, globals()));
+
+program
+  .command('shell')
+  .description('one session, many commands: read commands from stdin (a prompt with history on a terminal, else a script) or --file; the device is reset only when the shell exits (`help` lists the commands)')
+  .argument('<socket>', 'the server socket')
+  .option('--file <script>', 'read the commands from this file')
+  .option('--keep-going', 'run every line of a script even after a failure (the exit status is still 1)')
+  .addOption(assignBars)
+  .addOption(new Option('--json', 'one JSON object per command on stdout'))
+  .action((socket: string, options: ShellOptions) => runShell(socket, options, globals()));
 
 program
   .command('migrate')

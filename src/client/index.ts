@@ -4,6 +4,7 @@ export { ClientCore } from './core.js';
 export { GuestMemory, GUEST_PAGE_SIZE, GUEST_WINDOW_SIZE } from './guest-memory.js';
 export { Interrupts } from './interrupts.js';
 export { MappedRegion } from './regions.js';
+export { assignBars, barDecodes } from './bar-setup.js';
 export { recoverMigration, type RecoveryResult, type RecoveryStep } from './migration-recovery.js';
 export {
   barSizes,
@@ -24,6 +25,7 @@ export {
   unmaskMsixVector,
   writeConfig,
 } from './pci-config.js';
+export type { AssignBarsOptions, AssignedBar, BarAssignment, BarWindow } from './bar-setup.js';
 export type { RegionInfoResult, RegionIoFdsResult, DmaMapOptions } from './client.js';
 export type { ClientOptions, DmaResponder, TraceEvent, RequestOptions } from './core.js';
 export type { GuestMemoryAttachment, GuestMemoryAttachOptions, GuestMemoryMode, GuestMemoryOptions } from './guest-memory.js';
