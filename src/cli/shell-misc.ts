@@ -6,7 +6,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { Command } from 'commander';
 import { InvalidArgumentError, StateError } from '../errors.js';
 import { Errno } from '../protocol/errno.js';
-import { humanSize, parseTimeout, table } from './common.js';
+import { parseTimeout, table } from './common.js';
 import type { GuestMemory } from '../client/guest-memory.js';
 import { parseDuration, parseSize } from './values.js';
 import { migrateSession, type SessionMigration } from './vmm-session.js';
@@ -17,7 +17,7 @@ function migrationResult(r: SessionMigration, target: string): ShellResult {
   const bytes = report.bytes.precopyMemory + report.bytes.stopCopyMemory + report.bytes.precopyDevice + report.bytes.stopCopyDevice;
   const lines = [
     `migration ${report.outcome}${report.reason ? `: ${report.reason}` : ''} to ${target}`,
-    `total ${report.totalMs.toFixed(0)} ms, downtime ${report.downtimeMs.toFixed(1)} ms, ${humanSize(bytes)} moved (${report.iterations} pre-copy iterations)`,
+    `total ${report.totalMs.toFixed(0)} ms, downtime ${report.downtimeMs.toFixed(1)} ms, ${(Number(bytes) / 1e6).toFixed(1)} MB moved (${report.iterations} pre-copy iterations)`,
   ];
   if (r.destination) lines.push(`now driving the destination device ${target} (the source stays stopped)`);
   else if (report.outcome === 'migrated') lines.push('the receiver holds the destination; this shell still holds the stopped source');

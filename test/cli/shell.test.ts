@@ -153,6 +153,24 @@ describe('vfio-user shell', () => {
     assert.match(r.stdout, /--timeout <duration>/);
   });
 
+  it('migrate SOCKET moves the device and its guest RAM, then drives the destination', async () => {
+    const destination = serve(createDmaEngineDevice().device);
+    try {
+      const script = ['dma-map 2M 0x100000', 'mem-fill 0x100000 4K 0x77', `write bar0 ${DmaEngineReg.RING_SIZE} 16`, `migrate ${destination.path}`, 'info', `read bar0 ${DmaEngineReg.RING_SIZE}`, 'mem-read 0x100ffc', 'dma-list'].join('\n');
+      const r = await runWithInput(['shell', dma.path, '--json'], script, 60_000);
+      assert.equal(r.code, 0, r.stderr);
+      const results = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { result: Record<string, unknown> });
+      assert.equal(results[3]?.result.outcome, 'migrated');
+      assert.equal(results[3]?.result.switched, true);
+      assert.equal(results[4]?.result.socket, destination.path);
+      assert.deepEqual(results[5]?.result.values, ['0x00000010'], 'the register state moved with the device');
+      assert.deepEqual(results[6]?.result.values, ['0x77777777'], 'guest RAM moved with it');
+      assert.deepEqual((results[7]?.result.mappings as Array<{ iova: number; size: number }>).map((m) => [m.iova, m.size]), [[0x100000, 2 << 20]]);
+    } finally {
+      await destination.close();
+    }
+  });
+
   it('a shell on a socket nobody serves fails before reading anything', async () => {
     const r = await runWithInput(['shell', join(dma.dir, 'absent.sock')], 'echo never\n');
     assert.equal(r.code, 1);
