@@ -1,7 +1,6 @@
 /** `vfio-user migrate --demo`: the real binary migrates a working DMA engine between two served children. */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseDowntime } from '../../src/cli/commands/migrate.js';
 import { runCli, stderrLines } from './support.js';
 
 interface Summary {
@@ -49,7 +48,7 @@ describe('vfio-user migrate --demo', () => {
     assert.equal(s.jobs.errors, 0);
   });
 
-  it('human summary; without --demo a one-line error', async () => {
+  it('human summary; without --demo or --from a one-line error', async () => {
     const r = await runCli(['migrate', '--demo', '--downtime', '1s', '--jobs', '100'], 60_000);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^outcome +migrated$/m);
@@ -57,7 +56,7 @@ describe('vfio-user migrate --demo', () => {
     assert.match(r.stdout, /destination memory equals the switch-over snapshot/);
     const bad = await runCli(['migrate']);
     assert.equal(bad.code, 1);
-    assert.deepEqual(stderrLines(bad), ['vfio-user: migrate: only --demo is supported (a DMA engine served by a child process, migrated to a local one or to --to tcp://HOST:PORT)']);
+    assert.deepEqual(stderrLines(bad), ['vfio-user: migrate: give --from SOCKET --to SOCKET|tcp://HOST:PORT (migrate a served device and its guest RAM), or --demo']);
   });
 
   it('--time-limit 1ms: the hard limit aborts back to the source, which finishes the jobs', async () => {
@@ -70,12 +69,17 @@ describe('vfio-user migrate --demo', () => {
     assert.equal(s.jobs.errors, 0);
   });
 
-  it('parses --downtime', () => {
-    assert.equal(parseDowntime('300ms'), 300);
-    assert.equal(parseDowntime('1s'), 1000);
-    assert.equal(parseDowntime('1.5s'), 1500);
-    assert.equal(parseDowntime('250'), 250);
-    assert.throws(() => parseDowntime('fast'), /--downtime: 'fast' is not a duration/);
-    assert.throws(() => parseDowntime('-1ms'), /not a duration/);
+  it('rejects bad durations and counts while parsing, one line each, before anything starts', async () => {
+    for (const [args, re] of [
+      [['--downtime', 'fast'], /--downtime <duration>' argument 'fast' is invalid/],
+      [['--downtime', '-1ms'], /--downtime <duration>' argument '-1ms' is invalid/],
+      [['--time-limit', '0'], /--time-limit <duration>' argument '0' is invalid/],
+      [['--jobs', '0'], /--jobs <n>' argument '0' is invalid/],
+    ] as const) {
+      const r = await runCli(['migrate', '--demo', ...args]);
+      assert.equal(r.code, 1, args.join(' '));
+      assert.equal(stderrLines(r).length, 1, r.stderr);
+      assert.match(r.stderr, re);
+    }
   });
 });

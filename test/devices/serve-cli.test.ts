@@ -10,8 +10,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { parseSize } from '../../src/cli/commands/serve.js';
-import { InvalidArgumentError } from '../../src/errors.js';
 import { Command, DeviceInfoFlags } from '../../src/protocol/constants.js';
 import { decodeDeviceInfo, encodeDeviceInfo } from '../../src/protocol/device.js';
 import { StepClient } from '../support/step-client.js';
@@ -115,14 +113,5 @@ describe('vfio-user serve', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
-  });
-
-  it('parses sizes with binary suffixes', () => {
-    assert.equal(parseSize('4096'), 4096);
-    assert.equal(parseSize('64K'), 65536);
-    assert.equal(parseSize('1m'), 1 << 20);
-    assert.equal(parseSize('2MiB'), 2 << 20);
-    assert.equal(parseSize('1G'), 1 << 30);
-    for (const bad of ['', 'K', '1.5M', '-1', '1T', '0x1000']) assert.throws(() => parseSize(bad), InvalidArgumentError, bad);
   });
 });

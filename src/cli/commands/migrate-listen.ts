@@ -1,23 +1,37 @@
 /**
- * `vfio-user migrate-listen --port N`: the receiving host of a remote
- * migration. It listens for a migration channel (`vfio-user migrate --demo
- * --to tcp://HOST:PORT`), and for each offer acts as the destination VMM:
- * connects to the destination device (`--socket`, or a DMA engine it serves in
- * a child process), creates guest RAM of the offered size, DMA_MAPs it at the
- * offered IOVA, and lets the orchestrator drive the device through the
- * channel. An uncommitted migration (link lost, corrupt frame, abort) resets
- * the device and frees the memory. After the commit it continues the demo
- * workload from the migrated VMM state when the sender asks it to, and
- * answers whether guest memory matched the source's snapshot.
+ * `vfio-user migrate-listen --port N [--socket DEVICE]`: the receiving host of
+ * a remote migration, acting as the destination's VMM. For each offer it
+ * connects to the destination device (`--socket`, e.g. one served by
+ * `vfio-user serve ./my-device.js`, or a DMA engine it serves in a child
+ * process), creates guest RAM of the offered size (a memfd), DMA_MAPs it at the
+ * offered IOVA, and lets the sender's orchestrator drive the device through
+ * the channel. An uncommitted migration (link lost, corrupt frame, abort)
+ * resets the device and frees the memory.
+ *
+ * After the commit the device runs here and this process holds its session:
+ * - a migration sent by `vfio-user migrate --from … --to tcp://…` (any device):
+ *   once the sender is gone, the receiver keeps holding the device and its
+ *   guest RAM — printing the guest RAM's SHA-256 and the path through which
+ *   it can be read (`/proc/PID/fd/N`, the memfd) — and stops listening (the
+ *   device is taken), until SIGINT/SIGTERM releases it (the device then
+ *   resets, as on any client disconnect);
+ * - the demo (`migrate --demo --to …`, which asks for it): the receiver
+ *   continues the demo workload from the migrated VMM state, answers whether
+ *   guest memory matched the source's snapshot, and releases the device once
+ *   its sender is done (the demo's destination has no use beyond the demo).
  */
-import { VfioUserClient } from '../../client/client.js';
 import { GuestMemory } from '../../client/guest-memory.js';
-import { isLoopback, loadTlsCredentials, type ChannelTlsCredentials } from '../../orchestrator/channel-tls.js';
+import { VfioUserClient } from '../../client/client.js';
+import { RemoteError } from '../../errors.js';
 import { MigrationReceiver, type MigrationOffer, type PreparedDestination, type ReceiveOutcome } from '../../orchestrator/receiver.js';
-import { CliError, parseInteger, parseTimeout, stdio, toJson, type GlobalOptions, type Output } from '../common.js';
+import { Errno } from '../../protocol/errno.js';
+import { CliError, errorReason, parseInteger, parseTimeout, socketPathProblem, stdio, toJson, type GlobalOptions, type Output } from '../common.js';
 import { JOB_WAIT_MS, JobStream, digestOutside, driverFor, holesOf, waitJobs, type WorkloadState } from '../migrate-workload.js';
 import { startServer, type ServerProcess } from '../serve-child.js';
 import { faultPause } from '../fault-pause.js';
+import { channelTls, GUEST_RAM_DIGEST_REQUEST, guestRamDigest, guestRamPath } from '../vmm-session.js';
+
+export { channelTls } from '../vmm-session.js';
 
 /** Options of `migrate-listen`. */
 export interface MigrateListenOptions {
@@ -41,17 +55,6 @@ export interface DemoVerdict {
   failures: string[];
 }
 
-/**
- * Parses a bandwidth: bytes per second with an optional K/M/G suffix (powers of 1000, `B/s` optional).
- * @throws {CliError} for anything else or 0.
- */
-export function parseBandwidth(text: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(?:b(?:\/s)?)?\s*$/i.exec(text);
-  const value = m ? Number(m[1]) * ({ '': 1, k: 1e3, m: 1e6, g: 1e9 } as Record<string, number>)[(m[2] ?? '').toLowerCase()]! : NaN;
-  if (!(value >= 1) || !Number.isFinite(value)) throw new CliError(`--bandwidth: '${text}' is not a bandwidth (e.g. 200M = 200 MB/s)`);
-  return value;
-}
-
 /** The demo's continuation on the destination. */
 async function verifyAndContinue(request: { snapshotDigest?: unknown; unfinished?: unknown }, vmState: Uint8Array | undefined, destination: PreparedDestination): Promise<DemoVerdict> {
   if (vmState === undefined) throw new CliError('no VMM state was migrated');
@@ -72,55 +75,214 @@ async function verifyAndContinue(request: { snapshotDigest?: unknown; unfinished
   return { memoryVerified, doneOnDestination: Math.max(0, stream.finished - before), failures };
 }
 
-/** Connects to the device, retrying while the server still finishes the previous session (EBUSY). */
+/** Connects to the device, retrying (until `timeoutMs`) only while it still serves a previous session (EBUSY). */
 async function connectDevice(socket: string, timeoutMs: number): Promise<VfioUserClient> {
   const deadline = performance.now() + timeoutMs;
   for (;;) {
     try {
       return await VfioUserClient.connect(socket, { timeoutMs, connectTimeoutMs: timeoutMs });
     } catch (error) {
-      if (performance.now() > deadline) throw error;
+      const busy = error instanceof RemoteError && error.errno === Errno.EBUSY;
+      if (!busy || performance.now() > deadline) throw new CliError(`destination device ${socket}: ${socketPathProblem(socket) ?? errorReason(error)}`, { cause: error });
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
   }
 }
 
+/** What the receiver holds of a committed destination it keeps (a user's device, its sender gone). */
+interface Holding {
+  socket: string;
+  guestRamPath: string;
+  guestRamBytes: bigint;
+  iova: bigint;
+  sha256: string;
+}
+
 /** The one-line (or JSON) account of a finished migration. */
-function report(o: ReceiveOutcome, verdict: DemoVerdict | undefined, json: boolean, out: Output, note?: string): void {
+function report(o: ReceiveOutcome, out: Output, json: boolean, extra: { verdict?: DemoVerdict; held?: Holding; note?: string } = {}): void {
+  const { verdict, held, note } = extra;
   const doc = {
     outcome: o.outcome, phase: o.phase, ...(o.migrationId ? { migrationId: o.migrationId } : {}), peer: o.peer, ...(o.reason ? { reason: o.reason } : {}),
-    memoryBytes: o.memoryBytes, deviceBytes: o.deviceBytes, ...(verdict ? { demo: verdict } : {}), ...(note ? { note } : {}),
+    memoryBytes: o.memoryBytes, deviceBytes: o.deviceBytes, ...(verdict ? { demo: verdict } : {}), ...(held ? { held } : {}), ...(note ? { note } : {}),
   };
-  if (json) out.line(toJson(doc));
-  else {
-    const demo = verdict ? `; demo: ${verdict.doneOnDestination} jobs done here, memory ${verdict.memoryVerified ? 'equals' : 'DIFFERS from'} the snapshot, errors ${verdict.failures.length}` : '';
-    const id = o.migrationId ? ` migration ${o.migrationId}` : '';
-    out.line(`${o.outcome}${id} from ${o.peer} in phase ${o.phase}${o.reason ? ` (${o.reason})` : ''}: ${(Number(o.memoryBytes) / 1e6).toFixed(1)} MB memory, ${(Number(o.deviceBytes) / 1e6).toFixed(1)} MB device${demo}${note ? `; ${note}` : ''}`);
+  if (json) return out.line(toJson(doc));
+  const demo = verdict ? `; demo: ${verdict.doneOnDestination} jobs done here, memory ${verdict.memoryVerified ? 'equals' : 'DIFFERS from'} the snapshot, errors ${verdict.failures.length}` : '';
+  const hold = held ? `; guest RAM sha256 ${held.sha256}, readable at ${held.guestRamPath}` : '';
+  const id = o.migrationId ? ` migration ${o.migrationId}` : '';
+  out.line(`${o.outcome}${id} from ${o.peer} in phase ${o.phase}${o.reason ? ` (${o.reason})` : ''}: ${(Number(o.memoryBytes) / 1e6).toFixed(1)} MB memory, ${(Number(o.deviceBytes) / 1e6).toFixed(1)} MB device${demo}${hold}${note ? `; ${note}` : ''}`);
+}
+
+/** A committed migration: its destination runs here. */
+interface Committed {
+  outcome: ReceiveOutcome;
+  /** The demo's verify-and-continue, when the sender asked for it (a demo migration). */
+  demo?: Promise<DemoVerdict>;
+  /** The sender closed the channel: a user's device is now simply held. */
+  senderGone: boolean;
+}
+
+/** Settings of one `migrate-listen` run. */
+interface ListenSettings {
+  socket: string;
+  once: boolean;
+  json: boolean;
+  timeoutMs: number;
+  out: Output;
+  say(line: string): void;
+}
+
+/** The receiver's application side: prepares destinations, holds or releases committed ones, handles signals. */
+class Listening {
+  readonly #s: ListenSettings;
+  readonly #committed = new Map<string, Committed>();
+  #stopping: string | undefined;
+  #lastVmState: Uint8Array | undefined;
+  #receiver: MigrationReceiver | undefined;
+  #finish!: (ok: boolean) => void;
+  /** Resolves with whether the run succeeded, when it is over. */
+  readonly finished = new Promise<boolean>((resolve) => (this.#finish = resolve));
+  #signalled!: (name: string) => void;
+  /** Settles at the first signal (releases a fault pause). */
+  readonly released = new Promise<string>((resolve) => (this.#signalled = resolve));
+
+  constructor(settings: ListenSettings) {
+    this.#s = settings;
+  }
+
+  set receiver(receiver: MigrationReceiver) {
+    this.#receiver = receiver;
+  }
+
+  get stopping(): string | undefined {
+    return this.#stopping;
+  }
+
+  async prepare(offer: MigrationOffer): Promise<PreparedDestination> {
+    const client = await connectDevice(this.#s.socket, this.#s.timeoutMs);
+    const memory = GuestMemory.create(offer.memory.size, { name: 'migrate-listen-ram' });
+    try {
+      await memory.attach(client, { iova: offer.memory.iova, mode: 'fd' });
+    } catch (error) {
+      memory.dispose();
+      client.close();
+      throw error;
+    }
+    const side = { client, memory, iova: offer.memory.iova };
+    return { side, release: () => release(side) };
+  }
+
+  async message(head: unknown, destination: PreparedDestination): Promise<{ result: unknown }> {
+    const request = head as { demo?: unknown; vmm?: unknown };
+    if (request.vmm === GUEST_RAM_DIGEST_REQUEST) return { result: { sha256: guestRamDigest(destination.side.memory) } };
+    if (request.demo !== 'verify-and-continue') throw new CliError(`unknown message ${JSON.stringify(head)}`, { errno: Errno.EINVAL });
+    const entry = [...this.#committed.values()].find((c) => c.outcome.destination === destination);
+    const work = verifyAndContinue(request as never, this.#lastVmState, destination);
+    if (entry) entry.demo = work;
+    return { result: await work };
+  }
+
+  outcome(o: ReceiveOutcome): void {
+    if (o.outcome === 'committed') {
+      this.#lastVmState = o.vmState;
+      this.#committed.set(o.migrationId ?? '?', { outcome: o, senderGone: false });
+      this.#s.say(`migration ${o.migrationId ?? '?'} committed: the destination device (${this.#s.socket}) runs here`);
+      return;
+    }
+    report(o, this.#s.out, this.#s.json, this.#stopping ? { note: `stopped by ${this.#stopping}` } : {});
+    if (this.#s.once || this.#stopping) this.#finish(false);
+  }
+
+  /** The sender of a committed migration is gone: the demo's destination is released after its workload; a user's device is held. */
+  async committedClosed(o: ReceiveOutcome): Promise<void> {
+    const id = o.migrationId ?? '?';
+    const entry = this.#committed.get(id);
+    if (entry === undefined) return; // released by a second signal meanwhile
+    if (entry.demo === undefined) return this.#hold(entry, o);
+    const verdict = await entry.demo.catch(() => undefined);
+    if (!this.#committed.delete(id)) return;
+    report(o, this.#s.out, this.#s.json, { ...(verdict ? { verdict } : {}), note: 'the sender is done; the destination was released after its workload' });
+    const ok = verdict === undefined || (verdict.memoryVerified && verdict.failures.length === 0);
+    if (o.destination) await release(o.destination.side);
+    if (this.#s.once || (this.#stopping && !this.#anySenderConnected())) this.#finish(ok);
+  }
+
+  #hold(entry: Committed, o: ReceiveOutcome): void {
+    entry.senderGone = true;
+    const side = o.destination?.side;
+    if (side === undefined) return;
+    this.#receiver?.close(); // the device is taken: no further migration can be received
+    const held: Holding = { socket: this.#s.socket, guestRamPath: guestRamPath(side.memory), guestRamBytes: side.memory.size, iova: side.iova, sha256: guestRamDigest(side.memory) };
+    report(o, this.#s.out, this.#s.json, { held, note: 'the sender is done; this process holds the running device and its guest RAM until SIGINT/SIGTERM' });
+    this.#s.say(`holding the migrated device on ${this.#s.socket} with ${side.memory.size} bytes of guest RAM at IOVA 0x${side.iova.toString(16)} (${held.guestRamPath}); no more migrations are received; SIGINT/SIGTERM releases it (the device then resets)`);
+    if (this.#stopping) void this.#releaseHeld(this.#stopping).then(() => this.#finish(true));
+  }
+
+  #anySenderConnected(): boolean {
+    return [...this.#committed.values()].some((c) => !c.senderGone);
+  }
+
+  async #releaseHeld(signal: string): Promise<void> {
+    for (const [id, c] of this.#committed) {
+      if (!c.senderGone) continue;
+      this.#committed.delete(id);
+      this.#s.say(`${signal}: releasing the device of migration ${id} (it resets: its session ends)`);
+      if (c.outcome.destination) await release(c.outcome.destination.side);
+    }
+  }
+
+  signal(name: NodeJS.Signals): void {
+    if (this.#stopping !== undefined) return this.#secondSignal(name);
+    this.#stopping = name;
+    const decided = this.#receiver?.shutdown(name);
+    this.#signalled(name);
+    if (decided) this.#s.say(`${name}: abandoning migration ${decided.migrationId} in phase ${decided.phase} (not committed: its sender resumes its source)`);
+    for (const [id, c] of this.#committed) {
+      if (!c.senderGone) this.#s.say(`${name}: migration ${id} is committed and its device runs here: serving it until its sender is done (${name} again stops it now)`);
+    }
+    const waiting = this.#anySenderConnected();
+    void this.#releaseHeld(name).then(() => {
+      if (decided || waiting) return;
+      if (this.#committed.size === 0) this.#s.say(`${name}: no migration in progress; stopped`);
+      this.#finish(true);
+    });
+  }
+
+  #secondSignal(name: NodeJS.Signals): void {
+    for (const [id, c] of this.#committed) {
+      this.#committed.delete(id);
+      report(c.outcome, this.#s.out, this.#s.json, { note: `the committed destination was stopped by a second ${name} while it ran` });
+      if (c.outcome.destination) void release(c.outcome.destination.side);
+    }
+    this.#finish(false);
   }
 }
 
-/** A committed migration whose sender is still connected: its destination runs here. */
-interface Active {
-  outcome: ReceiveOutcome;
-  /** The demo's verify-and-continue in progress, if any. */
-  work?: Promise<unknown>;
+/** Releases a destination: its session ends (the device resets), its guest RAM is freed. */
+async function release(side: PreparedDestination['side']): Promise<void> {
+  side.client.close();
+  side.memory.dispose();
+  await new Promise((resolve) => setTimeout(resolve, 20));
 }
 
 /**
- * Runs `migrate-listen`: until SIGINT/SIGTERM, or the first migration's end with `--once`.
+ * Runs `migrate-listen` until SIGINT/SIGTERM (module TSDoc for what a commit
+ * leads to). `--once`: the first migration that does not commit ends the run
+ * with status 1; one that commits ends listening (as any commit of a user's
+ * device does) and the run ends, status 0, when its device is released.
  * A signal abandons a migration not yet committed (the sender is told, and
- * resumes its source) and stops; a committed destination is never torn down
- * silently: the receiver keeps serving it until its sender is done, and only
- * a second signal stops it, saying so.
- * @throws {CliError} on a bad option, a port in use, (with `--once`) a migration that did not commit,
- *   or a committed destination stopped by a second signal.
+ * resumes its source) and stops; a committed destination whose sender is
+ * still connected is served until the sender is done, and only a second
+ * signal stops it, saying so; a held one is released.
+ * @throws {CliError} on a bad option, a `--socket` that is not a socket, a port in use, (with `--once`)
+ *   a migration that did not commit, or a committed destination stopped by a second signal.
  */
 export async function runMigrateListen(options: MigrateListenOptions = {}, global: GlobalOptions = {}, out: Output = stdio): Promise<void> {
   const port = Number(parseInteger(options.port ?? '0', '--port', 65535n));
   const host = options.host ?? '127.0.0.1';
   const timeoutMs = parseTimeout(global.timeout);
-  const json = options.json === true;
   const tls = channelTls(host, options, 'server', 'migrate-listen: listening on');
+  const problem = options.socket === undefined ? undefined : socketPathProblem(options.socket);
+  if (problem !== undefined) throw new CliError(`migrate-listen: --socket ${options.socket}: ${problem}`, { errno: Errno.ENOENT });
   let server: ServerProcess | undefined;
   const say = (line: string): void => void process.stderr.write(`migrate-listen: ${line}\n`);
   let onSignal: ((name: NodeJS.Signals) => void) | undefined;
@@ -128,94 +290,27 @@ export async function runMigrateListen(options: MigrateListenOptions = {}, globa
     // The child owns its socket's directory and dies with this process (serve-child.ts): nothing to remove here.
     if (options.socket === undefined) server = await startServer('destination.sock');
     const socket = options.socket ?? (server as ServerProcess).socket;
-    let finish!: (ok: boolean) => void;
-    const finished = new Promise<boolean>((resolve) => (finish = resolve));
-    let signalled: ((name: string) => void) | undefined;
-    const released = new Promise<string>((resolve) => (signalled = resolve));
-    let stopping: string | undefined;
-    const active = new Map<string, Active>();
-    let lastVmState: Uint8Array | undefined;
-    const release = async (side: PreparedDestination['side']): Promise<void> => {
-      side.client.close();
-      side.memory.dispose();
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    };
+    const l = new Listening({ socket, once: options.once === true, json: options.json === true, timeoutMs, out, say });
     const receiver = await MigrationReceiver.listen({
       host,
       port,
       ...(tls ? { tls, onTlsRefused: (peer: string, error: Error) => say(`refused ${peer} at the TLS handshake: ${error.message}`) } : {}),
-      prepare: async (offer: MigrationOffer) => {
-        const client = await connectDevice(socket, timeoutMs);
-        const memory = GuestMemory.create(offer.memory.size, { name: 'migrate-listen-ram' });
-        try {
-          await memory.attach(client, { iova: offer.memory.iova, mode: 'fd' });
-        } catch (error) {
-          memory.dispose();
-          client.close();
-          throw error;
-        }
-        const side = { client, memory, iova: offer.memory.iova };
-        return { side, release: () => release(side) };
-      },
-      beforeCommit: (id) => faultPause('receiver:commit', released, id),
-      afterCommit: (id) => faultPause('receiver:committed', released, id),
-      onMessage: async (head, _body, destination) => {
-        const request = head as { demo?: unknown };
-        if (request.demo !== 'verify-and-continue') throw new CliError(`unknown message ${JSON.stringify(head)}`);
-        const entry = [...active.values()].find((a) => a.outcome.destination === destination);
-        const work = verifyAndContinue(request as never, lastVmState, destination);
-        if (entry) entry.work = work;
-        return { result: await work };
-      },
-      onOutcome: (o) => {
-        if (o.outcome === 'committed') {
-          lastVmState = o.vmState;
-          active.set(o.migrationId ?? '?', { outcome: o });
-          return;
-        }
-        report(o, undefined, json, out, stopping ? `stopped by ${stopping}` : undefined);
-        if (options.once || stopping) finish(false);
-      },
-      onCommittedClosed: (o) => {
-        const entry = active.get(o.migrationId ?? '?');
-        void (async () => {
-          // The destination keeps running its workload to the end before it is released.
-          const verdict = (await entry?.work?.catch(() => undefined)) as DemoVerdict | undefined;
-          if (!active.delete(o.migrationId ?? '?')) return; // stopped by a second signal meanwhile
-          report(o, verdict, json, out, 'the sender is done; the destination was released after its workload');
-          const ok = verdict === undefined || (verdict.memoryVerified && verdict.failures.length === 0);
-          if (o.destination) await release(o.destination.side);
-          if (options.once || (stopping && active.size === 0)) finish(ok);
-        })();
-      },
+      prepare: (offer) => l.prepare(offer),
+      beforeCommit: (id) => faultPause('receiver:commit', l.released, id),
+      afterCommit: (id) => faultPause('receiver:committed', l.released, id),
+      onMessage: (head, _body, destination) => l.message(head, destination),
+      onOutcome: (o) => l.outcome(o),
+      onCommittedClosed: (o) => void l.committedClosed(o),
     });
+    l.receiver = receiver;
     const security = tls ? 'TLS 1.3, client certificates required' : 'plaintext';
     process.stderr.write(`listening tcp://${host.includes(':') ? `[${host}]` : host}:${receiver.port} (${security}; destination device ${options.socket ?? `dma-engine, pid ${server?.child.pid}`})\n`);
-    onSignal = (name: NodeJS.Signals): void => {
-      if (stopping === undefined) {
-        stopping = name;
-        const decided = receiver.shutdown(name);
-        signalled?.(name);
-        if (decided) say(`${name}: abandoning migration ${decided.migrationId} in phase ${decided.phase} (not committed: its sender resumes its source)`);
-        for (const id of active.keys()) say(`${name}: migration ${id} is committed and its device runs here: serving it until its sender is done (${name} again stops it now)`);
-        if (!decided && active.size === 0) {
-          say(`${name}: no migration in progress; stopped`);
-          finish(true);
-        }
-        return;
-      }
-      for (const [id, a] of active) {
-        active.delete(id);
-        report(a.outcome, undefined, json, out, `the committed destination was stopped by a second ${name} while it ran`);
-        if (a.outcome.destination) void release(a.outcome.destination.side);
-      }
-      finish(false);
-    };
+    onSignal = (name) => l.signal(name);
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
-    const ok = await finished;
+    const ok = await l.finished;
     receiver.close(true);
-    if (!ok && (options.once || stopping !== undefined)) throw new CliError(`migrate-listen: ${stopping ? `stopped by ${stopping}` : 'the migration did not complete'}`);
+    if (!ok && (options.once || l.stopping !== undefined)) throw new CliError(`migrate-listen: ${l.stopping ? `stopped by ${l.stopping}` : 'the migration did not complete'}`);
   } finally {
     if (onSignal) {
       process.off('SIGINT', onSignal);
@@ -223,21 +318,4 @@ export async function runMigrateListen(options: MigrateListenOptions = {}, globa
     }
     await server?.stop();
   }
-}
-
-/**
- * The channel's TLS credentials for `side`: loaded from `--tls-creds`; none on
- * loopback; beyond loopback TLS is required unless `--no-tls` says otherwise.
- * @throws {CliError} for unreadable credentials, or a plaintext channel beyond loopback without `--no-tls`.
- */
-export function channelTls(host: string, options: { tlsCreds?: string; tls?: boolean }, side: 'server' | 'client', what: string): ChannelTlsCredentials | undefined {
-  if (options.tlsCreds !== undefined) {
-    try {
-      return loadTlsCredentials(options.tlsCreds, side);
-    } catch (error) {
-      throw new CliError((error as Error).message, { cause: error });
-    }
-  }
-  if (isLoopback(host) || options.tls === false) return undefined;
-  throw new CliError(`${what} ${host} (beyond loopback) needs --tls-creds DIR (mutual TLS: ca-cert.pem, ${side}-cert.pem, ${side}-key.pem as QEMU's tls-creds-x509), or --no-tls for a plaintext, unauthenticated channel`);
 }

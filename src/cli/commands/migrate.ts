@@ -1,5 +1,7 @@
 /**
- * `vfio-user migrate --demo`: live migration end to end. A DMA engine is served
+ * `vfio-user migrate`: `--from SOCKET --to SOCKET|tcp://…` migrates any
+ * served device with its guest RAM, this process acting as its VMM
+ * (migrate-from.ts); `--demo` is live migration end to end. A DMA engine is served
  * by a child process (`vfio-user serve dma-engine`) with 64 MiB of guest RAM
  * (memfd, DMA_MAP); copy jobs stream on it while {@link migrate} moves guest
  * memory and device state under the downtime budget to a second engine — in
@@ -17,35 +19,55 @@ import type { VfioUserClient } from '../../client/client.js';
 import type { GuestMemory } from '../../client/guest-memory.js';
 import { enableBusMaster } from '../../client/pci-config.js';
 import { migrate, type MigrateOptions, type MigrationReport } from '../../orchestrator/migrate.js';
-import { createProgressBar } from '../../orchestrator/progress.js';
+import { createProgressBar } from '../progress-bar.js';
 import { RemoteDestination } from '../../orchestrator/remote.js';
 import { MigrationState as S } from '../../protocol/constants.js';
 import { startServer } from '../serve-child.js';
-import { CliError, parseCount, parseTimeout, stdio, toJson, withClient, type GlobalOptions, type Output } from '../common.js';
+import { CliError, parseTimeout, stdio, toJson, withClient, type GlobalOptions, type Output } from '../common.js';
 import {
   GUEST_RAM, IOVA, JOB_WAIT_MS, MAX_JOBS, MIN_JOB, MAX_JOB, BATCH, JobStream, attachGuestRam, digestOutside, driverFor, holesOf, isPending, waitJobs,
 } from '../migrate-workload.js';
-import { channelTls, parseBandwidth, type DemoVerdict } from './migrate-listen.js';
+import type { DemoVerdict } from './migrate-listen.js';
+import { channelTls } from '../vmm-session.js';
+import { runMigrateFrom } from './migrate-from.js';
+import { Errno } from '../../protocol/errno.js';
 import { parseChannelAddress } from '../../orchestrator/remote.js';
 import type { ChannelTlsCredentials } from '../../orchestrator/channel-tls.js';
 import { faultArmed, faultPause } from '../fault-pause.js';
 
-/** Options of `migrate`. */
+/** Options of `migrate` (as commander parses them: durations in ms, sizes in bytes). */
 export interface MigrateCommandOptions {
   demo?: boolean;
+  /** The source device's socket (`--from`): this process becomes its VMM and migrates it to `--to`. */
+  from?: string;
   to?: string;
-  downtime?: string;
-  jobs?: string;
-  bandwidth?: string;
+  /** Downtime budget, ms. */
+  downtime?: number;
+  jobs?: number;
+  /** Pre-copy bandwidth cap, bytes/s. */
+  bandwidth?: number;
   autoConverge?: boolean;
-  timeLimit?: string;
-  resolveTimeout?: string;
+  /** The whole migration's limit, ms. */
+  timeLimit?: number;
+  /** ms. */
+  resolveTimeout?: number;
   json?: boolean;
   /** A QEMU tls-creds-x509 directory (ca-cert.pem, client-cert.pem, client-key.pem): mutual TLS. */
   tlsCreds?: string;
   /** false (`--no-tls`): allow a plaintext channel beyond loopback. */
   tls?: boolean;
+  /** `--from`: guest RAM bytes. */
+  guestRam?: number;
+  /** `--from`: initialise guest RAM from this file. */
+  guestRamFile?: string;
+  /** `--from`: where the device sees guest RAM (decimal or 0x-hex). */
+  iova?: string;
+  /** false (`--no-hold`): after migrating to a local socket, release the destination at once instead of holding it. */
+  hold?: boolean;
 }
+
+/** Most copy jobs `--jobs` accepts. */
+export const MAX_DEMO_JOBS = MAX_JOBS;
 
 /** SIGTERM/SIGINT while the demo runs: the migration's abort signal, and where the demo is. */
 interface Interrupt {
@@ -82,19 +104,6 @@ export interface MigrateSummary {
   /** Destination guest memory equal to the source's switch-over snapshot (outside the unfinished jobs' writes). */
   memoryVerified: boolean | null;
 }
-/**
- * Parses `--downtime`: `300ms`, `1s`, `1.5s` or plain milliseconds.
- * @throws {CliError} otherwise.
- */
-export function parseDowntime(text: string, what = '--downtime'): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*$/.exec(text);
-  if (!m) throw new CliError(`${what}: '${text}' is not a duration (e.g. 300ms, 1s)`);
-  const ms = Number(m[1]) * (m[2] === 's' ? 1000 : 1);
-  if (!Number.isFinite(ms)) throw new CliError(`${what}: '${text}' is not a duration (e.g. 300ms, 1s)`);
-  return ms;
-}
-
-
 /** Where the demo migrates to, and how it checks the destination afterwards. */
 interface DemoTarget {
   destination: MigrateOptions['destination'];
@@ -286,15 +295,19 @@ export function formatMigrateSummary(s: MigrateSummary): string[] {
  * @throws {CliError} when the migration did not complete (after printing the summary), or verification failed.
  */
 export async function runMigrate(options: MigrateCommandOptions = {}, global: GlobalOptions = {}, out: Output = stdio): Promise<void> {
-  if (!options.demo) throw new CliError('migrate: only --demo is supported (a DMA engine served by a child process, migrated to a local one or to --to tcp://HOST:PORT)');
+  if (options.from !== undefined) {
+    if (options.demo) throw new CliError('migrate: --demo and --from exclude each other (the demo serves its own DMA engine)', { errno: Errno.EINVAL });
+    return runMigrateFrom(options, global, out);
+  }
+  if (!options.demo) throw new CliError('migrate: give --from SOCKET --to SOCKET|tcp://HOST:PORT (migrate a served device and its guest RAM), or --demo', { errno: Errno.EINVAL });
   const settings: DemoSettings = {
-    budgetMs: parseDowntime(options.downtime ?? '300ms'),
-    total: parseCount(options.jobs ?? '600', '--jobs', MAX_JOBS),
-    bandwidthLimit: options.bandwidth === undefined ? undefined : parseBandwidth(options.bandwidth),
+    budgetMs: options.downtime ?? 300,
+    total: options.jobs ?? 600,
+    bandwidthLimit: options.bandwidth,
     autoConverge: options.autoConverge === true,
-    timeoutMs: parseDowntime(options.timeLimit ?? '60s', '--time-limit'),
+    timeoutMs: options.timeLimit ?? 60_000,
   };
-  const resolveTimeoutMs = parseDowntime(options.resolveTimeout ?? '10s', '--resolve-timeout');
+  const resolveTimeoutMs = options.resolveTimeout ?? 10_000;
   const tls = options.to === undefined ? undefined : channelTls(addressHost(options.to), options, 'client', 'migrate: a channel to');
   const say = (line: string): void => void (options.json || out.line(line));
   const controller = new AbortController();

@@ -1,31 +1,27 @@
 /**
- * `vfio-user serve <gpio|memory|dma-engine> --socket PATH [--size BYTES]
- * [--allow-uid UID ...] [--max-msg-fds N]`: serves one of the sample devices until SIGINT or
- * SIGTERM, then closes the server (ending the session and removing the socket
- * file) and releases the device. Prints `serving <device> on <path>` once the
- * socket is listening.
+ * `vfio-user serve <device> --socket PATH [--size BYTES] [--allow-uid UID ...]
+ * [--max-msg-fds N] [-- ARGS...]`: serves a sample device (`gpio`, `memory`,
+ * `dma-engine`) or a device of your own — an ES module exporting a device
+ * definition, a device or a factory (device-module.ts), which receives ARGS —
+ * until SIGINT or SIGTERM, then closes the server (ending the session and
+ * removing the socket file) and releases the device. Prints `serving <device>
+ * on <path>` once the socket is listening.
  */
 import { InvalidArgumentError } from '../../errors.js';
-import { MAX_SERVER_MSG_FDS } from '../../server/server.js';
-import type { VfioUserDevice } from '../../device/device.js';
-import { createDmaEngineDevice } from '../../devices/dma-engine.js';
-import { createGpioDevice } from '../../devices/gpio.js';
-import { createMemoryDevice } from '../../devices/memory.js';
+import { parseSize as parseSizeValue } from '../values.js';
+import { loadDevice } from '../device-module.js';
 
-/** The devices `serve` knows. */
-export const SERVE_DEVICES = ['gpio', 'memory', 'dma-engine'] as const;
-/** One of {@link SERVE_DEVICES}. */
-export type ServeDevice = (typeof SERVE_DEVICES)[number];
+export { BUILTIN_DEVICES as SERVE_DEVICES } from '../device-module.js';
 
-/** Options of {@link runServe} (as commander parses them). */
+/** Options of {@link runServe} (as commander parses them: sizes and counts already numbers). */
 export interface ServeCommandOptions {
   socket: string;
-  /** BAR0 size of the memory device: bytes, or with a K/M/G suffix (binary). */
-  size?: string;
+  /** BAR0 size of the memory device, bytes (`--size 64K`). */
+  size?: number;
   /** Uids allowed to connect (default: anyone who can open the socket, which is 0600). */
   allowUid?: string[];
   /** `max_msg_fds` advertised to clients (default 16). */
-  maxMsgFds?: string;
+  maxMsgFds?: number;
 }
 
 /** What {@link runServe} uses from its environment (tests inject their own). */
@@ -36,26 +32,13 @@ export interface ServeIo {
   stopped(): Promise<string>;
 }
 
-const UNITS: Readonly<Record<string, number>> = { '': 1, k: 1 << 10, m: 1 << 20, g: 1 << 30 };
-
 /**
- * Parses a byte count: digits with an optional K, M or G suffix (KiB, MiB, GiB).
+ * Parses a byte count (values.ts syntax: `4096`, `64K`, `1M`).
+ * @deprecated use `parseSize` of values.ts; kept while other commands still import it from here.
  * @throws {InvalidArgumentError} EINVAL for anything else.
  */
 export function parseSize(text: string): number {
-  const match = /^(\d+)\s*([kmg]?)(i?b)?$/i.exec(text.trim());
-  const value = match ? Number(match[1]) * (UNITS[(match[2] ?? '').toLowerCase()] ?? NaN) : NaN;
-  if (!Number.isSafeInteger(value)) throw new InvalidArgumentError(`--size: '${text}' is not a byte count (e.g. 1048576, 64K, 1M)`);
-  return value;
-}
-
-function parseMaxMsgFds(text: string | undefined): number | undefined {
-  if (text === undefined) return undefined;
-  const n = Number(text);
-  if (!/^\d+$/.test(text) || n < 1 || n > MAX_SERVER_MSG_FDS) {
-    throw new InvalidArgumentError(`--max-msg-fds: '${text}' is not a count from 1 to ${MAX_SERVER_MSG_FDS}`);
-  }
-  return n;
+  return parseSizeValue(text, '--size');
 }
 
 function parseUids(texts: readonly string[] | undefined): number[] | undefined {
@@ -65,24 +48,6 @@ function parseUids(texts: readonly string[] | undefined): number[] | undefined {
     if (!/^\d+$/.test(t) || !Number.isSafeInteger(uid) || uid > 0xffff_ffff) throw new InvalidArgumentError(`--allow-uid: '${t}' is not a uid`);
     return uid;
   });
-}
-
-/**
- * Builds the device named `kind`.
- * @throws {InvalidArgumentError} EINVAL for an unknown device, or `--size` with a device other than memory.
- */
-export function createServedDevice(kind: string, size: string | undefined): VfioUserDevice {
-  if (size !== undefined && kind !== 'memory') throw new InvalidArgumentError(`--size applies to the memory device only, not ${kind}`);
-  switch (kind) {
-    case 'gpio':
-      return createGpioDevice().device;
-    case 'memory':
-      return createMemoryDevice(size === undefined ? {} : { size: parseSize(size) }).device;
-    case 'dma-engine':
-      return createDmaEngineDevice().device;
-    default:
-      throw new InvalidArgumentError(`unknown device '${kind}' (expected one of ${SERVE_DEVICES.join(', ')})`);
-  }
 }
 
 /** Resolves with the name of the first SIGINT or SIGTERM, then stops listening for them. */
@@ -104,22 +69,25 @@ const defaultIo: ServeIo = {
 };
 
 /**
- * Serves device `kind` on `options.socket` until stopped, then shuts down cleanly.
- * @throws {InvalidArgumentError} EINVAL for a bad device name, size, uid or fd count.
+ * Serves `spec` (a sample device's name or a device module) on `options.socket` until stopped, then shuts down cleanly.
+ * @param args - the arguments after `--`, for a module's factory.
+ * @throws {InvalidArgumentError} EINVAL for a bad uid.
+ * @throws {CliError} ENOENT for a module not found; EINVAL for a bad export or definition; a factory's errno (device-module.ts).
  * @throws {SystemError} EADDRINUSE when another server owns the socket path; EACCES, ENOENT from bind.
  */
-export async function runServe(kind: string, options: ServeCommandOptions, io: ServeIo = defaultIo): Promise<void> {
+export async function runServe(spec: string, options: ServeCommandOptions, io: ServeIo = defaultIo, args: readonly string[] = []): Promise<void> {
   const allowedUids = parseUids(options.allowUid);
-  const maxMsgFds = parseMaxMsgFds(options.maxMsgFds);
-  const device = createServedDevice(kind, options.size);
+  const maxMsgFds = options.maxMsgFds;
+  const size = options.size;
+  const stopped = io.stopped(); // listen for signals first: a slow module or factory must not leave SIGTERM to its default action
+  const { device, label } = await loadDevice(spec, { args, socket: options.socket, ...(size === undefined ? {} : { size }) });
   try {
-    const stopped = io.stopped(); // listen for signals before announcing, so none is missed
     const server = device.serve({
       path: options.socket,
       ...(allowedUids ? { allowedUids } : {}),
       ...(maxMsgFds === undefined ? {} : { limits: { maxMsgFds } }),
     });
-    io.log(`serving ${kind} on ${server.path}`);
+    io.log(`serving ${label} on ${server.path}`);
     await stopped;
     await server.close();
   } finally {
