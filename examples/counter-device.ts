@@ -10,7 +10,7 @@
 import { createDevice } from '../src/index.js';
 
 const path = process.argv[2] ?? '/tmp/counter.sock';
-const regs = new DataView(new ArrayBuffer(16));
+const regs = new DataView(new ArrayBuffer(4096)); // as large as BAR0: every offset reads (zero where no register is)
 
 const device = createDevice({
   name: 'counter',
@@ -35,7 +35,9 @@ const device = createDevice({
   },
   irqs: { msix: 1 },
   msix: { bar: 4, tableOffset: 0, pbaOffset: 2048 },
-  reset: () => regs.setUint32(0, 0, true),
+  reset: () => {
+    new Uint8Array(regs.buffer).fill(0);
+  },
 });
 
 const server = device.serve(path);

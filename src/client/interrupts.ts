@@ -11,6 +11,13 @@
  * count is added to the newest entry). Memory never grows with the interrupt
  * rate.
  *
+ * Nothing is lost to ordering: signals that arrive while a vector has no
+ * iterator and no `waitFor` pending (typically an interrupt the device raised
+ * inside the register write that caused it, read by the poller before the
+ * caller got to `vector()`) are added to that vector's backlog — one `bigint`,
+ * so memory stays bounded — and the next iterator created yields the backlog
+ * first. An iterator may therefore be created after the doorbell it waits for.
+ *
  * While enabled, the pollers keep the Node event loop alive: call
  * {@link Interrupts.disable} (or close the client, which tears everything
  * down too).
@@ -102,6 +109,8 @@ interface VectorState {
   fd: number;
   poller: NativePoller | undefined;
   total: bigint;
+  /** Signals delivered while no iterator or waiter was there to take them; handed to the next iterator. */
+  backlog: bigint;
   queues: Set<VectorQueue>;
   waiters: Set<Waiter>;
 }
@@ -182,21 +191,34 @@ export class Interrupts extends EventEmitter<InterruptsEvents> {
   }
 
   /**
-   * The counts delivered on `vector` from now on, as an async iterator; it ends
-   * when the interrupts are disabled or the connection closes (after what it
-   * had queued). Several iterators each get every count.
-   * @throws {InvalidArgumentError} EINVAL for a vector outside the range; {@link StateError} once closed.
+   * The counts delivered on `vector`, as an async iterator; it ends when the
+   * interrupts are disabled or the connection closes (after what it had
+   * queued). Several iterators each get every count delivered while they
+   * exist. A new iterator first yields, as one count, the signals that no
+   * iterator or `waitFor` received so far (the vector's backlog, which it then
+   * consumes): created after the write that raised an interrupt, it still sees
+   * that interrupt. The 'interrupt' event does not consume signals.
+   * @throws {InvalidArgumentError} EINVAL for a vector outside the range; {@link StateError} EBADF once closed.
    */
   vector(vector: number): AsyncIterableIterator<bigint> {
     const state = this.#state(vector, 'vector');
     const queue = new VectorQueue(this.#queueLimit, (q) => state.queues.delete(q));
     state.queues.add(queue);
+    if (state.backlog > 0n) {
+      queue.push(state.backlog);
+      state.backlog = 0n;
+    }
     return queue;
+  }
+
+  /** Signals of `vector` no iterator or waiter has taken yet (see {@link vector}). @throws {InvalidArgumentError} EINVAL for a vector outside the range. */
+  backlog(vector: number): bigint {
+    return this.#state(vector, 'backlog', false).backlog;
   }
 
   /**
    * Resolves with the count of the next delivery on `vector` (arm it before
-   * causing the interrupt).
+   * causing the interrupt: unlike {@link vector}, it does not take the backlog).
    * @param timeoutMs - 0 waits forever.
    * @throws {TimeoutError} ETIMEDOUT; {@link ConnectionClosedError} ENOTCONN or {@link StateError} when torn down first.
    */
@@ -277,7 +299,7 @@ export class Interrupts extends EventEmitter<InterruptsEvents> {
   }
 
   #watch(vector: number): VectorState {
-    const state: VectorState = { fd: createEventFd(), poller: undefined, total: 0n, queues: new Set(), waiters: new Set() };
+    const state: VectorState = { fd: createEventFd(), poller: undefined, total: 0n, backlog: 0n, queues: new Set(), waiters: new Set() };
     try {
       const poller = new native.Poller(state.fd, (status) => {
         if (status < 0) return poller.stop(); // libuv: stop polling after an error
@@ -295,6 +317,7 @@ export class Interrupts extends EventEmitter<InterruptsEvents> {
 
   #deliver(state: VectorState, vector: number, count: bigint): void {
     state.total += count;
+    if (state.queues.size === 0 && state.waiters.size === 0) state.backlog += count;
     for (const q of state.queues) q.push(count);
     const waiters = [...state.waiters];
     state.waiters.clear();

@@ -130,6 +130,56 @@ describe('Interrupts', () => {
       assert.equal(irq.total(0), 5n);
     }));
 
+  it('replays to a new iterator the interrupts nobody took (an iterator created after the doorbell)', () =>
+    withDevice(async (served, client) => {
+      const irq = await Interrupts.enable(client, MSIX);
+      await msixOn(client);
+      const events: InterruptEvent[] = [];
+      irq.on('interrupt', (e) => events.push(e)); // an observer: it does not consume
+      const delivered = new Promise((resolve) => irq.once('interrupt', resolve));
+      assert.equal(served.device.interrupt(3), true); // as a write callback would, before the caller iterates
+      await delivered;
+      assert.equal(irq.backlog(3), 1n);
+      const late = irq.vector(3);
+      assert.equal(irq.backlog(3), 0n, 'the new iterator took the backlog');
+      assert.deepEqual(await late.next(), { value: 1n, done: false });
+      const second = irq.vector(3); // created after the backlog was taken: sees only what comes next
+      const pending = second.next();
+      const fired = irq.waitFor(3, 2000);
+      assert.equal(served.device.interrupt(3), true);
+      assert.equal(await fired, 1n);
+      assert.deepEqual(await pending, { value: 1n, done: false });
+      assert.deepEqual(await late.next(), { value: 1n, done: false });
+      assert.equal(irq.backlog(3), 0n);
+      assert.equal(events.length, 2);
+      await irq.disable();
+    }));
+
+  it('keeps the backlog as one count per vector, and never replays what a waiter or iterator took', () =>
+    withDevice(async (_served, client) => {
+      const irq = await Interrupts.enable(client, MSIX, { vectors: 2 });
+      let seen = 0n;
+      irq.on('interrupt', (e) => void (seen += e.count));
+      for (let i = 0; i < 20; i++) await irq.trigger(1);
+      while (seen < 20n) await new Promise((resolve) => irq.once('interrupt', resolve));
+      assert.equal(irq.backlog(1), 20n);
+      assert.equal(irq.backlog(0), 0n, 'other vectors untouched');
+      await assert.rejects(irq.waitFor(1, 30), TimeoutError, 'a waiter waits for the next interrupt: it does not take the backlog');
+      assert.equal(irq.backlog(1), 20n);
+      const iter = irq.vector(1);
+      assert.deepEqual(await iter.next(), { value: 20n, done: false }, 'the whole backlog, as one count');
+      await iter.return?.();
+      const fired = irq.waitFor(1, 2000); // ...and what a waiter takes is not replayed
+      await irq.trigger(1);
+      assert.equal(await fired, 1n);
+      assert.equal(irq.backlog(1), 0n);
+      const next = irq.vector(1).next();
+      await irq.trigger(1);
+      assert.deepEqual(await next, { value: 1n, done: false });
+      assert.equal(irq.total(1), 22n);
+      await irq.disable();
+    }));
+
   it('times out waitFor, and rejects waiters and ends iterators on disable', () =>
     withDevice(async (_served, client) => {
       const irq = await Interrupts.enable(client, MSIX, { vectors: 2 });

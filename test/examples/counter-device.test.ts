@@ -26,6 +26,8 @@ describe('examples/counter-device', () => {
       await client.ok(Command.REGION_WRITE, add(7));
       const r = await client.ok(Command.REGION_READ, encodeRegionAccess({ offset: 0n, region: 0, count: 4 }));
       assert.deepEqual([...decodeRegionReadReply(r.payload)!.data], [12, 0, 0, 0]);
+      const far = await client.ok(Command.REGION_READ, encodeRegionAccess({ offset: 0xffcn, region: 0, count: 4 }));
+      assert.deepEqual([...decodeRegionReadReply(far.payload)!.data], [0, 0, 0, 0], 'every offset of the 4 KiB BAR reads');
       client.close();
       child.kill('SIGINT');
       const [code] = (await once(child, 'exit')) as [number];
