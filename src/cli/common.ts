@@ -3,18 +3,23 @@
  * `--timeout`), connecting, parsing REGION / OFFSET / VALUE arguments, naming
  * regions and IRQ indexes, one-line error messages and JSON output.
  */
+import { statSync } from 'node:fs';
 import { InvalidArgumentError, SystemError, VfioUserError, type VfioUserErrorOptions } from '../errors.js';
 import { VfioUserClient } from '../client/client.js';
 import type { ClientOptions, TraceEvent } from '../client/core.js';
-import { RegionIndex } from '../protocol/constants.js';
+import { RegionIndex, RegionInfoFlags } from '../protocol/constants.js';
+import { native } from '../native/addon.js';
 import { createTracePrinter } from './trace.js';
+import { parseCount as parseCountValue, parseDuration, parseInteger } from './values.js';
+
+export { parseInteger };
 
 /** Options every command accepts (commander puts them on the root program). */
 export interface GlobalOptions {
   /** Print every message on stderr, one decoded line each. */
   trace?: boolean;
-  /** Per-request timeout in ms (also bounds connecting). */
-  timeout?: string;
+  /** Per-request timeout in ms (also bounds connecting): a number from main.ts's argParser, or text in the duration syntax. */
+  timeout?: number | string;
 }
 
 /** Where a command writes; tests and the demo can swap it. */
@@ -34,16 +39,13 @@ export const stdio: Output = {
 const DEFAULT_TIMEOUT_MS = 10_000;
 
 /**
- * Parses `--timeout MS`.
- * @throws {InvalidArgumentError} EINVAL unless a positive integer of milliseconds.
+ * The `--timeout` in milliseconds: already a number when main.ts parsed it, else parsed here
+ * (the duration syntax of values.ts: `500ms`, `10s`, plain milliseconds).
+ * @throws {InvalidArgumentError} EINVAL for text that is not a duration.
  */
-export function parseTimeout(text: string | undefined): number {
-  if (text === undefined) return DEFAULT_TIMEOUT_MS;
-  const ms = Number(text);
-  if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(ms) || ms <= 0) {
-    throw new InvalidArgumentError(`--timeout: '${text}' is not a positive number of milliseconds`);
-  }
-  return ms;
+export function parseTimeout(value: number | string | undefined): number {
+  if (value === undefined) return DEFAULT_TIMEOUT_MS;
+  return typeof value === 'number' ? value : parseDuration(value, '--timeout');
 }
 
 /**
@@ -66,7 +68,7 @@ export async function withClient<T>(
   try {
     client = await VfioUserClient.connect(socket, options);
   } catch (error) {
-    throw new CliError(`connect ${socket}: ${errorReason(error)}`, { cause: error });
+    throw new CliError(`connect ${socket}: ${connectFailure(socket, error)}`, { cause: error });
   }
   try {
     return await body(client);
@@ -90,6 +92,35 @@ export function errorReason(error: unknown): string {
   if (error instanceof SystemError) return `${error.code ?? 'errno'} ${error.errno}`;
   if (error instanceof Error) return error.message;
   return String(error);
+}
+
+/**
+ * What is wrong with `path` as a server socket, from `stat`: `no such file`, `not a socket (a regular file)`,
+ * `not a socket (a directory)`, …; undefined when it is a socket.
+ */
+export function socketPathProblem(path: string): string | undefined {
+  let st;
+  try {
+    st = statSync(path);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return 'no such file (is a server running? vfio-user serve DEVICE --socket PATH creates it)';
+    if (code === 'ENOTDIR') return 'no such file (a component of the path is not a directory)';
+    if (code === 'EACCES') return 'permission denied (a directory on the path is not searchable)';
+    return `cannot stat: ${code ?? String(error)}`;
+  }
+  if (st.isSocket()) return undefined;
+  const kind = st.isDirectory() ? 'a directory' : st.isFIFO() ? 'a FIFO' : st.isFile() ? 'a regular file' : 'a device file';
+  return `not a socket (${kind})`;
+}
+
+/** Why connecting to `socket` failed, in words: the path's problem, or why a socket refused. */
+export function connectFailure(socket: string, error: unknown): string {
+  const problem = socketPathProblem(socket);
+  if (problem !== undefined) return problem;
+  const reason = errorReason(error);
+  if (error instanceof SystemError && error.code === 'ECONNREFUSED') return `${reason}: nothing listens on this socket (a stale file left by a server that exited?)`;
+  return reason;
 }
 
 /** The one line printed for a failure (without the `vfio-user: ` prefix). */
@@ -138,32 +169,41 @@ const REGION_WORDS: Readonly<Record<string, number>> = {
 export function parseRegion(text: string): number {
   const word = REGION_WORDS[text.trim().toLowerCase()];
   if (word !== undefined) return word;
-  const n = parseInteger(text, 'REGION', 0xffff_ffffn);
-  return Number(n);
+  if (!/^\s*(0x[0-9a-f_]+|[0-9_]+)\s*$/i.test(text)) throw new InvalidArgumentError(`REGION: '${text}' is not a region (bar0..bar5, rom, config, vga or an index)`);
+  return Number(parseInteger(text, 'REGION', 0xffff_ffffn));
 }
 
 /**
- * Parses a non-negative integer: decimal, `0x` hex, `0o` octal or `0b` binary; `_` separators allowed.
- * @param max - largest value accepted.
- * @throws {InvalidArgumentError} EINVAL naming `what` when it is not a number or too large.
+ * The error to print for a refused access of `length` bytes at `offset` of `region`: when the
+ * server's REGION_INFO explains the refusal, says why (`BAR1 is not implemented by this device`,
+ * `BAR0 is 4K: 0x1000+4 is beyond its end`, `ROM is not writable`); else {@link siteError}.
+ * Never throws (a failing REGION_INFO leaves the original error).
  */
-export function parseInteger(text: string, what: string, max = (1n << 64n) - 1n): bigint {
-  const t = text.trim().replace(/_/g, '');
-  const ok = /^(0x[0-9a-f]+|0o[0-7]+|0b[01]+|\d+)$/i.test(t);
-  if (!ok) {
-    const hint = what === 'REGION' ? 'bar0..bar5, rom, config, vga or an index' : 'decimal or 0x-hex';
-    throw new InvalidArgumentError(`${what}: '${text}' is not ${what === 'REGION' ? 'a region' : 'a number'} (${hint})`);
+export async function regionAccessError(client: VfioUserClient, what: string, access: { region: number; offset: bigint; length: number; write: boolean }, error: unknown): Promise<CliError> {
+  const name = regionName(access.region);
+  try {
+    const { numRegions } = await client.deviceInfo();
+    if (access.region >= numRegions) return new CliError(`${what}: this device has no region ${access.region} (it has ${numRegions})`, { cause: error });
+    const { info, fd } = await client.regionInfo(access.region);
+    if (fd !== undefined) native.close(fd);
+    const why =
+      info.size === 0n ? `${name} is not implemented by this device`
+      : access.offset + BigInt(access.length) > info.size ? `${name} is ${humanSize(info.size)}: ${hex(access.offset)}+${access.length} is beyond its end`
+      : (info.flags & (access.write ? RegionInfoFlags.WRITE : RegionInfoFlags.READ)) === 0 ? `${name} is not ${access.write ? 'writable' : 'readable'}`
+      : undefined;
+    if (why !== undefined) return new CliError(`${what}: ${why}`, { cause: error });
+  } catch {
+    // The original error says more than a failed REGION_INFO.
   }
-  const value = BigInt(t.toLowerCase());
-  if (value > max) throw new InvalidArgumentError(`${what}: ${text} is larger than 0x${max.toString(16)}`);
-  return value;
+  return siteError(what, error);
 }
 
-/** Parses an option that must be a positive safe integer (`--count`, `--depth`, `--size`). */
+/**
+ * Parses an option that must be a positive safe integer (`--count`, `--depth`): values.ts's count syntax.
+ * @throws {InvalidArgumentError} EINVAL naming `what` for anything else, 0 or a value above `max`.
+ */
 export function parseCount(text: string, what: string, max = Number.MAX_SAFE_INTEGER): number {
-  const n = parseInteger(text, what, BigInt(max));
-  if (n === 0n) throw new InvalidArgumentError(`${what}: must be at least 1`);
-  return Number(n);
+  return parseCountValue(text, what, { max });
 }
 
 /** Parses `--width 1|2|4|8`. */

@@ -11,6 +11,7 @@ import type { Logger } from '../log.js';
 import type { BarDefinition, DeviceDefinition, RegionDefinition, RegionSpan } from './types.js';
 import type { IoEventFdDescription, RegionDescription } from '../server/types.js';
 import { IoEventFd, checkIoEventFd } from './ioeventfds.js';
+import { CallbackChecks } from './callback-checks.js';
 
 /** The MSI-X structures' accessors (from config space) a region may host. */
 export interface MsixWindow {
@@ -41,12 +42,15 @@ export class Region {
   readonly ioEventFds: readonly IoEventFd[];
   msix: MsixWindow | undefined;
   readonly #logger: Logger | undefined;
+  /** The author's callbacks, called through checks that log their mistakes at warn. */
+  readonly #callbacks: CallbackChecks;
 
   constructor(index: number, definition: RegionDefinition, msixCarveOut: RegionSpan[], logger?: Logger) {
     const declaredIoFds = (definition as BarDefinition).ioeventfds ?? [];
     for (const d of declaredIoFds) checkIoEventFd(definition.size, d); // validate before allocating anything
     this.index = index;
     this.#logger = logger;
+    this.#callbacks = new CallbackChecks(index, logger);
     this.size = definition.size;
     this.definition = definition;
     this.readable = definition.readable ?? true;
@@ -103,7 +107,7 @@ export class Region {
     if (m && this.#hits(offset, length, m.tableOffset, m.tableSize)) return m.tableRead(offset - m.tableOffset, length);
     if (m && this.#hits(offset, length, m.pbaOffset, m.pbaSize)) return m.pbaRead(offset - m.pbaOffset, length);
     if (this.memory && (this.#inSparse(offset, length) || !this.definition.read)) return this.memory.slice(offset, offset + length);
-    if (this.definition.read) return this.definition.read(offset, length);
+    if (this.definition.read) return this.#callbacks.read(this.definition, offset, length);
     if (m) return new Uint8Array(length); // the rest of a BAR that only hosts MSI-X reads as zeros
     throw new InvalidArgumentError(`region ${this.index} has no read handler for offset 0x${offset.toString(16)}`);
   }
@@ -117,7 +121,7 @@ export class Region {
       this.memory.set(data, offset);
       return;
     }
-    if (this.definition.write) return this.definition.write(offset, data);
+    if (this.definition.write) return this.#callbacks.write(this.definition, offset, data);
     if (m) return; // ... and ignores writes
     throw new InvalidArgumentError(`region ${this.index} has no write handler for offset 0x${offset.toString(16)}`);
   }
@@ -148,9 +152,9 @@ export function buildRegions(def: DeviceDefinition, msixCarveOut: (bar: number) 
   const out: (Region | undefined)[] = [];
   try {
     bars.forEach((bar, i) => (out[i] = bar ? new Region(i, bar, msixCarveOut(i), logger) : undefined));
-    out[RegionIndex.ROM] = r.rom ? new Region(RegionIndex.ROM, r.rom, []) : undefined;
+    out[RegionIndex.ROM] = r.rom ? new Region(RegionIndex.ROM, r.rom, [], logger) : undefined;
     out[RegionIndex.CONFIG] = undefined; // config space is emulated by the device itself
-    out[RegionIndex.VGA] = r.vga ? new Region(RegionIndex.VGA, { ...r.vga, size: r.vga.size || VGA_REGION_SIZE }, []) : undefined;
+    out[RegionIndex.VGA] = r.vga ? new Region(RegionIndex.VGA, { ...r.vga, size: r.vga.size || VGA_REGION_SIZE }, [], logger) : undefined;
   } catch (error) {
     for (const region of out) region?.dispose(); // all or nothing
     throw error;

@@ -24,7 +24,7 @@ describe('vfio-user CLI', () => {
     assert.match(r.stdout, /Usage: vfio-user/);
     for (const c of COMMANDS) assert.match(r.stdout, new RegExp(`^  ${c}\\b`, 'm'), c);
     assert.match(r.stdout, /--trace/);
-    assert.match(r.stdout, /--timeout <ms>/);
+    assert.match(r.stdout, /--timeout <duration>/);
     assert.doesNotMatch(r.stdout, /demo-peer/);
   });
 
@@ -49,12 +49,12 @@ describe('vfio-user CLI', () => {
     assert.match((await runCli(['frobnicate'])).stderr, /unknown command 'frobnicate'/);
   });
 
-  it('a socket nobody serves: exit 1 and `connect PATH: ENOENT 2`', async () => {
+  it('a socket nobody serves: exit 1 and `connect PATH: no such file`', async () => {
     for (const command of [['info'], ['lspci'], ['read', '-', 'bar0', '0'], ['write', '-', 'bar0', '0', '1'], ['bench']]) {
       const args = [command[0] ?? '', '/nonexistent/vfio.sock', ...command.slice(2)];
       const r = await runCli(args);
       assert.equal(r.code, 1, args.join(' '));
-      assert.deepEqual(stderrLines(r), ['vfio-user: connect /nonexistent/vfio.sock: ENOENT 2'], args.join(' '));
+      assert.deepEqual(stderrLines(r), ['vfio-user: connect /nonexistent/vfio.sock: no such file (is a server running? vfio-user serve DEVICE --socket PATH creates it)'], args.join(' '));
       assert.equal(r.stdout, '');
     }
   });
@@ -62,6 +62,6 @@ describe('vfio-user CLI', () => {
   it('a bad --timeout is refused before connecting', async () => {
     const r = await runCli(['--timeout', 'soon', 'info', '/nonexistent/vfio.sock']);
     assert.equal(r.code, 1);
-    assert.deepEqual(stderrLines(r), ["vfio-user: --timeout: 'soon' is not a positive number of milliseconds"]);
+    assert.deepEqual(stderrLines(r), ["vfio-user: option '--timeout <duration>' argument 'soon' is invalid. It is not a duration (e.g. 300ms, 5s, 1.5s, 2m; a plain number is milliseconds)."]);
   });
 });

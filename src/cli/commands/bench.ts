@@ -8,7 +8,7 @@
 import { availableParallelism } from 'node:os';
 import type { VfioUserClient } from '../../client/client.js';
 import { native } from '../../native/addon.js';
-import { parseSize } from './serve.js';
+import { parseSize } from '../values.js';
 import { CliError, hex, parseCount, parseInteger, parseRegion, regionName, siteError, stdio, table, toJson, withClient, type GlobalOptions, type Output } from '../common.js';
 
 /** Options of `bench`. */
@@ -99,8 +99,8 @@ function plan(options: BenchOptions): Plan {
   return {
     region: parseRegion(options.region ?? 'bar0'),
     offset: parseInteger(options.offset ?? '0', '--offset'),
-    size: parseCount(options.size ?? '4', '--size', 1 << 20),
-    largeSize: options.largeSize === undefined ? 64 * 1024 : parseSize(options.largeSize),
+    size: parseSize(options.size ?? '4', '--size', { max: 1 << 20 }),
+    largeSize: parseSize(options.largeSize ?? '64K', '--large-size'),
     count: parseCount(options.count ?? '10000', '--count', 10_000_000),
     depth,
   };
@@ -109,6 +109,7 @@ function plan(options: BenchOptions): Plan {
 async function runRows(client: VfioUserClient, p: Plan): Promise<BenchRow[]> {
   const { info, fd } = await client.regionInfo(p.region);
   if (fd !== undefined) native.close(fd);
+  if (info.size === 0n) throw new CliError(`bench: ${regionName(p.region)} is not implemented by this device`);
   const room = info.size > p.offset ? info.size - p.offset : 0n;
   if (room < BigInt(p.size)) throw new CliError(`bench: ${regionName(p.region)} is ${info.size} bytes; no room for ${p.size} bytes at ${hex(p.offset)}`);
   const wanted = BigInt(Math.min(p.largeSize, client.server.maxDataXferSize));
