@@ -5,7 +5,7 @@
  * message on stderr; failures print one line on stderr and exit 1.
  */
 import './die-with-parent.js'; // first: a server child started by this CLI dies with its parent
-import { Argument, Command as Cli, Option } from 'commander';
+import { Command as Cli, Option } from 'commander';
 import { runDemo, type DemoOptions } from './commands/demo.js';
 import { SERVE_DEVICES, runServe, type ServeCommandOptions } from './commands/serve.js';
 import { DEFAULT_SERVER_MSG_FDS, MAX_SERVER_MSG_FDS } from '../server/server.js';
@@ -15,10 +15,10 @@ import { runRead, runWrite, type ReadOptions, type WriteOptions } from './comman
 import { runBench, type BenchOptions } from './commands/bench.js';
 import { ASSIGN_BARS_MODES } from './bar-gate.js';
 import { runShell, type ShellOptions } from './commands/shell.js';
-import { runMigrate, type MigrateCommandOptions } from './commands/migrate.js';
+import { MAX_DEMO_JOBS, runMigrate, type MigrateCommandOptions } from './commands/migrate.js';
 import { runMigrateListen, type MigrateListenOptions } from './commands/migrate-listen.js';
 import { runMigrateResolve, type MigrateResolveOptions } from './commands/migrate-resolve.js';
-import { durationOption } from './values.js';
+import { countOption, durationOption, sizeOption } from './values.js';
 import { describeError, type GlobalOptions } from './common.js';
 import { VERSION } from '../version.js';
 
@@ -70,14 +70,15 @@ program
 
 program
   .command('serve')
-  .description('serve a sample device on a UNIX socket until SIGINT/SIGTERM')
-  .addArgument(new Argument('<device>', 'the device to serve').choices(SERVE_DEVICES))
+  .description('serve a device on a UNIX socket until SIGINT/SIGTERM: a sample device, or your own ES module exporting a device definition, a device or a factory (args after -- go to the factory)')
+  .argument('<device>', `${SERVE_DEVICES.join(', ')}, or a module: ./my-device.js, /path/dev.mjs, a package name`)
+  .argument('[args...]', "after --: arguments for the module's factory ({ args, socket })")
   .requiredOption('--socket <path>', 'socket path to create (removed on exit)')
-  .option('--size <bytes>', 'memory device: BAR0 size, a power of two (K/M/G suffixes allowed; default 1M)')
+  .addOption(sizeOption('--size <bytes>', 'memory device: BAR0 size, a power of two (4K, 64K, 1M; default 1M)', { powerOfTwo: true }))
   .option('--allow-uid <uid...>', 'only serve clients running as these uids')
-  .option('--max-msg-fds <n>', `fds a client may send per message, advertised in VERSION (1–${MAX_SERVER_MSG_FDS}; QEMU accepts ≤ 16)`, String(DEFAULT_SERVER_MSG_FDS))
-  .action(async (device: string, options: ServeCommandOptions) => {
-    await runServe(device, options);
+  .addOption(countOption('--max-msg-fds <n>', `fds a client may send per message, advertised in VERSION (1–${MAX_SERVER_MSG_FDS}; QEMU accepts ≤ 16)`, { max: MAX_SERVER_MSG_FDS, default: String(DEFAULT_SERVER_MSG_FDS) }))
+  .action(async (device: string, args: string[], options: ServeCommandOptions) => {
+    await runServe(device, options, undefined, args);
   });
 
 program
@@ -150,17 +151,22 @@ program
 
 program
   .command('migrate')
-  .description('live migration end to end: --demo serves a DMA engine in a child process, runs copy jobs on it and migrates it with its guest RAM under a downtime budget — to a second local engine, or to `vfio-user migrate-listen` with --to')
-  .option('--demo', 'the end-to-end demo case (required)')
-  .option('--to <url>', 'migrate to a receiver (`vfio-user migrate-listen`) at tcp://HOST:PORT instead of a local engine')
-  .option('--downtime <duration>', 'downtime budget: 300ms, 1s, or plain milliseconds', '300ms')
-  .option('--jobs <n>', 'copy jobs streamed on the source (the destination runs the rest)', '600')
-  .option('--bandwidth <rate>', 'pre-copy bandwidth cap in bytes/s (K/M/G = 10^3/6/9), e.g. 200M')
-  .option('--auto-converge', 'throttle the guest workload when pre-copy does not converge (QEMU auto-converge: 20%, +10%, at most 99%)')
-  .option('--time-limit <duration>', 'hard limit on the whole migration (aborted back to the source beyond it)', '60s')
+  .description('live-migrate a device and its guest RAM under a downtime budget: --from a served device (this process is its VMM) --to another socket or a receiver (`vfio-user migrate-listen`) at tcp://HOST:PORT; or --demo (a busy DMA engine)')
+  .option('--from <socket>', 'the source device: any served device whose definition declares migration (e.g. `vfio-user serve ./my-device.js`)')
+  .option('--to <target>', 'the destination: a device socket on this host (this process then holds it until SIGINT/SIGTERM), or a receiver at tcp://HOST:PORT')
+  .addOption(sizeOption('--guest-ram <bytes>', '--from: guest RAM size (a memfd, DMA-mapped with its fd; default: --guest-ram-file\'s size, else 64M)'))
+  .option('--guest-ram-file <file>', '--from: initialise guest RAM from this file')
+  .option('--iova <addr>', '--from: where the device sees guest RAM (default 0x100000000)')
+  .option('--no-hold', '--from to a socket: release the migrated destination at once (it resets) instead of holding it until SIGINT/SIGTERM')
+  .option('--demo', 'the end-to-end demo: a DMA engine served by a child process, copy jobs running while it migrates')
+  .addOption(durationOption('--downtime <duration>', 'downtime budget: 300ms, 1s, or plain milliseconds', { min: 0, default: '300ms' }))
+  .addOption(countOption('--jobs <n>', '--demo: copy jobs streamed on the source (the destination runs the rest)', { max: MAX_DEMO_JOBS, default: '600' }))
+  .addOption(sizeOption('--bandwidth <rate>', 'pre-copy bandwidth cap in bytes/s, e.g. 200M (= 200 MiB/s)', { perSecond: true }))
+  .option('--auto-converge', '--demo: throttle the guest workload when pre-copy does not converge (QEMU auto-converge: 20%, +10%, at most 99%)')
+  .addOption(durationOption('--time-limit <duration>', 'hard limit on the whole migration (aborted back to the source beyond it)', { default: '60s' }))
   .option('--tls-creds <dir>', "mutual TLS: a directory with ca-cert.pem, client-cert.pem, client-key.pem (QEMU's tls-creds-x509 layout)")
   .option('--no-tls', 'allow a plaintext channel to a receiver beyond loopback (TLS is required there otherwise)')
-  .option('--resolve-timeout <duration>', "how long to keep asking the receiver how the migration ended when the commit's reply is lost (then the source is held)", '10s')
+  .addOption(durationOption('--resolve-timeout <duration>', "how long to keep asking the receiver how the migration ended when the commit's reply is lost (then the source is held)", { default: '10s' }))
   .addOption(json)
   .action((options: MigrateCommandOptions) => runMigrate(options, globals()));
 
@@ -175,11 +181,11 @@ program
 
 program
   .command('migrate-listen')
-  .description('receive live migrations on TCP (`vfio-user migrate --demo --to tcp://HOST:PORT`): apply them to a local destination device, resetting it when a migration does not commit')
+  .description('receive live migrations on TCP (`vfio-user migrate --from … --to tcp://HOST:PORT`, or --demo) as the destination\'s VMM: a migration that does not commit resets the device; a committed one runs here, held with its guest RAM until SIGINT/SIGTERM (the demo\'s: until its sender is done)')
   .option('--port <n>', 'TCP port (0 = any; the address is printed on stderr)', '0')
   .option('--host <addr>', 'address to listen on', '127.0.0.1')
-  .option('--socket <path>', 'the destination device (default: a DMA engine served in a child process)')
-  .option('--once', 'exit after the first migration ends (status 1 if it did not commit and verify)')
+  .option('--socket <path>', 'the destination device, e.g. served by `vfio-user serve ./my-device.js` (default: a DMA engine served in a child process, for the demo)')
+  .option('--once', 'receive one migration: exit 1 if it does not commit; once committed, hold it until SIGINT/SIGTERM, then exit 0 (the demo: exit when its sender is done)')
   .option('--tls-creds <dir>', "mutual TLS: a directory with ca-cert.pem, server-cert.pem, server-key.pem (QEMU's tls-creds-x509 layout); senders need a client certificate from that CA")
   .option('--no-tls', 'allow a plaintext, unauthenticated channel on an address beyond loopback (TLS is required there otherwise)')
   .addOption(json)
