@@ -86,7 +86,7 @@ function help(root: string, args: string[]): string {
 
 function subcommands(root: string): Set<string> {
   const text = help(root, []);
-  const after = text.split(/^Commands:\s*$/m)[1] ?? '';
+  const after = (text.split(/^Commands:\s*$/m)[1] ?? '').split(/\n\s*\n/)[0] ?? '';
   return new Set([...after.matchAll(/^ {2}([a-z][\w-]*)/gm)].map((m) => m[1] as string));
 }
 

@@ -133,12 +133,14 @@ export const SHELL_PRELUDE = `set -e -o pipefail
 __snippet_wait_unix() {
   local i=0
   until awk -v p="$(realpath -m "$1")" -v q="$1" '($NF == p || $NF == q) && $4 == "00010000" { f = 1 } END { exit !f }' /proc/net/unix; do
+    if ! kill -0 "$2" 2>/dev/null; then echo "snippet harness: the server for $1 exited" >&2; return 1; fi
     i=$((i + 1)); if [ $i -gt 600 ]; then echo "snippet harness: $1 never listened" >&2; return 1; fi; sleep 0.05
   done
 }
 __snippet_wait_tcp() {
   local port i=0; port=$(printf '%04X' "$1")
   until cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v p=":$port" '$4 == "0A" && substr($2, length($2) - 4) == p { f = 1 } END { exit !f }'; do
+    if ! kill -0 "$2" 2>/dev/null; then echo "snippet harness: the listener on port $1 exited" >&2; return 1; fi
     i=$((i + 1)); if [ $i -gt 600 ]; then echo "snippet harness: port $1 never listened" >&2; return 1; fi; sleep 0.05
   done
 }
@@ -154,9 +156,9 @@ export function withServerWaits(code: string): string {
   for (const line of code.split('\n')) {
     out.push(line);
     const serve = SERVE_BG.exec(line);
-    if (serve) out.push(`__snippet_wait_unix '${serve[1]}'`);
+    if (serve) out.push(`__snippet_wait_unix '${serve[1]}' $!`);
     const listen = LISTEN_BG.exec(line);
-    if (listen) out.push(`__snippet_wait_tcp ${listen[1]}`);
+    if (listen) out.push(`__snippet_wait_tcp ${listen[1]} $!`);
   }
   return out.join('\n');
 }
