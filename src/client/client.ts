@@ -230,8 +230,10 @@ export class VfioUserClient extends ClientCore {
   }
 
   /**
-   * DMA_UNMAP of exactly one mapping; with `dirtyPageSize` the reply carries its dirty bitmap.
-   * @throws {RemoteError} ENOENT when no mapping matches exactly.
+   * DMA_UNMAP of exactly one mapping; with `dirtyPageSize` the reply carries its dirty bitmap,
+   * which exists only while dirty logging runs ({@link startDirtyLogging}, at that page size).
+   * @throws {RemoteError} ENOENT when no mapping matches exactly; EINVAL for `dirtyPageSize`
+   *   while the server is not logging (or logs at another page size).
    */
   async dmaUnmap(addr: bigint, size: bigint, options: { dirtyPageSize?: bigint } = {}): Promise<DmaUnmapReply> {
     const pgsize = options.dirtyPageSize;
