@@ -5,6 +5,7 @@
  */
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
 import { PassThrough } from 'node:stream';
 import { VfioUserClient } from '../../src/client/client.js';
 import { GuestMemory } from '../../src/client/guest-memory.js';
@@ -73,6 +74,31 @@ describe('runShellOnSession', () => {
     assert.equal(out.traces.length, 1);
     assert.match(out.traces[0] ?? '', /^error: REGION: 'bar9' is not a region/);
     assert.match(echoed, /vfio-user> /);
+  });
+});
+
+describe('runShellOnSession, connection lost', () => {
+  it('ends at the first command that finds the connection gone, --keep-going or not', async () => {
+    const other = serve(createDmaEngineDevice().device);
+    const held = await VfioUserClient.connect(other.path);
+    try {
+      const input = new PassThrough();
+      const out = collector();
+      const running = runShellOnSession({ socket: other.path, client: held }, { input, interactive: false, keepGoing: true, out });
+      input.write('read bar0 0\n');
+      while (out.lines.length === 0) await new Promise((r) => setTimeout(r, 10));
+      await other.server.close();
+      await held.closed;
+      input.end('read bar0 0\necho after\n');
+      const outcome = await running;
+      assert.deepEqual(outcome, { commands: 2, failures: 1, disconnected: true });
+      assert.equal(out.lines.length, 1);
+      assert.match(out.traces[0] ?? '', /^vfio-user: stdin:2: read bar0 0x0: /);
+    } finally {
+      held.close();
+      other.device.dispose();
+      rmSync(other.dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -164,6 +164,17 @@ export async function runShellOnSession(target: ShellTarget, io: ShellIo = {}): 
   return outcome;
 }
 
+/** Whether `error` or one of its causes is a `type`. */
+function causedBy(error: unknown, type: abstract new (...args: never[]) => Error): boolean {
+  let e: unknown = error;
+  for (let depth = 0; e instanceof Error && depth < 8; depth++) {
+    const current: Error = e;
+    if (current instanceof type) return true;
+    e = (current as { cause?: unknown }).cause;
+  }
+  return false;
+}
+
 interface LineIo {
   out: Output;
   interactive: boolean;
@@ -188,7 +199,7 @@ async function runLine(ctx: ShellContext, line: string, number: number, io: Line
     return true;
   } catch (error) {
     outcome.failures++;
-    if (error instanceof ConnectionClosedError) outcome.disconnected = true;
+    if (causedBy(error, ConnectionClosedError)) outcome.disconnected = true;
     const message = describeError(error);
     if (io.json) io.out.line(jsonLine({ line: number, command: name, ok: false, error: message }));
     io.out.trace(io.interactive ? `error: ${message}` : `vfio-user: ${io.source}:${number}: ${message}`);
