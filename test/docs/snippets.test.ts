@@ -65,7 +65,8 @@ function writeAndCompile(): Map<string, string[]> {
   const ts: string[] = [];
   const where = new Map<string, Block>();
   for (const [block, dir] of dirOf) {
-    const name = block.directives.file ?? `${slug(block)}.${block.lang}`;
+    // A ts block written as `file x.js` is type-checked as x.ts and emitted as x.js.
+    const name = block.directives.file?.replace(/\.js$/, block.lang === 'ts' ? '.ts' : '.js') ?? `${slug(block)}.${block.lang}`;
     const path = join(dir, name);
     writeFileSync(path, intoDir(block.code, dir));
     if (block.lang === 'ts') {
