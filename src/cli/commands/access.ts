@@ -4,21 +4,25 @@
  * access through REGION_READ / REGION_WRITE. Each value is one access of
  * `width` bytes (reads are pipelined); multi-byte values are little-endian.
  */
-import type { VfioUserClient } from '../../client/client.js';
 import { InvalidArgumentError } from '../../errors.js';
-import { hex, parseCount, parseInteger, parseRegion, parseWidth, regionName, siteError, stdio, toJson, withClient, type GlobalOptions, type Output } from '../common.js';
+import { BarGate, parseAssignBars } from '../bar-gate.js';
+import { hex, parseCount, parseInteger, parseRegion, parseWidth, regionAccessError, regionName, stdio, toJson, withClient, type GlobalOptions, type Output } from '../common.js';
 
 /** Options of `read`. */
 export interface ReadOptions {
   count?: string;
   width?: string;
   json?: boolean;
+  /** `auto` (default), `always` or `never`: see bar-gate.ts. */
+  assignBars?: string;
 }
 
 /** Options of `write`. */
 export interface WriteOptions {
   width?: string;
   json?: boolean;
+  /** `auto` (default), `always` or `never`: see bar-gate.ts. */
+  assignBars?: string;
 }
 
 /** Reads in flight at once for `read --count`. */
@@ -41,20 +45,36 @@ export function leBytes(value: bigint, width: number, what = 'VALUE'): Uint8Arra
   return out;
 }
 
-/** Issues `count` reads of `width` bytes from `offset`, at most {@link READ_WINDOW} in flight. */
-async function readValues(client: VfioUserClient, region: number, offset: bigint, width: number, count: number): Promise<Uint8Array[]> {
+/**
+ * Issues `count` reads of `width` bytes from `offset`: the first through `gate`
+ * (which may set the BARs up and retry), then at most {@link READ_WINDOW} in flight.
+ */
+export async function readValues(gate: BarGate, region: number, offset: bigint, width: number, count: number): Promise<Uint8Array[]> {
+  const client = gate.client;
+  const refused = async (at: bigint, error: unknown): Promise<never> => Promise.reject(await regionAccessError(client, `read ${where(region, at)}`, { region, offset: at, length: width, write: false }, error));
+  const readAt = (at: bigint): Promise<Uint8Array> => client.regionRead(region, at, width).catch((error: unknown) => refused(at, error));
   const out: Uint8Array[] = new Array<Uint8Array>(count);
-  for (let base = 0; base < count; base += READ_WINDOW) {
-    const batch = Array.from({ length: Math.min(READ_WINDOW, count - base) }, (_, i) => {
-      const at = offset + BigInt((base + i) * width);
-      return client.regionRead(region, at, width).then(
-        (b) => (out[base + i] = b),
-        (error: unknown) => Promise.reject(siteError(`read ${where(region, at)}`, error)),
-      );
-    });
+  out[0] = await gate.run(region, offset, width, () => client.regionRead(region, offset, width)).catch((error: unknown) => refused(offset, error));
+  for (let base = 1; base < count; base += READ_WINDOW) {
+    const batch = Array.from({ length: Math.min(READ_WINDOW, count - base) }, (_, i) => readAt(offset + BigInt((base + i) * width)).then((b) => (out[base + i] = b)));
     await Promise.all(batch);
   }
   return out;
+}
+
+/** One REGION_WRITE of `data` through `gate`. @throws {CliError} naming the site, with the server's errno. */
+export async function writeValue(gate: BarGate, region: number, offset: bigint, data: Uint8Array): Promise<void> {
+  try {
+    await gate.run(region, offset, data.length, () => gate.client.regionWrite(region, offset, data));
+  } catch (error) {
+    throw await regionAccessError(gate.client, `write ${where(region, offset)}`, { region, offset, length: data.length, write: true }, error);
+  }
+}
+
+/** The `--json` report of a read. */
+export function readReport(region: number, offset: bigint, width: number, values: readonly Uint8Array[]): Record<string, unknown> {
+  const data = values.map((b) => Buffer.from(b).toString('hex')).join('');
+  return { region, regionName: regionName(region), offset, width, count: values.length, values: values.map((b) => hex(leValue(b), width * 2)), data };
 }
 
 /** Formats values: one bare value, or rows of 16 bytes' worth with their offsets. */
@@ -82,16 +102,15 @@ export async function runRead(socket: string, regionText: string, offsetText: st
   const offset = parseInteger(offsetText, 'OFFSET');
   const width = parseWidth(options.width);
   const count = options.count === undefined ? 1 : parseCount(options.count, '--count', MAX_COUNT);
+  const mode = parseAssignBars(options.assignBars);
   const values = await withClient(
     socket,
     global,
-    (client) => readValues(client, region, offset, width, count),
+    (client) => readValues(new BarGate(client, mode, (t) => out.trace(`note: ${t}`)), region, offset, width, count),
     { out },
   );
   if (!options.json) return formatValues(offset, width, values).forEach((l) => out.line(l));
-  const data = values.map((b) => Buffer.from(b).toString('hex')).join('');
-  const report = { region, regionName: regionName(region), offset, width, count, values: values.map((b) => hex(leValue(b), width * 2)), data };
-  out.line(toJson(report));
+  out.line(toJson(readReport(region, offset, width, values)));
 }
 
 /** Runs `write`. */
@@ -109,18 +128,8 @@ export async function runWrite(
   const width = parseWidth(options.width);
   const value = parseInteger(valueText, 'VALUE');
   const data = leBytes(value, width);
-  await withClient(
-    socket,
-    global,
-    async (client) => {
-      try {
-        await client.regionWrite(region, offset, data);
-      } catch (error) {
-        throw siteError(`write ${where(region, offset)}`, error);
-      }
-    },
-    { out },
-  );
+  const mode = parseAssignBars(options.assignBars);
+  await withClient(socket, global, (client) => writeValue(new BarGate(client, mode, (t) => out.trace(`note: ${t}`)), region, offset, data), { out });
   const shown = hex(value, width * 2);
   if (options.json) out.line(toJson({ region, regionName: regionName(region), offset, width, value: shown, ok: true }));
   else out.line(`wrote ${shown} to ${regionName(region)}+${hex(offset)} (${width} byte${width === 1 ? '' : 's'})`);

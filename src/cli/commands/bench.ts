@@ -8,6 +8,7 @@
 import { availableParallelism } from 'node:os';
 import type { VfioUserClient } from '../../client/client.js';
 import { native } from '../../native/addon.js';
+import { BarGate, parseAssignBars, type AssignBarsMode } from '../bar-gate.js';
 import { parseSize } from '../values.js';
 import { CliError, hex, parseCount, parseInteger, parseRegion, regionName, siteError, stdio, table, toJson, withClient, type GlobalOptions, type Output } from '../common.js';
 
@@ -20,6 +21,8 @@ export interface BenchOptions {
   depth?: string;
   largeSize?: string;
   json?: boolean;
+  /** `auto` (default), `always` or `never`: see bar-gate.ts. */
+  assignBars?: string;
 }
 
 /** One row of results. */
@@ -92,6 +95,7 @@ interface Plan {
   largeSize: number;
   count: number;
   depth: number;
+  assignBars: AssignBarsMode;
 }
 
 function plan(options: BenchOptions): Plan {
@@ -103,10 +107,12 @@ function plan(options: BenchOptions): Plan {
     largeSize: parseSize(options.largeSize ?? '64K', '--large-size'),
     count: parseCount(options.count ?? '10000', '--count', 10_000_000),
     depth,
+    assignBars: parseAssignBars(options.assignBars),
   };
 }
 
-async function runRows(client: VfioUserClient, p: Plan): Promise<BenchRow[]> {
+async function runRows(gate: BarGate, p: Plan): Promise<BenchRow[]> {
+  const client = gate.client;
   const { info, fd } = await client.regionInfo(p.region);
   if (fd !== undefined) native.close(fd);
   if (info.size === 0n) throw new CliError(`bench: ${regionName(p.region)} is not implemented by this device`);
@@ -114,6 +120,7 @@ async function runRows(client: VfioUserClient, p: Plan): Promise<BenchRow[]> {
   if (room < BigInt(p.size)) throw new CliError(`bench: ${regionName(p.region)} is ${info.size} bytes; no room for ${p.size} bytes at ${hex(p.offset)}`);
   const wanted = BigInt(Math.min(p.largeSize, client.server.maxDataXferSize));
   const large = Number(wanted < room ? wanted : room);
+  await gate.run(p.region, p.offset, p.size, () => client.regionRead(p.region, p.offset, p.size)); // a server that needs the BARs set up gets it here
   const warmup = Math.min(1000, Math.ceil(p.count / 10));
   await measure(client, p.region, p.offset, p.size, warmup, p.depth);
   const rows = [await measure(client, p.region, p.offset, p.size, p.count, 1), await measure(client, p.region, p.offset, p.size, p.count, p.depth)];
@@ -142,7 +149,7 @@ export async function runBench(socket: string, options: BenchOptions, global: Gl
     global,
     async (client) => {
       try {
-        return await runRows(client, p);
+        return await runRows(new BarGate(client, p.assignBars, (t) => out.trace(`note: ${t}`)), p);
       } catch (error) {
         throw error instanceof CliError ? error : siteError(`bench ${regionName(p.region).toLowerCase()} ${hex(p.offset)}`, error);
       }
