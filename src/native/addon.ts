@@ -18,31 +18,53 @@
  *   create and hand out are sealed instead ({@link createSealedMemfd}).
  */
 import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 import { SystemError } from '../errors.js';
 import type { NativeBinding } from './types.js';
 
 export type { NativeBinding, NativeConstants, NativePoller } from './types.js';
 
-/** Where the addon may be, relative to this file once compiled (`dist/src/native/`). */
-const CANDIDATES = [
-  '../../../build/Release/vfio_user_native.node',
-  '../../../build/Debug/vfio_user_native.node',
-];
+/** The package's root directory: this file is `dist/src/native/addon.js` once compiled. */
+const PACKAGE_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 
+/** How to get an addon when none loads: one line, whatever installed the package. */
+const FIX =
+  'compile it with `npm rebuild vfio-user` (pnpm: `pnpm rebuild vfio-user`; in a clone: `npm run build`), ' +
+  'which needs python3, make and a C compiler';
+
+/** node-gyp-build's resolver: the first of build/Release, build/Debug, prebuilds/<platform>-<arch>/. */
+interface NodeGypBuild {
+  path(dir: string): string;
+}
+
+/** The first line of an error's message. */
+function firstLine(error: unknown): string {
+  return String(error instanceof Error ? error.message : error).split('\n')[0] ?? '';
+}
+
+/**
+ * Loads the addon the way node-gyp-build resolves it (its install step built
+ * build/Release only when no prebuild loads). Fails with one line saying what
+ * is missing and how to get it.
+ */
 function load(): NativeBinding {
   const require = createRequire(import.meta.url);
-  let notFound: unknown;
-  for (const candidate of CANDIDATES) {
-    try {
-      return require(candidate) as NativeBinding;
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw error;
-      notFound ??= error;
-    }
+  const nodeGypBuild = require('node-gyp-build') as NodeGypBuild;
+  let file: string;
+  try {
+    file = nodeGypBuild.path(PACKAGE_ROOT);
+  } catch (error) {
+    const target = `${process.platform}-${process.arch}`;
+    throw new Error(
+      `vfio-user: no native addon for ${target} (neither a prebuilds/${target}/ build for this libc nor build/Release); ${FIX}`,
+      { cause: error },
+    );
   }
-  throw new Error('vfio-user: the native addon is not built; run `npm run build`', {
-    cause: notFound,
-  });
+  try {
+    return require(file) as NativeBinding;
+  } catch (error) {
+    throw new Error(`vfio-user: the native addon ${file} does not load (${firstLine(error)}); ${FIX}`, { cause: error });
+  }
 }
 
 /**
