@@ -21,6 +21,16 @@ export interface Started {
   done(): boolean;
 }
 
+/** Process groups started and not yet known gone: killed if this process exits first (a crash, a test timeout). */
+const live = new Set<number>();
+process.once('exit', () => {
+  for (const pgid of live) {
+    try {
+      process.kill(-pgid, 'SIGKILL');
+    } catch { /* already gone */ }
+  }
+});
+
 /** Starts `command args` in `cwd` in a new process group, stdout and stderr merged into `outputFile`. */
 export function start(command: string, args: string[], cwd: string, env: NodeJS.ProcessEnv, outputFile: string): Started {
   const fd = openSync(outputFile, 'a');
@@ -31,6 +41,7 @@ export function start(command: string, args: string[], cwd: string, env: NodeJS.
   } finally {
     closeSync(fd);
   }
+  if (child.pid !== undefined) live.add(child.pid);
   const exited = new Promise<number>((resolve) => {
     child.once('error', () => { finished = true; resolve(127); });
     child.once('exit', (code, signal) => {
@@ -67,6 +78,7 @@ export async function killGroup(p: Started, graceMs = 3000): Promise<void> {
   try {
     process.kill(-pgid, 'SIGTERM');
   } catch {
+    live.delete(pgid); // already gone
     return;
   }
   const deadline = Date.now() + graceMs;
@@ -77,6 +89,7 @@ export async function killGroup(p: Started, graceMs = 3000): Promise<void> {
     } catch { /* gone meanwhile */ }
     while (groupAlive(pgid)) await sleep(20);
   }
+  live.delete(pgid);
 }
 
 /** Runs `p` to its end; past `timeoutMs` its group is killed and the status is 'timeout'. */
