@@ -132,10 +132,10 @@ describe('migrating a user device served by `vfio-user serve ./dev.js`', { concu
     }
   });
 
-  it('migrate --from A.sock --to tcp://: the sender compares both guest RAMs; the receiver holds', async () => {
+  it('migrate --from A.sock --to tcp://: the sender compares both guest RAMs; migrate-listen --shell drives the held device, then releases it', async () => {
     const a = await serveModule(project, './dev.js', 'ta.sock', ['--seed', '11']);
     const b = await serveModule(project, './dev.js', 'tb.sock');
-    const listen = startCli(['migrate-listen', '--port', '0', '--socket', b.socket], project.dir);
+    const listen = startCli(['migrate-listen', '--port', '0', '--socket', b.socket, '--shell'], project.dir, 'read bar0 0 --count 16\n');
     try {
       const url = (await listen.waitFor(/listening (tcp:\/\/\S+)/, 'err'))[1] as string;
       const m = startCli(['migrate', '--from', a.socket, '--to', url, '--guest-ram', '256K', '--downtime', '10s', '--json'], project.dir);
@@ -145,10 +145,13 @@ describe('migrating a user device served by `vfio-user serve ./dev.js`', { concu
       assert.equal(s.outcome, 'migrated');
       assert.deepEqual([s.guestRam.sourceSha256, s.guestRam.destinationSha256, s.guestRam.equal], [zeros, zeros, true]);
       assert.equal(s.held, undefined, 'the receiver holds it, not the sender');
-      await listen.waitFor(/holding the migrated device on/, 'err');
+      // The shell read the destination's registers through the held session: the source's, not B's own (seed 0).
+      assert.equal(await listen.exited, 0, listen.err());
+      const words = [...listen.out().matchAll(/\b0x[0-9a-f]{4}:((?: [0-9a-f]{8})+)/g)].flatMap((x) => (x[1] as string).trim().split(' '));
+      const regs = Buffer.from(seededRegs(11), 'hex');
+      assert.deepEqual(words, Array.from({ length: 16 }, (_, i) => regs.readUInt32LE(i * 4).toString(16).padStart(8, '0')));
       assert.deepEqual(switchover(b, 'destination'), { regs: seededRegs(11), ram: zeros });
-      assert.deepEqual(b.lines(/^reset /), []);
-      assert.equal(await listen.kill('SIGINT'), 0, listen.err());
+      await b.waitFor(/^reset lost-connection$/m); // released at the end of the shell
     } finally {
       await Promise.all([listen.kill('SIGKILL'), a.kill(), b.kill()]);
     }

@@ -31,6 +31,7 @@ const MODULES: Record<string, string> = {
   'bad-definition.js': `export default { name: 'bad', ${PCI}, regions: { bar0: { size: 3000 } } };`,
   'syntax.js': 'export default {',
   'object.js': 'export default { name: 1, regions: {} };',
+  'short.js': `export default { name: 'short', ${PCI}, regions: { bar0: { size: 4096, read: () => new Uint8Array(2), write: () => undefined } } };`,
 };
 
 function run(args: string[], cwd: string): { status: number | null; stdout: string; stderr: string } {
@@ -83,6 +84,17 @@ describe('vfio-user serve <module>', { concurrency: 4 }, () => {
       } finally {
         assert.equal(await s.kill(), 0);
       }
+    }
+  });
+
+  it("a callback's mistake is shown on serve's stderr (warn by default), the client gets EINVAL", async () => {
+    const s = await serveModule(project, './short.js', 'short.sock');
+    try {
+      const client = await VfioUserClient.connect(s.socket);
+      await assert.rejects(client.regionRead(0, 0n, 4).finally(() => client.close()), { errno: 22 });
+      await s.waitFor(/BAR0 read callback returned 2 bytes for a 4-byte read/, 'err');
+    } finally {
+      assert.equal(await s.kill(), 0);
     }
   });
 

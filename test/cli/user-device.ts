@@ -155,9 +155,10 @@ export interface Proc {
   kill(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
-/** Starts `vfio-user ...args` with `cwd` (killed by a 60 s watchdog). */
-export function startCli(args: readonly string[], cwd: string): Proc {
-  const child = spawn(process.execPath, [MAIN, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+/** Starts `vfio-user ...args` with `cwd` (killed by a 60 s watchdog); `input`, if given, is its whole stdin. */
+export function startCli(args: readonly string[], cwd: string, input?: string): Proc {
+  const child = spawn(process.execPath, [MAIN, ...args], { cwd, stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+  if (input !== undefined) child.stdin?.end(input);
   const text = { out: '', err: '' };
   const waiters: Array<{ re: RegExp; stream: 'out' | 'err'; resolve: (m: RegExpExecArray) => void }> = [];
   const check = (): void => {

@@ -10,7 +10,8 @@
  * After a committed migration the source device stays STOPPED and its session
  * is closed. To a socket, this process then holds the destination session —
  * it is the running device's VMM — until SIGINT/SIGTERM (`--no-hold`: it
- * releases it at once, and the device resets); to `tcp://`, the receiver holds
+ * releases it at once, and the device resets; `--shell`: `vfio-user shell`
+ * commands from stdin drive it, and their end releases it); to `tcp://`, the receiver holds
  * it. The summary gives both guest RAMs' SHA-256 and where the held guest RAM
  * can be read (`/proc/PID/fd/N`). SIGINT/SIGTERM during the migration abort
  * it: the source runs again unless the destination committed.
@@ -22,6 +23,7 @@ import { Errno } from '../../protocol/errno.js';
 import { CliError, parseInteger, parseTimeout, stdio, toJson, type GlobalOptions, type Output } from '../common.js';
 import { guestRamPath, migrateSession, openVmmSession, type OwnedVmmSession, type SessionMigration } from '../vmm-session.js';
 import type { MigrateCommandOptions } from './migrate.js';
+import { runShellOnSession } from './shell.js';
 
 /** The `--json` document of `migrate --from`. */
 export interface MigrateFromSummary {
@@ -162,23 +164,35 @@ export async function runMigrateFrom(options: MigrateCommandOptions, global: Glo
     else formatMigrateFromSummary(summary).forEach((l) => out.line(l));
     if (summary.outcome !== 'migrated') throw new CliError(`migrate: ${summary.outcome}: ${summary.reason ?? 'unknown reason'} (phase ${summary.phase})`);
     source.close(); // the source device stays STOPPED: its guest runs at the destination now
-    if (destination) await holdDestination(destination, options.hold !== false, signals.next, say);
+    if (destination) await holdDestination(destination, options.hold === false ? 'release' : options.shell ? 'shell' : 'hold', { next: signals.next, say, out, global });
   } finally {
     source?.close();
     signals.dispose();
   }
 }
 
-/** Holds a migrated local destination until a signal (or not at all), then releases it. */
-async function holdDestination(destination: OwnedVmmSession, hold: boolean, nextSignal: () => Promise<string>, say: (line: string) => void): Promise<void> {
+/** What `migrate --from … --to SOCKET` does with the migrated destination: hold it until a signal, release it at once, or drive it with shell commands from stdin. */
+type HoldMode = 'hold' | 'release' | 'shell';
+
+/** Holds a migrated local destination (or not), then releases it: its session ends and the device resets. */
+async function holdDestination(
+  destination: OwnedVmmSession, mode: HoldMode, io: { next: () => Promise<string>; say: (line: string) => void; out: Output; global: GlobalOptions },
+): Promise<void> {
+  const where = `the destination device on ${destination.socket}`;
   try {
-    if (!hold) {
-      say(`--no-hold: releasing the destination device on ${destination.socket} (it resets)`);
+    if (mode === 'release') return io.say(`--no-hold: releasing ${where} (it resets)`);
+    const ram = `${destination.memory.size} bytes of guest RAM at IOVA 0x${destination.iova.toString(16)} (${guestRamPath(destination.memory)})`;
+    if (mode === 'shell') {
+      io.say(`--shell: reading shell commands for the migrated device on ${destination.socket} with ${ram} from stdin (quit or end of input releases it)`);
+      const shell = runShellOnSession(destination, { input: process.stdin, out: io.out, global: io.global });
+      const ended = await Promise.race([shell.then((o) => (o.failures === 0 && !o.disconnected ? 'ok' : 'failed')), io.next()]);
+      if (ended !== 'ok' && ended !== 'failed') process.stdin.destroy();
+      io.say(`${ended === 'ok' || ended === 'failed' ? 'end of the shell' : ended}: releasing ${where} (it resets: its session ends)`);
+      if (ended === 'failed') throw new CliError('migrate: the shell on the migrated device failed (see above)');
       return;
     }
-    say(`holding the migrated device on ${destination.socket} with ${destination.memory.size} bytes of guest RAM at IOVA 0x${destination.iova.toString(16)} (${guestRamPath(destination.memory)}); SIGINT/SIGTERM releases it (the device then resets)`);
-    const name = await nextSignal();
-    say(`${name}: releasing the destination device on ${destination.socket} (it resets: its session ends)`);
+    io.say(`holding the migrated device on ${destination.socket} with ${ram}; SIGINT/SIGTERM releases it (the device then resets)`);
+    io.say(`${await io.next()}: releasing ${where} (it resets: its session ends)`);
   } finally {
     destination.close();
   }

@@ -14,7 +14,8 @@
  *   guest RAM — printing the guest RAM's SHA-256 and the path through which
  *   it can be read (`/proc/PID/fd/N`, the memfd) — and stops listening (the
  *   device is taken), until SIGINT/SIGTERM releases it (the device then
- *   resets, as on any client disconnect);
+ *   resets, as on any client disconnect); with `--shell`, `vfio-user shell`
+ *   commands read from stdin drive it, and their end releases it;
  * - the demo (`migrate --demo --to …`, which asks for it): the receiver
  *   continues the demo workload from the migrated VMM state, answers whether
  *   guest memory matched the source's snapshot, and releases the device once
@@ -29,6 +30,7 @@ import { CliError, errorReason, parseInteger, parseTimeout, socketPathProblem, s
 import { JOB_WAIT_MS, JobStream, digestOutside, driverFor, holesOf, waitJobs, type WorkloadState } from '../migrate-workload.js';
 import { startServer, type ServerProcess } from '../serve-child.js';
 import { faultPause } from '../fault-pause.js';
+import { runShellOnSession } from './shell.js';
 import { channelTls, GUEST_RAM_DIGEST_REQUEST, guestRamDigest, guestRamPath } from '../vmm-session.js';
 
 export { channelTls } from '../vmm-session.js';
@@ -44,6 +46,8 @@ export interface MigrateListenOptions {
   tlsCreds?: string;
   /** false (`--no-tls`): allow a plaintext channel beyond loopback. */
   tls?: boolean;
+  /** Drive a held device with `vfio-user shell` commands from stdin; at its end (quit, EOF) the device is released. */
+  shell?: boolean;
 }
 
 /** What the receiver answers the demo's `verify-and-continue`. */
@@ -125,6 +129,8 @@ interface Committed {
 interface ListenSettings {
   socket: string;
   once: boolean;
+  shell: boolean;
+  global: GlobalOptions;
   json: boolean;
   timeoutMs: number;
   out: Output;
@@ -215,6 +221,22 @@ class Listening {
     report(o, this.#s.out, this.#s.json, { held, note: 'the sender is done; this process holds the running device and its guest RAM until SIGINT/SIGTERM' });
     this.#s.say(`holding the migrated device on ${this.#s.socket} with ${side.memory.size} bytes of guest RAM at IOVA 0x${side.iova.toString(16)} (${held.guestRamPath}); no more migrations are received; SIGINT/SIGTERM releases it (the device then resets)`);
     if (this.#stopping) void this.#releaseHeld(this.#stopping).then(() => this.#finish(true));
+    else if (this.#s.shell) void this.#shell(side);
+  }
+
+  /** `--shell`: the held device driven by shell commands from stdin; released when they end. */
+  async #shell(side: PreparedDestination['side']): Promise<void> {
+    this.#s.say('--shell: reading shell commands for the migrated device from stdin (quit or end of input releases it)');
+    let ok = false;
+    try {
+      const outcome = await runShellOnSession({ socket: this.#s.socket, client: side.client, memory: side.memory, iova: side.iova }, { input: process.stdin, out: this.#s.out, global: this.#s.global });
+      ok = outcome.failures === 0 && !outcome.disconnected;
+    } catch (error) {
+      this.#s.say(`--shell: ${(error as Error).message}`);
+    }
+    if (this.#stopping) return; // a signal released it meanwhile
+    await this.#releaseHeld('end of the shell');
+    this.#finish(ok);
   }
 
   #anySenderConnected(): boolean {
@@ -240,6 +262,7 @@ class Listening {
       if (!c.senderGone) this.#s.say(`${name}: migration ${id} is committed and its device runs here: serving it until its sender is done (${name} again stops it now)`);
     }
     const waiting = this.#anySenderConnected();
+    if (this.#s.shell) process.stdin.destroy(); // a shell on a held device ends with it
     void this.#releaseHeld(name).then(() => {
       if (decided || waiting) return;
       if (this.#committed.size === 0) this.#s.say(`${name}: no migration in progress; stopped`);
@@ -290,7 +313,7 @@ export async function runMigrateListen(options: MigrateListenOptions = {}, globa
     // The child owns its socket's directory and dies with this process (serve-child.ts): nothing to remove here.
     if (options.socket === undefined) server = await startServer('destination.sock');
     const socket = options.socket ?? (server as ServerProcess).socket;
-    const l = new Listening({ socket, once: options.once === true, json: options.json === true, timeoutMs, out, say });
+    const l = new Listening({ socket, once: options.once === true, shell: options.shell === true, global, json: options.json === true, timeoutMs, out, say });
     const receiver = await MigrationReceiver.listen({
       host,
       port,
@@ -310,7 +333,7 @@ export async function runMigrateListen(options: MigrateListenOptions = {}, globa
     process.on('SIGTERM', onSignal);
     const ok = await l.finished;
     receiver.close(true);
-    if (!ok && (options.once || l.stopping !== undefined)) throw new CliError(`migrate-listen: ${l.stopping ? `stopped by ${l.stopping}` : 'the migration did not complete'}`);
+    if (!ok && (options.once || options.shell || l.stopping !== undefined)) throw new CliError(`migrate-listen: ${l.stopping ? `stopped by ${l.stopping}` : 'the migration did not complete'}`);
   } finally {
     if (onSignal) {
       process.off('SIGINT', onSignal);

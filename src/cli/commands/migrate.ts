@@ -64,6 +64,8 @@ export interface MigrateCommandOptions {
   iova?: string;
   /** false (`--no-hold`): after migrating to a local socket, release the destination at once instead of holding it. */
   hold?: boolean;
+  /** After migrating to a local socket: drive the destination with shell commands from stdin, then release it. */
+  shell?: boolean;
 }
 
 /** Most copy jobs `--jobs` accepts. */

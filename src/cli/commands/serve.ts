@@ -5,10 +5,11 @@
  * definition, a device or a factory (device-module.ts), which receives ARGS —
  * until SIGINT or SIGTERM, then closes the server (ending the session and
  * removing the socket file) and releases the device. Prints `serving <device>
- * on <path>` once the socket is listening.
+ * on <path>` once the socket is listening. Device-author mistakes the library
+ * logs at warn (a callback returning short data, …) are shown on stderr unless
+ * `VFIO_USER_LOG` is set.
  */
 import { InvalidArgumentError } from '../../errors.js';
-import { parseSize as parseSizeValue } from '../values.js';
 import { loadDevice } from '../device-module.js';
 
 export { BUILTIN_DEVICES as SERVE_DEVICES } from '../device-module.js';
@@ -30,15 +31,6 @@ export interface ServeIo {
   log(line: string): void;
   /** Resolves when the process is asked to stop (default: SIGINT or SIGTERM). */
   stopped(): Promise<string>;
-}
-
-/**
- * Parses a byte count (values.ts syntax: `4096`, `64K`, `1M`).
- * @deprecated use `parseSize` of values.ts; kept while other commands still import it from here.
- * @throws {InvalidArgumentError} EINVAL for anything else.
- */
-export function parseSize(text: string): number {
-  return parseSizeValue(text, '--size');
 }
 
 function parseUids(texts: readonly string[] | undefined): number[] | undefined {
@@ -80,6 +72,8 @@ export async function runServe(spec: string, options: ServeCommandOptions, io: S
   const maxMsgFds = options.maxMsgFds;
   const size = options.size;
   const stopped = io.stopped(); // listen for signals first: a slow module or factory must not leave SIGTERM to its default action
+  // A device author's mistakes (a callback returning short data, …) are logged at warn: shown here unless VFIO_USER_LOG says otherwise.
+  if (!process.env.VFIO_USER_LOG && !process.env.VFIO_USER_TRACE) process.env.VFIO_USER_LOG = 'warn';
   const { device, label } = await loadDevice(spec, { args, socket: options.socket, ...(size === undefined ? {} : { size }) });
   try {
     const server = device.serve({
