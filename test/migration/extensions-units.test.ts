@@ -79,8 +79,24 @@ interface Rig {
   arcs: string[];
 }
 
-/** A device with the given capabilities whose arcs take `delays` ms ("from>to"). */
-function rig(caps: Pick<MigrationDefinition, 'p2p' | 'preCopy'>, delays: Record<string, number> = {}, fatal = new Set<string>()): Rig {
+/**
+ * The budget of the deadline tests: wide enough that an arc with no delay always fits on a loaded
+ * machine (a 5 ms budget was missed by a plain RUNNING → STOP under a parallel suite).
+ */
+const BUDGET = 250n * MS;
+/** An arc delay that ends only once the deadline walk's budget has run out: late by construction. */
+const LATE = 'late';
+
+/** Resolves when the walk's deadline has passed (its arc signal aborts), then a millisecond more. */
+async function untilDeadline(migration: MigrationController): Promise<void> {
+  const signal = migration.arcSignal;
+  assert.ok(signal, 'LATE arcs only run inside setStateWithDeadline');
+  if (!signal.aborted) await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }));
+  await sleep(1);
+}
+
+/** A device with the given capabilities whose arcs ("from>to") take `delays` ms, or end after the deadline ({@link LATE}). */
+function rig(caps: Pick<MigrationDefinition, 'p2p' | 'preCopy'>, delays: Record<string, number | typeof LATE> = {}, fatal = new Set<string>()): Rig {
   const arcs: string[] = [];
   const state = new Uint8Array(64).fill(0x5a);
   const device = createDevice(
@@ -95,8 +111,9 @@ function rig(caps: Pick<MigrationDefinition, 'p2p' | 'preCopy'>, delays: Record<
           const arc = `${from}>${to}`;
           arcs.push(arc);
           if (fatal.has(arc)) throw new MigrationFatalError(`arc ${arc} cannot be recovered`);
-          const ms = delays[arc];
-          if (ms !== undefined) await sleep(ms);
+          const delay = delays[arc];
+          if (delay === LATE) await untilDeadline(device.migration as MigrationController);
+          else if (delay !== undefined) await sleep(delay);
         },
       },
     }),
@@ -116,8 +133,8 @@ const arc = (from: number, to: number): string => `${from}>${to}`;
 
 describe('migration extensions: where a deadline miss leaves the device', () => {
   it('P2P, RUNNING → STOP: back through RUNNING_P2P to RUNNING', () =>
-    withRig(rig({ p2p: true }, { [arc(S.RUNNING_P2P, S.STOP)]: 40 }), async ({ migration, arcs }) => {
-      const r = await migration.setStateWithDeadline(S.STOP, 10n * MS);
+    withRig(rig({ p2p: true }, { [arc(S.RUNNING_P2P, S.STOP)]: LATE }), async ({ migration, arcs }) => {
+      const r = await migration.setStateWithDeadline(S.STOP, BUDGET);
       assert.equal(r.outcome, DeadlineOutcome.ROLLED_BACK);
       assert.equal(r.reachedState, S.RUNNING);
       assert.deepEqual(arcs, [arc(S.RUNNING, S.RUNNING_P2P), arc(S.RUNNING_P2P, S.STOP), arc(S.STOP, S.RUNNING_P2P), arc(S.RUNNING_P2P, S.RUNNING)]);
@@ -125,12 +142,12 @@ describe('migration extensions: where a deadline miss leaves the device', () => 
     }));
 
   it('P2P + PRE_COPY, PRE_COPY → STOP_COPY missed after PRE_COPY_P2P: back to PRE_COPY, the same saving stream still open', () =>
-    withRig(rig({ p2p: true, preCopy: true }, { [arc(S.PRE_COPY, S.PRE_COPY_P2P)]: 40 }), async ({ migration, arcs }) => {
+    withRig(rig({ p2p: true, preCopy: true }, { [arc(S.PRE_COPY, S.PRE_COPY_P2P)]: LATE }), async ({ migration, arcs }) => {
       await migration.setState(S.PRE_COPY);
       const head = await migration.read(10);
       const pending = migration.precopyInfo();
       arcs.length = 0;
-      const r = await migration.setStateWithDeadline(S.STOP_COPY, 10n * MS);
+      const r = await migration.setStateWithDeadline(S.STOP_COPY, BUDGET);
       assert.equal(r.outcome, DeadlineOutcome.ROLLED_BACK);
       assert.equal(r.reachedState, S.PRE_COPY);
       assert.deepEqual(arcs, [arc(S.PRE_COPY, S.PRE_COPY_P2P), arc(S.PRE_COPY_P2P, S.PRE_COPY)]);
@@ -139,16 +156,16 @@ describe('migration extensions: where a deadline miss leaves the device', () => 
     }));
 
   it('PRE_COPY → STOP_COPY reached late cannot be undone (STOP_COPY → PRE_COPY is refused): reached_state is the target', () =>
-    withRig(rig({ preCopy: true }, { [arc(S.PRE_COPY, S.STOP_COPY)]: 30 }), async ({ migration }) => {
+    withRig(rig({ preCopy: true }, { [arc(S.PRE_COPY, S.STOP_COPY)]: LATE }), async ({ migration }) => {
       await migration.setState(S.PRE_COPY);
-      const r = await migration.setStateWithDeadline(S.STOP_COPY, 5n * MS);
+      const r = await migration.setStateWithDeadline(S.STOP_COPY, BUDGET);
       assert.equal(r.outcome, DeadlineOutcome.ROLLED_BACK);
       assert.equal(r.reachedState, S.STOP_COPY);
       assert.equal(r.flags & DeadlineReplyFlags.DEADLINE_IN_ARC, DeadlineReplyFlags.DEADLINE_IN_ARC);
     }));
 
   it('RESUMING → RUNNING missed: back to STOP, never into a new (empty) resuming stream', () =>
-    withRig(rig({}, { [arc(S.STOP, S.RUNNING)]: 30 }), async ({ migration, arcs }) => {
+    withRig(rig({}, { [arc(S.STOP, S.RUNNING)]: LATE }), async ({ migration, arcs }) => {
       const source = rig({});
       await source.migration.setState(S.STOP_COPY);
       const stream = await source.migration.read(1 << 20);
@@ -156,15 +173,15 @@ describe('migration extensions: where a deadline miss leaves the device', () => 
       await migration.setState(S.RESUMING);
       await migration.write(stream);
       arcs.length = 0;
-      const r = await migration.setStateWithDeadline(S.RUNNING, 5n * MS);
+      const r = await migration.setStateWithDeadline(S.RUNNING, BUDGET);
       assert.equal(r.outcome, DeadlineOutcome.ROLLED_BACK);
       assert.equal(r.reachedState, S.STOP);
       assert.deepEqual(arcs, [arc(S.RESUMING, S.STOP), arc(S.STOP, S.RUNNING), arc(S.RUNNING, S.STOP)]);
     }));
 
   it('RUNNING → RESUMING reached late stays in RESUMING (RESUMING → STOP would fail on the empty stream); STOP → STOP_COPY late goes back to STOP', () =>
-    withRig(rig({}, { [arc(S.STOP, S.RESUMING)]: 30, [arc(S.STOP, S.STOP_COPY)]: 30 }), async ({ migration, arcs }) => {
-      const r = await migration.setStateWithDeadline(S.RESUMING, 5n * MS);
+    withRig(rig({}, { [arc(S.STOP, S.RESUMING)]: LATE, [arc(S.STOP, S.STOP_COPY)]: LATE }), async ({ migration, arcs }) => {
+      const r = await migration.setStateWithDeadline(S.RESUMING, BUDGET);
       assert.equal(r.outcome, DeadlineOutcome.ROLLED_BACK);
       assert.equal(r.reachedState, S.RESUMING, 'not ERROR');
       assert.deepEqual(arcs, [arc(S.RUNNING, S.STOP), arc(S.STOP, S.RESUMING)]);
@@ -172,7 +189,7 @@ describe('migration extensions: where a deadline miss leaves the device', () => 
       migration.reset();
       await migration.setState(S.STOP);
       arcs.length = 0;
-      const back = await migration.setStateWithDeadline(S.STOP_COPY, 5n * MS);
+      const back = await migration.setStateWithDeadline(S.STOP_COPY, BUDGET);
       assert.equal(back.reachedState, S.STOP);
       assert.deepEqual(arcs, [arc(S.STOP, S.STOP_COPY), arc(S.STOP_COPY, S.STOP)]);
       await assert.rejects(migration.read(16), ProtocolError, 'the saving stream was closed');
