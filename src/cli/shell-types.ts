@@ -23,6 +23,8 @@ export interface ShellContext {
   out: Output;
   /** Ends the shell after this command. */
   quit(): void;
+  /** Whether this line's result is printed as JSON (a command may then skip its human form). */
+  json: boolean;
   /** The commands, for `help`. */
   readonly commands: readonly ShellCommand[];
 }

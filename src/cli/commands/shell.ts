@@ -105,7 +105,8 @@ async function execute(ctx: ShellContext, name: string, args: string[]): Promise
   } catch (error) {
     if (!(error instanceof CommanderError)) throw error;
     if (error.code === 'commander.helpDisplayed') return { value: { command: command.name, help }, lines: help.replace(/\n+$/, '').split('\n') };
-    throw new CliError(`${command.name}: ${error.message.replace(/^error: /, '')}`, { errno: Errno.EINVAL, cause: error });
+    const text = error.message.replace(/^error: /, '').split('\n').map((l) => l.trim()).filter((l) => l !== '').join(' ');
+    throw new CliError(`${command.name}: ${text}`, { errno: Errno.EINVAL, cause: error });
   }
   return result ?? { value: {}, lines: [] };
 }
@@ -145,7 +146,7 @@ export async function runShellOnSession(target: ShellTarget, io: ShellIo = {}): 
   const note = (text: string): void => out.trace(`note: ${text}`);
   const session = new ShellSession(target, { ownsClient: false, assignBars: io.assignBars ?? 'auto', note });
   let quit = false;
-  const ctx: ShellContext = { session, global: io.global ?? {}, out, quit: () => void (quit = true), commands: SHELL_COMMANDS };
+  const ctx: ShellContext = { session, global: io.global ?? {}, out, quit: () => void (quit = true), json: io.json === true, commands: SHELL_COMMANDS };
   const source = lineSource(io, interactive, SHELL_COMMANDS.flatMap((c) => [c.name, ...(c.aliases ?? [])]));
   const outcome: ShellOutcome = { commands: 0, failures: 0, disconnected: false };
   let number = 0;
@@ -193,6 +194,7 @@ async function runLine(ctx: ShellContext, line: string, number: number, io: Line
     outcome.commands++;
     const args = name === 'echo' ? words.slice(1) : words.slice(1).filter((w) => w !== '--json');
     const json = io.json || (name !== 'echo' && words.includes('--json'));
+    ctx.json = json;
     const result = await execute(ctx, name, args);
     if (json) io.out.line(jsonLine({ line: number, command: name, ok: true, result: result.value }));
     else result.lines.forEach((l) => io.out.line(l));
