@@ -247,11 +247,12 @@ describe('migration extensions: deadline-carrying state change', () => {
 
   it('from PRE_COPY the walk back stops at RUNNING: it never opens a new saving stream', async () => {
     const t = testDevice();
-    t.behaviour.delayMs = new Map([[`${S.RUNNING}>${S.STOP}`, 100]]);
+    // The budget leaves the undelayed PRE_COPY → RUNNING room on a loaded machine; RUNNING → STOP is far beyond it.
+    t.behaviour.delayMs = new Map([[`${S.RUNNING}>${S.STOP}`, 600]]);
     await withDevice(t, async (client) => {
       await client.setMigrationState(S.PRE_COPY);
       t.arcs.length = 0;
-      const r = await client.setMigrationStateWithDeadline(S.STOP, 30n * MS);
+      const r = await client.setMigrationStateWithDeadline(S.STOP, 250n * MS);
       assert.equal(r.outcome, DeadlineOutcome.ROLLED_BACK);
       assert.equal(r.reachedState, S.RUNNING);
       assert.deepEqual(t.arcs, [`${S.PRE_COPY}>${S.RUNNING}`, `${S.RUNNING}>${S.STOP}`, `${S.STOP}>${S.RUNNING}`]);
