@@ -93,7 +93,7 @@ function summarize(result: SessionMigration, source: OwnedVmmSession, to: string
 
 /** A migration refused before anything changed, with what to do about a device that does not migrate. */
 function refused(error: MigrationCompatibilityError, from: string, to: string): CliError {
-  const hint = /does not support migration/.test(error.message) ? ": its definition must declare `migration` (save/load hooks: docs/devices.md, \"Make your device migratable\")" : '';
+  const hint = /does not support migration/.test(error.message) ? ": its definition must declare `migration` (save/load hooks: docs/serve-and-migrate.md, \"Make your device migratable\")" : '';
   return new CliError(`migrate ${from} → ${to}: ${error.message}${hint}`, { errno: Errno.EINVAL, cause: error });
 }
 
