@@ -237,10 +237,13 @@ describe('migration extensions: deadline-carrying state change', () => {
     await withDevice(t, async (client) => {
       for (let i = 0; i < 25; i++) {
         const budget = BigInt(2 + (i % 5)) * MS;
+        const arcsBefore = t.arcs.length;
         const r = await client.setMigrationStateWithDeadline(S.STOP, budget);
         assert.ok(r.elapsedNs >= budget, `try ${i}: gave up after ${r.elapsedNs} ns, before the ${budget} ns budget`);
         assert.equal(r.outcome, DeadlineOutcome.ROLLED_BACK);
-        assert.equal(r.flags & DeadlineReplyFlags.ARC_ABANDONED, DeadlineReplyFlags.ARC_ABANDONED);
+        // On a loaded machine the budget may run out before the arc starts: then no arc ran at all.
+        const started = t.arcs.length > arcsBefore;
+        assert.equal(r.flags & DeadlineReplyFlags.ARC_ABANDONED, started ? DeadlineReplyFlags.ARC_ABANDONED : 0, `try ${i}: arc started ${started}`);
       }
     });
   });
