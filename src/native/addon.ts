@@ -29,8 +29,8 @@ const PACKAGE_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 
 /** How to get an addon when none loads: one line, whatever installed the package. */
 const FIX =
-  'compile it with `npm rebuild vfio-user` (pnpm: `pnpm rebuild vfio-user`; in a clone: `npm run build`), ' +
-  'which needs python3, make and a C compiler';
+  'compile it with `npm rebuild vfio-user` (pnpm: `npx node-gyp rebuild -C node_modules/vfio-user`; ' +
+  'in a clone: `npm run build`), which needs python3, make and a C compiler';
 
 /** node-gyp-build's resolver: the first of build/Release, build/Debug, prebuilds/<platform>-<arch>/. */
 interface NodeGypBuild {
