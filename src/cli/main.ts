@@ -10,7 +10,8 @@ import { runDemo, type DemoOptions } from './commands/demo.js';
 import { SERVE_DEVICES, runServe, type ServeCommandOptions } from './commands/serve.js';
 import { DEFAULT_SERVER_MSG_FDS, MAX_SERVER_MSG_FDS } from '../server/server.js';
 import { runInfo, type InfoOptions } from './commands/info.js';
-import { runLspci, type LspciOptions } from './commands/lspci.js';
+import { countFlag, runLspci, type LspciOptions } from './commands/lspci.js';
+import { PCI_IDS_ENV } from './pci-ids.js';
 import { runRead, runWrite, type ReadOptions, type WriteOptions } from './commands/access.js';
 import { runBench, type BenchOptions } from './commands/bench.js';
 import { ASSIGN_BARS_MODES } from './bar-gate.js';
@@ -90,9 +91,11 @@ program
 
 program
   .command('lspci')
-  .description('read config space and decode it like lspci (BAR sizes from a sizing probe)')
+  .description('read config space and decode it like lspci: one line, -v, -vv (BAR sizes from a sizing probe)')
   .argument('<socket>', 'the server socket')
-  .option('-v, --verbose', 'decode every capability')
+  .option('-v, --verbose', 'more detail, as lspci: -v header and capability list, -vv every register (repeatable)', countFlag, 0)
+  .option('-n, --numeric', 'numeric ids instead of names; -nn both (repeatable)', countFlag, 0)
+  .option('-i, --pci-ids <file>', `the pci.ids to name ids from (default: $${PCI_IDS_ENV}, then the system's)`)
   .option('--dump', 'print the hex dump that `lspci -F FILE` reads (does not touch the device)')
   .addOption(json)
   .action((socket: string, options: LspciOptions) => runLspci(socket, options, globals()));

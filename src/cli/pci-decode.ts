@@ -1,12 +1,15 @@
 /**
- * An lspci-style decode of config-space bytes for `vfio-user lspci`: the type-0
- * header (ids, class, Command/Status, BARs with their probed sizes, ROM,
- * interrupt pin) and, verbosely, each capability. The wording follows pciutils'
- * `lspci -nn -vv` so the two can be compared line by line.
+ * An lspci-style decode of config-space bytes for `vfio-user lspci`, following
+ * pciutils 3.9: the one-line title (class and device names from `pci.ids`,
+ * numbers with `-n`, both with `-nn`), then at `-v` the Subsystem (when not 0),
+ * Flags, BARs (with the sizes our probe found), ROM and capability titles, and
+ * at `-vv` Control/Status/Latency/Interrupt and each capability's registers.
+ * The same decode feeds `--json` as structured fields.
  */
-import { walkCapabilities } from '../pci/lspci.js';
-import { CapabilityId, ExtCapabilityId, PciHeader } from '../pci/registers.js';
-import { humanSize } from './common.js';
+import { PciHeader } from '../pci/registers.js';
+import { capabilityLines, decodeCapabilities, type CapabilityReport } from './pci-caps.js';
+import { flagFields, flagText, u16, u32, u8, x, type BitNames } from './pci-bytes.js';
+import { formatClass, formatDevice, formatSubsystem, type NumericMode, type PciIds } from './pci-ids.js';
 
 /** A BAR as the sizing probe found it. */
 export interface BarProbe {
@@ -26,260 +29,217 @@ export interface RomProbe {
   size: number;
 }
 
-const u8 = (b: Uint8Array, at: number): number => b[at] ?? 0;
-const u16 = (b: Uint8Array, at: number): number => u8(b, at) | (u8(b, at + 1) << 8);
-const u32 = (b: Uint8Array, at: number): number => (u16(b, at) | (u16(b, at + 2) << 16)) >>> 0;
-const x = (n: number | bigint, width: number): string => n.toString(16).padStart(width, '0');
-const pm = (on: boolean): string => (on ? '+' : '-');
-
-const CLASS_NAMES: Readonly<Record<number, string>> = {
-  0x00: 'Unclassified device',
-  0x01: 'Mass storage controller',
-  0x02: 'Network controller',
-  0x03: 'Display controller',
-  0x04: 'Multimedia controller',
-  0x05: 'Memory controller',
-  0x06: 'Bridge',
-  0x07: 'Communication controller',
-  0x08: 'Generic system peripheral',
-  0x09: 'Input device controller',
-  0x0a: 'Docking station',
-  0x0b: 'Processor',
-  0x0c: 'Serial bus controller',
-  0x0d: 'Wireless controller',
-  0x0e: 'Intelligent controller',
-  0x0f: 'Satellite communications controller',
-  0x10: 'Encryption controller',
-  0x11: 'Signal processing controller',
-  0x12: 'Processing accelerators',
-  0x13: 'Non-Essential Instrumentation',
-  0xff: 'Unassigned class',
-};
-
-const SUBCLASS_NAMES: Readonly<Record<number, string>> = {
-  0x0000: 'Non-VGA unclassified device',
-  0x0108: 'Non-Volatile memory controller',
-  0x0200: 'Ethernet controller',
-  0x0300: 'VGA compatible controller',
-  0x0500: 'RAM memory',
-  0x0580: 'Memory controller',
-  0x0880: 'System peripheral',
-  0x0c03: 'USB controller',
-};
-
-/** `System peripheral`, else the base class name, else `Class xxxx`. */
-export function className(classCode: number): string {
-  const sub = (classCode >>> 8) & 0xffff;
-  return SUBCLASS_NAMES[sub] ?? CLASS_NAMES[classCode >>> 16] ?? `Class ${x(sub, 4)}`;
+/** How to print: verbosity (0 = one line, `-v` = 1, `-vv` = 2, `-vvv` = 3), names mode and the names. */
+export interface DecodeStyle {
+  verbosity: number;
+  numeric: NumericMode;
+  ids: PciIds;
 }
 
+const COMMAND: BitNames = [
+  ['I/O', 0x1], ['Mem', 0x2], ['BusMaster', 0x4], ['SpecCycle', 0x8], ['MemWINV', 0x10], ['VGASnoop', 0x20],
+  ['ParErr', 0x40], ['Stepping', 0x80], ['SERR', 0x100], ['FastB2B', 0x200], ['DisINTx', 0x400],
+];
+const STATUS_1: BitNames = [['Cap', 0x10], ['66MHz', 0x20], ['UDF', 0x40], ['FastB2B', 0x80], ['ParErr', 0x100]];
+const STATUS_2: BitNames = [['>TAbort', 0x800], ['<TAbort', 0x1000], ['<MAbort', 0x2000], ['>SERR', 0x4000], ['<PERR', 0x8000], ['INTx', 0x8]];
+const DEVSEL = ['fast', 'medium', 'slow', '??'];
+/** The same bits under JSON-friendly names. */
+const COMMAND_JSON: BitNames = [
+  ['io', 0x1], ['memory', 0x2], ['busMaster', 0x4], ['specialCycles', 0x8], ['memoryWriteInvalidate', 0x10], ['vgaPaletteSnoop', 0x20],
+  ['parityErrorResponse', 0x40], ['stepping', 0x80], ['serr', 0x100], ['fastBackToBack', 0x200], ['intxDisable', 0x400],
+];
+const STATUS_JSON: BitNames = [
+  ['interrupt', 0x8], ['capabilities', 0x10], ['mhz66', 0x20], ['udf', 0x40], ['fastBackToBack', 0x80], ['masterDataParityError', 0x100],
+  ['signaledTargetAbort', 0x800], ['receivedTargetAbort', 0x1000], ['receivedMasterAbort', 0x2000], ['signaledSystemError', 0x4000], ['detectedParityError', 0x8000],
+];
 
-/** The first line: `00:00.0 System peripheral [0880]: Device [1234:5a02] (rev 01)`. */
-export function titleLine(b: Uint8Array, slot: string): string {
-  const classCode = u32(b, PciHeader.REVISION_ID) >>> 8;
-  const rev = u8(b, PciHeader.REVISION_ID);
-  const progIf = classCode & 0xff;
-  const ids = `${x(u16(b, PciHeader.VENDOR_ID), 4)}:${x(u16(b, PciHeader.DEVICE_ID), 4)}`;
-  return `${slot} ${className(classCode)} [${x(classCode >>> 8, 4)}]: Device [${ids}]${rev ? ` (rev ${x(rev, 2)})` : ''}${progIf ? ` (prog-if ${x(progIf, 2)})` : ''}`;
-}
+/** The class code (base, sub-class, prog-if) of config bytes. */
+const classCode = (b: Uint8Array): number => u32(b, PciHeader.REVISION_ID) >>> 8;
 
-function controlLine(cmd: number): string {
-  const names = ['I/O', 'Mem', 'BusMaster', 'SpecCycle', 'MemWINV', 'VGASnoop', 'ParErr', 'Stepping', 'SERR', 'FastB2B', 'DisINTx'];
-  return `Control: ${names.map((n, i) => `${n}${pm((cmd & (1 << i)) !== 0)}`).join(' ')}`;
-}
-
-function statusLine(st: number): string {
-  const devsel = ['fast', 'medium', 'slow', '??'][(st >> 9) & 3] ?? '??';
-  const f = (bit: number): string => pm((st & bit) !== 0);
-  return (
-    `Status: Cap${f(0x10)} 66MHz${f(0x20)} UDF${f(0x40)} FastB2B${f(0x80)} ParErr${f(0x100)} DEVSEL=${devsel} ` +
-    `>TAbort${f(0x800)} <TAbort${f(0x1000)} <MAbort${f(0x2000)} >SERR${f(0x4000)} <PERR${f(0x8000)} INTx${f(0x08)}`
-  );
-}
-
-function barLine(bar: BarProbe, cmd: number): string {
-  const at = bar.address === 0n ? '<unassigned>' : x(bar.address, bar.kind === 'io' ? 4 : 8);
-  const disabled = (bar.kind === 'io' ? cmd & 1 : cmd & 2) === 0 ? ' [disabled]' : '';
-  const size = `[size=${humanSize(bar.size)}]`;
-  if (bar.kind === 'io') return `Region ${bar.index}: I/O ports at ${at}${disabled} ${size}`;
-  const kind = `${bar.bits64 ? '64-bit' : '32-bit'}, ${bar.prefetchable ? 'prefetchable' : 'non-prefetchable'}`;
-  return `Region ${bar.index}: Memory at ${at} (${kind})${disabled} ${size}`;
+/** lspci's ` [size=4K]`: the largest binary unit that divides the size (up to T). */
+export function lspciSize(size: bigint | number): string {
+  let n = BigInt(size);
+  let unit = 0;
+  while (unit < 4 && n % 1024n === 0n && n !== 0n) {
+    n /= 1024n;
+    unit++;
+  }
+  return `${n}${['', 'K', 'M', 'G', 'T'][unit]}`;
 }
 
 /**
- * The header lines after the title (indented with a tab, as lspci does).
+ * The BARs as `lspci -F` sees them in a dump: from the registers alone (no sizes),
+ * skipping a BAR whose register is 0 and the upper half of a 64-bit BAR.
+ */
+export function barsFromConfig(b: Uint8Array): BarProbe[] {
+  const bars: BarProbe[] = [];
+  for (let i = 0; i < 6; i++) {
+    const low = u32(b, PciHeader.BASE_ADDRESS_0 + 4 * i);
+    const io = (low & 1) !== 0;
+    const bits64 = !io && (low & 6) === 4 && i < 5;
+    const high = bits64 ? BigInt(u32(b, PciHeader.BASE_ADDRESS_0 + 4 * (i + 1))) << 32n : 0n;
+    if (low !== 0) bars.push({ index: i, kind: io ? 'io' : 'memory', bits64, prefetchable: !io && (low & 8) !== 0, address: high | BigInt((low & (io ? ~3 : ~0xf)) >>> 0), size: 0n });
+    if (bits64) i++;
+  }
+  return bars;
+}
+
+/** The expansion ROM as `lspci -F` sees it in a dump: shown when its register is not 0, size unknown. */
+export function romFromConfig(b: Uint8Array): RomProbe | undefined {
+  const reg = u32(b, PciHeader.ROM_ADDRESS);
+  return reg === 0 ? undefined : { address: (reg & 0xfffff800) >>> 0, enabled: (reg & 1) !== 0, size: 0 };
+}
+
+/** The first line: `00:00.0 Ethernet controller: Red Hat, Inc. Device 10f0 (rev 02)` (by style). */
+export function titleLine(b: Uint8Array, slot: string, style: DecodeStyle): string {
+  const cls = classCode(b);
+  const rev = u8(b, PciHeader.REVISION_ID);
+  let line = `${slot} ${formatClass(style.ids, cls >>> 8, style.numeric)}: ${formatDevice(style.ids, u16(b, PciHeader.VENDOR_ID), u16(b, PciHeader.DEVICE_ID), style.numeric)}`;
+  if (rev !== 0) line += ` (rev ${x(rev, 2)})`;
+  const progIf = cls & 0xff;
+  const progIfName = style.ids.progIf(cls >>> 8, progIf);
+  if (style.verbosity > 0 && (progIf !== 0 || progIfName !== undefined)) line += ` (prog-if ${x(progIf, 2)}${progIfName === undefined ? '' : ` [${progIfName}]`})`;
+  return line;
+}
+
+function flagsLine(b: Uint8Array): string {
+  const cmd = u16(b, PciHeader.COMMAND);
+  const st = u16(b, PciHeader.STATUS);
+  const parts: string[] = [];
+  if (cmd & 0x4) parts.push('bus master');
+  if (cmd & 0x20) parts.push('VGA palette snoop');
+  if (cmd & 0x80) parts.push('stepping');
+  if (cmd & 0x200) parts.push('fast Back2Back');
+  if (st & 0x20) parts.push('66MHz');
+  if (st & 0x40) parts.push('user-definable features');
+  parts.push(`${DEVSEL[(st >> 9) & 3]} devsel`);
+  if (cmd & 0x4) parts.push(`latency ${u8(b, PciHeader.LATENCY_TIMER)}`);
+  const irq = u8(b, PciHeader.INTERRUPT_LINE);
+  if (irq !== 0) parts.push(`IRQ ${irq}`);
+  return `Flags: ${parts.join(', ')}`;
+}
+
+function latencyLine(b: Uint8Array): string {
+  const minGnt = u8(b, PciHeader.MIN_GNT);
+  const maxLat = u8(b, PciHeader.MAX_LAT);
+  const cacheLine = u8(b, PciHeader.CACHE_LINE_SIZE);
+  let line = `Latency: ${u8(b, PciHeader.LATENCY_TIMER)}`;
+  if (minGnt || maxLat) line += ` (${[minGnt ? `${minGnt * 250}ns min` : '', maxLat ? `${maxLat * 250}ns max` : ''].filter(Boolean).join(', ')})`;
+  if (cacheLine) line += `, Cache Line Size: ${cacheLine * 4} bytes`;
+  return line;
+}
+
+function controlStatusLines(b: Uint8Array): string[] {
+  const cmd = u16(b, PciHeader.COMMAND);
+  const st = u16(b, PciHeader.STATUS);
+  const lines = [`Control: ${flagText(cmd, COMMAND)}`, `Status: ${flagText(st, STATUS_1)} DEVSEL=${DEVSEL[(st >> 9) & 3]} ${flagText(st, STATUS_2)}`];
+  if (cmd & 0x4) lines.push(latencyLine(b));
+  const pin = u8(b, PciHeader.INTERRUPT_PIN);
+  const irq = u8(b, PciHeader.INTERRUPT_LINE);
+  if (pin !== 0 || irq !== 0) lines.push(`Interrupt: pin ${pin === 0 ? '?' : String.fromCharCode(0x40 + pin)} routed to IRQ ${irq}`);
+  return lines;
+}
+
+function barLine(bar: BarProbe, cmd: number, verbosity: number): string {
+  const region = verbosity > 1 ? `Region ${bar.index}: ` : '';
+  const size = bar.size === 0n ? '' : ` [size=${lspciSize(bar.size)}]`;
+  if (bar.kind === 'io') {
+    const at = bar.address !== 0n || cmd & 1 ? x(bar.address, 4) : '<unassigned>';
+    return `${region}I/O ports at ${at}${cmd & 1 ? '' : ' [disabled]'}${size}`;
+  }
+  const at = bar.address === 0n ? '<unassigned>' : x(bar.address, 8);
+  const kind = `${bar.bits64 ? '64-bit' : '32-bit'}, ${bar.prefetchable ? '' : 'non-'}prefetchable`;
+  return `${region}Memory at ${at} (${kind})${cmd & 2 ? '' : ' [disabled]'}${size}`;
+}
+
+function romLine(rom: RomProbe, cmd: number): string {
+  const at = rom.address === 0 ? '<unassigned>' : x(rom.address, 8);
+  const state = !rom.enabled ? ' [disabled]' : cmd & 2 ? '' : ' [disabled by cmd]';
+  return `Expansion ROM at ${at}${state}${rom.size === 0 ? '' : ` [size=${lspciSize(rom.size)}]`}`;
+}
+
+/**
+ * The lines after the title at `style.verbosity` ≥ 1 (none at 0), tab-indented as lspci's.
  * @param bars - the implemented BARs, from the sizing probe.
  */
-export function headerLines(b: Uint8Array, bars: readonly BarProbe[], rom: RomProbe | undefined): string[] {
+export function detailLines(b: Uint8Array, bars: readonly BarProbe[], rom: RomProbe | undefined, style: DecodeStyle): string[] {
+  if (style.verbosity < 1) return [];
   const cmd = u16(b, PciHeader.COMMAND);
-  const lines = [
-    `Subsystem: Device [${x(u16(b, PciHeader.SUBSYSTEM_VENDOR_ID), 4)}:${x(u16(b, PciHeader.SUBSYSTEM_ID), 4)}]`,
-    controlLine(cmd),
-    statusLine(u16(b, PciHeader.STATUS)),
-  ];
+  const lines: string[] = [];
+  const [vendor, device, sv, sd] = [u16(b, PciHeader.VENDOR_ID), u16(b, PciHeader.DEVICE_ID), u16(b, PciHeader.SUBSYSTEM_VENDOR_ID), u16(b, PciHeader.SUBSYSTEM_ID)];
+  if (sv !== 0 && sv !== 0xffff) lines.push(`Subsystem: ${formatSubsystem(style.ids, vendor, device, sv, sd, style.numeric)}`);
+  lines.push(...(style.verbosity > 1 ? controlStatusLines(b) : [flagsLine(b)]));
+  const bist = u8(b, PciHeader.BIST);
+  if (bist & 0x80) lines.push(bist & 0x40 ? 'BIST is running' : `BIST result: ${x(bist & 0xf, 2)}`);
+  for (const bar of bars) lines.push(barLine(bar, cmd, style.verbosity));
+  if (rom) lines.push(romLine(rom, cmd));
+  return [...lines.map((l) => `\t${l}`), ...capabilityLines(decodeCapabilities(b, bars), style.verbosity)];
+}
+
+/** Everything lspci prints for one device, one line per entry (no trailing blank line). */
+export function lspciLines(b: Uint8Array, slot: string, bars: readonly BarProbe[], rom: RomProbe | undefined, style: DecodeStyle): string[] {
+  return [titleLine(b, slot, style), ...detailLines(b, bars, rom, style)];
+}
+
+/** `lspci --json`: ids with their names, class, header registers, BARs, ROM and capabilities as fields. */
+export interface LspciReport {
+  slot: string;
+  configSize: number;
+  /** The `pci.ids` the names came from (`null`: none found). */
+  pciIds: string | null;
+  vendor: { id: number; name: string | null };
+  device: { id: number; name: string | null };
+  /** `null` when the subsystem vendor is 0 (or 0xffff). */
+  subsystem: { vendorId: number; vendorName: string | null; id: number; name: string | null } | null;
+  class: { code: number; base: number; subclass: number; progIf: number; baseName: string | null; subclassName: string | null; progIfName: string | null };
+  revision: number;
+  headerType: number;
+  command: Record<string, boolean | number>;
+  status: Record<string, boolean | number | string>;
+  interrupt: { pin: string | null; line: number };
+  bars: Array<{ index: number; type: 'memory' | 'io'; bits: 32 | 64 | null; prefetchable: boolean; address: bigint; size: bigint; enabled: boolean }>;
+  rom: { address: number; size: number; enabled: boolean } | null;
+  capabilities: Array<Omit<CapabilityReport, 'title' | 'brief' | 'details'>>;
+}
+
+/** Builds the `--json` report from the same decode as the text. */
+export function lspciReport(b: Uint8Array, slot: string, bars: readonly BarProbe[], rom: RomProbe | undefined, ids: PciIds): LspciReport {
+  const [vendor, device, sv, sd] = [u16(b, PciHeader.VENDOR_ID), u16(b, PciHeader.DEVICE_ID), u16(b, PciHeader.SUBSYSTEM_VENDOR_ID), u16(b, PciHeader.SUBSYSTEM_ID)];
+  const cls = classCode(b);
+  const cmd = u16(b, PciHeader.COMMAND);
+  const st = u16(b, PciHeader.STATUS);
   const pin = u8(b, PciHeader.INTERRUPT_PIN);
-  if (pin !== 0) lines.push(`Interrupt: pin ${pin <= 4 ? String.fromCharCode(0x40 + pin) : '?'} routed to IRQ ${u8(b, PciHeader.INTERRUPT_LINE)}`);
-  for (const bar of bars) lines.push(barLine(bar, cmd));
-  if (rom) {
-    const at = rom.address === 0 ? '<unassigned>' : x(rom.address, 8);
-    lines.push(`Expansion ROM at ${at}${rom.enabled ? '' : ' [disabled]'} [size=${humanSize(rom.size)}]`);
-  }
-  return lines.map((l) => `\t${l}`);
-}
-
-// ------------------------------------------------------------------ capabilities
-
-const EXPRESS_TYPES: Readonly<Record<number, string>> = {
-  0x0: 'Endpoint',
-  0x1: 'Legacy Endpoint',
-  0x4: 'Root Port (Slot-)',
-  0x5: 'Upstream Port',
-  0x6: 'Downstream Port (Slot-)',
-  0x7: 'PCI-Express to PCI/PCI-X Bridge',
-  0x8: 'PCI/PCI-X to PCI-Express Bridge',
-  0x9: 'Root Complex Integrated Endpoint',
-  0xa: 'Root Complex Event Collector',
-};
-
-function linkSpeed(code: number): string {
-  return ['unknown', '2.5GT/s', '5GT/s', '8GT/s', '16GT/s', '32GT/s', '64GT/s'][code] ?? 'unknown';
-}
-
-/** A capability: its title (after `Capabilities: [40] `) and its verbose lines. */
-interface Decoded {
-  title: string;
-  details: string[];
-}
-
-function decodePm(b: Uint8Array, at: number): Decoded {
-  const pmc = u16(b, at + 2);
-  const csr = u16(b, at + 4);
-  const aux = [0, 55, 100, 160, 220, 270, 320, 375][(pmc >> 6) & 7] ?? 0;
-  const pme = ['D0', 'D1', 'D2', 'D3hot', 'D3cold'].map((d, i) => `${d}${pm((pmc & (1 << (11 + i))) !== 0)}`).join(',');
   return {
-    title: `Power Management version ${pmc & 7}`,
-    details: [
-      `Flags: PMEClk${pm((pmc & 8) !== 0)} DSI${pm((pmc & 0x20) !== 0)} D1${pm((pmc & 0x200) !== 0)} D2${pm((pmc & 0x400) !== 0)} AuxCurrent=${aux}mA PME(${pme})`,
-      `Status: D${csr & 3} NoSoftRst${pm((csr & 8) !== 0)} PME-Enable${pm((csr & 0x100) !== 0)} DSel=${(csr >> 9) & 0xf} DScale=${(csr >> 13) & 3} PME${pm((csr & 0x8000) !== 0)}`,
-    ],
+    slot,
+    configSize: b.length,
+    pciIds: ids.source ?? null,
+    vendor: { id: vendor, name: ids.vendor(vendor) ?? null },
+    device: { id: device, name: ids.device(vendor, device) ?? null },
+    subsystem: sv === 0 || sv === 0xffff ? null : { vendorId: sv, vendorName: ids.vendor(sv) ?? null, id: sd, name: ids.subsystem(vendor, device, sv, sd) ?? null },
+    class: {
+      code: cls,
+      base: cls >>> 16,
+      subclass: (cls >>> 8) & 0xff,
+      progIf: cls & 0xff,
+      baseName: ids.baseClass(cls >>> 16) ?? null,
+      subclassName: ids.subClass(cls >>> 8) ?? null,
+      progIfName: ids.progIf(cls >>> 8, cls & 0xff) ?? null,
+    },
+    revision: u8(b, PciHeader.REVISION_ID),
+    headerType: u8(b, PciHeader.HEADER_TYPE),
+    command: { raw: cmd, ...flagFields(cmd, COMMAND_JSON) },
+    status: { raw: st, ...flagFields(st, STATUS_JSON), devsel: DEVSEL[(st >> 9) & 3] ?? '??' },
+    interrupt: { pin: pin >= 1 && pin <= 4 ? String.fromCharCode(0x40 + pin) : null, line: u8(b, PciHeader.INTERRUPT_LINE) },
+    bars: bars.map((bar) => ({
+      index: bar.index,
+      type: bar.kind,
+      bits: bar.kind === 'io' ? null : bar.bits64 ? 64 : 32,
+      prefetchable: bar.prefetchable,
+      address: bar.address,
+      size: bar.size,
+      enabled: (cmd & (bar.kind === 'io' ? 1 : 2)) !== 0,
+    })),
+    rom: rom ? { address: rom.address, size: rom.size, enabled: rom.enabled && (cmd & 2) !== 0 } : null,
+    capabilities: decodeCapabilities(b, bars).map(({ offset, id, extended, version, name, fields }) => ({ offset, id, extended, ...(version === undefined ? {} : { version }), name, fields })),
   };
-}
-
-function decodeMsi(b: Uint8Array, at: number): Decoded {
-  const ctl = u16(b, at + 2);
-  const is64 = (ctl & 0x80) !== 0;
-  const maskable = (ctl & 0x100) !== 0;
-  const address = is64 ? (BigInt(u32(b, at + 8)) << 32n) | BigInt(u32(b, at + 4)) : BigInt(u32(b, at + 4));
-  const dataAt = at + (is64 ? 12 : 8);
-  const details = [`Address: ${x(address, is64 ? 16 : 8)}  Data: ${x(u16(b, dataAt), 4)}`];
-  if (maskable) details.push(`Masking: ${x(u32(b, dataAt + 4), 8)}  Pending: ${x(u32(b, dataAt + 8), 8)}`);
-  return {
-    title: `MSI: Enable${pm((ctl & 1) !== 0)} Count=${1 << ((ctl >> 4) & 7)}/${1 << ((ctl >> 1) & 7)} Maskable${pm(maskable)} 64bit${pm(is64)}`,
-    details,
-  };
-}
-
-function decodeMsix(b: Uint8Array, at: number): Decoded {
-  const ctl = u16(b, at + 2);
-  const table = u32(b, at + 4);
-  const pba = u32(b, at + 8);
-  return {
-    title: `MSI-X: Enable${pm((ctl & 0x8000) !== 0)} Count=${(ctl & 0x7ff) + 1} Masked${pm((ctl & 0x4000) !== 0)}`,
-    details: [`Vector table: BAR=${table & 7} offset=${x((table & ~7) >>> 0, 8)}`, `PBA: BAR=${pba & 7} offset=${x((pba & ~7) >>> 0, 8)}`],
-  };
-}
-
-function decodeExpress(b: Uint8Array, at: number): Decoded {
-  const flags = u16(b, at + 2);
-  const devcap = u32(b, at + 4);
-  const devctl = u16(b, at + 8);
-  const lnkcap = u32(b, at + 12);
-  const lnksta = u16(b, at + 18);
-  const type = (flags >> 4) & 0xf;
-  const details = [
-    `DevCap: MaxPayload ${128 << (devcap & 7)} bytes, PhantFunc ${(devcap >> 3) & 3}, ExtTag${pm((devcap & 0x20) !== 0)} RBE${pm((devcap & 0x8000) !== 0)}`,
-    `DevCtl: CorrErr${pm((devctl & 1) !== 0)} NonFatalErr${pm((devctl & 2) !== 0)} FatalErr${pm((devctl & 4) !== 0)} UnsupReq${pm((devctl & 8) !== 0)} RlxdOrd${pm((devctl & 0x10) !== 0)} NoSnoop${pm((devctl & 0x800) !== 0)}`,
-    `\tMaxPayload ${128 << ((devctl >> 5) & 7)} bytes, MaxReadReq ${128 << ((devctl >> 12) & 7)} bytes`,
-  ];
-  if (type !== 0x9) {
-    details.push(`LnkCap: Port #${lnkcap >>> 24}, Speed ${linkSpeed(lnkcap & 0xf)}, Width x${(lnkcap >> 4) & 0x3f}`);
-    details.push(`LnkSta: Speed ${linkSpeed(lnksta & 0xf)}, Width x${(lnksta >> 4) & 0x3f}`);
-  }
-  return { title: `Express (v${flags & 0xf}) ${EXPRESS_TYPES[type] ?? `Unknown type ${type}`}, MSI ${x((flags >> 9) & 0x1f, 2)}`, details };
-}
-
-function hexBytes(b: Uint8Array, from: number, to: number): string[] {
-  const lines: string[] = [];
-  for (let at = from; at < to; at += 16) {
-    lines.push(Array.from(b.subarray(at, Math.min(to, at + 16)), (v) => x(v, 2)).join(' '));
-  }
-  return lines;
-}
-
-function decodeVendor(b: Uint8Array, at: number): Decoded {
-  const len = u8(b, at + 2);
-  return { title: `Vendor Specific Information: Len=${x(len, 2)} <?>`, details: len > 3 ? hexBytes(b, at + 3, at + len).map((l) => `Data: ${l}`) : [] };
-}
-
-function decodeStandard(b: Uint8Array, at: number, id: number): Decoded {
-  switch (id) {
-    case CapabilityId.PM:
-      return decodePm(b, at);
-    case CapabilityId.MSI:
-      return decodeMsi(b, at);
-    case CapabilityId.MSIX:
-      return decodeMsix(b, at);
-    case CapabilityId.EXPRESS:
-      return decodeExpress(b, at);
-    case CapabilityId.VENDOR:
-      return decodeVendor(b, at);
-    default:
-      return { title: `Capability ID ${x(id, 2)} <?>`, details: [] };
-  }
-}
-
-function decodeExtended(b: Uint8Array, at: number, id: number): Decoded {
-  if (id === ExtCapabilityId.DSN) {
-    const lo = u32(b, at + 4);
-    const hi = u32(b, at + 8);
-    const serial = [hi >>> 24, (hi >>> 16) & 0xff, (hi >>> 8) & 0xff, hi & 0xff, lo >>> 24, (lo >>> 16) & 0xff, (lo >>> 8) & 0xff, lo & 0xff];
-    return { title: `Device Serial Number ${serial.map((v) => x(v, 2)).join('-')}`, details: [] };
-  }
-  if (id === ExtCapabilityId.VENDOR) {
-    const h = u32(b, at + 4);
-    const len = h >>> 20;
-    const details = len > 8 ? hexBytes(b, at + 8, Math.min(b.length, at + len)).map((l) => `Data: ${l}`) : [];
-    return { title: `Vendor Specific Information: ID=${x(h & 0xffff, 4)} Rev=${(h >>> 16) & 0xf} Len=${x(len, 3)} <?>`, details };
-  }
-  return { title: `Extended Capability ID ${x(id, 4)} <?>`, details: [] };
-}
-
-/** Capability names and positions, for `--json`. */
-export interface CapabilityReport {
-  offset: number;
-  id: number;
-  extended: boolean;
-  version?: number;
-  title: string;
-  details: string[];
-}
-
-/** Decodes every capability in list order. */
-export function decodeCapabilities(b: Uint8Array): CapabilityReport[] {
-  const walk = walkCapabilities(b);
-  return [
-    ...walk.capabilities.map((c) => ({ offset: c.offset, id: c.id, extended: false, ...decodeStandard(b, c.offset, c.id) })),
-    ...walk.extended.map((c) => ({ offset: c.offset, id: c.id, extended: true, version: c.version, ...decodeExtended(b, c.offset, c.id) })),
-  ];
-}
-
-/** `\tCapabilities: [40] …` lines, with the details (two tabs) when `verbose`. */
-export function capabilityLines(caps: readonly CapabilityReport[], verbose: boolean): string[] {
-  const lines: string[] = [];
-  for (const c of caps) {
-    const where = c.extended ? `${x(c.offset, 3)} v${c.version ?? 0}` : x(c.offset, 2);
-    lines.push(`\tCapabilities: [${where}] ${c.title}`);
-    if (verbose) lines.push(...c.details.map((d) => `\t\t${d}`));
-  }
-  return lines;
 }

@@ -1,9 +1,12 @@
-/** `vfio-user info`: negotiation, device, regions and IRQs, as text and as JSON. */
+/** `vfio-user info`: negotiation, device, PCI ids (named from a pci.ids), migration, regions and IRQs, as text and as JSON. */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createDmaEngineDevice } from '../../src/devices/dma-engine.js';
 import { createMemoryDevice } from '../../src/devices/memory.js';
+import { fileURLToPath } from 'node:url';
 import { createRichDevice, runCli, serve, type Served } from './support.js';
+
+const PCI_IDS = fileURLToPath(new URL('../../../test/fixtures/pci/pci.ids', import.meta.url));
 
 interface InfoJson {
   socket: string;
@@ -11,6 +14,8 @@ interface InfoJson {
   advertised: { client: Record<string, unknown>; server: Record<string, unknown> };
   server: { maxMsgFds: number; maxDataXferSize: number; writeMultiple: boolean; twinSocket: { supported: boolean } };
   device: { flags: string[]; rawFlags: number; numRegions: number; numIrqs: number };
+  pci: { vendorId: number; deviceId: number; subsystemVendorId: number; subsystemId: number; classCode: number; revision: number; names: Record<string, string | null>; title: string; subsystemTitle: string | null };
+  migration: { supported: boolean; error?: string; flags: string[]; rawFlags: number; state?: string; extensions: Record<string, number>; identity?: { deviceType: string; stateVersion: number } };
   regions: Array<{ index: number; name: string; size: number; flags: string[]; fdOffset: number; fd: boolean; sparse: Array<{ offset: number; size: number }> }>;
   irqs: Array<{ index: number; name: string; count: number; flags: string[] }>;
 }
@@ -19,10 +24,12 @@ describe('vfio-user info', () => {
   let rich: Served;
   let memory: Served;
   before(() => {
+    process.env['VFIO_USER_PCI_IDS'] = PCI_IDS; // the CLI children inherit it
     rich = serve(createRichDevice());
     memory = serve(createMemoryDevice({ size: 1 << 20 }).device);
   });
   after(async () => {
+    delete process.env['VFIO_USER_PCI_IDS'];
     await rich.close();
     await memory.close();
   });
@@ -38,6 +45,18 @@ describe('vfio-user info', () => {
     assert.equal(typeof info.advertised.server['max_data_xfer_size'], 'number');
     assert.equal(info.server.maxDataXferSize, info.advertised.server['max_data_xfer_size']);
     assert.deepEqual(info.device, { flags: ['RESET', 'PCI'], rawFlags: 3, numRegions: 9, numIrqs: 5 });
+    assert.deepEqual(info.pci, {
+      vendorId: 0x1af4,
+      deviceId: 0x10f0,
+      subsystemVendorId: 0x1af4,
+      subsystemId: 0x1100,
+      classCode: 0x020000,
+      revision: 2,
+      names: { vendor: 'Red Hat, Inc.', device: null, subsystemVendor: 'Red Hat, Inc.', subsystem: null, class: 'Ethernet controller' },
+      title: 'Ethernet controller [0200]: Red Hat, Inc. Device [1af4:10f0] (rev 02)',
+      subsystemTitle: 'Red Hat, Inc. Device [1af4:1100]',
+    });
+    assert.deepEqual(info.migration, { supported: false, error: 'EINVAL', flags: [], rawFlags: 0, extensions: {} }, 'no migration on this device');
     assert.deepEqual(info.regions.map((g) => g.name), ['BAR0', 'BAR1', 'BAR2', 'BAR3', 'BAR4', 'BAR5', 'ROM', 'CONFIG', 'VGA']);
     const [bar0, bar1, bar2, bar3, , , rom, config] = info.regions;
     assert.deepEqual([bar0?.size, bar0?.flags, bar0?.fd], [4096, ['R', 'W'], false]);
@@ -67,6 +86,11 @@ describe('vfio-user info', () => {
     assert.match(out, /^server sent +\{.*"max_data_xfer_size":\d+.*\}$/m);
     assert.match(out, /^server caps +max_msg_fds=\d+ max_data_xfer_size=\d+ max_dma_maps=\d+ pgsizes=0x1000 migration=pgsize 4096 twin_socket=no write_multiple=(yes|no)$/m);
     assert.match(out, /^device +flags 0x3 \(RESET PCI\), 9 regions, 5 IRQ indexes$/m);
+    assert.match(out, /^pci +RAM memory \[0500\]: Device \[1234:5a01\]$/m);
+    assert.match(out, /^subsystem +none \(0000\)$/m);
+    assert.match(out, /^migration +state RUNNING, flags 0x7 \(STOP_COPY P2P PRE_COPY\)$/m);
+    assert.match(out, /^extensions +x-precopy-info=0x8000 x-deadline-state=0x8001 x-arc-latency=0x8002 x-migration-identity=0x8003$/m);
+    assert.match(out, /^identity +type "memory", state version 2$/m);
     assert.match(out, /^ {2}0 +BAR0 +0x100000 \(1M\) +R W MMAP CAPS +0x0 +0x0\+0x100000$/m, 'the shared BAR with its sparse area');
     assert.match(out, /^ {2}2 +BAR2 +0x100 \(256\) +R W +- +-$/m);
     assert.match(out, /^ {2}7 +CONFIG +0x100 \(256\) +R W/m);
@@ -80,6 +104,11 @@ describe('vfio-user info', () => {
       assert.equal(r.code, 0, r.stderr);
       const info = JSON.parse(r.stdout) as InfoJson;
       assert.equal(info.irqs[2]?.count, 2);
+      assert.deepEqual([info.pci.vendorId, info.pci.deviceId, info.pci.classCode, info.pci.subsystemTitle], [0x1234, 0x5a02, 0x088000, null]);
+      const m = info.migration;
+      assert.deepEqual([m.supported, m.state, m.flags, m.rawFlags], [true, 'RUNNING', ['STOP_COPY', 'P2P'], 3]);
+      assert.deepEqual(m.extensions, { 'x-precopy-info': 0x8000, 'x-deadline-state': 0x8001, 'x-arc-latency': 0x8002, 'x-migration-identity': 0x8003 });
+      assert.deepEqual([m.identity?.deviceType, m.identity?.stateVersion], ['dma-engine', 1]);
       assert.equal(info.regions[7]?.size, 4096);
     } finally {
       await dma.close();

@@ -1,6 +1,6 @@
 /**
  * The `lspci -F` dump format, and the real `lspci` decoding our config spaces
- * (skipped when pciutils is not installed).
+ * (optional: VFIO_USER_LSPCI names the lspci binary; skipped without it).
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -62,15 +62,18 @@ describe('lspci dump format', () => {
 
 // ------------------------------------------------------------------ real lspci
 
+/** The real lspci (pciutils), named by VFIO_USER_LSPCI. */
+const LSPCI = process.env['VFIO_USER_LSPCI'] || undefined;
 function lspciVersion(): string | undefined {
+  if (LSPCI === undefined) return undefined;
   try {
-    return execFileSync('lspci', ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    return execFileSync(LSPCI, ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
   } catch {
     return undefined;
   }
 }
 const VERSION = lspciVersion();
-const skip = VERSION === undefined ? 'lspci not installed (apt-get install pciutils)' : false;
+const skip = LSPCI === undefined ? 'set VFIO_USER_LSPCI=/path/to/lspci (pciutils) to decode our dumps with the real lspci' : VERSION === undefined ? `VFIO_USER_LSPCI=${LSPCI} does not run` : false;
 const dir = mkdtempSync(join(tmpdir(), 'vfio-user-lspci-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -79,7 +82,7 @@ let files = 0;
 function lspci(bytes: Uint8Array, ...args: string[]): string {
   const file = join(dir, `dump-${files++}`);
   writeFileSync(file, formatLspciDump(bytes));
-  return execFileSync('lspci', ['-F', file, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  return execFileSync(LSPCI ?? 'lspci', ['-F', file, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
 }
 
 /** Sizes and assigns every BAR as firmware does, from `base` upward; returns [index, size] per BAR found. */

@@ -1,14 +1,18 @@
 /**
  * `vfio-user info SOCKET [--json]`: what a VMM learns when it attaches — the
  * negotiated version and the capabilities each side advertised, device info,
- * every region (size, flags, mmap offset, sparse areas) and every IRQ index.
+ * the PCI ids and class (named from `pci.ids`), migration (flags, current
+ * state, negotiated extensions), every region (size, flags, mmap offset,
+ * sparse areas) and every IRQ index.
  */
 import type { VfioUserClient } from '../../client/client.js';
 import { RemoteError } from '../../errors.js';
-import { DeviceInfoFlags, IrqInfoFlags, RegionInfoFlags } from '../../protocol/constants.js';
+import { DeviceInfoFlags, IrqInfoFlags, RegionIndex, RegionInfoFlags } from '../../protocol/constants.js';
 import { formatCapabilitiesJson, type Capabilities, type ResolvedCapabilities } from '../../protocol/capabilities.js';
 import type { RegionCap } from '../../protocol/region.js';
 import { native } from '../../native/addon.js';
+import { formatDeviceSections, readMigrationInfo, readPciIdentity, type MigrationInfo, type PciIdentity } from '../info-device.js';
+import { loadPciIds, type PciIds } from '../pci-ids.js';
 import { flagNames, hex, humanSize, irqName, regionName, stdio, table, toJson, withClient, type GlobalOptions, type Output } from '../common.js';
 
 /** Options of `info`. */
@@ -52,6 +56,9 @@ export interface InfoReport {
   /** The server's capabilities with the specification's defaults applied. */
   server: ResolvedCapabilities;
   device: { flags: string[]; rawFlags: number; numRegions: number; numIrqs: number };
+  /** PCI ids and class (`null`: no config space; `error`: the server refused the read). */
+  pci: PciIdentity | null | { error: string };
+  migration: MigrationInfo;
   regions: RegionReport[];
   irqs: IrqReport[];
 }
@@ -100,11 +107,26 @@ async function irqReport(client: VfioUserClient, index: number): Promise<IrqRepo
   }
 }
 
-/** Gathers the report over a connected client (a region or IRQ index the server refuses is reported, not fatal). */
-export async function gatherInfo(client: VfioUserClient, socket: string): Promise<InfoReport> {
+async function pciReport(client: VfioUserClient, ids: PciIds, regions: readonly RegionReport[]): Promise<InfoReport['pci']> {
+  const config = regions.find((g) => g.index === RegionIndex.CONFIG);
+  try {
+    return await readPciIdentity(client, ids, config?.error === undefined ? (config?.size ?? 0n) : 0n);
+  } catch (error) {
+    if (!(error instanceof RemoteError)) throw error;
+    return { error: error.code ?? `errno ${error.errno}` };
+  }
+}
+
+/**
+ * Gathers the report over a connected client (a region or IRQ index the server refuses is reported, not fatal).
+ * @param ids - names for the PCI ids (default: the system's `pci.ids`, see {@link loadPciIds}).
+ */
+export async function gatherInfo(client: VfioUserClient, socket: string, ids: PciIds = loadPciIds(undefined)): Promise<InfoReport> {
   const device = await client.deviceInfo();
   const regions: RegionReport[] = [];
   for (let i = 0; i < device.numRegions; i++) regions.push(await regionReport(client, i));
+  const pci = await pciReport(client, ids, regions);
+  const migration = await readMigrationInfo(client);
   const irqs: IrqReport[] = [];
   for (let i = 0; i < device.numIrqs; i++) irqs.push(await irqReport(client, i));
   return {
@@ -118,6 +140,8 @@ export async function gatherInfo(client: VfioUserClient, socket: string): Promis
       numRegions: device.numRegions,
       numIrqs: device.numIrqs,
     },
+    pci,
+    migration,
     regions,
     irqs,
   };
@@ -145,6 +169,7 @@ export function formatInfo(r: InfoReport): string[] {
     `server sent   ${JSON.stringify(r.advertised.server)}`,
     `server caps   ${effectiveCaps(r.server)}`,
     `device        flags ${hex(r.device.rawFlags)} (${r.device.flags.join(' ') || 'none'}), ${r.device.numRegions} regions, ${r.device.numIrqs} IRQ indexes`,
+    ...formatDeviceSections(r.pci, r.migration),
     '',
     'regions:',
   ];
@@ -166,7 +191,8 @@ export function formatInfo(r: InfoReport): string[] {
 
 /** Runs `info`. */
 export async function runInfo(socket: string, options: InfoOptions, global: GlobalOptions, out: Output = stdio): Promise<void> {
-  const report = await withClient(socket, global, (client) => gatherInfo(client, socket), { out });
+  const ids = loadPciIds(undefined); // a bad $VFIO_USER_PCI_IDS fails before connecting
+  const report = await withClient(socket, global, (client) => gatherInfo(client, socket, ids), { out });
   if (options.json) out.line(toJson(report));
   else formatInfo(report).forEach((l) => out.line(l));
 }

@@ -1,10 +1,12 @@
 /**
- * `vfio-user lspci SOCKET [-v] [--dump] [--json]`: reads the whole config
- * space (256 bytes, or 4096 when region 7 is that large) and prints an
- * lspci-style decode. BAR and ROM sizes come from the sizing probe a BIOS or OS
- * does (memory/I-O decode off, save, write all ones, read back, restore).
- * `--dump` prints the hex format `lspci -F FILE` reads instead, without
- * touching the device.
+ * `vfio-user lspci SOCKET [-v[v]] [-n[n]] [-i FILE] [--dump] [--json]`: reads
+ * the whole config space (256 bytes, or 4096 when region 7 is that large) and
+ * prints it as pciutils' `lspci` would — one line by default, more with `-v`
+ * and `-vv`, names from `pci.ids` (numbers with `-n`, both with `-nn`). BAR
+ * and ROM sizes come from the sizing probe a BIOS or OS does (memory/I-O
+ * decode off, save, write all ones, read back, restore). `--dump` prints the
+ * hex format `lspci -F FILE` reads instead, without touching the device;
+ * `--json` prints the decode as structured fields.
  */
 import type { VfioUserClient } from '../../client/client.js';
 import { barSizes, romSize } from '../../client/pci-config.js';
@@ -12,15 +14,26 @@ import { RemoteError } from '../../errors.js';
 import { native } from '../../native/addon.js';
 import { RegionIndex } from '../../protocol/constants.js';
 import { formatLspciDump } from '../../pci/lspci.js';
-import { CONFIG_SPACE_SIZE, EXPRESS_CONFIG_SPACE_SIZE, PciHeader } from '../../pci/registers.js';
+import { CONFIG_SPACE_SIZE, EXPRESS_CONFIG_SPACE_SIZE } from '../../pci/registers.js';
 import { CliError, siteError, stdio, toJson, withClient, type GlobalOptions, type Output } from '../common.js';
-import { capabilityLines, decodeCapabilities, headerLines, titleLine, type BarProbe, type RomProbe } from '../pci-decode.js';
+import { lspciLines, lspciReport, type BarProbe, type RomProbe } from '../pci-decode.js';
+import { loadPciIds, type NumericMode, type PciIds } from '../pci-ids.js';
 
 /** Options of `lspci`. */
 export interface LspciOptions {
-  verbose?: boolean;
+  /** How many `-v` (0–3). */
+  verbose?: number;
+  /** How many `-n` (0–2). */
+  numeric?: number;
+  /** `-i FILE`: the `pci.ids` to read instead of the system's. */
+  pciIds?: string;
   dump?: boolean;
   json?: boolean;
+}
+
+/** Commander argParser for a repeatable flag: `-vv` counts 2. */
+export function countFlag(_value: unknown, previous: number | undefined): number {
+  return (previous ?? 0) + 1;
 }
 
 const SLOT = '00:00.0';
@@ -56,56 +69,44 @@ export async function readConfigSpace(client: VfioUserClient): Promise<Uint8Arra
   return bytes;
 }
 
-function jsonReport(config: Uint8Array, bars: BarProbe[], rom: RomProbe | undefined): unknown {
-  const v = new DataView(config.buffer, config.byteOffset, config.byteLength);
-  const classCode = v.getUint32(PciHeader.REVISION_ID, true) >>> 8;
-  return {
-    slot: SLOT,
-    configSize: config.length,
-    vendorId: v.getUint16(PciHeader.VENDOR_ID, true),
-    deviceId: v.getUint16(PciHeader.DEVICE_ID, true),
-    classCode,
-    revision: v.getUint8(PciHeader.REVISION_ID),
-    subsystemVendorId: v.getUint16(PciHeader.SUBSYSTEM_VENDOR_ID, true),
-    subsystemId: v.getUint16(PciHeader.SUBSYSTEM_ID, true),
-    command: v.getUint16(PciHeader.COMMAND, true),
-    status: v.getUint16(PciHeader.STATUS, true),
-    interruptPin: v.getUint8(PciHeader.INTERRUPT_PIN),
-    bars,
-    rom: rom ?? null,
-    capabilities: decodeCapabilities(config),
-  };
+async function readDevice(client: VfioUserClient, probeBars: boolean): Promise<{ config: Uint8Array; bars: BarProbe[]; rom: RomProbe | undefined }> {
+  let config: Uint8Array;
+  try {
+    config = await readConfigSpace(client);
+  } catch (error) {
+    throw error instanceof CliError ? error : siteError('read config space', error);
+  }
+  if (!probeBars) return { config, bars: [], rom: undefined };
+  try {
+    return { config, ...(await probe(client)) };
+  } catch (error) {
+    throw siteError('BAR sizing probe', error);
+  }
 }
 
-/** Runs `lspci`. */
-export async function runLspci(socket: string, options: LspciOptions, global: GlobalOptions, out: Output = stdio): Promise<void> {
-  const result = await withClient(
-    socket,
-    global,
-    async (client) => {
-      let config: Uint8Array;
-      try {
-        config = await readConfigSpace(client);
-      } catch (error) {
-        throw error instanceof CliError ? error : siteError('read config space', error);
-      }
-      if (options.dump) return { config, bars: [], rom: undefined };
-      try {
-        return { config, ...(await probe(client)) };
-      } catch (error) {
-        throw siteError('BAR sizing probe', error);
-      }
-    },
-    { out },
-  );
-  const { config, bars, rom } = result;
+/**
+ * `lspci` over an already-connected client (the CLI command and the shell's `lspci`).
+ * @param ids - names to use (default: loaded as {@link loadPciIds} does from `options.pciIds`).
+ * @throws {CliError} EIO and the server's errno when config space cannot be read or the BARs probed; ENOENT/EACCES for an unreadable `-i` file.
+ */
+export async function lspciOnClient(client: VfioUserClient, options: LspciOptions, out: Output = stdio, ids: PciIds | undefined = undefined): Promise<void> {
   if (options.dump) {
+    const { config } = await readDevice(client, false);
     for (const line of formatLspciDump(config, { slot: SLOT }).replace(/\n+$/, '').split('\n')) out.line(line);
     out.line('');
     return;
   }
-  if (options.json) return out.line(toJson(jsonReport(config, bars, rom)));
-  out.line(titleLine(config, SLOT));
-  for (const line of headerLines(config, bars, rom)) out.line(line);
-  for (const line of capabilityLines(decodeCapabilities(config), options.verbose === true)) out.line(line);
+  const names = ids ?? loadPciIds(options.pciIds);
+  const verbosity = Math.min(options.verbose ?? 0, 3);
+  const { config, bars, rom } = await readDevice(client, options.json === true || verbosity > 0);
+  if (options.json) return out.line(toJson(lspciReport(config, SLOT, bars, rom, names)));
+  const style = { verbosity, numeric: Math.min(options.numeric ?? 0, 2) as NumericMode, ids: names };
+  for (const line of lspciLines(config, SLOT, bars, rom, style)) out.line(line);
+  if (verbosity > 0) out.line(''); // lspci ends each verbose entry with a blank line
+}
+
+/** Runs `lspci`. */
+export async function runLspci(socket: string, options: LspciOptions, global: GlobalOptions, out: Output = stdio): Promise<void> {
+  const ids = options.dump ? undefined : loadPciIds(options.pciIds); // a bad -i fails before connecting
+  await withClient(socket, global, (client) => lspciOnClient(client, options, out, ids), { out });
 }
