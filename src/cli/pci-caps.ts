@@ -5,8 +5,7 @@
  * extended Advanced Error Reporting, Device Serial Number and Vendor-Specific
  * ones. Each gives its `lspci -v` title, its `-vv` lines and JSON fields.
  */
-import { walkCapabilities } from '../pci/lspci.js';
-import { CapabilityId, ExtCapabilityId, PciHeader } from '../pci/registers.js';
+import { CapabilityId, ExtCapabilityId, PciHeader, PciStatus } from '../pci/registers.js';
 import { flagFields, flagText, pm, u16, u32, u8, x, type BitNames } from './pci-bytes.js';
 import { decodeExpress, type ExpressContext } from './pci-express.js';
 
@@ -154,6 +153,8 @@ function decodeStandard(b: Uint8Array, at: number, id: number, context: ExpressC
       return decodeExpress(b, at, context);
     case CapabilityId.VENDOR:
       return decodeVendor(b, at);
+    case 0x00:
+      return { name: 'Null', title: 'Null', details: [], fields: {} };
     default:
       return { name: 'Unknown', title: `Capability ID ${alt(id)} [${x(u16(b, at + 2), 4)}]`, details: [], fields: {} };
   }
@@ -209,6 +210,7 @@ function decodeAer(b: Uint8Array, at: number, expressType: number | undefined): 
 
 function decodeExtended(b: Uint8Array, at: number, id: number, expressType: number | undefined): Decoded {
   if (id === EXT_AER) return decodeAer(b, at, expressType);
+  if (id === 0x0000) return { name: 'Null', title: 'Null', details: [], fields: {} };
   if (id === ExtCapabilityId.DSN) {
     const lo = u32(b, at + 4);
     const hi = u32(b, at + 8);
@@ -239,19 +241,59 @@ function hasMemoryBar(b: Uint8Array, sized: readonly { kind: string; size: bigin
   return sized.some((bar) => bar.kind === 'memory' && bar.size !== 0n);
 }
 
+/** What ends a capability list early, as lspci says it (after `[40] `). */
+const ChainEnd = { LOOPED: '<chain looped>', BROKEN: '<chain broken>', DENIED: '<access denied>' } as const;
+
+function chainEnd(offset: number, id: number, extended: boolean, title: string, version?: number): CapabilityReport {
+  return { offset, id, extended, ...(version === undefined ? {} : { version }), name: title.slice(1, -1), title, details: [], fields: {} };
+}
+
+/** The standard list as lspci walks it: from the pointer at 0x34, to a zero pointer, a loop, id 0xff or the end of the bytes. */
+function walkStandard(b: Uint8Array, context: ExpressContext): CapabilityReport[] {
+  const out: CapabilityReport[] = [];
+  if ((u16(b, PciHeader.STATUS) & PciStatus.CAP_LIST) === 0) return out;
+  const seen = new Set<number>();
+  for (let at = u8(b, PciHeader.CAPABILITY_LIST) & ~3; at !== 0; at = u8(b, at + 1) & ~3) {
+    const id = u8(b, at);
+    if (at + 4 > b.length) return [...out, chainEnd(at, id, false, ChainEnd.DENIED)];
+    if (seen.has(at)) return [...out, chainEnd(at, id, false, ChainEnd.LOOPED)];
+    if (id === 0xff) return [...out, chainEnd(at, id, false, ChainEnd.BROKEN)];
+    seen.add(at);
+    out.push({ offset: at, id, extended: false, ...decodeStandard(b, at, id, context) });
+  }
+  return out;
+}
+
+/** The extended list as lspci walks it: from 0x100, to an all-0 or all-1 header, a loop, or the end of the bytes. */
+function walkExtended(b: Uint8Array, expressType: number | undefined): CapabilityReport[] {
+  const out: CapabilityReport[] = [];
+  const seen = new Set<number>();
+  let at = 0x100;
+  do {
+    if (at + 4 > b.length) break;
+    const header = u32(b, at);
+    if (header === 0 || header === 0xffffffff) break;
+    const [id, version] = [header & 0xffff, (header >>> 16) & 0xf];
+    if (seen.has(at)) return [...out, chainEnd(at, id, true, ChainEnd.LOOPED, version)];
+    seen.add(at);
+    out.push({ offset: at, id, extended: true, version, ...decodeExtended(b, at, id, expressType) });
+    at = (header >>> 20) & ~3;
+  } while (at !== 0);
+  return out;
+}
+
 /**
- * Decodes every capability in list order. Extended capabilities only follow a
- * PCI Express (or PCI-X) capability in a 4096-byte space, as lspci has it.
+ * Decodes every capability in list order, as lspci walks the lists. Extended
+ * capabilities only follow a PCI Express (or PCI-X) capability in a 4096-byte
+ * space, as lspci has it.
  * @param bars - BARs the sizing probe found (their sizes tell lspci a memory BAR exists).
+ * @param slot - the function's `bus:dev.fn` (an endpoint other than device 0 function 0 has no LnkCap2/LnkCtl2).
  */
-export function decodeCapabilities(b: Uint8Array, bars: readonly { kind: string; size: bigint }[] = []): CapabilityReport[] {
-  const walk = walkCapabilities(b);
-  const context: ExpressContext = { hasMemoryBar: hasMemoryBar(b, bars), functionZero: true };
-  const std = walk.capabilities.map((c): CapabilityReport => ({ offset: c.offset, id: c.id, extended: false, ...decodeStandard(b, c.offset, c.id, context) }));
-  const express = walk.capabilities.find((c) => c.id === CapabilityId.EXPRESS);
-  if (express === undefined && !walk.capabilities.some((c) => c.id === CAP_PCIX)) return std;
-  const type = express === undefined ? undefined : (u16(b, express.offset + 2) >> 4) & 0xf;
-  return [...std, ...walk.extended.map((c): CapabilityReport => ({ offset: c.offset, id: c.id, extended: true, version: c.version, ...decodeExtended(b, c.offset, c.id, type) }))];
+export function decodeCapabilities(b: Uint8Array, bars: readonly { kind: string; size: bigint }[] = [], slot = '00:00.0'): CapabilityReport[] {
+  const std = walkStandard(b, { hasMemoryBar: hasMemoryBar(b, bars), functionZero: slot.endsWith(':00.0') });
+  const express = std.find((c) => c.id === CapabilityId.EXPRESS && c.fields['type'] !== undefined);
+  if (express === undefined && !std.some((c) => c.id === CAP_PCIX)) return std;
+  return [...std, ...walkExtended(b, express === undefined ? undefined : (u16(b, express.offset + 2) >> 4) & 0xf)];
 }
 
 /** `\tCapabilities: [40] …` lines at verbosity 1 (titles) or 2+ (titles with versions, then details). */

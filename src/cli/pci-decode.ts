@@ -161,8 +161,9 @@ function romLine(rom: RomProbe, cmd: number): string {
 /**
  * The lines after the title at `style.verbosity` ≥ 1 (none at 0), tab-indented as lspci's.
  * @param bars - the implemented BARs, from the sizing probe.
+ * @param slot - the function's `bus:dev.fn` (lspci's decode depends on it in one place).
  */
-export function detailLines(b: Uint8Array, bars: readonly BarProbe[], rom: RomProbe | undefined, style: DecodeStyle): string[] {
+export function detailLines(b: Uint8Array, bars: readonly BarProbe[], rom: RomProbe | undefined, style: DecodeStyle, slot = '00:00.0'): string[] {
   if (style.verbosity < 1) return [];
   const cmd = u16(b, PciHeader.COMMAND);
   const lines: string[] = [];
@@ -173,12 +174,12 @@ export function detailLines(b: Uint8Array, bars: readonly BarProbe[], rom: RomPr
   if (bist & 0x80) lines.push(bist & 0x40 ? 'BIST is running' : `BIST result: ${x(bist & 0xf, 2)}`);
   for (const bar of bars) lines.push(barLine(bar, cmd, style.verbosity));
   if (rom) lines.push(romLine(rom, cmd));
-  return [...lines.map((l) => `\t${l}`), ...capabilityLines(decodeCapabilities(b, bars), style.verbosity)];
+  return [...lines.map((l) => `\t${l}`), ...capabilityLines(decodeCapabilities(b, bars, slot), style.verbosity)];
 }
 
 /** Everything lspci prints for one device, one line per entry (no trailing blank line). */
 export function lspciLines(b: Uint8Array, slot: string, bars: readonly BarProbe[], rom: RomProbe | undefined, style: DecodeStyle): string[] {
-  return [titleLine(b, slot, style), ...detailLines(b, bars, rom, style)];
+  return [titleLine(b, slot, style), ...detailLines(b, bars, rom, style, slot)];
 }
 
 /** `lspci --json`: ids with their names, class, header registers, BARs, ROM and capabilities as fields. */
@@ -240,6 +241,6 @@ export function lspciReport(b: Uint8Array, slot: string, bars: readonly BarProbe
       enabled: (cmd & (bar.kind === 'io' ? 1 : 2)) !== 0,
     })),
     rom: rom ? { address: rom.address, size: rom.size, enabled: rom.enabled && (cmd & 2) !== 0 } : null,
-    capabilities: decodeCapabilities(b, bars).map(({ offset, id, extended, version, name, fields }) => ({ offset, id, extended, ...(version === undefined ? {} : { version }), name, fields })),
+    capabilities: decodeCapabilities(b, bars, slot).map(({ offset, id, extended, version, name, fields }) => ({ offset, id, extended, ...(version === undefined ? {} : { version }), name, fields })),
   };
 }

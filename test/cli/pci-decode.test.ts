@@ -3,7 +3,8 @@
  * test/fixtures/pci/*.dump are config spaces (QEMU 10.2 q35 devices read through
  * qtest by grab-qemu-config.py: virtio-rng, virtio-net with AER, an e1000e with
  * BARs, MSI and bus mastering programmed, an NVMe; a PCIe root port; our own
- * "rich" test device), and *.lspci*.txt are what `lspci -F DUMP -i pci.ids
+ * "rich" test device; chains.dump: that device with its capability lists
+ * broken in the ways lspci reports), and *.lspci*.txt are what `lspci -F DUMP -i pci.ids
  * -O hwdb.disable=1` printed for them in each mode. Our decode of the same
  * bytes must print the same text. Also: pci.ids parsing and name formats, and
  * the structured (JSON) fields of AER and virtio capabilities.
@@ -49,6 +50,12 @@ describe('lspci decode = pciutils 3.9.0 on the same bytes', () => {
         assert.equal(decodeDump(fixture(`${name}.dump`), verbosity, numeric), expected);
       });
     }
+  }
+
+  for (const [suffix, verbosity] of [['-v', 1], ['-vv', 2]] as const) {
+    it(`broken lists (a loop, id 0xff, a Null capability, an extended loop) lspci ${suffix}`, () => {
+      assert.equal(decodeDump(fixture('chains.dump'), verbosity, 0), fixture(`chains.lspci${suffix}.txt`));
+    });
   }
 
   it("a root port's Express (slot, root, v2 registers) and AER (root registers) blocks", () => {
