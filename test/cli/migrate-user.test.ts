@@ -157,6 +157,34 @@ describe('migrating a user device served by `vfio-user serve ./dev.js`', { concu
     }
   });
 
+  it('--no-hold releases the destination at once; a holder whose held device goes away exits 1 saying so', async () => {
+    const srv = (n: string): ReturnType<typeof serveModule> => serveModule(project, './dev.js', `${n}.sock`, ['--seed', '2']);
+    const [a, b, c, d, e] = await Promise.all([srv('na'), srv('nb'), srv('nc'), srv('nd'), srv('ne')]);
+    const procs = [a, b, c, d, e] as const;
+    try {
+      const once = startCli(['migrate', '--from', a.socket, '--to', b.socket, '--no-hold', '--guest-ram', '64K', '--downtime', '10s'], project.dir);
+      assert.equal(await once.exited, 0, once.err());
+      assert.match(once.err(), /--no-hold: releasing the destination device on .*nb\.sock \(it resets\)/);
+      await b.waitFor(/^reset lost-connection$/m);
+      const local = startCli(['migrate', '--from', c.socket, '--to', d.socket, '--guest-ram', '64K', '--downtime', '10s'], project.dir);
+      await local.waitFor(/holding the migrated device/, 'err');
+      await d.kill('SIGKILL');
+      assert.equal(await local.exited, 1);
+      assert.match(local.err(), /^vfio-user: migrate: the held device's session on .*nd\.sock ended \(its server closed it\)$/m);
+      const receiver = startCli(['migrate-listen', '--port', '0', '--socket', b.socket], project.dir);
+      const url = (await receiver.waitFor(/listening (tcp:\/\/\S+)/, 'err'))[1] as string;
+      const sent = startCli(['migrate', '--from', e.socket, '--to', url, '--guest-ram', '64K', '--downtime', '10s'], project.dir);
+      assert.equal(await sent.exited, 0, sent.err());
+      await receiver.waitFor(/holding the migrated device/, 'err');
+      await b.kill('SIGKILL');
+      assert.equal(await receiver.exited, 1);
+      assert.match(receiver.err(), /the held device's session on .*nb\.sock ended \(its server closed it\): nothing is held any more/);
+      assert.match(receiver.err(), /^vfio-user: migrate-listen: the held device went away$/m);
+    } finally {
+      await Promise.all(procs.map((p) => p.kill()));
+    }
+  });
+
   it('refusals before anything changes: a device without migration, an incompatible destination, no receiver — one line, exit 1, the source still running', async () => {
     const plainA = await serveModule(project, './nomig.js', 'pa.sock');
     const plainB = await serveModule(project, './nomig.js', 'pb.sock');

@@ -127,6 +127,8 @@ export async function runMigrateFrom(options: MigrateCommandOptions, global: Glo
   const from = options.from as string;
   const to = options.to;
   if (to === undefined) throw new CliError('migrate --from: --to SOCKET or --to tcp://HOST:PORT is required (where the device goes)', { errno: Errno.EINVAL });
+  if (options.autoConverge) throw new CliError('migrate --from: --auto-converge throttles a guest workload; this VMM runs none (it applies to --demo)', { errno: Errno.EINVAL });
+  if (options.shell && options.hold === false) throw new CliError('migrate --from: --shell and --no-hold exclude each other', { errno: Errno.EINVAL });
   const iova = options.iova === undefined ? undefined : parseInteger(options.iova, '--iova');
   const budgetMs = options.downtime ?? 300;
   const timeoutMs = parseTimeout(global.timeout);
@@ -192,7 +194,10 @@ async function holdDestination(
       return;
     }
     io.say(`holding the migrated device on ${destination.socket} with ${ram}; SIGINT/SIGTERM releases it (the device then resets)`);
-    io.say(`${await io.next()}: releasing ${where} (it resets: its session ends)`);
+    const lost = destination.client.closed.then(() => undefined);
+    const signal = await Promise.race([io.next(), lost]);
+    if (signal === undefined) throw new CliError(`migrate: the held device's session on ${destination.socket} ended (its server closed it)`, { errno: Errno.ECONNRESET });
+    io.say(`${signal}: releasing ${where} (it resets: its session ends)`);
   } finally {
     destination.close();
   }

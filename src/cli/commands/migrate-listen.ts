@@ -143,6 +143,7 @@ class Listening {
   readonly #committed = new Map<string, Committed>();
   #stopping: string | undefined;
   #lastVmState: Uint8Array | undefined;
+  #lostDevice = false;
   #receiver: MigrationReceiver | undefined;
   #finish!: (ok: boolean) => void;
   /** Resolves with whether the run succeeded, when it is over. */
@@ -161,6 +162,11 @@ class Listening {
 
   get stopping(): string | undefined {
     return this.#stopping;
+  }
+
+  /** A held device's session ended by its server. */
+  get lostDevice(): boolean {
+    return this.#lostDevice;
   }
 
   async prepare(offer: MigrationOffer): Promise<PreparedDestination> {
@@ -220,8 +226,18 @@ class Listening {
     const held: Holding = { socket: this.#s.socket, guestRamPath: guestRamPath(side.memory), guestRamBytes: side.memory.size, iova: side.iova, sha256: guestRamDigest(side.memory) };
     report(o, this.#s.out, this.#s.json, { held, note: 'the sender is done; this process holds the running device and its guest RAM until SIGINT/SIGTERM' });
     this.#s.say(`holding the migrated device on ${this.#s.socket} with ${side.memory.size} bytes of guest RAM at IOVA 0x${side.iova.toString(16)} (${held.guestRamPath}); no more migrations are received; SIGINT/SIGTERM releases it (the device then resets)`);
+    void side.client.closed.then(() => this.#lost(o.migrationId ?? '?', side));
     if (this.#stopping) void this.#releaseHeld(this.#stopping).then(() => this.#finish(true));
     else if (this.#s.shell) void this.#shell(side);
+  }
+
+  /** The held device's session ended without us (its server exited): nothing is held any more. */
+  #lost(id: string, side: PreparedDestination['side']): void {
+    if (!this.#committed.delete(id)) return; // released by us
+    side.memory.dispose();
+    this.#lostDevice = true;
+    this.#s.say(`the held device's session on ${this.#s.socket} ended (its server closed it): nothing is held any more`);
+    this.#finish(false);
   }
 
   /** `--shell`: the held device driven by shell commands from stdin; released when they end. */
@@ -333,7 +349,7 @@ export async function runMigrateListen(options: MigrateListenOptions = {}, globa
     process.on('SIGTERM', onSignal);
     const ok = await l.finished;
     receiver.close(true);
-    if (!ok && (options.once || options.shell || l.stopping !== undefined)) throw new CliError(`migrate-listen: ${l.stopping ? `stopped by ${l.stopping}` : 'the migration did not complete'}`);
+    if (!ok) throw new CliError(`migrate-listen: ${l.stopping ? `stopped by ${l.stopping}` : l.lostDevice ? 'the held device went away' : 'the migration did not complete'}`);
   } finally {
     if (onSignal) {
       process.off('SIGINT', onSignal);
