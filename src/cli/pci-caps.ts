@@ -7,7 +7,13 @@
  */
 import { CapabilityId, ExtCapabilityId, PciHeader, PciStatus } from '../pci/registers.js';
 import { flagFields, flagText, pm, u16, u32, u8, x, type BitNames } from './pci-bytes.js';
+import { decodeMoreExtended, decodeMoreStandard, type SubsystemNamer } from './pci-caps-more.js';
 import { decodeExpress, type ExpressContext } from './pci-express.js';
+
+/** What decoding needs besides the capability's bytes. */
+interface DecodeContext extends ExpressContext {
+  subsystem: SubsystemNamer;
+}
 
 /** One decoded capability (before its position is added). */
 export interface Decoded {
@@ -141,7 +147,7 @@ function decodeVendor(b: Uint8Array, at: number): Decoded {
   return { name: 'Vendor Specific Information', title: `Vendor Specific Information: Len=${x(len, 2)} <?>`, details: [], fields: { length: len, data: hexData(b, at + 3, at + len) } };
 }
 
-function decodeStandard(b: Uint8Array, at: number, id: number, context: ExpressContext): Decoded {
+function decodeStandard(b: Uint8Array, at: number, id: number, context: DecodeContext): Decoded {
   switch (id) {
     case CapabilityId.PM:
       return decodePm(b, at);
@@ -156,7 +162,7 @@ function decodeStandard(b: Uint8Array, at: number, id: number, context: ExpressC
     case 0x00:
       return { name: 'Null', title: 'Null', details: [], fields: {} };
     default:
-      return { name: 'Unknown', title: `Capability ID ${alt(id)} [${x(u16(b, at + 2), 4)}]`, details: [], fields: {} };
+      return decodeMoreStandard(b, at, id, context.subsystem) ?? { name: 'Unknown', title: `Capability ID ${alt(id)} [${x(u16(b, at + 2), 4)}]`, details: [], fields: {} };
   }
 }
 
@@ -229,7 +235,7 @@ function decodeExtended(b: Uint8Array, at: number, id: number, expressType: numb
       fields: { vsecId: h & 0xffff, vsecRevision: (h >>> 16) & 0xf, length: len, data: hexData(b, at + 8, at + len) },
     };
   }
-  return { name: 'Unknown', title: `Extended Capability ID ${alt(id)}`, details: [], fields: {} };
+  return decodeMoreExtended(b, at, id) ?? { name: 'Unknown', title: `Extended Capability ID ${alt(id)}`, details: [], fields: {} };
 }
 
 /** A memory BAR is implemented: its register has address or type bits, or the probe sized it. */
@@ -249,7 +255,7 @@ function chainEnd(offset: number, id: number, extended: boolean, title: string, 
 }
 
 /** The standard list as lspci walks it: from the pointer at 0x34, to a zero pointer, a loop, id 0xff or the end of the bytes. */
-function walkStandard(b: Uint8Array, context: ExpressContext): CapabilityReport[] {
+function walkStandard(b: Uint8Array, context: DecodeContext): CapabilityReport[] {
   const out: CapabilityReport[] = [];
   if ((u16(b, PciHeader.STATUS) & PciStatus.CAP_LIST) === 0) return out;
   const seen = new Set<number>();
@@ -286,11 +292,14 @@ function walkExtended(b: Uint8Array, expressType: number | undefined): Capabilit
  * Decodes every capability in list order, as lspci walks the lists. Extended
  * capabilities only follow a PCI Express (or PCI-X) capability in a 4096-byte
  * space, as lspci has it.
- * @param bars - BARs the sizing probe found (their sizes tell lspci a memory BAR exists).
- * @param slot - the function's `bus:dev.fn` (an endpoint other than device 0 function 0 has no LnkCap2/LnkCtl2).
+ * @param options.bars - BARs the sizing probe found (their sizes tell lspci a memory BAR exists).
+ * @param options.slot - the function's `bus:dev.fn` (an endpoint other than device 0 function 0 has no LnkCap2/LnkCtl2).
+ * @param options.subsystem - names subsystem ids for the Subsystem capability (default: numbers).
  */
-export function decodeCapabilities(b: Uint8Array, bars: readonly { kind: string; size: bigint }[] = [], slot = '00:00.0'): CapabilityReport[] {
-  const std = walkStandard(b, { hasMemoryBar: hasMemoryBar(b, bars), functionZero: slot.endsWith(':00.0') });
+export function decodeCapabilities(b: Uint8Array, options: { bars?: readonly { kind: string; size: bigint }[]; slot?: string; subsystem?: SubsystemNamer } = {}): CapabilityReport[] {
+  const subsystem = options.subsystem ?? ((sv: number, sd: number): string => `Device ${x(sv, 4)}:${x(sd, 4)}`);
+  const context: DecodeContext = { hasMemoryBar: hasMemoryBar(b, options.bars ?? []), functionZero: (options.slot ?? '00:00.0').endsWith(':00.0'), subsystem };
+  const std = walkStandard(b, context);
   const express = std.find((c) => c.id === CapabilityId.EXPRESS && c.fields['type'] !== undefined);
   if (express === undefined && !std.some((c) => c.id === CAP_PCIX)) return std;
   return [...std, ...walkExtended(b, express === undefined ? undefined : (u16(b, express.offset + 2) >> 4) & 0xf)];

@@ -174,7 +174,7 @@ export function detailLines(b: Uint8Array, bars: readonly BarProbe[], rom: RomPr
   if (bist & 0x80) lines.push(bist & 0x40 ? 'BIST is running' : `BIST result: ${x(bist & 0xf, 2)}`);
   for (const bar of bars) lines.push(barLine(bar, cmd, style.verbosity));
   if (rom) lines.push(romLine(rom, cmd));
-  return [...lines.map((l) => `\t${l}`), ...capabilityLines(decodeCapabilities(b, bars, slot), style.verbosity)];
+  return [...lines.map((l) => `\t${l}`), ...capabilityLines(decodeCapabilities(b, { bars, slot, subsystem: (s1, s2) => formatSubsystem(style.ids, vendor, device, s1, s2, style.numeric) }), style.verbosity)];
 }
 
 /** Everything lspci prints for one device, one line per entry (no trailing blank line). */
@@ -241,6 +241,6 @@ export function lspciReport(b: Uint8Array, slot: string, bars: readonly BarProbe
       enabled: (cmd & (bar.kind === 'io' ? 1 : 2)) !== 0,
     })),
     rom: rom ? { address: rom.address, size: rom.size, enabled: rom.enabled && (cmd & 2) !== 0 } : null,
-    capabilities: decodeCapabilities(b, bars, slot).map(({ offset, id, extended, version, name, fields }) => ({ offset, id, extended, ...(version === undefined ? {} : { version }), name, fields })),
+    capabilities: decodeCapabilities(b, { bars, slot }).map(({ offset, id, extended, version, name, fields }) => ({ offset, id, extended, ...(version === undefined ? {} : { version }), name, fields })),
   };
 }
