@@ -189,12 +189,14 @@ program
   .option('--port <n>', 'TCP port (0 = any; the address is printed on stderr)', '0')
   .option('--host <addr>', 'address to listen on', '127.0.0.1')
   .option('--socket <path>', 'the destination device, e.g. served by `vfio-user serve ./my-device.js` (default: a DMA engine served in a child process, for the demo)')
+  .option('--serve <device>', 'serve this device in a child process as the destination instead (a sample device or a module, as `vfio-user serve`; its arguments after --)')
+  .argument('[args...]', "after --: arguments for --serve's device module")
   .option('--once', 'receive one migration: exit 1 if it does not commit; once committed, hold it until SIGINT/SIGTERM, then exit 0 (the demo: exit when its sender is done)')
   .option('--shell', 'drive a held device with `vfio-user shell` commands from stdin once its sender is done; their end (quit, EOF) releases it and exits (status 1 if a command failed)')
   .option('--tls-creds <dir>', "mutual TLS: a directory with ca-cert.pem, server-cert.pem, server-key.pem (QEMU's tls-creds-x509 layout); senders need a client certificate from that CA")
   .option('--no-tls', 'allow a plaintext, unauthenticated channel on an address beyond loopback (TLS is required there otherwise)')
   .addOption(json)
-  .action((options: MigrateListenOptions) => runMigrateListen(options, globals()));
+  .action((args: string[], options: MigrateListenOptions) => runMigrateListen(options, globals(), undefined, args));
 
 // `vfio-user lspci SOCK --dump | head`: a closed pipe ends the output, not the process with a stack trace.
 process.stdout.on('error', (error: NodeJS.ErrnoException) => {

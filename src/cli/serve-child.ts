@@ -1,6 +1,6 @@
 /**
- * A sample device served by this CLI in a child process (`vfio-user serve
- * <device> --socket P`). The child dies with its parent (SIGTERM through
+ * A device served by this CLI in a child process (`vfio-user serve
+ * <device> --socket P [-- args]`: a sample device or a device module). The child dies with its parent (SIGTERM through
  * PR_SET_PDEATHSIG, armed first thing in the child: die-with-parent.ts) and
  * owns the private directory its socket lives in: the child creates it after
  * arming the signal and removes it when it exits, so neither a process nor a
@@ -25,15 +25,17 @@ export interface ServerProcess {
 }
 
 /**
- * Starts `vfio-user serve <device> --socket <private dir>/<name>`; resolves once it prints that it listens.
+ * Starts `vfio-user serve <device> --socket <private dir>/<name> [-- args]`; resolves once it prints that it listens.
  * @param name - the socket's file name (e.g. `source.sock`).
+ * @param device - a sample device's name or a device module (resolved from this process's current directory).
  * @throws {CliError} when the child exits before listening.
  */
-export function startServer(name: string, device = 'dma-engine'): Promise<ServerProcess> {
-  const dir = join(tmpdir(), `vfio-user-${device}-${process.pid}-${randomBytes(6).toString('hex')}`);
+export function startServer(name: string, device = 'dma-engine', args: readonly string[] = []): Promise<ServerProcess> {
+  const dir = join(tmpdir(), `vfio-user-${device.replace(/[^A-Za-z0-9_.-]/g, '_')}-${process.pid}-${randomBytes(6).toString('hex')}`);
   const socket = join(dir, name);
   const env = { ...process.env, VFIO_USER_PARENT_PID: String(process.pid), VFIO_USER_OWNED_DIR: dir };
-  const child = spawn(process.execPath, [MAIN, 'serve', device, '--socket', socket], { stdio: ['ignore', 'pipe', 'inherit'], env });
+  const extra = args.length > 0 ? ['--', ...args] : [];
+  const child = spawn(process.execPath, [MAIN, 'serve', device, '--socket', socket, ...extra], { stdio: ['ignore', 'pipe', 'inherit'], env });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const stop = async (): Promise<void> => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');

@@ -185,6 +185,27 @@ describe('migrating a user device served by `vfio-user serve ./dev.js`', { concu
     }
   });
 
+  it('migrate-listen --serve ./dev.js serves the destination itself (args after --), receives and holds; the child goes with it', async () => {
+    const a = await serveModule(project, './dev.js', 'sa.sock', ['--seed', '4']);
+    const listen = startCli(['migrate-listen', '--port', '0', '--serve', './dev.js', '--once', '--json', '--', '--seed', '0'], project.dir);
+    try {
+      const url = (await listen.waitFor(/listening (tcp:\/\/\S+) .*destination device \.\/dev\.js, pid (\d+)/, 'err'))[1] as string;
+      const pid = Number(/destination device \.\/dev\.js, pid (\d+)/.exec(listen.err())?.[1]);
+      const m = startCli(['migrate', '--from', a.socket, '--to', url, '--guest-ram', '128K', '--downtime', '10s', '--json'], project.dir);
+      assert.equal(await m.exited, 0, m.err());
+      assert.equal((JSON.parse(m.out()) as Summary).guestRam.equal, true);
+      await listen.waitFor(/holding the migrated device/, 'err');
+      assert.equal((JSON.parse(listen.out()) as Received).outcome, 'committed');
+      assert.equal(await listen.kill('SIGTERM'), 0, listen.err());
+      assert.throws(() => process.kill(pid, 0), { code: 'ESRCH' }, 'the served child exited with the receiver');
+      const both = startCli(['migrate-listen', '--serve', './dev.js', '--socket', a.socket], project.dir);
+      assert.equal(await both.exited, 1);
+      assert.match(both.err(), /^vfio-user: migrate-listen: --serve and --socket exclude each other/m);
+    } finally {
+      await Promise.all([listen.kill('SIGKILL'), a.kill()]);
+    }
+  });
+
   it('refusals before anything changes: a device without migration, an incompatible destination, no receiver — one line, exit 1, the source still running', async () => {
     const plainA = await serveModule(project, './nomig.js', 'pa.sock');
     const plainB = await serveModule(project, './nomig.js', 'pb.sock');

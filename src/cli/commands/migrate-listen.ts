@@ -2,8 +2,8 @@
  * `vfio-user migrate-listen --port N [--socket DEVICE]`: the receiving host of
  * a remote migration, acting as the destination's VMM. For each offer it
  * connects to the destination device (`--socket`, e.g. one served by
- * `vfio-user serve ./my-device.js`, or a DMA engine it serves in a child
- * process), creates guest RAM of the offered size (a memfd), DMA_MAPs it at the
+ * `vfio-user serve ./my-device.js`; or one it serves in a child process:
+ * `--serve ./my-device.js [-- args]`, by default a DMA engine for the demo), creates guest RAM of the offered size (a memfd), DMA_MAPs it at the
  * offered IOVA, and lets the sender's orchestrator drive the device through
  * the channel. An uncommitted migration (link lost, corrupt frame, abort)
  * resets the device and frees the memory.
@@ -48,6 +48,8 @@ export interface MigrateListenOptions {
   tls?: boolean;
   /** Drive a held device with `vfio-user shell` commands from stdin; at its end (quit, EOF) the device is released. */
   shell?: boolean;
+  /** Serve this device (a sample's name or a module) in a child process as the destination, instead of `--socket`. */
+  serve?: string;
 }
 
 /** What the receiver answers the demo's `verify-and-continue`. */
@@ -315,7 +317,9 @@ async function release(side: PreparedDestination['side']): Promise<void> {
  * @throws {CliError} on a bad option, a `--socket` that is not a socket, a port in use, (with `--once`)
  *   a migration that did not commit, or a committed destination stopped by a second signal.
  */
-export async function runMigrateListen(options: MigrateListenOptions = {}, global: GlobalOptions = {}, out: Output = stdio): Promise<void> {
+export async function runMigrateListen(options: MigrateListenOptions = {}, global: GlobalOptions = {}, out: Output = stdio, args: readonly string[] = []): Promise<void> {
+  if (options.serve !== undefined && options.socket !== undefined) throw new CliError('migrate-listen: --serve and --socket exclude each other (one destination device)', { errno: Errno.EINVAL });
+  if (args.length > 0 && options.serve === undefined) throw new CliError(`migrate-listen: arguments after -- (${args.join(' ')}) are for --serve's device module`, { errno: Errno.EINVAL });
   const port = Number(parseInteger(options.port ?? '0', '--port', 65535n));
   const host = options.host ?? '127.0.0.1';
   const timeoutMs = parseTimeout(global.timeout);
@@ -327,7 +331,7 @@ export async function runMigrateListen(options: MigrateListenOptions = {}, globa
   let onSignal: ((name: NodeJS.Signals) => void) | undefined;
   try {
     // The child owns its socket's directory and dies with this process (serve-child.ts): nothing to remove here.
-    if (options.socket === undefined) server = await startServer('destination.sock');
+    if (options.socket === undefined) server = await startServer('destination.sock', options.serve ?? 'dma-engine', args);
     const socket = options.socket ?? (server as ServerProcess).socket;
     const l = new Listening({ socket, once: options.once === true, shell: options.shell === true, global, json: options.json === true, timeoutMs, out, say });
     const receiver = await MigrationReceiver.listen({
@@ -343,7 +347,7 @@ export async function runMigrateListen(options: MigrateListenOptions = {}, globa
     });
     l.receiver = receiver;
     const security = tls ? 'TLS 1.3, client certificates required' : 'plaintext';
-    process.stderr.write(`listening tcp://${host.includes(':') ? `[${host}]` : host}:${receiver.port} (${security}; destination device ${options.socket ?? `dma-engine, pid ${server?.child.pid}`})\n`);
+    process.stderr.write(`listening tcp://${host.includes(':') ? `[${host}]` : host}:${receiver.port} (${security}; destination device ${options.socket ?? `${options.serve ?? 'dma-engine'}, pid ${server?.child.pid}`})\n`);
     onSignal = (name) => l.signal(name);
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
