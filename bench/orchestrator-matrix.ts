@@ -29,6 +29,8 @@ export interface OrchestratorRun {
   totalMs: number;
   iterations: number;
   bytes: number;
+  /** Of the guest memory bytes, those sent as zero-page markers. */
+  zeroBytes: number;
   GBps: number;
   /** The dirty rate the device achieved while running in this run (share of the reference bandwidth). */
   achievedDirtyShare: number;
@@ -165,6 +167,7 @@ export async function migrateOnce(src: Side, to: DestinationFactory, budgetMs: n
     totalMs: round(r.totalMs),
     iterations: r.iterations,
     bytes,
+    zeroBytes: Number(r.zeroBytes),
     GBps: round(bytes / r.totalMs / 1e6),
     achievedDirtyShare: round((pagesPerMs * PAGE) / copyRate),
     connectMs: round(connectMs),

@@ -26,6 +26,7 @@ import type { GuestMemory } from '../src/client/guest-memory.js';
 import { RemoteDestination } from '../src/orchestrator/remote.js';
 import { loadTlsCredentials, type ChannelTlsCredentials } from '../src/orchestrator/channel-tls.js';
 import { makeTlsCredentials } from './tls-creds.js';
+import { printThroughput, runThroughput, type ThroughputResult } from './orchestrator-throughput.js';
 import { Errno } from '../src/protocol/errno.js';
 import {
   close,
@@ -68,6 +69,8 @@ export interface OrchestratorResult {
   /** Bare loopback TCP to a discarding process (GB/s), and the TCP migration's share of it. */
   rawTcpGBps: number;
   tcpToRawTcp: number;
+  /** Idle and data guests over TCP, ours against QEMU's pre-copy (VFIO_USER_QEMU) and bare TCP, in the same run. */
+  throughput: ThroughputResult;
 }
 
 const RECEIVER = new URL('./receive.js', import.meta.url).pathname;
@@ -203,7 +206,7 @@ async function tlsComparison(
 }
 
 /** Runs the section. */
-export async function runOrchestratorBench(o: { dir: string; guestBytes: number; budgetMs?: number; log: boolean }): Promise<OrchestratorResult> {
+export async function runOrchestratorBench(o: { dir: string; guestBytes: number; budgetMs?: number; log: boolean; runs?: number; qemu?: string | undefined }): Promise<OrchestratorResult> {
   const budgets = [o.budgetMs ?? 300, 25];
   const sides: Side[] = [];
   const procs: Array<ReturnType<typeof spawn>> = [];
@@ -236,6 +239,7 @@ export async function runOrchestratorBench(o: { dir: string; guestBytes: number;
     const channelRate = await channelBandwidth(src.memory, connect);
     const tcp = await runMatrix(src, remote, budgets, channelRate);
     const rawTcpGBps = round(((await rawTcpBandwidth(Number(src.memory.size))) * 1000) / 1e9);
+    const throughput = await runThroughput(src, remote, { runs: o.runs ?? 5, rawTcpGBps, qemu: o.qemu });
     const tls = await tlsComparison(src, o.dir, dstPath, budgets[0] as number, { channelGBps: tcp.copyGBps, migrationGBps: tcp.migrationGBps }, procs);
 
     const result: OrchestratorResult = {
@@ -249,6 +253,7 @@ export async function runOrchestratorBench(o: { dir: string; guestBytes: number;
       tcpToUnix: round(tcp.migrationGBps / unix.migrationGBps),
       tls,
       tcpToRawTcp: round(tcp.migrationGBps / rawTcpGBps),
+      throughput,
     };
     if (o.log) print(result, unix);
     return result;
@@ -271,6 +276,7 @@ function print(r: OrchestratorResult, unix: OrchestratorTransport): void {
   console.log(`  whole migration at 0 % dirty rate (bytes moved / total time, best of 3)           ${r.tcp.migrationGBps} GB/s (${r.tcpToRawTcp}× bare TCP)`);
   console.log(`  connect + receiver preparation before each migration (median, not in total time) ${r.tcp.connectMs} ms`);
   printMatrix(r.tcp);
+  printThroughput(r.throughput);
   if ('skipped' in r.tls) console.log(`  over loopback TCP with mutual TLS 1.3: skipped (${r.tls.skipped})`);
   else {
     console.log(`  over loopback TCP with mutual TLS 1.3 (another receiver process, same device):`);
@@ -279,6 +285,8 @@ function print(r: OrchestratorResult, unix: OrchestratorTransport): void {
     console.log(`  connect + TLS handshake + receiver preparation (median)                           ${r.tls.connectMs} ms`);
   }
   console.log(`  summary: whole migration UNIX ${r.migrationGBps} GB/s, TCP ${r.tcp.migrationGBps} GB/s (TCP/UNIX ${r.tcpToUnix});`);
+  const q = r.throughput;
+  console.log(`           TCP idle guest ${q.idle.oursGBps} GB/s${q.idle.oursToQemu === undefined ? '' : ` = ${q.idle.oursToQemu}× QEMU (${q.idle.qemuGBps} GB/s)`}; data guest ${q.data.oursGBps} GB/s = ${q.data.oursToRawTcp}× bare TCP${q.data.oursToQemu === undefined ? '' : `, ${q.data.oursToQemu}× QEMU (${q.data.qemuGBps} GB/s)`};`);
   console.log(`           switch-overs met the budget: UNIX ${share(r.budgets)}; TCP ${share(r.tcp.budgets)};`);
   console.log(`           time to abort (median): UNIX ${r.abort.medianMs} ms, TCP ${r.tcp.abort.medianMs} ms`);
 }

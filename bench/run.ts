@@ -11,7 +11,8 @@
  * in DIR) to the server section, measured against the same C client, and to
  * the qemu section.
  * VFIO_USER_QEMU=PATH (a qemu-system-x86_64 with vfio-user-pci) enables the
- * qemu section: register reads as a QEMU guest sees them (qtest accelerator).
+ * qemu section: register reads as a QEMU guest sees them (qtest accelerator),
+ * and QEMU's own pre-copy as the orchestrator section's throughput reference.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -97,7 +98,7 @@ async function main(): Promise<void> {
       report.client = await runClientBench({ dir, pin, count: quick ? 10_000 : 50_000, cFloorNs, log: !json });
     }
     if (only.has('migration')) report.migration = await runMigrationBench({ dir, echo, stateBytes: (quick ? 32 : 256) << 20, log: !json });
-    if (only.has('orchestrator')) report.orchestrator = await runOrchestratorBench({ dir, guestBytes: (quick ? 64 : 256) << 20, log: !json });
+    if (only.has('orchestrator')) report.orchestrator = await runOrchestratorBench({ dir, guestBytes: (quick ? 64 : 256) << 20, log: !json, runs: quick ? 3 : 5, qemu: process.env['VFIO_USER_QEMU'] });
     if (only.has('qemu')) {
       const qemu = process.env['VFIO_USER_QEMU'];
       if (qemu) report.qemu = runQemuBench({ pin, qemu, iterations: quick ? 1000 : 5000, rounds: quick ? 2 : 4, log: !json, ...libvfioUserGpio() });

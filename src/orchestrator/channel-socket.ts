@@ -94,14 +94,21 @@ export class ChannelSocket {
 
   /**
    * Sends one frame; resolves at once, or when the socket drained if it is over its buffer.
+   * `onWritten` runs once the payload's bytes are no longer needed (handed to the kernel, or the write failed).
    * @throws {ConnectionClosedError} ENOTCONN once the channel is closed.
    */
-  async send(type: number, id: number, payload: readonly Uint8Array[]): Promise<void> {
-    if (this.#closed) throw this.#closed;
+  async send(type: number, id: number, payload: readonly Uint8Array[], onWritten?: () => void): Promise<void> {
+    if (this.#closed) {
+      onWritten?.();
+      throw this.#closed;
+    }
     const header = this.#encoder.header(type, id, payload);
     this.#socket.cork();
     let ok = this.#socket.write(header);
-    for (const part of payload) ok = this.#socket.write(part) && ok;
+    payload.forEach((part, i) => {
+      ok = (i === payload.length - 1 && onWritten ? this.#socket.write(part, () => onWritten()) : this.#socket.write(part)) && ok;
+    });
+    if (payload.length === 0) onWritten?.();
     this.#socket.uncork();
     if (!ok) await new Promise<void>((resolve) => this.#drainWaiters.push(resolve));
     if (this.#closed) throw this.#closed;

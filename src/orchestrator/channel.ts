@@ -8,7 +8,7 @@
  * offset size  field
  *  0     4     magic    "VFMC"
  *  4     2     version  1 (CHANNEL_VERSION)
- *  6     2     type     ChannelFrame (REQUEST, RESPONSE, MEMORY, DEVICE_DATA, NOTICE)
+ *  6     2     type     ChannelFrame (REQUEST, RESPONSE, MEMORY, DEVICE_DATA, NOTICE, ZERO)
  *  8     4     seq      frames sent before this one in this direction (0, 1, 2, …)
  * 12     4     id       request id (REQUEST/RESPONSE), 0 otherwise
  * 16     4     length   payload bytes (≤ MAX_FRAME_PAYLOAD)
@@ -18,7 +18,8 @@
  *
  * The chained CRC makes the checksum end to end: a changed, lost, repeated or
  * reordered frame breaks every check after it. Payloads: MEMORY = gpa (u64 LE)
- * + the bytes; DEVICE_DATA = the stream bytes; REQUEST/RESPONSE/NOTICE = a
+ * + the bytes; ZERO = gpa (u64 LE) + length (u64 LE) of all-zero memory
+ * (feature `zero-pages`); DEVICE_DATA = the stream bytes; REQUEST/RESPONSE/NOTICE = a
  * u32 JSON length, the JSON (64-bit values as `{"$bigint":"…"}`), then binary
  * bytes. Everything little-endian.
  */
@@ -41,6 +42,14 @@ export const ChannelFrame = {
   DEVICE_DATA: 4,
   /** Unsolicited: the receiver failed to apply a streamed frame (JSON {errno, message}). */
   NOTICE: 5,
+  /** Guest memory that is all zero: gpa (u64 LE) + length (u64 LE); sent only to a receiver whose hello answer lists `zero-pages`. */
+  ZERO: 6,
+} as const;
+
+/** Optional channel features, negotiated in the hello (the sender offers, the receiver answers the ones it takes). */
+export const ChannelFeature = {
+  /** ZERO frames for all-zero guest memory. */
+  ZERO_PAGES: 'zero-pages',
 } as const;
 
 /** One decoded frame. */
@@ -48,7 +57,28 @@ export interface Frame {
   type: number;
   seq: number;
   id: number;
+  /** The payload in one piece (joined on first use when it arrived in several reads). */
   payload: Uint8Array;
+  /** Payload bytes. */
+  length: number;
+  /** The payload as it arrived: views of the reads it spans, in order (no copy). */
+  parts: readonly Buffer[];
+}
+
+/** A frame whose payload is `parts`, joined only if `payload` is asked for. */
+function frameOf(h: { type: number; seq: number; id: number; length: number }, parts: Buffer[]): Frame {
+  let joined: Uint8Array | undefined = parts.length === 1 ? parts[0] : undefined;
+  return {
+    type: h.type,
+    seq: h.seq,
+    id: h.id,
+    length: h.length,
+    parts,
+    get payload(): Uint8Array {
+      joined ??= Buffer.concat(parts, h.length);
+      return joined;
+    },
+  };
 }
 
 /** Encodes frames for one direction of a channel (keeps the sequence number and the CRC chain). */
@@ -112,13 +142,14 @@ export class FrameDecoder {
       }
       const h = this.#header;
       if (this.#buffered < h.length) return frames;
-      const payload = this.#take(h.length);
-      const crc = crc32(payload, crc32(h.head.subarray(0, 20), this.#crc));
+      const parts = this.#takeParts(h.length);
+      let crc = crc32(h.head.subarray(0, 20), this.#crc);
+      for (const part of parts) crc = crc32(part, crc);
       if (crc >>> 0 !== h.crc) throw new ProtocolError(`channel frame ${h.seq}: checksum mismatch (0x${(crc >>> 0).toString(16)} ≠ 0x${h.crc.toString(16)})`, { errno: Errno.EBADMSG });
       this.#crc = crc;
       this.#seq++;
       this.#header = undefined;
-      frames.push({ type: h.type, seq: h.seq, id: h.id, payload });
+      frames.push(frameOf(h, parts));
     }
   }
 
@@ -137,6 +168,23 @@ export class FrameDecoder {
     const length = head.readUInt32LE(16);
     if (length > MAX_FRAME_PAYLOAD) throw new ProtocolError(`channel frame of ${length} bytes exceeds ${MAX_FRAME_PAYLOAD}`, { errno: Errno.EMSGSIZE });
     return { type: head.readUInt16LE(6), seq, id: head.readUInt32LE(12), length, crc: head.readUInt32LE(20), head };
+  }
+
+  /** The next `n` buffered bytes as views of the chunks they lie in (no copy). */
+  #takeParts(n: number): Buffer[] {
+    this.#buffered -= n;
+    const parts: Buffer[] = [];
+    let left = n;
+    while (left > 0) {
+      const c = this.#chunks[0] as Buffer;
+      const k = Math.min(c.length, left);
+      parts.push(c.subarray(0, k));
+      left -= k;
+      if (k === c.length) this.#chunks.shift();
+      else this.#chunks[0] = c.subarray(k);
+    }
+    if (parts.length === 0) parts.push(Buffer.alloc(0));
+    return parts;
   }
 
   /** The next `n` buffered bytes (a view when they lie in one chunk, else one copy). */
@@ -210,4 +258,35 @@ export function memoryPrefix(gpa: bigint): Buffer {
 export function decodeMemory(payload: Uint8Array): { gpa: bigint; data: Uint8Array } {
   if (payload.length < 8) throw new ProtocolError(`MEMORY frame of ${payload.length} bytes`, { errno: Errno.EPROTO });
   return { gpa: Buffer.from(payload.buffer, payload.byteOffset, 8).readBigUInt64LE(0), data: payload.subarray(8) };
+}
+
+/** The payload of a ZERO frame. */
+export function zeroPayload(gpa: bigint, length: number): Buffer {
+  const b = Buffer.alloc(16);
+  b.writeBigUInt64LE(gpa, 0);
+  b.writeBigUInt64LE(BigInt(length), 8);
+  return b;
+}
+
+/** @throws {ProtocolError} EPROTO for a ZERO payload that is not 16 bytes, or a length past 2^53. */
+export function decodeZero(payload: Uint8Array): { gpa: bigint; length: number } {
+  if (payload.length !== 16) throw new ProtocolError(`ZERO frame of ${payload.length} bytes`, { errno: Errno.EPROTO });
+  const b = Buffer.from(payload.buffer, payload.byteOffset, 16);
+  const length = b.readBigUInt64LE(8);
+  if (length > BigInt(Number.MAX_SAFE_INTEGER)) throw new ProtocolError(`ZERO frame of ${length} bytes`, { errno: Errno.EPROTO });
+  return { gpa: b.readBigUInt64LE(0), length: Number(length) };
+}
+
+/**
+ * A MEMORY frame's address and data as the pieces it arrived in (no joined copy).
+ * @throws {ProtocolError} EPROTO for a payload shorter than its address.
+ */
+export function memoryParts(frame: Frame): { gpa: bigint; parts: Buffer[]; length: number } {
+  const first = frame.parts[0];
+  if (first === undefined || first.length < 8) {
+    const { gpa, data } = decodeMemory(frame.payload);
+    return { gpa, parts: [Buffer.from(data.buffer, data.byteOffset, data.length)], length: data.length };
+  }
+  const { gpa } = decodeMemory(first.subarray(0, 8));
+  return { gpa, parts: [first.subarray(8), ...frame.parts.slice(1)], length: frame.length - 8 };
 }

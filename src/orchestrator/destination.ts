@@ -12,6 +12,7 @@ import { closeFd } from '../native/addon.js';
 import { MigrationState as S, RegionIndex } from '../protocol/constants.js';
 import type { ArcLatency, MigrationIdentity } from '../protocol/migration-extensions.js';
 import type { LedgerEntry } from './ledger.js';
+import { COPY_CHUNK, zeroFill, type MemorySink } from './memory-copy.js';
 import type { MigrationSide } from './types.js';
 
 /** What the compatibility check compares of one side (plain data: it crosses the migration channel as JSON). */
@@ -44,8 +45,18 @@ export interface MigrationDestination {
   setMigrationState(state: number): Promise<void>;
   /** The `x-arc-latency` answer ([] without the extension). */
   arcLatencies(): Promise<ArcLatency[]>;
-  /** Guest memory at `gpa` (bytes the caller will not change). May resolve later (back-pressure). */
+  /**
+   * Guest memory at `gpa`: bytes the caller will not change or, when
+   * {@link copiesMemory}, a view valid only until the call returns. May resolve later (back-pressure).
+   */
   writeMemory(gpa: bigint, data: Uint8Array): void | Promise<void>;
+  /** `writeMemory` copies the bytes before it returns (the orchestrator then passes views of the source's mapping, no copy of its own). */
+  readonly copiesMemory?: boolean;
+  /**
+   * `[gpa, gpa + length)` is all zero on the source (zero pages are not sent
+   * as data). Without it, the orchestrator writes the zeros with {@link writeMemory}.
+   */
+  writeZeroes?(gpa: bigint, length: number): void | Promise<void>;
   /** The next piece of the device's migration stream. Errors may surface at the next call or {@link flush}. */
   writeDeviceData(data: Uint8Array): Promise<void>;
   /** Resolves when everything written so far is applied; rejects with the first error among them. */
@@ -136,6 +147,8 @@ export function localDestination(side: MigrationSide, options: { onVmState?: (da
     setMigrationState: (state) => client.setMigrationState(state),
     arcLatencies: async () => (client.migrationExtensions.arcLatency === undefined ? [] : client.arcLatencies()),
     writeMemory: (gpa, data) => memory.write(gpa, data),
+    copiesMemory: true,
+    writeZeroes: (gpa, length) => void zeroFill(memory, gpa, length),
     writeDeviceData: (data) => client.migDataWrite(data),
     flush: async () => undefined,
     writeVmState: async (data) => options.onVmState?.(data),
@@ -147,4 +160,16 @@ export function localDestination(side: MigrationSide, options: { onVmState?: (da
 /** Whether `x` is a {@link MigrationSide} (rather than a {@link MigrationDestination}). */
 export function isMigrationSide(x: MigrationSide | MigrationDestination): x is MigrationSide {
   return 'client' in x && 'memory' in x;
+}
+
+/** `d` as the sink of the memory copy (zero ranges written as zeros when it has no `writeZeroes`). */
+export function destinationSink(d: MigrationDestination): MemorySink {
+  return {
+    copies: d.copiesMemory === true,
+    write: (gpa, data) => d.writeMemory(gpa, data),
+    zero: d.writeZeroes ? (gpa, length) => d.writeZeroes?.(gpa, length) : async (gpa, length) => {
+      const zeros = new Uint8Array(Math.min(length, COPY_CHUNK));
+      for (let done = 0; done < length; done += zeros.length) await d.writeMemory(gpa + BigInt(done), zeros.subarray(0, Math.min(zeros.length, length - done)));
+    },
+  };
 }

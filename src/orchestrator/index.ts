@@ -1,5 +1,5 @@
 /** The live-migration orchestrator: {@link migrate}, its destinations (local, remote over TCP) and the receiver. */
-export { migrate, MigrationCompatibilityError } from './migrate.js';
+export { migrate, MigrationCompatibilityError, SWITCHOVER_HEADROOM } from './migrate.js';
 export { localDestination, describeSide } from './destination.js';
 export { RemoteDestination, parseChannelAddress } from './remote.js';
 export { MigrationReceiver } from './receiver.js';
@@ -8,7 +8,7 @@ export { loadTlsCredentials, isLoopback } from './channel-tls.js';
 export type { ChannelTlsCredentials } from './channel-tls.js';
 export { MigrationChannelError } from './channel-socket.js';
 export { RateLimiter, AutoConverge, throttleDelayMs } from './throttle.js';
-export { createProgressBar } from './progress.js';
+export { PROGRESS_INTERVAL_MS } from './progress.js';
 export { CHANNEL_VERSION, ChannelFrame, FrameDecoder, FrameEncoder } from './channel.js';
 export type { DeviceDescription, MigrationDestination } from './destination.js';
 export type { ChannelAddress, RemoteDestinationOptions } from './remote.js';
@@ -16,4 +16,4 @@ export type { MigrationOffer, PreparedDestination, ReceiveOutcome, ReceiverOptio
 export type { AutoConvergeOptions } from './throttle.js';
 export type { Frame } from './channel.js';
 export type { ChannelPhase, LedgerEntry, LedgerOutcome } from './ledger.js';
-export type { ArcTiming, MigrateOptions, MigrationPhase, MigrationReport, MigrationSide, Progress } from './types.js';
+export type { ArcTiming, MigrateOptions, MigrationBytes, MigrationPhase, MigrationReport, MigrationSide, MigrationStep, Progress } from './types.js';

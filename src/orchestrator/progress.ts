@@ -1,109 +1,58 @@
 /**
- * A terminal progress bar for {@link migrate} (`cli-progress`, on stderr):
- * phase, bytes moved, the dirty rate of the last pre-copy round and an ETA.
- * Only on a TTY; elsewhere (pipes, tests) it prints nothing.
- *
- * The orchestrator reports what is left, not what moved, so "moved" here is
- * reconstructed: the first round copies all of guest memory, every later round
- * about as much as the previous round's estimate of what was left.
+ * Progress events of a migration (`MigrateOptions.onProgress`): a snapshot of
+ * where the migration is — phase, step, bytes migrated by phase, the rate over
+ * the last second, the last dirty-page count, the projection — emitted from
+ * inside the copies at most every {@link PROGRESS_INTERVAL_MS} and at every
+ * step boundary. Rendering (a terminal bar) is the application's business:
+ * the CLI's is src/cli/progress-bar.ts.
  */
-import cliProgress from 'cli-progress';
 import type { Progress } from './types.js';
 
-/** A progress sink for `MigrateOptions.onProgress`. */
-export interface MigrationProgressBar {
-  /** Undefined when nothing is to be shown (not a TTY), so it can be passed straight to `migrate()`. */
-  readonly onProgress: ((p: Progress) => void) | undefined;
-  /** Ends the bar (leaves the last line). Idempotent. */
-  stop(): void;
+/** Reports from inside a step come at most this often (ms); step boundaries always report. */
+export const PROGRESS_INTERVAL_MS = 100;
+/** The rate is measured over this window (ms). */
+const RATE_WINDOW_MS = 1000;
+/** Rate samples are kept at least this far apart (ms). */
+const SAMPLE_SPACING_MS = 20;
+
+const now = (): number => performance.now();
+
+/** Bytes migrated in all, from a progress snapshot. */
+export function totalBytes(p: Pick<Progress, 'bytes'>): number {
+  return Number(p.bytes.precopyMemory + p.bytes.precopyDevice + p.bytes.stopCopyMemory + p.bytes.stopCopyDevice);
 }
 
-/** Options of {@link createProgressBar}. */
-export interface ProgressBarOptions {
-  /** Guest memory size in bytes (the first pre-copy round's copy). */
-  memoryBytes: number;
-  /** Where to draw (default `process.stderr`); nothing is drawn unless it is a TTY. */
-  stream?: NodeJS.WriteStream;
-}
+/** Turns a migration's state into throttled {@link Progress} events with a measured rate. */
+export class ProgressReporter {
+  readonly #emit: ((p: Progress) => void) | undefined;
+  readonly #snapshot: () => Omit<Progress, 'bytesPerSecond'>;
+  #lastEmit = Number.NEGATIVE_INFINITY;
+  readonly #samples: Array<{ t: number; bytes: number }> = [];
 
-const MB = 1e6;
-
-/** Formats bytes per ms as MB/s. */
-const rate = (bytesPerMs: number): string => (Number.isFinite(bytesPerMs) ? `${((bytesPerMs * 1000) / MB).toFixed(1)} MB/s` : '-');
-
-/** The bar's payload for one progress report (exported for tests). */
-export interface BarFields {
-  phase: string;
-  moved: number;
-  total: number;
-  dirtyRate: string;
-  eta: string;
-}
-
-/** Accumulates progress reports into the bar's fields. */
-export class ProgressModel {
-  readonly #memoryBytes: number;
-  #moved = 0;
-  #lastRemaining = 0;
-  #lastElapsed = 0;
-  #lastIteration = -1;
-
-  constructor(memoryBytes: number) {
-    this.#memoryBytes = memoryBytes;
+  /** `snapshot` describes the migration now; nothing is computed when `emit` is undefined. */
+  constructor(emit: ((p: Progress) => void) | undefined, snapshot: () => Omit<Progress, 'bytesPerSecond'>) {
+    this.#emit = emit;
+    this.#snapshot = snapshot;
   }
 
-  update(p: Progress): BarFields {
-    const remaining = Number(p.remainingBytes);
-    if (p.phase === 'precopy' && p.iteration !== this.#lastIteration) {
-      // iteration 1 is the first report: it follows the full copy and one dirty round.
-      this.#moved += this.#lastIteration < 0 ? this.#memoryBytes : this.#lastRemaining;
-      this.#lastIteration = p.iteration;
-    } else if (p.phase === 'done') {
-      this.#moved += this.#lastRemaining;
-    }
-    const interval = p.elapsedMs - this.#lastElapsed;
-    const dirtyRate = p.phase === 'precopy' && interval > 0 ? rate(remaining / interval) : '-';
-    const etaMs = p.phase === 'done' || p.phase === 'abort' ? 0 : remaining / Math.max(p.memoryBandwidth, 1e-9) + (Number.isFinite(p.projectedDowntimeMs) ? p.projectedDowntimeMs : 0);
-    this.#lastRemaining = remaining;
-    this.#lastElapsed = p.elapsedMs;
-    const remainingAfter = p.phase === 'done' || p.phase === 'abort' ? 0 : remaining;
-    return { phase: p.phase, moved: this.#moved, total: this.#moved + remainingAfter, dirtyRate, eta: `${etaMs.toFixed(0)} ms` };
+  /** Reports now when `force` (a step boundary) or when the interval has passed since the last report. */
+  report(force = false): void {
+    if (this.#emit === undefined) return;
+    const t = now();
+    if (!force && t - this.#lastEmit < PROGRESS_INTERVAL_MS) return;
+    this.#lastEmit = t;
+    const p = this.#snapshot();
+    this.#emit({ ...p, bytesPerSecond: this.#rate(t, totalBytes(p)) });
   }
-}
 
-/** A bar on `stream` when it is a TTY, else a no-op. */
-export function createProgressBar(options: ProgressBarOptions): MigrationProgressBar {
-  const stream = options.stream ?? process.stderr;
-  if (!stream.isTTY) return { onProgress: undefined, stop: () => undefined };
-  const model = new ProgressModel(options.memoryBytes);
-  const bar = new cliProgress.SingleBar(
-    {
-      stream,
-      format: 'migrate {phase} [{bar}] {movedMB}/{totalMB} MB | dirty {dirtyRate} | ETA {eta}',
-      hideCursor: true,
-      clearOnComplete: false,
-    },
-    cliProgress.Presets.shades_classic,
-  );
-  let started = false;
-  let stopped = false;
-  return {
-    onProgress: (p) => {
-      if (stopped) return;
-      const f = model.update(p);
-      const payload = { phase: f.phase.padEnd(10), dirtyRate: f.dirtyRate, eta: f.eta, movedMB: (f.moved / MB).toFixed(1), totalMB: (f.total / MB).toFixed(1) };
-      if (!started) {
-        bar.start(Math.max(f.total, 1), f.moved, payload);
-        started = true;
-      } else {
-        bar.setTotal(Math.max(f.total, 1));
-        bar.update(f.moved, payload);
-      }
-    },
-    stop: () => {
-      if (stopped) return;
-      stopped = true;
-      if (started) bar.stop();
-    },
-  };
+  /** Bytes per second over the last {@link RATE_WINDOW_MS}, from the samples taken at each report. */
+  #rate(t: number, bytes: number): number {
+    const s = this.#samples;
+    const last = s.at(-1);
+    if (last === undefined || t - last.t >= SAMPLE_SPACING_MS) s.push({ t, bytes });
+    while (s.length > 2 && t - (s[1] as { t: number }).t >= RATE_WINDOW_MS) s.shift();
+    const first = s[0] as { t: number; bytes: number };
+    const ms = t - first.t;
+    return ms > 0 ? ((bytes - first.bytes) * 1000) / ms : 0;
+  }
 }

@@ -16,7 +16,8 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { MigrationState as S } from '../protocol/constants.js';
 import { Errno } from '../protocol/errno.js';
-import { ChannelFrame, decodeMemory, decodeMessage, encodeMessage, type Frame } from './channel.js';
+import { ChannelFeature, ChannelFrame, decodeMessage, decodeZero, encodeMessage, memoryParts, type Frame } from './channel.js';
+import { writeParts, zeroFill } from './memory-copy.js';
 import { ChannelSocket, errnoOf, MigrationChannelError, type WireError } from './channel-socket.js';
 import { describeSide, resetToRunning } from './destination.js';
 import { serverTlsOptions, type ChannelTlsCredentials } from './channel-tls.js';
@@ -276,7 +277,7 @@ class Session {
 
   enqueue(frame: Frame): void {
     this.#queue.push(frame);
-    this.#queued += frame.payload.length;
+    this.#queued += frame.length;
     if (this.#queued > QUEUE_HIGH) this.#channel.pauseReading(true);
     if (!this.#working) void this.#work();
   }
@@ -299,7 +300,7 @@ class Session {
   async #work(): Promise<void> {
     this.#working = true;
     for (let frame = this.#queue.shift(); frame !== undefined && !this.#finished; frame = this.#queue.shift()) {
-      this.#queued -= frame.payload.length;
+      this.#queued -= frame.length;
       if (this.#queued <= QUEUE_HIGH / 2) this.#channel.pauseReading(false);
       await this.#handle(frame);
     }
@@ -309,6 +310,7 @@ class Session {
   async #handle(frame: Frame): Promise<void> {
     switch (frame.type) {
       case ChannelFrame.MEMORY:
+      case ChannelFrame.ZERO:
       case ChannelFrame.DEVICE_DATA:
         return this.#apply(frame);
       case ChannelFrame.REQUEST:
@@ -325,15 +327,19 @@ class Session {
     try {
       if (side === undefined || this.#committed) throw new MigrationChannelError('data outside a migration', Errno.EPROTO);
       if (frame.type === ChannelFrame.MEMORY) {
-        const { gpa, data } = decodeMemory(frame.payload);
-        side.memory.write(gpa, data); // EFAULT outside the guest memory
-        this.#memoryBytes += BigInt(data.length);
+        const { gpa, parts, length } = memoryParts(frame);
+        writeParts(side.memory, gpa, parts, length); // EFAULT outside the guest memory
+        this.#memoryBytes += BigInt(length);
+      } else if (frame.type === ChannelFrame.ZERO) {
+        const { gpa, length } = decodeZero(frame.payload);
+        zeroFill(side.memory, gpa, length); // EFAULT outside the guest memory; writes only where not already zero
+        this.#memoryBytes += BigInt(length);
       } else {
         await side.client.migDataWrite(frame.payload);
         this.#deviceBytes += BigInt(frame.payload.length);
       }
     } catch (error) {
-      this.#streamError = { errno: errnoOf(error), message: `${frame.type === ChannelFrame.MEMORY ? 'guest memory' : 'device stream'} frame ${frame.seq}: ${(error as Error).message}` };
+      this.#streamError = { errno: errnoOf(error), message: `${frame.type === ChannelFrame.DEVICE_DATA ? 'device stream' : 'guest memory'} frame ${frame.seq}: ${(error as Error).message}` };
       await this.#channel.send(ChannelFrame.NOTICE, 0, encodeMessage(this.#streamError)).catch(() => undefined);
     }
   }
@@ -430,7 +436,9 @@ class Session {
     }
     this.#prepared = prepared;
     this.#enter('precopy');
-    return { channelVersion: 1, maxTransferSize: prepared.side.client.maxTransferSize, migrationId: this.migrationId };
+    const offered = Array.isArray(args.features) ? args.features : [];
+    const features = Object.values(ChannelFeature).filter((f) => offered.includes(f));
+    return { channelVersion: 1, maxTransferSize: prepared.side.client.maxTransferSize, migrationId: this.migrationId, features };
   }
 
   async #message(args: Record<string, unknown>, body: Uint8Array, prepared: PreparedDestination): Promise<{ result: unknown; body?: Uint8Array }> {

@@ -11,9 +11,10 @@ import { connect as connectTcp, type Socket } from 'node:net';
 import { ConnectionClosedError, InvalidArgumentError, VfioUserError } from '../errors.js';
 import { Errno } from '../protocol/errno.js';
 import type { ArcLatency } from '../protocol/migration-extensions.js';
-import { CHANNEL_VERSION, ChannelFrame, decodeMessage, memoryPrefix, type Frame } from './channel.js';
+import { CHANNEL_VERSION, ChannelFeature, ChannelFrame, decodeMessage, memoryPrefix, zeroPayload, type Frame } from './channel.js';
 import { ChannelSocket, fromWire, type ChannelReply } from './channel-socket.js';
 import type { DeviceDescription, MigrationDestination } from './destination.js';
+import { COPY_CHUNK } from './memory-copy.js';
 import { checkMigrationId, type LedgerEntry } from './ledger.js';
 import { connectTlsSocket, type ChannelTlsCredentials } from './channel-tls.js';
 
@@ -59,6 +60,8 @@ export interface RemoteDestinationOptions {
 interface Welcome {
   channelVersion: number;
   maxTransferSize: number;
+  /** The optional features the receiver takes (absent from older receivers). */
+  features?: unknown;
 }
 
 const now = (): number => performance.now();
@@ -69,6 +72,8 @@ export class RemoteDestination implements MigrationDestination {
   readonly maxTransferSize: number;
   /** The id the receiver records this migration's outcome under. */
   readonly migrationId: string;
+  /** The receiver takes ZERO frames (feature `zero-pages`): all-zero memory crosses as its address and length. */
+  readonly zeroPages: boolean;
   readonly #channel: ChannelSocket;
   readonly #timeoutMs: number;
   readonly #resolveTimeoutMs: number;
@@ -77,12 +82,14 @@ export class RemoteDestination implements MigrationDestination {
   #streamError: Error | undefined;
   /** The receiver said it abandoned the migration (NOTICE with `outcome: 'abandoned'`). */
   #abandonedByPeer: LedgerEntry | undefined;
+  readonly #pool = new CopyPool();
 
   private constructor(address: string, channel: ChannelSocket, welcome: Welcome, migrationId: string, options: RemoteDestinationOptions) {
     this.address = address;
     this.#channel = channel;
     this.maxTransferSize = welcome.maxTransferSize;
     this.migrationId = migrationId;
+    this.zeroPages = Array.isArray(welcome.features) && welcome.features.includes(ChannelFeature.ZERO_PAGES);
     this.#timeoutMs = options.timeoutMs ?? 10_000;
     this.#resolveTimeoutMs = options.resolveTimeoutMs ?? 10_000;
     this.#tls = options.tls;
@@ -109,7 +116,7 @@ export class RemoteDestination implements MigrationDestination {
       },
     });
     try {
-      const { result } = await channel.request('hello', { channelVersion: CHANNEL_VERSION, memory: options.memory, migrationId }, undefined, timeoutMs);
+      const { result } = await channel.request('hello', { channelVersion: CHANNEL_VERSION, memory: options.memory, migrationId, features: [ChannelFeature.ZERO_PAGES] }, undefined, timeoutMs);
       const welcome = result as Partial<Welcome>;
       if (welcome.channelVersion !== CHANNEL_VERSION || typeof welcome.maxTransferSize !== 'number' || welcome.maxTransferSize < 4096) {
         throw new VfioUserError(`${url}: unexpected hello answer ${JSON.stringify(result)}`, { errno: Errno.EPROTO });
@@ -184,9 +191,27 @@ export class RemoteDestination implements MigrationDestination {
     return (await this.#request('arcs')).result as ArcLatency[];
   }
 
+  /** `writeMemory` copies the bytes (into a buffer of its own, reused once the socket took them) before it returns. */
+  readonly copiesMemory = true;
+
   async writeMemory(gpa: bigint, data: Uint8Array): Promise<void> {
     this.#check();
-    await this.#channel.send(ChannelFrame.MEMORY, 0, [memoryPrefix(gpa), data]);
+    const copy = this.#pool.copy(data);
+    await this.#channel.send(ChannelFrame.MEMORY, 0, [memoryPrefix(gpa), copy.bytes], copy.release);
+  }
+
+  /** All-zero guest memory: a ZERO frame when the receiver takes them, else the zeros themselves. */
+  async writeZeroes(gpa: bigint, length: number): Promise<void> {
+    this.#check();
+    if (this.zeroPages) {
+      await this.#channel.send(ChannelFrame.ZERO, 0, [zeroPayload(gpa, length)]);
+      return;
+    }
+    const zeros = new Uint8Array(Math.min(length, 1 << 20));
+    for (let done = 0; done < length; done += zeros.length) {
+      const n = Math.min(zeros.length, length - done);
+      await this.#channel.send(ChannelFrame.MEMORY, 0, [memoryPrefix(gpa + BigInt(done)), zeros.subarray(0, n)]);
+    }
   }
 
   async writeDeviceData(data: Uint8Array): Promise<void> {
@@ -273,6 +298,36 @@ export class RemoteDestination implements MigrationDestination {
     } catch (error) {
       this.#streamError ??= error as Error;
     }
+  }
+}
+
+/** Buffers guest memory is copied into for sending: reused once the socket handed them to the kernel (fresh 1 MiB allocations cost page faults). */
+class CopyPool {
+  static readonly SIZE = COPY_CHUNK;
+  static readonly COUNT = 8;
+  readonly #free: Uint8Array[] = [];
+  #allocated = 0;
+
+  /** A copy of `data` and the callback that gives its buffer back. */
+  copy(data: Uint8Array): { bytes: Uint8Array; release: () => void } {
+    if (data.length > CopyPool.SIZE) return { bytes: new Uint8Array(data), release: () => undefined };
+    let buffer = this.#free.pop();
+    if (buffer === undefined) {
+      if (this.#allocated >= CopyPool.COUNT) return { bytes: new Uint8Array(data), release: () => undefined };
+      buffer = new Uint8Array(CopyPool.SIZE);
+      this.#allocated++;
+    }
+    const own = buffer;
+    own.set(data);
+    let released = false;
+    return {
+      bytes: own.subarray(0, data.length),
+      release: () => {
+        if (released) return;
+        released = true;
+        this.#free.push(own);
+      },
+    };
   }
 }
 

@@ -1,16 +1,16 @@
 /**
  * The data movers of a migration: guest memory (whole, or the dirty pages the
- * source device logged and the client wrote itself) from one memfd to the
- * other, the device's migration stream from source to destination, and the
- * bandwidth meters the switch-over decision uses.
+ * source device logged and the client wrote itself: memory-copy.ts), the
+ * device's migration stream from source to destination, and the bandwidth
+ * meters the switch-over decision uses.
  */
 import type { VfioUserClient } from '../client/client.js';
-import { GUEST_PAGE_SIZE, type GuestMemory } from '../client/guest-memory.js';
+import { GUEST_PAGE_SIZE } from '../client/guest-memory.js';
 import type { MigrationDestination } from './destination.js';
+import type { CopyControl } from './memory-copy.js';
 import type { MigrationSide } from './types.js';
 
-/** Guest memory is copied in chunks of this size (also the event-loop yield granularity). */
-export const COPY_CHUNK = 1 << 20;
+export { COPY_CHUNK, copyAllMemory, copyPages, type CopyControl, type CopyResult, type MemorySink, type Pacer } from './memory-copy.js';
 
 /** Bytes moved per ms, over everything measured so far. */
 export class Meter {
@@ -44,56 +44,6 @@ export class Meter {
 }
 
 const now = (): number => performance.now();
-
-/** Takes guest memory at an address: the destination's memory, or a channel to it. */
-export type MemorySink = (gpa: bigint, data: Uint8Array) => void | Promise<void>;
-
-/** Paces transfers (a bandwidth cap); `consume` resolves when the bytes just moved are within the cap. */
-export interface Pacer {
-  consume(bytes: number): Promise<void>;
-}
-
-/** Copies `[gpa, gpa + length)` of `from` to `to` (same addresses) in chunks. */
-async function copyRange(from: GuestMemory, to: MemorySink, gpa: bigint, length: number): Promise<void> {
-  for (let done = 0; done < length; done += COPY_CHUNK) {
-    const n = Math.min(COPY_CHUNK, length - done);
-    const pending = to(gpa + BigInt(done), from.read(gpa + BigInt(done), n));
-    if (pending) await pending;
-  }
-}
-
-/** Copies all of `from` into `to`, yielding to the event loop between chunks. @returns bytes copied. */
-export async function copyAllMemory(from: GuestMemory, to: MemorySink, meter: Meter, pacer?: Pacer): Promise<bigint> {
-  for (let gpa = 0n; gpa < from.size; gpa += BigInt(COPY_CHUNK)) {
-    const n = Number(from.size - gpa < BigInt(COPY_CHUNK) ? from.size - gpa : BigInt(COPY_CHUNK));
-    const t = now();
-    await copyRange(from, to, gpa, n);
-    meter.add(n, now() - t);
-    if (pacer) await pacer.consume(n);
-    await new Promise((resolve) => setImmediate(resolve));
-  }
-  return from.size;
-}
-
-/** Copies the given 4 KiB pages (sorted, unique), coalescing runs. @returns bytes copied. */
-export async function copyPages(from: GuestMemory, to: MemorySink, pages: readonly number[], meter: Meter, pacer?: Pacer): Promise<bigint> {
-  let bytes = 0;
-  let ms = 0;
-  for (let i = 0; i < pages.length; ) {
-    let j = i + 1;
-    while (j < pages.length && pages[j] === (pages[j - 1] as number) + 1) j++;
-    const first = pages[i] as number;
-    const length = (j - i) * GUEST_PAGE_SIZE;
-    const t = now();
-    await copyRange(from, to, BigInt(first * GUEST_PAGE_SIZE), length);
-    ms += now() - t;
-    if (pacer) await pacer.consume(length);
-    bytes += length;
-    i = j;
-  }
-  meter.add(bytes, ms);
-  return BigInt(bytes);
-}
 
 /**
  * Dirty tracking of the source's guest memory: the device's DMA writes
@@ -154,22 +104,26 @@ export class DirtyTracker {
 
 /**
  * Moves the device's migration data available now: MIG_DATA_READ until an
- * empty read (or, in pre-copy, until `untilMs`), each chunk written to the destination.
+ * empty read (or, in pre-copy, until `untilMs`), each chunk written to the
+ * destination; `control` is checked before each read and told of each chunk.
  * @returns bytes moved.
  */
-export async function moveDeviceData(from: VfioUserClient, to: MigrationDestination, meter: Meter, pacer?: Pacer, untilMs = Number.POSITIVE_INFINITY): Promise<bigint> {
+export async function moveDeviceData(from: VfioUserClient, to: MigrationDestination, meter: Meter, control: CopyControl = {}, untilMs = Number.POSITIVE_INFINITY): Promise<bigint> {
   const chunk = Math.max(4096, Math.min(from.maxTransferSize, to.maxTransferSize) - 64);
+  const race = <T>(work: Promise<T>): Promise<T> => (control.race ? control.race(work) : work);
   let bytes = 0;
   let ms = 0;
   // A pre-copy device may never run dry (it keeps producing deltas): `untilMs` ends the round.
   while (now() < untilMs || bytes === 0) {
+    control.check?.(0);
     const t = now();
-    const data = await from.migDataRead(chunk);
+    const data = await race(from.migDataRead(chunk));
     if (data.length === 0) break;
-    await to.writeDeviceData(data);
+    await race(to.writeDeviceData(data));
     ms += now() - t;
     bytes += data.length;
-    if (pacer) await pacer.consume(data.length);
+    control.moved?.(data.length, 0);
+    if (control.pacer) await control.pacer.consume(data.length);
   }
   meter.add(bytes, ms);
   return BigInt(bytes);

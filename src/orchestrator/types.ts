@@ -15,9 +15,47 @@ export interface MigrationSide {
 /** Where a migration is. */
 export type MigrationPhase = 'precopy' | 'switchover' | 'commit' | 'abort' | 'done';
 
-/** Reported to `onProgress` after every pre-copy iteration and switch-over step. */
+/**
+ * What a migration is doing within its phase: `setup` (logging, states), `full-copy` (the first copy of
+ * all guest memory), `dirty-pages` (a pre-copy iteration's pages), `device-data` (the device stream),
+ * `estimate` (measuring round trips, the projection), `stop-copy` (the source stopped: its last
+ * pages and device data), `destination` (VMM state, destination STOP → RUNNING), `commit`,
+ * `recover` (after an abort or failure), `done`.
+ */
+export type MigrationStep = 'setup' | 'full-copy' | 'dirty-pages' | 'device-data' | 'estimate' | 'stop-copy' | 'destination' | 'commit' | 'recover' | 'done';
+
+/** Bytes migrated, by phase and kind (guest memory counts zero pages, sent as markers, at their size). */
+export interface MigrationBytes {
+  precopyMemory: bigint;
+  precopyDevice: bigint;
+  stopCopyMemory: bigint;
+  stopCopyDevice: bigint;
+}
+
+/**
+ * Reported to `onProgress` while a migration works: during every step (at
+ * most every 100 ms, from inside the copies) and at every step boundary.
+ */
 export interface Progress {
   phase: MigrationPhase;
+  /** The step within the phase. */
+  step: MigrationStep;
+  /** Bytes migrated so far. */
+  bytes: MigrationBytes;
+  /** Of the guest memory bytes, those sent as zero-page markers (not on the wire). */
+  zeroBytes: bigint;
+  /** Bytes migrated per second over the last second (guest memory, zero pages included, and device data). */
+  bytesPerSecond: number;
+  /** Dirty 4 KiB pages the last collection returned (0 before the first one). */
+  dirtyPages: number;
+  /** The step's own progress: bytes done and bytes it will move (0 when unknown). */
+  stepBytes: number;
+  stepTotalBytes: number;
+  /** How long the source has been stopped (0 while it runs). */
+  stoppedMs: number;
+  /** The downtime budget and the whole migration's limit (ms). */
+  budgetMs: number;
+  timeLimitMs: number;
   /** Pre-copy iterations done so far (the first full copy counts as iteration 0). */
   iteration: number;
   /** Bytes still to move at the last estimate (dirty guest memory + device data). */
@@ -37,7 +75,13 @@ export interface MigrateOptions {
   source: MigrationSide;
   /** A session and guest memory on this machine, or a {@link MigrationDestination} (e.g. `RemoteDestination` over TCP). */
   destination: MigrationSide | MigrationDestination;
-  /** The allowed downtime: from the source leaving a running state until the destination runs. */
+  /**
+   * The allowed downtime: from the source leaving a running state until the
+   * destination runs. The switch-over starts only when the projection fits
+   * with headroom (10 % of the budget and the time to resume the source); once
+   * the source is stopped, the migration aborts — the source resumed — as soon
+   * as the rest can no longer fit, or at the deadline, whichever comes first.
+   */
   downtimeBudgetMs: number;
   /** Pre-copy bandwidth cap (bytes per second) for guest memory and device data; the stop-copy runs uncapped (the budget rules it). */
   bandwidthLimit?: number;
@@ -51,12 +95,12 @@ export interface MigrateOptions {
   throttle?: (percent: number) => void;
   /** The VMM's own state, captured while the source is stopped and delivered to the destination before it runs. */
   vmState?: () => Uint8Array | Promise<Uint8Array>;
-  /** The whole migration's limit (default 60 000 ms); exceeding it aborts. */
+  /** The whole migration's limit (default 60 000 ms): it aborts when it expires, whatever step it is in. */
   timeoutMs?: number;
   /** Pre-copy iterations before giving up on convergence (default 30). */
   maxPrecopyIterations?: number;
   onProgress?: (p: Progress) => void;
-  /** Aborts the migration at its next step (e.g. on SIGTERM): the source runs again, unless the commit was already sent. */
+  /** Aborts the migration at once, within the step it is in (e.g. on SIGTERM): the source runs again, unless the commit was already sent. */
   signal?: AbortSignal;
 }
 
@@ -93,7 +137,9 @@ export interface MigrationReport {
   downtimeMs: number;
   /** The projected downtime the switch-over decision was based on (ms). */
   projectedDowntimeMs: number;
-  bytes: { precopyMemory: bigint; precopyDevice: bigint; stopCopyMemory: bigint; stopCopyDevice: bigint };
+  bytes: MigrationBytes;
+  /** Of the guest memory bytes, those sent as zero-page markers. */
+  zeroBytes: bigint;
   iterations: number;
   arcs: ArcTiming[];
   /** The destination's address (`local` or `tcp://host:port`). */

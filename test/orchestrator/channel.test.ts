@@ -91,7 +91,7 @@ describe('channel constants', () => {
     assert.equal(CHANNEL_VERSION, 1);
     assert.equal(FRAME_HEADER_SIZE, 24);
     assert.equal(MAX_FRAME_PAYLOAD, 16 * 1024 * 1024 + 8);
-    assert.deepEqual(ChannelFrame, { REQUEST: 1, RESPONSE: 2, MEMORY: 3, DEVICE_DATA: 4, NOTICE: 5 });
+    assert.deepEqual(ChannelFrame, { REQUEST: 1, RESPONSE: 2, MEMORY: 3, DEVICE_DATA: 4, NOTICE: 5, ZERO: 6 });
     assert.deepEqual([Errno.EPROTO, Errno.EBADMSG, Errno.EMSGSIZE], [71, 74, 90]);
   });
 });

@@ -36,7 +36,8 @@ function hookAt(at: 'beforeCommit' | 'afterCommit', fn: () => void | Promise<voi
 
 describe('commit resolution and shutdown at every phase (in process)', { concurrency: 4 }, () => {
   const phases: Array<{ phase: 'precopy' | 'switchover' | 'commit'; arm: (d: RemoteDestination, fire: () => void) => void }> = [
-    { phase: 'precopy', arm: (d, fire) => wrapOnce(d, 'writeMemory', (gpa) => gpa === 4n << 20n, fire) },
+    // At 4 MiB of the full copy, as data or as a zero-page marker, whichever it is.
+    { phase: 'precopy', arm: (d, fire) => (['writeMemory', 'writeZeroes'] as const).forEach((m) => wrapOnce(d, m, (gpa) => gpa === 4n << 20n, fire)) },
     { phase: 'switchover', arm: (d, fire) => wrapOnce(d, 'writeDeviceData', () => true, fire) },
     { phase: 'commit', arm: (d, fire) => wrapOnce(d, 'complete', () => true, fire) },
   ];
@@ -192,7 +193,7 @@ describe('commit resolution and shutdown at every phase (in process)', { concurr
 });
 
 /** Runs `fire` once, the first time `method` is called with a matching argument, before the call. */
-function wrapOnce(d: RemoteDestination, method: 'writeMemory' | 'writeDeviceData' | 'setMigrationState' | 'complete', when: (arg: unknown) => boolean, fire: () => void): void {
+function wrapOnce(d: RemoteDestination, method: 'writeMemory' | 'writeZeroes' | 'writeDeviceData' | 'setMigrationState' | 'complete', when: (arg: unknown) => boolean, fire: () => void): void {
   const original = (d[method] as (...a: unknown[]) => Promise<void>).bind(d);
   let done = false;
   (d as unknown as Record<string, unknown>)[method] = async (...args: unknown[]) => {

@@ -10,14 +10,19 @@ import { migrate } from '../../src/orchestrator/migrate.js';
 import { Errno } from '../../src/protocol/errno.js';
 import { GUEST, withLocalPair, type Side } from './remote-fixture.js';
 
+/** A guest large enough that copying all of it takes longer than the auto-converge test's budget. */
+const BIG = 128 << 20;
 const withPair = (fn: (src: Side, dst: Side) => Promise<void>): Promise<void> => withLocalPair(fn, { programSource: true });
 
 describe('migrate() pacing', () => {
   it('a bandwidth cap bounds pre-copy: total time ≥ bytes moved / cap, and the limiter slept', (t) =>
     withPair(async (src, dst) => {
       const cap = 40e6;
+      // No zero page: the cap applies to what crosses the wire, and zero pages cross as markers.
+      src.memory.view(0n, GUEST).fill(0x5a);
       const report = await migrate({ source: src, destination: dst, downtimeBudgetMs: 2000, bandwidthLimit: cap });
       assert.equal(report.outcome, 'migrated', report.reason);
+      assert.equal(report.zeroBytes, 0n);
       const precopy = Number(report.bytes.precopyMemory + report.bytes.precopyDevice);
       t.diagnostic(`${(precopy / 1e6).toFixed(1)} MB pre-copied in ${report.totalMs.toFixed(0)} ms at a ${cap / 1e6} MB/s cap; held back ${report.bandwidthLimitedMs.toFixed(0)} ms`);
       assert.ok(precopy >= GUEST);
@@ -26,32 +31,35 @@ describe('migrate() pacing', () => {
     }));
 
   it('auto-converge throttles a guest that out-dirties pre-copy (20, 30, …) until it converges, then unthrottles', () =>
-    withPair(async (src, dst) => {
+    withLocalPair(async (src, dst) => {
       const calls: number[] = [];
       let percent = 0;
-      // A "vCPU" that dirties all guest pages every 2 ms while it is throttled less than 40 %.
+      // A "vCPU" that dirties all guest pages every 2 ms while it is throttled less than 40 %: 128 MiB of data
+      // (zero pages cost far less to move), whose copy is projected well above the budget.
+      src.memory.view(0n, BIG).fill(0x5a);
       const timer = setInterval(() => {
-        if (percent < 40) src.memory.markDirty(0n, GUEST);
+        if (percent < 40) src.memory.markDirty(0n, BIG);
       }, 2);
       try {
         const report = await migrate({
           source: src,
           destination: dst,
-          downtimeBudgetMs: 40, // the dirtier's projection (all guest pages) is ~50-70 ms here, an idle guest's ~1.5 ms (10 and 20 ms were missed under load)
+          downtimeBudgetMs: 40, // the dirtier's projection (all 128 MiB) is ~60-150 ms here, an idle guest's ~1.5 ms (10 and 20 ms were missed under load)
           autoConverge: true,
           throttle: (p) => {
             calls.push(p);
             percent = p;
           },
         });
-        assert.equal(report.outcome, 'migrated', report.reason);
+        // Converged: the switch-over started (it may still miss a 40 ms budget on a loaded machine, and then aborts within it).
+        assert.ok(report.outcome === 'migrated' || (report.outcome === 'aborted' && report.phase === 'switchover' && /downtime budget/.test(report.reason ?? '')), `${report.outcome} in ${report.phase}: ${report.reason}`);
         assert.deepEqual(calls, [20, 30, 40, 0]);
         assert.equal(report.throttlePercent, 40);
         assert.ok(report.iterations >= 6, `${report.iterations} iterations: two high ones per trigger`);
       } finally {
         clearInterval(timer);
       }
-    }));
+    }, { size: BIG, programSource: true }));
 
   it('without auto-converge the same guest is never throttled (the migration gives up instead)', () =>
     withPair(async (src, dst) => {

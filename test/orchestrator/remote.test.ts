@@ -88,6 +88,8 @@ describe('remote migration over TCP', () => {
 
   it('a corrupted frame is detected by the checksum: the receiver drops the channel and resets; the source keeps running', () =>
     withSetup(async (src, rx) => {
+      // Data for the stream to carry past the flipped byte (zero pages cross as 16-byte markers).
+      src.memory.write(BigInt(2 << 20), new Uint8Array(1 << 20).fill(0x33));
       // A proxy that flips one byte of the stream after the hello.
       const proxy = await corruptingProxy(rx.receiver.port, 200_000);
       try {
