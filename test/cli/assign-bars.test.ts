@@ -45,7 +45,7 @@ describe('--assign-bars', () => {
     assert.equal(r.stdout, '0x0010: 00000000 00000000\n');
     assert.deepEqual(stderrLines(r).length, 1);
     assert.match(stderrLines(r)[0] ?? '', NOTE);
-    assert.equal(gated.refused, before + 1, 'one refused access, then the retry');
+    assert.equal(gated.refused, before + 2, 'the first window (both reads) refused, then retried');
     const w = await runCli(['write', served.path, 'bar1', '4', '0xab', '--width', '1']);
     assert.equal(w.code, 0, w.stderr);
     assert.match(stderrLines(w)[0] ?? '', NOTE, 'each CLI call is a new session: the device was reset, BARs and all');

@@ -46,18 +46,34 @@ export function leBytes(value: bigint, width: number, what = 'VALUE'): Uint8Arra
 }
 
 /**
- * Issues `count` reads of `width` bytes from `offset`: the first through `gate`
- * (which may set the BARs up and retry), then at most {@link READ_WINDOW} in flight.
+ * Issues `count` reads of `width` bytes from `offset`, at most {@link READ_WINDOW}
+ * in flight; the first window goes through `gate` (which may set the BARs up
+ * and retry it: a refused read did nothing).
  */
 export async function readValues(gate: BarGate, region: number, offset: bigint, width: number, count: number): Promise<Uint8Array[]> {
   const client = gate.client;
-  const refused = async (at: bigint, error: unknown): Promise<never> => Promise.reject(await regionAccessError(client, `read ${where(region, at)}`, { region, offset: at, length: width, write: false }, error));
-  const readAt = (at: bigint): Promise<Uint8Array> => client.regionRead(region, at, width).catch((error: unknown) => refused(at, error));
   const out: Uint8Array[] = new Array<Uint8Array>(count);
-  out[0] = await gate.run(region, offset, width, () => client.regionRead(region, offset, width)).catch((error: unknown) => refused(offset, error));
-  for (let base = 1; base < count; base += READ_WINDOW) {
-    const batch = Array.from({ length: Math.min(READ_WINDOW, count - base) }, (_, i) => readAt(offset + BigInt((base + i) * width)).then((b) => (out[base + i] = b)));
-    await Promise.all(batch);
+  let failed: bigint | undefined;
+  const batch = async (base: number): Promise<void> => {
+    failed = undefined;
+    const reads = Array.from({ length: Math.min(READ_WINDOW, count - base) }, (_, i) => {
+      const at = offset + BigInt((base + i) * width);
+      return client.regionRead(region, at, width).then(
+        (b) => (out[base + i] = b),
+        (error: unknown) => {
+          failed ??= at;
+          throw error;
+        },
+      );
+    });
+    await Promise.all(reads);
+  };
+  try {
+    await gate.run(region, offset, Math.min(READ_WINDOW, count) * width, () => batch(0));
+    for (let base = READ_WINDOW; base < count; base += READ_WINDOW) await batch(base);
+  } catch (error) {
+    const at = failed ?? offset;
+    throw await regionAccessError(client, `read ${where(region, at)}`, { region, offset: at, length: width, write: false }, error);
   }
   return out;
 }
