@@ -90,10 +90,12 @@ export class PciIds {
     return this.names.size;
   }
 
+  /** The vendor's name (`0x1af4` → `Red Hat, Inc.`); never throws. */
   vendor(v: number): string | undefined {
     return this.names.get(x(v, 4));
   }
 
+  /** The device's name under its vendor; never throws. */
   device(v: number, d: number): string | undefined {
     return this.names.get(`${x(v, 4)}:${x(d, 4)}`);
   }
@@ -117,6 +119,7 @@ export class PciIds {
     return this.names.get(`c:${x(cls >> 8, 2)}:${x(cls & 0xff, 2)}`);
   }
 
+  /** The programming interface's name under base class and sub-class (`0x0108`, `0x02` → `NVM Express`). */
   progIf(cls: number, progIf: number): string | undefined {
     return this.names.get(`c:${x(cls >> 8, 2)}:${x(cls & 0xff, 2)}:${x(progIf, 2)}`);
   }
