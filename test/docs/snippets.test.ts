@@ -15,7 +15,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { checkRunBy, checkShell, outputMatches } from './checks.js';
@@ -26,6 +26,8 @@ import { finish, killGroup, onPath, outputOf, SHELL_PRELUDE, start, waitListenin
 const REPO = fileURLToPath(new URL('../../../', import.meta.url)).replace(/\/$/, '');
 const CLI = join(REPO, 'dist/src/cli/main.js');
 const SERVE_READY_MS = 15_000;
+/** Groups run at once (SNIPPETS_CONCURRENCY overrides). */
+const CONCURRENCY = Number(process.env.SNIPPETS_CONCURRENCY) || Math.min(4, availableParallelism() + 1);
 
 const only = process.env.SNIPPETS_ONLY;
 const docs = documents(REPO).filter((d) => only === undefined || only === '' || d === only);
@@ -183,7 +185,7 @@ function staticTest(block: Block): void {
 function groupTests(g: Group, outputs: Map<Block, Block[]>): void {
   const missing = g.blocks.flatMap((b) => b.directives.needs).filter((bin) => !onPath(bin));
   const first = g.blocks[0] as Block;
-  describe(`${first.doc}:${first.line} (g${g.id}, ${g.blocks.length} block${g.blocks.length > 1 ? 's' : ''})`, { skip: missing.length > 0 ? `needs ${missing.join(', ')} on PATH` : false }, () => {
+  describe(`${first.doc}:${first.line} (g${g.id}, ${g.blocks.length} block${g.blocks.length > 1 ? 's' : ''})`, { concurrency: 1, skip: missing.length > 0 ? `needs ${missing.join(', ')} on PATH` : false }, () => {
     const state: GroupState = { processes: [], outputs: new Map() };
     after(async () => {
       for (const p of state.processes.reverse()) await killGroup(p);
@@ -201,11 +203,13 @@ function groupTests(g: Group, outputs: Map<Block, Block[]>): void {
   });
 }
 
-for (const { doc, blocks } of parsed) {
-  describe(doc, () => {
+// Groups share nothing (own directory, own servers, sockets only under it; TCP examples take a free port),
+// so they run side by side: most of a block's time is spent waiting for processes to start.
+describe(`code blocks of ${docs.join(', ')}`, { concurrency: CONCURRENCY }, () => {
+  for (const { doc, blocks } of parsed) {
     const { of, orphans } = outputsByBlock(blocks);
     for (const block of blocks) staticTest(block);
     for (const o of orphans) it(`${label(o)} (output)`, () => assert.fail(`${label(o)}: an output block with no run block before it`));
     for (const g of groups.get(doc) ?? []) groupTests(g, of);
-  });
-}
+  }
+});
