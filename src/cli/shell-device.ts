@@ -10,6 +10,7 @@ import { InvalidArgumentError } from '../errors.js';
 import { describeAssignment } from './bar-gate.js';
 import { formatValues, leBytes, readReport, readValues, writeValue } from './commands/access.js';
 import { formatInfo, gatherInfo } from './commands/info.js';
+import { countFlag, lspciOnClient } from './commands/lspci.js';
 import { hex, humanSize, parseRegion, parseWidth, regionName, table } from './common.js';
 import { parseCount, parseInteger } from './values.js';
 import { textResult, type ShellCommand } from './shell-types.js';
@@ -25,6 +26,26 @@ const info: ShellCommand = {
       const report = await gatherInfo(ctx.session.client, ctx.session.socket);
       done({ value: report, lines: formatInfo(report) });
     }),
+};
+
+const lspci: ShellCommand = {
+  name: 'lspci',
+  summary: 'config space decoded as lspci does (-v, -vv, -n, -nn; --dump for `lspci -F`)',
+  build: (ctx, done) =>
+    new Command('lspci')
+      .description(lspci.summary)
+      .option('-v, --verbose', 'more detail (repeatable: -vv)', countFlag, 0)
+      .option('-n, --numeric', 'numeric ids (repeatable: -nn)', countFlag, 0)
+      .option('-i, --pci-ids <file>', 'the pci.ids to name ids from')
+      .option('--dump', 'the hex dump `lspci -F FILE` reads')
+      .action(async (options: { verbose: number; numeric: number; pciIds?: string; dump?: boolean }) => {
+        const lines: string[] = [];
+        const capture = { line: (t: string) => void lines.push(t), trace: (t: string) => ctx.out.trace(t) };
+        const json = ctx.json && options.dump !== true;
+        await lspciOnClient(ctx.session.client, { ...options, json }, capture);
+        if (json) done({ value: JSON.parse(lines.join('\n')) as unknown, lines: [] });
+        else done({ value: options.dump ? { dump: lines.join('\n') } : { text: lines.join('\n') }, lines });
+      }),
 };
 
 const read: ShellCommand = {
@@ -129,4 +150,4 @@ const migState: ShellCommand = {
 };
 
 /** The device commands. */
-export const DEVICE_COMMANDS: readonly ShellCommand[] = [info, read, write, bars, reset, migState];
+export const DEVICE_COMMANDS: readonly ShellCommand[] = [info, lspci, read, write, bars, reset, migState];

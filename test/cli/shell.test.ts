@@ -86,14 +86,15 @@ describe('vfio-user shell', () => {
   });
 
   it('--keep-going runs every line and still exits 1; --json reports failures as objects', async () => {
-    const r = await runWithInput(['shell', dma.path, '--keep-going', '--json'], 'reed bar0 0\nread bar0\necho "two  words" \'and more\'\n');
+    const r = await runWithInput(['shell', dma.path, '--keep-going', '--json'], 'reed bar0 0\nread bar0\necho "two  words" \'and more\'\nread bar0 0 --cont 2\n');
     assert.equal(r.code, 1);
     const results = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { line: number; ok: boolean; error?: string; result?: { text: string } });
-    assert.deepEqual(results.map((x) => [x.line, x.ok]), [[1, false], [2, false], [3, true]]);
+    assert.deepEqual(results.map((x) => [x.line, x.ok]), [[1, false], [2, false], [3, true], [4, false]]);
+    assert.match(results[3]?.error ?? '', /^read: unknown option '--cont' \(Did you mean --count\?\)$/);
     assert.match(results[0]?.error ?? '', /unknown command 'reed' \(did you mean read\?\)/);
     assert.match(results[1]?.error ?? '', /read: missing required argument 'offset'/);
     assert.equal(results[2]?.result?.text, 'two  words and more');
-    assert.deepEqual(r.stderr.trim().split('\n').map((l) => /^vfio-user: stdin:\d+: /.exec(l)?.[0]), ['vfio-user: stdin:1: ', 'vfio-user: stdin:2: ']);
+    assert.deepEqual(r.stderr.trim().split('\n').map((l) => /^vfio-user: stdin:\d+: /.exec(l)?.[0]), ['vfio-user: stdin:1: ', 'vfio-user: stdin:2: ', 'vfio-user: stdin:4: ']);
   });
 
   it('--file runs a script and names it in errors; quit ends it early', async () => {
@@ -154,10 +155,11 @@ describe('vfio-user shell', () => {
   });
 
   it('migrate SOCKET moves the device and its guest RAM, then drives the destination', async () => {
+    const source = serve(createDmaEngineDevice().device); // its own: a migrated-away source stays STOPPED
     const destination = serve(createDmaEngineDevice().device);
     try {
       const script = ['dma-map 2M 0x100000', 'mem-fill 0x100000 4K 0x77', `write bar0 ${DmaEngineReg.RING_SIZE} 16`, `migrate ${destination.path}`, 'info', `read bar0 ${DmaEngineReg.RING_SIZE}`, 'mem-read 0x100ffc', 'dma-list'].join('\n');
-      const r = await runWithInput(['shell', dma.path, '--json'], script, 60_000);
+      const r = await runWithInput(['shell', source.path, '--json'], script, 60_000);
       assert.equal(r.code, 0, r.stderr);
       const results = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { result: Record<string, unknown> });
       assert.equal(results[3]?.result.outcome, 'migrated');
@@ -168,7 +170,21 @@ describe('vfio-user shell', () => {
       assert.deepEqual((results[7]?.result.mappings as Array<{ iova: number; size: number }>).map((m) => [m.iova, m.size]), [[0x100000, 2 << 20]]);
     } finally {
       await destination.close();
+      await source.close();
     }
+  });
+
+  it('info and lspci run on the session (as the CLI commands); --json for one line only', async () => {
+    const r = await runWithInput(['shell', dma.path], 'info\nlspci\nlspci --json\n');
+    assert.equal(r.code, 0, r.stderr);
+    const lines = r.stdout.trim().split('\n');
+    assert.match(lines[0] ?? '', new RegExp(`^socket +${dma.path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`));
+    const title = lines.find((l) => l.startsWith('00:00.0 '));
+    assert.match(title ?? '', /1234:5a02/);
+    const json = JSON.parse(lines[lines.length - 1] ?? '') as { line: number; command: string; result: unknown };
+    assert.equal(json.line, 3);
+    assert.equal(json.command, 'lspci');
+    assert.match(JSON.stringify(json.result), /23042/, 'the device id 0x5a02');
   });
 
   it('a shell on a socket nobody serves fails before reading anything', async () => {
