@@ -85,7 +85,7 @@ function checkInstalled(dir: string, cli: readonly string[]): void {
   assert.equal(existsSync(join(installed, 'build')), false, 'the addon was compiled at install');
   const library = `const m = await import('vfio-user'); const [a, b] = m.socketPair(); m.closeFd(a); m.closeFd(b);
     const { createRequire } = await import('node:module');
-    console.log(createRequire(import.meta.url)('node-gyp-build').path('${installed}'));`;
+    console.log(createRequire('${installed}/package.json')('node-gyp-build').path('${installed}'));`;
   const addon = ok(run('node', ['--input-type=module', '-e', library], dir, bareEnv), 'import vfio-user').trim();
   assert.match(addon, new RegExp(`/prebuilds/linux-${process.arch}/[^/]+\\.node$`));
   const protocol = `const p = require('vfio-user/protocol'); console.log(p.commandName(p.Command.DMA_MAP));`;
