@@ -22,6 +22,7 @@ import { negotiate, type Negotiated } from './negotiate.js';
 import type { DmaLayoutOption } from './client-profile.js';
 import { ServerRequests } from './server-requests.js';
 import type { HandlerContext, HandlerReply, ServerLimits, SessionDevice } from './types.js';
+import { serverTracing, traceRequest, traceSessionEnd } from './trace.js';
 
 /** Options of a {@link Session}. */
 export interface SessionOptions {
@@ -168,22 +169,23 @@ export class Session {
 
   /** Handles one request; returns a promise only if the handler went asynchronous. */
   #handle(m: Message): Promise<void> | undefined {
+    const started = serverTracing ? performance.now() : 0;
     let result: HandlerReply | undefined | Promise<HandlerReply | undefined>;
     try {
       result = this.#dispatch(m);
     } catch (error) {
       m.fds.closeRemaining();
-      this.#replyError(m, error);
+      this.#replyError(m, error, started);
       return undefined;
     }
     if (!(result instanceof Promise)) {
       m.fds.closeRemaining();
-      this.#reply(m, result);
+      this.#reply(m, result, started);
       return undefined;
     }
     return result.then(
-      (reply) => this.#reply(m, reply),
-      (error: unknown) => this.#replyError(m, error),
+      (reply) => this.#reply(m, reply, started),
+      (error: unknown) => this.#replyError(m, error, started),
     ).finally(() => m.fds.closeRemaining());
   }
 
@@ -223,7 +225,8 @@ export class Session {
     }
   }
 
-  #reply(m: Message, reply: HandlerReply | undefined): void {
+  #reply(m: Message, reply: HandlerReply | undefined, started: number): void {
+    if (serverTracing) traceRequest(this.#device.logger, m, started);
     try {
       if (this.#transport.closed || (m.header.flags & HeaderFlags.NO_REPLY) !== 0) return;
       this.#send({ msgId: m.header.msgId, cmd: m.header.cmd, flags: HeaderFlags.TYPE_REPLY }, reply?.payload, reply?.fds);
@@ -232,8 +235,9 @@ export class Session {
     }
   }
 
-  #replyError(m: Message, error: unknown): void {
+  #replyError(m: Message, error: unknown, started: number): void {
     const errno = errnoOf(error);
+    if (serverTracing) traceRequest(this.#device.logger, m, started, errno);
     this.#device.logger.debug({ cmd: commandName(m.header.cmd), msgId: m.header.msgId, errno, err: error }, 'request failed');
     if (this.#transport.closed || (m.header.flags & HeaderFlags.NO_REPLY) !== 0) return;
     const payload = error instanceof ReplyWithPayload ? error.payload : undefined;
@@ -266,6 +270,7 @@ export class Session {
       this.#device.logger.error({ err: resetError }, 'device reset after disconnect failed');
     }
     this.#device.detach();
+    traceSessionEnd(this.#device.logger, error);
     this.#resolveClosed(error);
   }
 }
