@@ -59,13 +59,13 @@ describe('vfio-user migrate --to tcp:// → migrate-listen (two processes, loopb
   it('migrates the working engine and its guest RAM; the receiver verifies memory and finishes the jobs', async (t) => {
     const listener = await listen(['--once', '--json']);
     try {
-      const r = await runCli(['migrate', '--demo', '--to', listener.url, '--jobs', '1500', '--downtime', '2s', '--json'], 90_000);
+      const r = await runCli(['migrate', '--demo', '--to', listener.url, '--jobs', '1500', '--downtime', '5s', '--json'], 90_000);
       assert.equal(r.code, 0, r.stderr + r.stdout);
       const s = JSON.parse(r.stdout) as Summary;
       t.diagnostic(`downtime ${s.downtimeMs.toFixed(2)} ms of ${s.budgetMs}; ${s.iterations} iterations; jobs ${s.jobs.doneOnSource} source / ${s.jobs.doneOnDestination} destination`);
       assert.equal(s.outcome, 'migrated', s.reason);
       assert.equal(s.destination, listener.url);
-      assert.ok(s.downtimeMs > 0 && s.downtimeMs <= 2000);
+      assert.ok(s.downtimeMs > 0 && s.downtimeMs <= 5000);
       assert.ok((s.bytes.precopyMemory ?? 0) >= 64 << 20);
       assert.equal(s.memoryVerified, true);
       assert.deepEqual(s.jobs.firstErrors, []);
