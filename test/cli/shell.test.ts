@@ -158,7 +158,7 @@ describe('vfio-user shell', () => {
     const source = serve(createDmaEngineDevice().device); // its own: a migrated-away source stays STOPPED
     const destination = serve(createDmaEngineDevice().device);
     try {
-      const script = ['dma-map 2M 0x100000', 'mem-fill 0x100000 4K 0x77', `write bar0 ${DmaEngineReg.RING_SIZE} 16`, `migrate ${destination.path}`, 'info', `read bar0 ${DmaEngineReg.RING_SIZE}`, 'mem-read 0x100ffc', 'dma-list'].join('\n');
+      const script = ['dma-map 2M 0x100000', 'mem-fill 0x100000 4K 0x77', `write bar0 ${DmaEngineReg.RING_SIZE} 16`, `migrate ${destination.path} --downtime 10s`, 'info', `read bar0 ${DmaEngineReg.RING_SIZE}`, 'mem-read 0x100ffc', 'dma-list'].join('\n');
       const r = await runWithInput(['shell', source.path, '--json'], script, 60_000);
       assert.equal(r.code, 0, r.stderr);
       const results = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { result: Record<string, unknown> });
