@@ -31,7 +31,7 @@ for spec in "${versions[@]}"; do
   log=$(mktemp "${TMPDIR:-/tmp}/vfio-user-node-$version.XXXXXX.log")
   echo "== Node $version: ${#files[@]} test files (log: $log)"
   # the suite's children run process.execPath, so they use this version too
-  if PATH="$(dirname "$(readlink -f "$node_bin")"):$PATH" "$node_bin" --test "${files[@]}" >"$log" 2>&1; then
+  if PATH="$(dirname "$(readlink -f "$node_bin")"):$PATH" "$node_bin" --test --test-reporter=tap "${files[@]}" >"$log" 2>&1; then
     result=ok
   else
     result=FAILED
