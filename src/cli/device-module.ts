@@ -117,7 +117,7 @@ async function importModule(spec: string, cwd: string): Promise<Record<string, u
     const e = error as NodeJS.ErrnoException;
     const reason = (e instanceof Error ? e.message : String(e)).split('\n')[0] ?? '';
     if (e.code === 'ERR_UNKNOWN_FILE_EXTENSION') {
-      throw new CliError(`cannot load device module ${spec}: Node ${process.version} does not run TypeScript: compile it (tsc) and serve the .js, or use Node ≥ 22.6 with --experimental-strip-types`, { errno: Errno.EINVAL, cause: error });
+      throw new CliError(`cannot load device module ${spec}: Node ${process.version} does not run TypeScript: compile it (tsc) and serve the .js, or use a Node that strips types (22.18+ and 23.6+ by default, 22.6+ with --experimental-strip-types)`, { errno: Errno.EINVAL, cause: error });
     }
     if ((e.code === 'ERR_MODULE_NOT_FOUND' || e.code === 'MODULE_NOT_FOUND') && url === spec) {
       throw new CliError(`cannot load device module ${spec}: no such file or package (from ${cwd}): ${reason}`, { errno: Errno.ENOENT, cause: error });
