@@ -9,7 +9,7 @@
  * logs at warn (a callback returning short data, …) are shown on stderr unless
  * `VFIO_USER_LOG` is set.
  */
-import { InvalidArgumentError } from '../../errors.js';
+import { parseCount } from '../values.js';
 import { loadDevice } from '../device-module.js';
 
 export { BUILTIN_DEVICES as SERVE_DEVICES } from '../device-module.js';
@@ -35,11 +35,7 @@ export interface ServeIo {
 
 function parseUids(texts: readonly string[] | undefined): number[] | undefined {
   if (texts === undefined) return undefined;
-  return texts.map((t) => {
-    const uid = Number(t);
-    if (!/^\d+$/.test(t) || !Number.isSafeInteger(uid) || uid > 0xffff_ffff) throw new InvalidArgumentError(`--allow-uid: '${t}' is not a uid`);
-    return uid;
-  });
+  return texts.map((t) => parseCount(t, '--allow-uid', { min: 0, max: 0xffff_ffff }));
 }
 
 /** Resolves with the name of the first SIGINT or SIGTERM, then stops listening for them. */
