@@ -31,6 +31,7 @@ const MODULES: Record<string, string> = {
   'bad-definition.js': `export default { name: 'bad', ${PCI}, regions: { bar0: { size: 3000 } } };`,
   'syntax.js': 'export default {',
   'object.js': 'export default { name: 1, regions: {} };',
+  'typed.ts': `const size: number = 4096;\nexport default { name: 'typed', ${PCI}, regions: { bar0: { size, read: (_o: number, n: number) => new Uint8Array(n), write: () => undefined } } };`,
   'short.js': `export default { name: 'short', ${PCI}, regions: { bar0: { size: 4096, read: () => new Uint8Array(2), write: () => undefined } } };`,
 };
 
@@ -96,6 +97,20 @@ describe('vfio-user serve <module>', { concurrency: 4 }, () => {
     } finally {
       assert.equal(await s.kill(), 0);
     }
+  });
+
+  it('a .ts module: served where Node strips types, else one line saying how', async () => {
+    const strips = Boolean((process.features as { typescript?: unknown }).typescript);
+    if (strips) {
+      const s = await serveModule(project, './typed.ts', 'typed.sock');
+      assert.match(s.out(), /^serving typed from \.\/typed\.ts on /m);
+      assert.equal(await s.kill(), 0);
+      return;
+    }
+    const r = run(['./typed.ts', '--socket', join(project.dir, 'typed.sock')], project.dir);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /^vfio-user: cannot load device module \.\/typed\.ts: Node v\d+\.\d+\.\d+ does not run TypeScript: compile it \(tsc\) and serve the \.js, or use a Node that strips types/);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
   });
 
   it('every mistake is one line naming the module, what was found and what is expected; exit 1, nothing served', () => {
