@@ -11,7 +11,7 @@
  */
 import { InvalidArgumentError, VfioUserError } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { RegionDefinition } from './types.js';
+import type { RegionCallbacks } from './types.js';
 
 /** The kinds of mistakes, each reported at warn once per region. */
 export const CallbackMistake = {
@@ -40,7 +40,7 @@ function describe(value: unknown): string {
 
 /** Calls a region's `read`/`write` callbacks and reports the author's mistakes (see the module comment). */
 export class CallbackChecks {
-  /** `BAR0`…`BAR5`, `ROM`, `VGA` or `REGION<n>`. */
+  /** `BAR0`…`BAR5`, `ROM`, `CONFIG` (the config-space vendor area's callbacks), `VGA` or `REGION<n>`. */
   readonly region: string;
   readonly #logger: Logger | undefined;
   readonly #reported = new Set<CallbackMistake>();
@@ -51,10 +51,10 @@ export class CallbackChecks {
   }
 
   /** `definition.read(offset, length)`, its result or failure checked. Returns (or throws) what the callback did. */
-  read(definition: RegionDefinition, offset: number, length: number): Uint8Array | Promise<Uint8Array> {
+  read(definition: RegionCallbacks, offset: number, length: number): Uint8Array | Promise<Uint8Array> {
     let result: Uint8Array | Promise<Uint8Array>;
     try {
-      result = (definition.read as NonNullable<RegionDefinition['read']>).call(definition, offset, length);
+      result = (definition.read as NonNullable<RegionCallbacks['read']>).call(definition, offset, length);
     } catch (error) {
       throw this.#threw(CallbackMistake.READ_THREW, offset, length, error);
     }
@@ -69,10 +69,10 @@ export class CallbackChecks {
   }
 
   /** `definition.write(offset, data)`, its failure checked. */
-  write(definition: RegionDefinition, offset: number, data: Uint8Array): void | Promise<void> {
+  write(definition: RegionCallbacks, offset: number, data: Uint8Array): void | Promise<void> {
     let result: void | Promise<void>;
     try {
-      result = (definition.write as NonNullable<RegionDefinition['write']>).call(definition, offset, data);
+      result = (definition.write as NonNullable<RegionCallbacks['write']>).call(definition, offset, data);
     } catch (error) {
       throw this.#threw(CallbackMistake.WRITE_THREW, offset, data.length, error);
     }

@@ -50,7 +50,7 @@ export class VfioUserDevice implements SessionDevice {
     this.definition = definition;
     this.name = definition.name ?? `${hex4(definition.pci.vendorId)}:${hex4(definition.pci.deviceId)}`;
     this.logger = (definition.logger ?? getDefaultLogger()).child({ device: this.name });
-    this.config = new ConfigSpace(configSpaceOptions(definition));
+    this.config = new ConfigSpace(configSpaceOptions(definition, this.logger));
     this.#regions = buildRegions(definition, (bar) => msixCarveOut(definition, bar), this.logger);
     const msix = definition.msix;
     const msixRegion = msix ? this.#regions[msix.bar] : undefined;

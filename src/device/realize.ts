@@ -4,6 +4,9 @@
  * here, once, before a device exists.
  */
 import { InvalidArgumentError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { RegionIndex } from '../protocol/constants.js';
+import { CallbackChecks } from './callback-checks.js';
 import type { ConfigSpace } from '../pci/config-space.js';
 import type { BarOptions, ConfigSpaceOptions, MsiOptions } from '../pci/types.js';
 import type { InterruptState } from './irqs.js';
@@ -45,7 +48,7 @@ export function msixCarveOut(def: DeviceDefinition, bar: number): RegionSpan[] {
  * Config-space options for a definition.
  * @throws {InvalidArgumentError} EINVAL for MSI-X without a placement BAR, bad MSI counts, etc.
  */
-export function configSpaceOptions(def: DeviceDefinition): ConfigSpaceOptions {
+export function configSpaceOptions(def: DeviceDefinition, logger?: Logger): ConfigSpaceOptions {
   const r = def.regions ?? {};
   const bars = [r.bar0, r.bar1, r.bar2, r.bar3, r.bar4, r.bar5].map(barOptions);
   const caps = def.capabilities ?? {};
@@ -73,7 +76,7 @@ export function configSpaceOptions(def: DeviceDefinition): ConfigSpaceOptions {
   if (caps.serialNumber !== undefined) options.serialNumber = caps.serialNumber;
   if (caps.vendor) options.vendorCapabilities = caps.vendor.map((payload) => ({ payload }));
   if (caps.vendorExtended) options.vsecs = caps.vendorExtended.map((v) => ({ id: v.id, rev: v.revision, payload: v.data }));
-  if (def.configVendorArea) options.vendorArea = vendorArea(def);
+  if (def.configVendorArea) options.vendorArea = vendorArea(def, logger);
   return options;
 }
 
@@ -82,18 +85,24 @@ function barOptions(bar: BarDefinition | undefined): BarOptions | undefined {
   return { size: bar.size, type: bar.type ?? 'mem32', prefetchable: bar.prefetchable ?? false };
 }
 
-function vendorArea(def: DeviceDefinition): NonNullable<ConfigSpaceOptions['vendorArea']> {
+/** The author's config-space callbacks, their mistakes logged (callback-checks.ts); they must be synchronous. */
+function vendorArea(def: DeviceDefinition, logger: Logger | undefined): NonNullable<ConfigSpaceOptions['vendorArea']> {
   const cb = def.configVendorArea ?? {};
+  const checks = new CallbackChecks(RegionIndex.CONFIG, logger);
+  const notSynchronous = (pending: Promise<unknown>): InvalidArgumentError => {
+    pending.catch(() => undefined); // discarded: its rejection must not become an unhandled one
+    return new InvalidArgumentError('config-space vendor callbacks must be synchronous');
+  };
   return {
     read(offset, length) {
-      const data = cb.read ? cb.read(offset, length) : new Uint8Array(length);
-      if (data instanceof Promise) throw new InvalidArgumentError('config-space vendor callbacks must be synchronous');
+      const data = cb.read ? checks.read(cb, offset, length) : new Uint8Array(length);
+      if (data instanceof Promise) throw notSynchronous(data);
       return data;
     },
     write(offset, data) {
       if (!cb.write) throw new InvalidArgumentError(`config space 0x${offset.toString(16)} is not writable`);
-      const done = cb.write(offset, data);
-      if (done instanceof Promise) throw new InvalidArgumentError('config-space vendor callbacks must be synchronous');
+      const done = checks.write(cb, offset, data);
+      if (done instanceof Promise) throw notSynchronous(done);
     },
   };
 }

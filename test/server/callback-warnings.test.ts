@@ -98,3 +98,25 @@ describe('region callback mistakes are logged at warn', () => {
     assert.match(warns[0]?.msg ?? '', /^BAR1 read callback returned Array, not a Uint8Array/);
   });
 });
+
+describe('config-space vendor area callbacks', () => {
+  it('a short read and an async callback: warn naming CONFIG; the async one is refused without an unhandled rejection', async () => {
+    const records: Record[] = [];
+    const definition = testDeviceDefinition({
+      name: 'cfg-dev',
+      logger: recordingLogger(records),
+      configVendorArea: {
+        read: (_o, n) => new Uint8Array(n > 1 ? n - 1 : n),
+        write: async () => Promise.reject(new Error('async write')),
+      },
+    });
+    await withServedClient(definition, async (client) => {
+      await refused(client.regionRead(RegionIndex.CONFIG, 0xc0n, 4), EINVAL);
+      await refused(client.regionWrite(RegionIndex.CONFIG, 0xc0n, new Uint8Array(4)), EINVAL);
+      await new Promise((resolve) => setImmediate(resolve)); // an unhandled rejection would fail the test run here
+    });
+    const warns = records.filter((r) => r.level === 'warn');
+    assert.deepEqual(warns.map((w) => [w.fields.region, w.fields.mistake]), [['CONFIG', 'short-read'], ['CONFIG', 'write-threw']]);
+    assert.match(warns[0]?.msg ?? '', /^CONFIG read callback returned 3 bytes for a 4-byte read at 0xc0/);
+  });
+});
