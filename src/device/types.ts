@@ -37,7 +37,8 @@ export type MaybePromise<T> = T | Promise<T>;
  * memory). Offsets are relative to the region; the library has already checked
  * that `[offset, offset + length)` lies inside it. Throwing (or rejecting) makes
  * the access fail: an error carrying an `errno` is replied with that errno,
- * anything else with EIO.
+ * anything else with EIO. Mistakes (a read returning other than `length` bytes,
+ * an error without an errno) are logged at `warn`, once per kind and region.
  */
 export interface RegionCallbacks {
   /** Returns exactly `length` bytes. */
