@@ -120,17 +120,27 @@ function lineSource(io: ShellIo, interactive: boolean, commands: readonly string
     })();
   }
   const input = io.input ?? process.stdin;
-  if (!interactive) return createInterface({ input, crlfDelay: Infinity, terminal: false });
-  const rl = createInterface({
-    input,
-    output: io.terminal ?? process.stdout,
-    terminal: true,
-    prompt: 'vfio-user> ',
-    historySize: 1000,
-    completer: (line: string) => [commands.filter((c) => c.startsWith(line)), line],
-  });
-  rl.on('SIGINT', () => rl.close());
-  return rl;
+  const rl = interactive
+    ? createInterface({
+        input,
+        output: io.terminal ?? process.stdout,
+        terminal: true,
+        prompt: 'vfio-user> ',
+        historySize: 1000,
+        completer: (line: string) => [commands.filter((c) => c.startsWith(line)), line],
+      })
+    : createInterface({ input, crlfDelay: Infinity, terminal: false });
+  // Node 24 throws on prompt()/close() once the input ended (ERR_USE_AFTER_CLOSE): track it.
+  let closed = false;
+  rl.on('close', () => (closed = true));
+  if (interactive) rl.on('SIGINT', () => rl.close());
+  return {
+    [Symbol.asyncIterator]: () => rl[Symbol.asyncIterator](),
+    close: () => {
+      if (!closed) rl.close();
+    },
+    ...(interactive ? { prompt: () => void (closed || rl.prompt()) } : {}),
+  };
 }
 
 /**
