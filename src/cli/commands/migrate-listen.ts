@@ -280,10 +280,11 @@ class Listening {
       if (!c.senderGone) this.#s.say(`${name}: migration ${id} is committed and its device runs here: serving it until its sender is done (${name} again stops it now)`);
     }
     const waiting = this.#anySenderConnected();
+    const idle = this.#committed.size === 0;
     if (this.#s.shell) process.stdin.destroy(); // a shell on a held device ends with it
     void this.#releaseHeld(name).then(() => {
       if (decided || waiting) return;
-      if (this.#committed.size === 0) this.#s.say(`${name}: no migration in progress; stopped`);
+      if (idle) this.#s.say(`${name}: no migration in progress; stopped`);
       this.#finish(true);
     });
   }
