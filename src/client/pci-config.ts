@@ -299,6 +299,8 @@ export async function barSizes(client: ConfigAccess): Promise<BarSize[]> {
       const low = await probe(client, at);
       if (low.mask === 0) continue;
       if (low.mask & BarFlags.IO) {
+        // No writable address bits: not implemented (Linux's pci_size), e.g. libvfio-user's gpio sample's I/O BARs.
+        if ((low.mask & ~0x3) === 0) continue;
         let mask = BigInt(low.mask & ~0x3);
         if ((mask & 0xffff0000n) === 0n) mask |= 0xffff0000n; // a 16-bit I/O decoder
         bars.push({ index: i, type: 'io', prefetchable: false, address: BigInt((low.saved & ~0x3) >>> 0), size: (~mask & 0xffffffffn) + 1n });
@@ -309,9 +311,9 @@ export async function barSizes(client: ConfigAccess): Promise<BarSize[]> {
       if ((low.mask & 0x6) === BarFlags.MEM_TYPE_64 && i + 1 < BAR_COUNT) {
         const high = await probe(client, at + 4);
         const mask = (BigInt(high.mask) << 32n) | BigInt((low.mask & ~0xf) >>> 0);
-        bars.push({ index: i, type: 'mem64', prefetchable, address: (BigInt(high.saved) << 32n) | address, size: (~mask & 0xffff_ffff_ffff_ffffn) + 1n });
+        if (mask !== 0n) bars.push({ index: i, type: 'mem64', prefetchable, address: (BigInt(high.saved) << 32n) | address, size: (~mask & 0xffff_ffff_ffff_ffffn) + 1n });
         i++;
-      } else {
+      } else if ((low.mask & ~0xf) !== 0) {
         bars.push({ index: i, type: 'mem32', prefetchable, address, size: (~BigInt((low.mask & ~0xf) >>> 0) & 0xffffffffn) + 1n });
       }
     }

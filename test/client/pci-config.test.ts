@@ -245,6 +245,26 @@ describe('BARs and Command', () => {
       },
     ));
 
+  it('skips BARs whose address bits are all read-only (not implemented, as Linux decides): I/O, 32-bit and 64-bit', async () => {
+    // A config space whose BAR registers keep their read-only type bits whatever is written (libvfio-user's gpio sample
+    // declares six such I/O BARs), next to a real 4 KiB memory BAR in BAR5.
+    const config = new Uint8Array(256);
+    const view = new DataView(config.buffer);
+    const readOnly = new Map([[0x10, 0x1], [0x14, 0x0], [0x18, 0x4], [0x1c, 0x0], [0x20, 0x0]]);
+    const access: ConfigAccess = {
+      regionRead: async (_index, offset, count) => config.slice(Number(offset), Number(offset) + count),
+      regionWrite: async (_index, offset, data) => {
+        const at = Number(offset);
+        config.set(data, at);
+        const fixed = readOnly.get(at);
+        if (fixed !== undefined && data.length === 4) view.setUint32(at, fixed, true);
+        if (at === 0x24 && data.length === 4) view.setUint32(at, view.getUint32(at, true) & 0xfffff000, true);
+      },
+    };
+    for (const [at, value] of readOnly) view.setUint32(at, value, true);
+    assert.deepEqual(await barSizes(access), [{ index: 5, type: 'mem32', prefetchable: false, address: 0n, size: 0x1000n }]);
+  });
+
   it('sizes the expansion ROM (Enable and address kept, decode restored)', () =>
     withDevice(
       testDeviceDefinition({
