@@ -46,8 +46,10 @@ export interface OrchestratorRate {
   runs: OrchestratorRun[];
   /** Runs where the orchestrator switched over (migrated, or aborted in switch-over). */
   switchedOver: number;
-  /** Of those, the runs whose downtime met the budget. */
+  /** Of those, the runs that migrated with a downtime within the budget. */
   metBudget: number;
+  /** Of those, the runs whose source was stopped no longer than the budget (migrated, or aborted in stop-copy and resumed in time). */
+  heldBudget: number;
   /** Runs aborted in pre-copy for non-convergence (not misses). */
   notConverged: number;
 }
@@ -194,6 +196,7 @@ export async function runMatrix(src: Side, to: DestinationFactory, budgets: numb
         runs,
         switchedOver: switched.length,
         metBudget: switched.filter((r) => r.outcome === 'migrated' && r.downtimeMs <= budget).length,
+        heldBudget: switched.filter((r) => r.downtimeMs <= budget).length,
         notConverged: runs.filter((r) => r.outcome === 'aborted' && /did not converge/.test(r.reason ?? '')).length,
       });
     }
@@ -250,7 +253,7 @@ export function printMatrix(t: OrchestratorTransport): void {
         const missed = (run.outcome === 'migrated' && run.downtimeMs > b.budgetMs) || (run.outcome === 'aborted' && run.downtimeMs > 0);
         if (missed || run.outcome === 'failed') console.log(`      ↳ ${run.reason ?? `downtime ${run.downtimeMs} ms > budget ${b.budgetMs} ms`}`);
       }
-      console.log(`    → ${rate.metBudget}/${rate.switchedOver} switch-overs met the budget; ${rate.notConverged} aborted for non-convergence`);
+      console.log(`    → ${rate.metBudget}/${rate.switchedOver} switch-overs met the budget; the source stopped within it in ${rate.heldBudget}/${rate.switchedOver}; ${rate.notConverged} aborted for non-convergence`);
     }
     console.log(`    switch-overs within ${b.budgetMs} ms: ${Math.round(b.metBudgetShare * 100)} %`);
   }

@@ -2,7 +2,7 @@
  * QEMU's own live migration, as the reference of the orchestrator benchmark's
  * throughput (bench/orchestrator.ts, with `VFIO_USER_QEMU` naming a
  * qemu-system-x86_64): two QEMU processes under the qtest accelerator (no vCPU
- * runs: an idle guest), guest RAM of the given size (q35, memfd), the
+ * runs: an idle guest), guest RAM of the given size (q35, anonymous as with `-m`), the
  * destination started with `-incoming tcp:127.0.0.1:PORT`, the source told
  * QMP `migrate` with `max-bandwidth` lifted (QEMU's default caps it at
  * 128 MiB/s), then `query-migrate` polled until `completed`. Its `total-time`
@@ -51,9 +51,10 @@ export async function qemuPrecopyOnce(binary: string, guestMiB: number, fill: bo
   const port = await freePort();
   const started: Qemu[] = [];
   try {
-    const dst = await startQemu(binary, { memoryMiB: guestMiB, extraArgs: ['-incoming', `tcp:127.0.0.1:${port}`] });
+    // Anonymous guest RAM (QEMU's default, as `-m`): an untouched page reads as the kernel's zero page, no allocation.
+    const dst = await startQemu(binary, { memoryMiB: guestMiB, sharedMemory: false, extraArgs: ['-incoming', `tcp:127.0.0.1:${port}`] });
     started.push(dst);
-    const src = await startQemu(binary, { memoryMiB: guestMiB });
+    const src = await startQemu(binary, { memoryMiB: guestMiB, sharedMemory: false });
     started.push(src);
     if (fill) await src.qtest.memset(FILL_FROM, guestMiB * 2 ** 20 - FILL_FROM, 0x5a);
     await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': 1e12 });
