@@ -1,0 +1,158 @@
+/**
+ * The device host's vocabulary, modelled on Linux mediated devices (mdev) and
+ * mdevctl: a **parent** offers **types**; an **instance** of a type is created
+ * by UUID, gets attributes applied in order, and is served on its own socket.
+ * A **definition** is the persistent description of an instance
+ * (`<config-dir>/<parent>/<uuid>`, mdevctl's JSON), started automatically at
+ * host start when its `start` is `auto`.
+ *
+ * A parent is an ES module (`vfio-user host --parent ./my-parent.js`, or a
+ * built-in one such as `memory-pool`) whose default export is a
+ * {@link MdevParent}. The host loads it twice: in its main thread for the
+ * metadata (types, resources, availability), and in each instance's worker to
+ * build the device, so the module must be free of side effects at import.
+ */
+import type { VfioUserDevice } from '../device/device.js';
+import type { DeviceDefinition, MaybePromise } from '../device/types.js';
+
+/** The only device API this host offers (mdev's `device_api`). */
+export const DEVICE_API = 'vfio-pci' as const;
+
+/** How a definition starts: with the host (`auto`) or on request (`manual`), as mdevctl's `start`. */
+export const StartMode = { AUTO: 'auto', MANUAL: 'manual' } as const;
+/** One of {@link StartMode}. */
+export type StartMode = (typeof StartMode)[keyof typeof StartMode];
+
+/**
+ * One attribute as mdevctl stores it: a single-key object (`{"assign_adapter": "5"}`).
+ * Definitions hold an ordered list of these; the same name may appear twice.
+ */
+export type MdevAttr = Readonly<Record<string, string>>;
+
+/** A definition file's content: exactly mdevctl's JSON (`/etc/mdevctl.d/<parent>/<uuid>`). */
+export interface MdevConfig {
+  /** The type id, `<parent>-<name>`. */
+  mdev_type: string;
+  start: StartMode;
+  /** Ordered attributes (applied in this order at start). */
+  attrs: MdevAttr[];
+}
+
+/** What an instance's device is built from: its identity and attributes. */
+export interface MdevCreateContext {
+  /** The instance's UUID (lower-case, 8-4-4-4-12). */
+  uuid: string;
+  /** The parent's name. */
+  parent: string;
+  /** The type's short name (without the `<parent>-` prefix). */
+  type: string;
+  /** The socket path the instance will be served on. */
+  socket: string;
+}
+
+/**
+ * What {@link MdevType.create} returns: a definition (`createDevice` is called on it), a device, or the
+ * device with how to release what it holds and any state its attributes act on ({@link MdevInstanceHandle.state}).
+ */
+export type MdevCreated = DeviceDefinition | VfioUserDevice | { device: VfioUserDevice; dispose?(): MaybePromise<void>; state?: unknown };
+
+/** An attribute a type accepts (mdev: a file under `/sys/bus/mdev/devices/<uuid>/`). */
+export interface MdevAttribute {
+  /** One line for `types` output and errors. */
+  description?: string;
+  /**
+   * Applies `value` to the freshly created instance (before it is served).
+   * Throwing refuses it (an error with an `errno` keeps it, else EINVAL):
+   * the host then destroys the instance, as mdevctl removes a device whose
+   * attribute write failed.
+   */
+  apply(instance: MdevInstanceHandle, value: string): MaybePromise<void>;
+}
+
+/** What an attribute's `apply` acts on. */
+export interface MdevInstanceHandle extends MdevCreateContext {
+  /** The device built by {@link MdevType.create}. */
+  readonly device: VfioUserDevice;
+  /** The `state` that `create` returned with the device (undefined otherwise). */
+  readonly state: unknown;
+}
+
+/** A type a parent offers (mdev: `mdev_supported_types/<type-id>/`). */
+export interface MdevType {
+  /** Short name; the type id is `<parent>-<name>` ([A-Za-z0-9_.:+-], 1–64 chars). */
+  name: string;
+  /** Human-readable name (mdev's optional `name` file). */
+  label?: string;
+  description?: string;
+  /** Resources one instance consumes, by resource name of {@link MdevParent.resources}. */
+  cost?: Readonly<Record<string, number>>;
+  /** Most instances of this type, whatever the resources (default: no limit beyond resources). */
+  maxInstances?: number;
+  /** Attributes this type accepts, by name. Any other name is refused (EINVAL). */
+  attributes?: Readonly<Record<string, MdevAttribute>>;
+  /** Builds one instance's device (runs in the instance's worker). */
+  create(context: MdevCreateContext): MaybePromise<MdevCreated>;
+}
+
+/** A parent: a module's default export (mdev: a device registered with `mdev_register_parent`). */
+export interface MdevParent {
+  /** Parent name ([A-Za-z0-9_.:-], 1–64 chars), e.g. `memory-pool`; also the definitions' sub-directory. */
+  name: string;
+  /** Capacity of each resource the types consume (e.g. `{ memory: 1 << 30 }`). */
+  resources?: Readonly<Record<string, number>>;
+  types: readonly MdevType[];
+}
+
+/** Where the host keeps its files. */
+export interface HostPaths {
+  /** Sockets: `<runDir>/control.sock` (0600) and `<runDir>/<uuid>.sock`. The directory is 0700. */
+  runDir: string;
+  /** Definitions `<configDir>/<parent>/<uuid>`; scripts `<configDir>/scripts.d/{callouts,notifiers}/`. */
+  configDir: string;
+}
+
+/** An instance's runtime state, as `list` shows it. */
+export const InstanceState = {
+  /** Its worker is building the device and applying attributes. */
+  STARTING: 'starting',
+  /** Served on its socket. */
+  ACTIVE: 'active',
+  /** Being stopped (session closing, device reset, worker exiting). */
+  STOPPING: 'stopping',
+  /** Its worker died (threw, stalled past the watchdog, ran out of memory); being restarted or left failed. */
+  FAILED: 'failed',
+} as const;
+/** One of {@link InstanceState}. */
+export type InstanceState = (typeof InstanceState)[keyof typeof InstanceState];
+
+/** The client connected to an instance (SO_PEERCRED of its socket). */
+export interface InstanceClient {
+  pid: number;
+  uid: number;
+  gid: number;
+  /** When the session started (ms since the epoch). */
+  since: number;
+}
+
+/** One running (or failed) instance, as the host reports it. */
+export interface InstanceStatus {
+  uuid: string;
+  parent: string;
+  /** Type id `<parent>-<name>`. */
+  mdevType: string;
+  state: InstanceState;
+  socket: string;
+  /** Attributes it was started with, in order. */
+  attrs: MdevAttr[];
+  /** Whether a definition for (parent, uuid) exists. */
+  defined: boolean;
+  /** `auto`/`manual` from the definition, absent for a transient instance. */
+  start?: StartMode;
+  client?: InstanceClient;
+  /** The device's migration state name (`RUNNING`, `STOP_COPY`, …) when it supports migration. */
+  migrationState?: string;
+  /** Why the instance failed, when state is `failed`. */
+  failure?: string;
+  /** Worker restarts so far. */
+  restarts: number;
+}
