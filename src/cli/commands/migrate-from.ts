@@ -18,32 +18,15 @@
  */
 import { MigrationCompatibilityError } from '../../orchestrator/compat.js';
 import { createProgressBar } from '../progress-bar.js';
-import type { MigrationReport } from '../../orchestrator/types.js';
 import { Errno } from '../../protocol/errno.js';
 import { CliError, parseInteger, parseTimeout, stdio, toJson, type GlobalOptions, type Output } from '../common.js';
 import { guestRamPath, migrateSession, openVmmSession, type OwnedVmmSession, type SessionMigration } from '../vmm-session.js';
-import type { MigrateCommandOptions } from './migrate.js';
+import type { MigrateCommandOptions, MigrationRunSummary } from './migrate.js';
 import { runShellOnSession } from './shell.js';
 
 /** The `--json` document of `migrate --from`. */
-export interface MigrateFromSummary {
-  outcome: MigrationReport['outcome'];
-  phase: string;
-  /** The signal that stopped it, if one did. */
-  interrupted?: string;
-  migrationId?: string;
-  resolution?: string;
-  reason?: string;
-  sourceRecovery?: MigrationReport['sourceRecovery'];
+export interface MigrateFromSummary extends MigrationRunSummary {
   source: string;
-  destination: string;
-  totalMs: number;
-  downtimeMs: number;
-  budgetMs: number;
-  projectedDowntimeMs: number | null;
-  bytes: MigrationReport['bytes'];
-  iterations: number;
-  arcs: MigrationReport['arcs'];
   guestRam: { bytes: bigint; iova: bigint; file?: string; sourceSha256?: string; destinationSha256?: string; equal?: boolean };
   /** A local destination held by this process after the commit. */
   held?: { pid: number; guestRamPath: string };

@@ -80,12 +80,12 @@ interface Interrupt {
   phase: string;
 }
 
-/** The `--json` document. */
-export interface MigrateSummary {
+/** What every migration the CLI runs reports (`migrate --demo`, `migrate --from`): the outcome and its figures. */
+export interface MigrationRunSummary {
   outcome: MigrationReport['outcome'];
   /** Where it ended: `warm-up` (before the migration), the migration's phase (`precopy`, `switchover`, `commit`, `done`), `verify`. */
   phase: string;
-  /** The signal that stopped the demo, if one did. */
+  /** The signal that stopped it, if one did. */
   interrupted?: string;
   /** The receiver's migration id (remote), for `vfio-user migrate-resolve`. */
   migrationId?: string;
@@ -100,8 +100,12 @@ export interface MigrateSummary {
   projectedDowntimeMs: number | null;
   bytes: MigrationReport['bytes'];
   iterations: number;
-  throttlePercent: number;
   arcs: MigrationReport['arcs'];
+}
+
+/** The `--json` document of `migrate --demo`. */
+export interface MigrateSummary extends MigrationRunSummary {
+  throttlePercent: number;
   jobs: { total: number; doneOnSource: number; doneOnDestination: number; errors: number; firstErrors: string[] };
   /** Destination guest memory equal to the source's switch-over snapshot (outside the unfinished jobs' writes). */
   memoryVerified: boolean | null;
