@@ -16,16 +16,13 @@
  * definition `createDevice` refuses (its EINVAL), a factory that throws (its
  * errno, else EINVAL).
  */
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { isAbsolute, join, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { createDevice, VfioUserDevice } from '../device/device.js';
 import type { DeviceDefinition } from '../device/types.js';
 import { createDmaEngineDevice } from '../devices/dma-engine.js';
 import { createGpioDevice } from '../devices/gpio.js';
 import { createMemoryDevice } from '../devices/memory.js';
 import { VfioUserError } from '../errors.js';
+import { importModuleSpec, resolveModuleSpec, type ModuleSpecWording } from '../module-spec.js';
 import { Errno } from '../protocol/errno.js';
 import { CliError } from './common.js';
 
@@ -88,42 +85,19 @@ function builtin(kind: BuiltinDevice, options: LoadDeviceOptions): VfioUserDevic
   }
 }
 
-/** Whether `spec` names a file rather than a package. */
-function isPathSpec(spec: string, cwd: string): boolean {
-  return spec.startsWith('.') || isAbsolute(spec) || spec.startsWith('file:') || /\.(m?js|cjs|m?ts)$/.test(spec) || existsSync(join(cwd, spec));
-}
-
-/** The URL to import for `spec`. @throws {CliError} ENOENT when the file or package is not found. */
-function resolveSpec(spec: string, cwd: string): string {
-  if (spec.startsWith('file:')) return spec;
-  if (isPathSpec(spec, cwd)) {
-    const file = resolve(cwd, spec);
-    if (!existsSync(file)) throw new CliError(`cannot load device module ${spec}: no such file (${file}); expected a sample device (${BUILTIN_DEVICES.join(', ')}), a module path or a package name`, { errno: Errno.ENOENT });
-    return pathToFileURL(file).href;
-  }
-  try {
-    // A package installed where the user works (its node_modules), as `node` resolves it from there.
-    return pathToFileURL(createRequire(join(cwd, 'noop.js')).resolve(spec)).href;
-  } catch {
-    return spec; // an ESM-only package, or one installed next to vfio-user: import() resolves it from here
-  }
+/** How `serve` names the device module `spec` in messages; its errors are CliErrors. */
+function wording(spec: string): ModuleSpecWording {
+  return {
+    cannotLoad: `cannot load device module ${spec}`,
+    expected: `expected a sample device (${BUILTIN_DEVICES.join(', ')}), a module path or a package name`,
+    typescriptAdvice: 'compile it (tsc) and serve the .js, or use a Node that strips types (22.18+ and 23.6+ by default, 22.6+ with --experimental-strip-types)',
+    error: (message, errno, cause) => new CliError(message, cause === undefined ? { errno } : { errno, cause }),
+  };
 }
 
 async function importModule(spec: string, cwd: string): Promise<Record<string, unknown>> {
-  const url = resolveSpec(spec, cwd);
-  try {
-    return (await import(url)) as Record<string, unknown>;
-  } catch (error) {
-    const e = error as NodeJS.ErrnoException;
-    const reason = (e instanceof Error ? e.message : String(e)).split('\n')[0] ?? '';
-    if (e.code === 'ERR_UNKNOWN_FILE_EXTENSION') {
-      throw new CliError(`cannot load device module ${spec}: Node ${process.version} does not run TypeScript: compile it (tsc) and serve the .js, or use a Node that strips types (22.18+ and 23.6+ by default, 22.6+ with --experimental-strip-types)`, { errno: Errno.EINVAL, cause: error });
-    }
-    if ((e.code === 'ERR_MODULE_NOT_FOUND' || e.code === 'MODULE_NOT_FOUND') && url === spec) {
-      throw new CliError(`cannot load device module ${spec}: no such file or package (from ${cwd}): ${reason}`, { errno: Errno.ENOENT, cause: error });
-    }
-    throw new CliError(`cannot load device module ${spec}: ${e instanceof Error ? `${e.name}: ` : ''}${reason}`, { errno: Errno.EINVAL, cause: error });
-  }
+  const words = wording(spec);
+  return importModuleSpec(spec, resolveModuleSpec(spec, cwd, words), cwd, words);
 }
 
 /** A short description of a value, for messages: `a number (42)`, `an object with keys a, b`. */

@@ -8,13 +8,13 @@
  * The result carries the module's URL: the host's main thread loads a parent
  * for its metadata, and each instance's worker imports the same URL to build
  * the device (`loadParent(moduleUrl)` works there too, from any directory).
- * Resolution copies `src/cli/device-module.ts`'s (the host is below the CLI).
+ * Resolution is `vfio-user serve`'s (`src/module-spec.ts`): a package name
+ * found from `cwd` becomes its file URL; one that is not (an ESM-only package,
+ * or one installed beside vfio-user) stays a bare name, which the worker's
+ * `import()` resolves as this module's does.
  */
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { isAbsolute, join, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { VfioUserError } from '../errors.js';
+import { importModuleSpec, resolveModuleSpec, type ModuleSpecWording } from '../module-spec.js';
 import { Errno } from '../protocol/errno.js';
 import { validateParent } from './parent-validate.js';
 import type { MdevParent } from './types.js';
@@ -33,7 +33,7 @@ export const BUILTIN_PARENTS: Readonly<Record<string, string>> = Object.freeze({
 /** A parent ready to use, and where it came from. */
 export interface LoadedParent {
   parent: MdevParent;
-  /** The URL a worker imports to get the same parent (`file:` URL, or what `import()` resolved). */
+  /** What a worker imports to get the same parent: a `file:` URL, or a bare package name (see the module TSDoc). */
   moduleUrl: string;
   /** Whether it is one of {@link BUILTIN_PARENTS}. */
   builtin: boolean;
@@ -56,10 +56,12 @@ const EXPORT_NAMES = ['default', 'parent'] as const;
  *   exports no parent, or whose parent is malformed (one line naming the module and the problem).
  */
 export async function loadParent(spec: string, options: LoadParentOptions = {}): Promise<LoadedParent> {
+  const cwd = options.cwd ?? process.cwd();
+  const words = wording(spec);
   const builtinUrl = Object.hasOwn(BUILTIN_PARENTS, spec) ? BUILTIN_PARENTS[spec] : undefined;
-  const moduleUrl = builtinUrl ?? resolveSpec(spec, options.cwd ?? process.cwd());
+  const moduleUrl = builtinUrl ?? resolveModuleSpec(spec, cwd, words);
   const builtin = Object.values(BUILTIN_PARENTS).includes(moduleUrl);
-  const namespace = await importModule(spec, moduleUrl);
+  const namespace = await importModuleSpec(spec, moduleUrl, cwd, words);
   const parent = validateParent(parentExport(spec, namespace), spec);
   if (builtinUrl !== undefined && parent.name !== spec) {
     throw new VfioUserError(`built-in parent ${spec}: its module declares the name ${parent.name}`, { errno: Errno.EINVAL });
@@ -67,51 +69,14 @@ export async function loadParent(spec: string, options: LoadParentOptions = {}):
   return { parent, moduleUrl, builtin };
 }
 
-/** Whether `spec` names a file rather than a package. */
-function isPathSpec(spec: string, cwd: string): boolean {
-  return spec.startsWith('.') || isAbsolute(spec) || /\.(m?js|cjs|m?ts)$/.test(spec) || existsSync(join(cwd, spec));
-}
-
-function notFound(spec: string, detail: string): VfioUserError {
-  const builtins = Object.keys(BUILTIN_PARENTS).join(', ');
-  return new VfioUserError(`cannot load parent ${spec}: ${detail}; expected a built-in parent (${builtins}), a module path or a package name`, { errno: Errno.ENOENT });
-}
-
-/** The URL to import for `spec`. @throws {VfioUserError} ENOENT when the file or package is not found. */
-function resolveSpec(spec: string, cwd: string): string {
-  if (spec.startsWith('file:')) return spec;
-  if (isPathSpec(spec, cwd)) {
-    const file = resolve(cwd, spec);
-    if (!existsSync(file)) throw notFound(spec, `no such file (${file})`);
-    return pathToFileURL(file).href;
-  }
-  try {
-    // A package installed where the user works (its node_modules), as `node` resolves it from there.
-    return pathToFileURL(createRequire(join(cwd, 'noop.js')).resolve(spec)).href;
-  } catch {
-    // An ESM-only package, or one installed next to vfio-user: resolved from here, as a worker in this directory would.
-    try {
-      return import.meta.resolve(spec);
-    } catch {
-      throw notFound(spec, `no such file or package (from ${cwd})`);
-    }
-  }
-}
-
-async function importModule(spec: string, url: string): Promise<Record<string, unknown>> {
-  try {
-    return (await import(url)) as Record<string, unknown>;
-  } catch (error) {
-    const e = error as NodeJS.ErrnoException;
-    const reason = (e instanceof Error ? e.message : String(e)).split('\n')[0] ?? '';
-    if (e.code === 'ERR_UNKNOWN_FILE_EXTENSION') {
-      throw new VfioUserError(`cannot load parent ${spec}: Node ${process.version} does not run TypeScript: compile it (tsc) and load the .js`, { errno: Errno.EINVAL, cause: error });
-    }
-    if (e.code === 'ERR_MODULE_NOT_FOUND' && url.startsWith('file:') && !existsSync(new URL(url))) {
-      throw new VfioUserError(`cannot load parent ${spec}: no such file (${url})`, { errno: Errno.ENOENT, cause: error });
-    }
-    throw new VfioUserError(`cannot load parent ${spec}: ${e instanceof Error ? `${e.name}: ` : ''}${reason}`, { errno: Errno.EINVAL, cause: error });
-  }
+/** How the host names parent modules in messages. */
+function wording(spec: string): ModuleSpecWording {
+  return {
+    cannotLoad: `cannot load parent ${spec}`,
+    expected: `expected a built-in parent (${Object.keys(BUILTIN_PARENTS).join(', ')}), a module path or a package name`,
+    typescriptAdvice: 'compile it (tsc) and load the .js, or use a Node that strips types (22.18+ and 23.6+ by default, 22.6+ with --experimental-strip-types)',
+    error: (message, errno, cause) => new VfioUserError(message, cause === undefined ? { errno } : { errno, cause }),
+  };
 }
 
 /** The module's parent export. @throws {VfioUserError} EINVAL when it has neither a default export nor `parent`. */
