@@ -154,7 +154,9 @@ napi_value ret_sys(napi_env env, int64_t r) { return ret_int(env, r < 0 ? -errno
 
 /* A new fd, or a thrown error. */
 napi_value ret_fd(napi_env env, int fd, const char *syscall) {
-  return fd < 0 ? throw_errno(env, syscall, errno) : ret_int(env, fd);
+  if (fd < 0) return throw_errno(env, syscall, errno);
+  fd_own(env, fd);
+  return ret_int(env, fd);
 }
 
 bool set_int(napi_env env, napi_value obj, const char *name, int64_t value) {

@@ -79,6 +79,23 @@ napi_value ret_fd(napi_env env, int fd, const char *syscall);
 
 bool set_int(napi_env env, napi_value obj, const char *name, int64_t value);
 
+/* ---- Fd ownership (fd.c) -------------------------------------------------
+ * Every fd the addon hands to JS (created, accepted, received, dup'ed) is
+ * recorded as owned by the environment that got it, until close() releases it
+ * (from whichever environment). At an environment's teardown (a worker thread
+ * terminated or exiting) poller.c closes the fds it still owns, after closing
+ * its pollers: fds are process-wide, so a dead worker's sockets, eventfds and
+ * memfds would otherwise stay open, and its clients would never see EOF. */
+
+/* Records `fd` (>= 0) as owned by `env`. */
+void fd_own(napi_env env, int fd);
+
+/* Forgets `fd`, whoever owns it (call before closing it). */
+void fd_disown(int fd);
+
+/* Closes every fd `env` still owns; returns how many. */
+size_t fd_close_owned(napi_env env);
+
 /* ---- Registration --------------------------------------------------------- */
 
 typedef struct { const char *name; napi_callback fn; } export_fn;

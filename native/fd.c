@@ -1,27 +1,82 @@
 /*
  * fd.c: plain file descriptors. close, dup, read, write; eventfd counters;
- * ioctl. Also prctl(PR_SET_PDEATHSIG), for child processes that must not
+ * ioctl; which environment owns each fd the addon handed out (common.h). Also prctl(PR_SET_PDEATHSIG), for child processes that must not
  * outlive their parent.
  */
 #include "common.h"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/eventfd.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
+/* ---- Ownership (see common.h) ----------------------------------------------
+ * owners[fd] is the environment that owns fd, or NULL. One table for the
+ * process (fd numbers are process-wide), guarded by a mutex: an fd closed by
+ * one thread and reused by another is released before close() and recorded
+ * again only once the new owner got it, so teardown never closes a number
+ * that someone else has just been given. */
+
+static napi_env *owners;
+static size_t owners_cap;
+static pthread_mutex_t owners_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void fd_own(napi_env env, int fd) {
+  if (fd < 0) return;
+  pthread_mutex_lock(&owners_lock);
+  if ((size_t)fd >= owners_cap) {
+    size_t cap = owners_cap ? owners_cap : 256;
+    while (cap <= (size_t)fd) cap *= 2;
+    napi_env *grown = realloc(owners, cap * sizeof *owners);
+    if (grown) {
+      memset(grown + owners_cap, 0, (cap - owners_cap) * sizeof *owners);
+      owners = grown;
+      owners_cap = cap;
+    }
+  }
+  if ((size_t)fd < owners_cap) owners[fd] = env; /* else untracked: closed by JS only */
+  pthread_mutex_unlock(&owners_lock);
+}
+
+void fd_disown(int fd) {
+  if (fd < 0) return;
+  pthread_mutex_lock(&owners_lock);
+  if ((size_t)fd < owners_cap) owners[fd] = NULL;
+  pthread_mutex_unlock(&owners_lock);
+}
+
+size_t fd_close_owned(napi_env env) {
+  size_t closed = 0;
+  pthread_mutex_lock(&owners_lock);
+  for (size_t fd = 0; fd < owners_cap; fd++) {
+    if (owners[fd] != env) continue;
+    owners[fd] = NULL;
+    close((int)fd); /* still ours: nobody else can hold this number while it is open */
+    closed++;
+  }
+  pthread_mutex_unlock(&owners_lock);
+  return closed;
+}
+
 static napi_value js_close(napi_env env, napi_callback_info info) {
   int fd;
   if (!one_fd(env, info, &fd)) return NULL;
+  fd_disown(fd);
   return ret_sys(env, close(fd)); /* never retried: Linux frees the fd even on EINTR */
 }
 
 static napi_value js_dup(napi_env env, napi_callback_info info) {
-  int fd;
+  int fd, r;
   if (!one_fd(env, info, &fd)) return NULL;
-  return ret_sys(env, fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  r = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (r < 0) return ret_int(env, -errno);
+  fd_own(env, r);
+  return ret_int(env, r);
 }
 
 static napi_value js_read(napi_env env, napi_callback_info info) {

@@ -14,9 +14,14 @@
  * lost) and the JS layer turns the mark into an error. Any other SIGBUS goes
  * to the handler that was installed before ours (V8 and Node install none for
  * SIGBUS on Linux; the default action kills the process as before).
+ * The guard is process-wide (one table, one handler for every thread and
+ * worker); the library pins itself in memory when it installs the handler,
+ * so a worker that loaded it first and exits cannot leave the handler
+ * pointing into unmapped code.
  */
 #include "common.h"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -85,11 +90,20 @@ static void guard_handler(int sig, siginfo_t *si, void *ctx) {
   guard_chain(sig, si, ctx);
 }
 
+/* Keeps this library mapped for the life of the process: the handler and `guards` must outlive
+ * the environment that loaded it (Node unloads a worker's addons when the worker ends). */
+static void guard_pin(void) {
+  Dl_info self;
+  if (dladdr((void *)guard_handler, &self) && self.dli_fname)
+    dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE); /* a reference never dropped */
+}
+
 /* Installs the handler and the counter page once per process: 0 or an errno. */
 static int guard_install(void) {
   static bool installed;
   struct sigaction sa;
   if (installed) return 0;
+  guard_pin();
   guard_page = (size_t)sysconf(_SC_PAGESIZE);
   if (guard_counter_fd < 0) {
     int fd = memfd_create("vfio-user-sigbus-count", MFD_CLOEXEC);

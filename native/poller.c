@@ -24,12 +24,14 @@ static const napi_type_tag POLLER_TAG = {0x7666696f75736572ULL, 0x706f6c6c2d7461
  * Teardown: a worker's addons are unloaded right after its environment, so
  * a close callback left pending then would jump into unmapped code. An async
  * cleanup hook closes every open poller and keeps the environment (and this
- * library) alive until the last close callback has run.
+ * library) alive until the last close callback has run. It then closes the
+ * fds the environment still owns (see fd_own in common.h).
  */
 
 typedef struct poller poller_t;
 
 typedef struct {
+  napi_env env;
   poller_t *open;                           /* pollers not closed yet */
   size_t closing;                           /* close callbacks pending */
   napi_async_cleanup_hook_handle teardown;  /* set once teardown began */
@@ -101,6 +103,7 @@ static void addon_teardown(napi_async_cleanup_hook_handle handle, void *data) {
 
   a->teardown = handle;
   while (a->open) poller_release(a->open);
+  fd_close_owned(a->env); /* no poller watches them any more (uv_close stopped each) */
   addon_check_done(a);
 }
 
@@ -262,6 +265,7 @@ bool poller_init(napi_env env, napi_value exports) {
   napi_value cls;
 
   if (!addon) return throw_errno(env, "calloc", ENOMEM), false;
+  addon->env = env;
   if (napi_set_instance_data(env, addon, addon_finalize, NULL) != napi_ok) {
     free(addon);
     return fail(env), false;

@@ -61,9 +61,21 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
 }
 
 static napi_value js_accept(napi_env env, napi_callback_info info) {
-  int fd;
+  int fd, r;
   if (!one_fd(env, info, &fd)) return NULL;
-  return ret_sys(env, RETRY(accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)));
+  r = RETRY(accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC));
+  if (r < 0) return ret_int(env, -errno);
+  fd_own(env, r);
+  return ret_int(env, r);
+}
+
+/* `getsockopt(SO_ACCEPTCONN)`: 1 for a listening socket, 0 otherwise, or -errno. */
+static napi_value js_listening(napi_env env, napi_callback_info info) {
+  int fd, on = 0;
+  socklen_t len = sizeof on;
+  if (!one_fd(env, info, &fd)) return NULL;
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) < 0) return ret_int(env, -errno);
+  return ret_int(env, on ? 1 : 0);
 }
 
 static napi_value js_socket_pair(napi_env env, napi_callback_info info) {
@@ -73,9 +85,13 @@ static napi_value js_socket_pair(napi_env env, napi_callback_info info) {
   (void)info;
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
     return throw_errno(env, "socketpair", errno);
+  fd_own(env, sv[0]);
+  fd_own(env, sv[1]);
   if (napi_create_array_with_length(env, 2, &pair) != napi_ok ||
       napi_create_int32(env, sv[0], &a) != napi_ok || napi_create_int32(env, sv[1], &b) != napi_ok ||
       napi_set_element(env, pair, 0, a) != napi_ok || napi_set_element(env, pair, 1, b) != napi_ok) {
+    fd_disown(sv[0]);
+    fd_disown(sv[1]);
     close(sv[0]);
     close(sv[1]);
     return fail(env);
@@ -164,8 +180,8 @@ static napi_value js_send(napi_env env, napi_callback_info info) {
   return ret_sys(env, RETRY(send(fd, (char *)data + (size_t)offset, (size_t)length, MSG_NOSIGNAL | MSG_DONTWAIT)));
 }
 
-/* Moves every received fd into meta[2..], closing those that do not fit. */
-static void take_fds(struct msghdr *msg, int32_t *meta, size_t room) {
+/* Moves every received fd into meta[2..] (owned by `env`), closing those that do not fit. */
+static void take_fds(napi_env env, struct msghdr *msg, int32_t *meta, size_t room) {
   size_t count = 0;
   int32_t flags = 0;
 
@@ -175,7 +191,7 @@ static void take_fds(struct msghdr *msg, int32_t *meta, size_t room) {
     for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
       int fd;
       memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      if (count < room) meta[2 + count++] = fd;
+      if (count < room) fd_own(env, fd), meta[2 + count++] = fd;
       else close(fd), flags |= 1;
     }
   }
@@ -213,7 +229,7 @@ static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
   }
   n = RETRY(recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT));
   err = errno;
-  if (n >= 0) take_fds(&msg, meta, room);
+  if (n >= 0) take_fds(env, &msg, meta, room);
   if (msg.msg_control != stack.buf) free(msg.msg_control);
   return ret_int(env, n < 0 ? -err : n);
 }
@@ -246,7 +262,7 @@ bool socket_init(napi_env env, napi_value exports) {
       {"unixSocket", js_unix_socket}, {"bind", js_bind}, {"listen", js_listen},
       {"accept", js_accept}, {"connect", js_connect}, {"socketPair", js_socket_pair},
       {"sendmsg", js_sendmsg}, {"send", js_send}, {"recvmsg", js_recvmsg}, {"shutdown", js_shutdown},
-      {"peerCred", js_peer_cred},
+      {"peerCred", js_peer_cred}, {"listening", js_listening},
   };
   return EXPORT_FNS(env, exports, fns);
 }

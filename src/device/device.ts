@@ -116,8 +116,10 @@ export class VfioUserDevice implements SessionDevice {
   }
 
   /**
-   * Serves the device on a UNIX socket path.
-   * @throws {SystemError} EADDRINUSE if the path is served by someone else.
+   * Serves the device on a UNIX socket path, or on an already listening
+   * socket (`options.listenFd`, e.g. in a device host's worker thread).
+   * @throws {SystemError} EADDRINUSE if the path is served by someone else;
+   *   with `listenFd`: EINVAL (not listening), ENOTSOCK, EBADF.
    */
   serve(options: ServeOptions | string): DeviceServer {
     return DeviceServer.listen(this, typeof options === 'string' ? { path: options } : options);

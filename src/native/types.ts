@@ -11,6 +11,10 @@
  *   properties; `src/native/addon.ts` turns it into a {@link SystemError}.
  * - Every fd the addon creates is `O_CLOEXEC`; sockets and eventfds are
  *   non-blocking.
+ * - Every fd the addon hands out (created, accepted, received, `dup`ed) is
+ *   owned by the thread's environment that got it until `close` (from any
+ *   thread) releases it; when a worker thread ends, the fds it still owns are
+ *   closed. Close such fds with `close`, never with `fs.closeSync`.
  */
 export interface NativeBinding {
   /** `socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)`. Throws. */
@@ -52,6 +56,8 @@ export interface NativeBinding {
   shutdown(fd: number, how: number): number;
   /** `getsockopt(SO_PEERCRED)`. Throws. */
   peerCred(fd: number): { pid: number; uid: number; gid: number };
+  /** `getsockopt(SO_ACCEPTCONN)`: 1 for a listening socket, 0 for another socket, or -errno (-ENOTSOCK, -EBADF). */
+  listening(fd: number): number;
   /** `close()`. Returns 0 or -errno (never throws, so it is safe in `finally`). */
   close(fd: number): number;
   /** `fcntl(F_DUPFD_CLOEXEC)`: a new fd for the same file, or -errno. */

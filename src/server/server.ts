@@ -11,16 +11,23 @@ import { Errno } from '../protocol/errno.js';
 import { HeaderFlags, SERVER_MAX_DATA_XFER_SIZE, SERVER_MAX_MSG_SIZE, DEFAULT_MAX_DMA_MAPS } from '../protocol/constants.js';
 import { DEFAULT_MAX_REGIONS } from '../device/dma.js';
 import { UnixListener } from '../transport/unix-listener.js';
-import type { Transport } from '../transport/transport.js';
+import type { PeerCredentials, Transport } from '../transport/transport.js';
 import { Session } from './session.js';
 import type { DmaLayoutOption } from './client-profile.js';
 import type { ServerLimits, SessionDevice } from './types.js';
 
 /** Options of {@link DeviceServer.listen}. */
 export interface ServeOptions {
-  /** Socket path to create (mode 0600 unless `mode` says otherwise). */
+  /** Socket path to create (mode 0600 unless `mode` says otherwise); with `listenFd`, only its name. */
   path: string;
   mode?: number;
+  /**
+   * Serve on this already bound and listening socket instead of creating
+   * `path` (see {@link UnixListener.fromFd}): the server owns the fd (close()
+   * closes it) but leaves the socket file to whoever bound it. `mode` is then
+   * ignored.
+   */
+  listenFd?: number;
   /** If set, only peers with one of these uids (SO_PEERCRED) are served. */
   allowedUids?: readonly number[];
   /**
@@ -49,6 +56,12 @@ export interface ServeOptions {
   busyGraceMs?: number;
 }
 
+/** The client of a {@link DeviceServer}: its peer credentials and when its session started. */
+export interface SessionClient extends PeerCredentials {
+  /** When the session started (ms since the epoch). */
+  since: number;
+}
+
 /**
  * `max_msg_fds` advertised by default: what QEMU (which refuses more than 16)
  * and libvfio-user accept; clients split SET_IRQS into batches of this many fds.
@@ -65,6 +78,7 @@ export class DeviceServer {
   readonly #limits: ServerLimits;
   readonly #listener: UnixListener;
   #session: Session | undefined;
+  #client: SessionClient | undefined;
   #admission: Promise<void> = Promise.resolve();
   #cleanup: Promise<unknown> = Promise.resolve();
   #sessions = 0;
@@ -82,13 +96,18 @@ export class DeviceServer {
       ...options.limits,
     };
     checkLimits(this.#limits);
-    this.#listener = UnixListener.listen(options.path, { mode: options.mode ?? 0o600 }, (t) => this.#onConnection(t));
+    const onConnection = (t: Transport): void => this.#onConnection(t);
+    this.#listener =
+      options.listenFd === undefined
+        ? UnixListener.listen(options.path, { mode: options.mode ?? 0o600 }, onConnection)
+        : UnixListener.fromFd(options.listenFd, options.path, {}, onConnection);
   }
 
   /**
    * Starts serving `device` on `options.path`.
    * @throws {InvalidArgumentError} EINVAL for limits out of range (`maxMsgFds` 0–253, `maxDmaMaps` 1–65535, others positive integers).
-   * @throws {SystemError} EADDRINUSE if another server owns the path; EACCES/ENOENT from bind.
+   * @throws {SystemError} EADDRINUSE if another server owns the path; EACCES/ENOENT from bind;
+   *   with `listenFd`: EINVAL (not listening), ENOTSOCK, EBADF.
    */
   static listen(device: SessionDevice, options: ServeOptions): DeviceServer {
     return new DeviceServer(device, options);
@@ -97,6 +116,11 @@ export class DeviceServer {
   /** The current client's session, if one is connected. */
   get session(): Session | undefined {
     return this.#session;
+  }
+
+  /** The connected client's credentials (SO_PEERCRED at accept) and when its session started (ms since the epoch). */
+  get client(): SessionClient | undefined {
+    return this.#session ? this.#client : undefined;
   }
 
   /** How many sessions have been started so far. */
@@ -131,16 +155,17 @@ export class DeviceServer {
     // Admissions are served in arrival order: each waits (unread) for the
     // previous client's session and cleanup, within its own grace period.
     const deadline = Date.now() + (this.#options.busyGraceMs ?? 500);
-    this.#admission = this.#admission.then(() => this.#admit(t, deadline, creds?.pid));
+    this.#admission = this.#admission.then(() => this.#admit(t, deadline, creds));
   }
 
-  async #admit(t: Transport, deadline: number, pid: number | undefined): Promise<void> {
+  async #admit(t: Transport, deadline: number, creds: PeerCredentials | undefined): Promise<void> {
     const gone = await this.#previousGone(deadline - Date.now());
     if (this.#closed) return t.close();
     if (!gone) {
-      this.#device.logger.warn({ pid }, 'client refused: the device already has a client');
+      this.#device.logger.warn({ pid: creds?.pid }, 'client refused: the device already has a client');
       return this.#refuse(t, Errno.EBUSY);
     }
+    this.#client = creds ? { ...creds, since: Date.now() } : undefined;
     this.#startSession(t);
   }
 

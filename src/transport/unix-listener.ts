@@ -31,12 +31,15 @@ export class UnixListener {
   readonly #poller: NativePoller;
   readonly #onConnection: (transport: UnixSocketTransport) => void;
   readonly #transportOptions: UnixSocketTransportOptions;
+  /** Whether close() removes the socket file (not for a socket adopted by {@link UnixListener.fromFd}). */
+  readonly #ownsPath: boolean;
   #closed = false;
   #retryTimer: NodeJS.Timeout | undefined;
 
-  private constructor(path: string, fd: number, options: UnixListenOptions, onConnection: (t: UnixSocketTransport) => void) {
+  private constructor(path: string, fd: number, options: UnixListenOptions, onConnection: (t: UnixSocketTransport) => void, ownsPath = true) {
     this.path = path;
     this.#fd = fd;
+    this.#ownsPath = ownsPath;
     this.#onConnection = onConnection;
     this.#transportOptions = options.transport ?? {};
     this.#poller = new native.Poller(fd, (status) => this.#acceptAll(status));
@@ -50,24 +53,35 @@ export class UnixListener {
    *   ENOENT, ENAMETOOLONG (path over 107 bytes) from `bind`.
    */
   static listen(path: string, options: UnixListenOptions, onConnection: (t: UnixSocketTransport) => void): UnixListener {
-    const fd = callNative(() => native.unixSocket());
-    try {
-      bindPrivate(fd, path, options.mode ?? 0o600, options.replaceStale ?? true);
-      callNative(() => native.listen(fd, options.backlog ?? 16), path);
-    } catch (err) {
-      native.close(fd);
-      throw err;
-    }
-    return new UnixListener(path, fd, options, onConnection);
+    return new UnixListener(path, bindListening(path, options), options, onConnection);
   }
 
-  /** Stops accepting, closes the socket and removes the socket file. Idempotent. */
+  /**
+   * Accepts connections on `fd`, a UNIX stream socket that someone else bound
+   * and put in listening state (e.g. a device host's main thread, for a device
+   * served in a worker thread, where `process.umask()` is unavailable). The
+   * listener owns `fd` (close() closes it) but not the socket file: close()
+   * leaves `path` in place, so clients that connect meanwhile wait in the
+   * backlog for whoever serves the socket next. `path` only names the socket
+   * (logs, {@link UnixListener.path}); `mode`, `backlog` and `replaceStale` are
+   * ignored.
+   * @throws {SystemError} EINVAL if `fd` is a socket but not listening; ENOTSOCK
+   *   (errno 88) if it is not a socket; EBADF if it is not open. `fd` is left
+   *   open when it throws.
+   */
+  static fromFd(fd: number, path: string, options: UnixListenOptions, onConnection: (t: UnixSocketTransport) => void): UnixListener {
+    checkListening(fd, path);
+    return new UnixListener(path, fd, options, onConnection, false);
+  }
+
+  /** Stops accepting, closes the socket and removes the socket file (unless adopted by {@link UnixListener.fromFd}). Idempotent. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#retryTimer);
     this.#poller.close();
     native.close(this.#fd);
+    if (!this.#ownsPath) return;
     try {
       unlinkSync(this.path);
     } catch {
@@ -97,6 +111,37 @@ export class UnixListener {
       if (!this.#closed) this.#poller.start(native.constants.UV_READABLE);
     }, 100);
   }
+}
+
+/**
+ * Creates a UNIX stream socket bound to `path` (mode `options.mode`, default
+ * 0600, with no window where it is wider; a stale socket file replaced unless
+ * `replaceStale` is false) and listening (`backlog`, default 16), without
+ * accepting: for a caller that hands the fd to {@link UnixListener.fromFd},
+ * possibly in another thread. Must run on the main thread (it sets the
+ * process umask for the duration of bind). The caller closes the fd and
+ * removes the socket file.
+ * @returns the listening socket's fd (close-on-exec, non-blocking).
+ * @throws {SystemError} EADDRINUSE if another process serves `path`; EACCES,
+ *   ENOENT, ENAMETOOLONG (path over 107 bytes) from `bind`.
+ */
+export function bindListening(path: string, options: Omit<UnixListenOptions, 'transport'> = {}): number {
+  const fd = callNative(() => native.unixSocket());
+  try {
+    bindPrivate(fd, path, options.mode ?? 0o600, options.replaceStale ?? true);
+    callNative(() => native.listen(fd, options.backlog ?? 16), path);
+  } catch (err) {
+    native.close(fd);
+    throw err;
+  }
+  return fd;
+}
+
+/** Throws unless `fd` is a listening socket. */
+function checkListening(fd: number, path: string): void {
+  const r = native.listening(fd);
+  if (r < 0) throw new SystemError('getsockopt', -r, path);
+  if (r === 0) throw new SystemError('listen', Errno.EINVAL, `${path}: fd ${fd} is not a listening socket`);
 }
 
 function bindPrivate(fd: number, path: string, mode: number, replaceStale: boolean): void {

@@ -1,0 +1,68 @@
+/**
+ * Shared by the cell tests: a temp run dir, a cell of the fixture parent
+ * bound on its own socket, and the process's open fd count.
+ */
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { bindInstanceSocket, InstanceCell, type CellOptions, type InstanceSocket } from '../../src/host/cell.js';
+import type { MdevAttr } from '../../src/host/types.js';
+
+/** URL of the fixture parent module (its compiled .js). */
+export const PARENT_URL = new URL('./fixtures/cells/parent.js', import.meta.url).href;
+
+/** Open fds of this process. */
+export function openFds(): number {
+  return readdirSync('/proc/self/fd').length;
+}
+
+/** Threads of this process. */
+export function threads(): number {
+  return readdirSync('/proc/self/task').length;
+}
+
+/** A 0700 temp run dir, removed by `dispose`. */
+export function runDir(): { dir: string; dispose(): void } {
+  const dir = mkdtempSync(join(tmpdir(), 'vfio-user-cells-'));
+  return { dir, dispose: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+let counter = 0;
+
+/** A fresh lower-case UUID for a test instance. */
+export function testUuid(): string {
+  counter++;
+  return `00000000-0000-4000-8000-${counter.toString(16).padStart(12, '0')}`;
+}
+
+/** A bound socket and the cell serving it; `close` stops the cell (terminates it) and removes the socket. */
+export interface TestCell {
+  cell: InstanceCell;
+  socket: InstanceSocket;
+  close(): Promise<void>;
+}
+
+/** Binds `<dir>/<uuid>.sock` and starts a cell of fixture type `type` on it. */
+export async function startCell(dir: string, type: string, options: CellOptions = {}, attrs: MdevAttr[] = []): Promise<TestCell> {
+  const uuid = testUuid();
+  const socket = bindInstanceSocket(join(dir, `${uuid}.sock`));
+  try {
+    const cell = await InstanceCell.start({ uuid, parent: 'cells', parentModule: PARENT_URL, type, attrs, socket: socket.path, listenFd: socket.fd }, options);
+    return {
+      cell,
+      socket,
+      close: async () => {
+        await cell.terminate();
+        socket.close();
+      },
+    };
+  } catch (error) {
+    socket.close();
+    throw error;
+  }
+}
+
+/** `count` bytes of a u32 read as little-endian. */
+export function u32(bytes: Uint8Array): number {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(0, true);
+}
