@@ -150,9 +150,13 @@ export function execScript(path: string, args: readonly string[], input: string 
       if (open === 0 || timedOut) finish();
       else
         drainTimer = setTimeout(() => {
-          // A descendant still holds the pipes: it goes with the script's group.
-          killGroup(child);
-          finish();
+          // After the poll phase, so an end-of-file already pending (a busy loop) is seen first.
+          setImmediate(() => {
+            if (done) return;
+            // A descendant still holds the pipes: it goes with the script's group.
+            killGroup(child);
+            finish();
+          });
         }, drainMs);
     });
     if (input !== undefined) child.stdin?.end(input);

@@ -13,8 +13,10 @@ import type { CalloutTarget } from '../../src/host/callouts.js';
 export interface ScriptEnv {
   configDir: string;
   log: string;
-  /** Writes `scripts.d/<kind>/<name>` with `body` after a recording line (mode 0755 unless given). */
-  script(kind: 'callouts' | 'notifiers', name: string, body: string, mode?: number): string;
+  /** Writes `scripts.d/<kind>/<name>` with `body` after a recording line unless `record` is false (mode 0755 unless given). */
+  script(kind: 'callouts' | 'notifiers', name: string, body: string, mode?: number, record?: boolean): string;
+  /** A path in the config dir (for pid files). */
+  file(name: string): string;
   /** The log's lines (empty before any script ran). */
   lines(): string[];
   /** The log's lines for one event (`-e EVENT`). */
@@ -40,13 +42,14 @@ export function scriptEnv(dirs = true): ScriptEnv {
   return {
     configDir,
     log,
-    script(kind, name, body, mode = 0o755) {
+    script(kind, name, body, mode = 0o755, record = true) {
       const path = join(configDir, 'scripts.d', kind, name);
-      const record = `in=$(cat)\nprintf '%s %s|%s\\n' "$(basename "$0")" "$*" "$in" >> '${log}'\n`;
-      writeFileSync(path, `#!/bin/sh\n${record}${body}\n`);
+      const line = record ? `in=$(cat)\nprintf '%s %s|%s\\n' "$(basename "$0")" "$*" "$in" >> '${log}'\n` : '';
+      writeFileSync(path, `#!/bin/sh\n${line}${body}\n`);
       chmodSync(path, mode);
       return path;
     },
+    file: (name) => join(configDir, name),
     lines,
     linesOf: (event) => lines().filter((l) => l.includes(` -e ${event} `)),
     dispose: () => rmSync(configDir, { recursive: true, force: true }),
@@ -75,4 +78,37 @@ export function recordingLogger(records: LogRecord[]): Logger {
 /** A `supports` answer to `get capabilities` (printed by a versioned fixture). */
 export function supportsJson(actions: string[], events: string[]): string {
   return JSON.stringify({ supports: { version: 2, actions, events } });
+}
+
+/** Whether process `pid` is gone (or a zombie) within `withinMs` (polled). */
+export async function processGone(pid: number, withinMs = 3000): Promise<boolean> {
+  const deadline = Date.now() + withinMs;
+  for (;;) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    } catch {
+      return true;
+    }
+    // Field 3 (after the parenthesised command name) is the state; Z = zombie, X = dead.
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    if (state === 'Z' || state === 'X') return true;
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** Reads a pid a fixture wrote (waits for it: the file may be written just before the script is killed). */
+export async function readPid(path: string, withinMs = 3000): Promise<number> {
+  const deadline = Date.now() + withinMs;
+  for (;;) {
+    try {
+      const pid = Number.parseInt(readFileSync(path, 'utf8'), 10);
+      if (pid > 0) return pid;
+    } catch {
+      // not written yet
+    }
+    if (Date.now() > deadline) throw new Error(`no pid in ${path}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
 }
