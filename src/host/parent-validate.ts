@@ -46,6 +46,7 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 /** `"text"` quoted and cut, for messages. */
 function show(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value.length > 70 ? `${value.slice(0, 70)}…` : value);
+  if (typeof value === 'function') return 'a function';
   if (value === null || value === undefined || typeof value !== 'object') return String(value);
   return Array.isArray(value) ? `an array of ${value.length}` : 'an object';
 }
