@@ -44,7 +44,11 @@ export function attrNameProblem(name: unknown): string | undefined {
   return sysfsNameProblem(name, 'an attribute name');
 }
 
-/** The attribute's name and value (it is a single-key object). */
+/**
+ * The attribute's name and value (it is a single-key object).
+ *
+ * @throws {InvalidArgumentError} EINVAL: `attr` has no key or several.
+ */
 export function attrEntry(attr: MdevAttr): [string, string] {
   const entries = Object.entries(attr);
   const first = entries[0];

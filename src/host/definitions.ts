@@ -115,6 +115,7 @@ function pidAlive(pid: number): boolean {
 
 /** Persistent definitions under one config directory (see the module comment). */
 export class DefinitionStore {
+  /** The config directory (mdevctl's `/etc/mdevctl.d`): `<configDir>/<parent>/<uuid>`. */
   readonly configDir: string;
   private readonly logger: Logger;
 
@@ -363,6 +364,9 @@ export class DefinitionStore {
   }
 }
 
+/** Refuses invalid UTF-8 as mdevctl's `read_to_string` does (instead of reading U+FFFD into a value). */
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
 /** A definition file's text: opened non-blocking (a FIFO never stalls the host), a regular file, bounded. */
 function readDefinitionFile(path: string): string {
   const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
@@ -372,7 +376,12 @@ function readDefinitionFile(path: string): string {
       throw new InvalidArgumentError(`${path}: ${stat.isDirectory() ? 'a directory' : 'not a regular file'}, not a definition`);
     }
     if (stat.size > MAX_CONFIG_BYTES) throw new InvalidArgumentError(`${path}: larger than ${MAX_CONFIG_BYTES} bytes; not a definition`);
-    return readFileSync(fd, 'utf8');
+    try {
+      return UTF8.decode(readFileSync(fd));
+    } catch (err) {
+      if (err instanceof TypeError) throw new InvalidArgumentError(`${path}: not UTF-8 text, not a definition`);
+      throw err;
+    }
   } finally {
     closeSync(fd);
   }

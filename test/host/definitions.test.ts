@@ -113,6 +113,19 @@ describe('DefinitionStore: mdevctl layout and format', () => {
     assert.equal(store.remove(P1, U1), false);
   });
 
+  it('reads what mdevctl accepts: attrs absent or null, unknown keys ignored, any whitespace', () => {
+    assert.deepEqual(parseMdevConfig('{"mdev_type":"t-a","start":"auto"}', 'f'), { mdev_type: 't-a', start: 'auto', attrs: [] });
+    assert.deepEqual(parseMdevConfig('{"start":"manual","attrs":null,"mdev_type":"t-a"}\n', 'f'), { mdev_type: 't-a', start: 'manual', attrs: [] });
+    const withExtra = parseMdevConfig('{ "comment": 1, "mdev_type": "t-a", "start": "auto", "attrs": [ {"a": ""}, {"a": "2"} ] }', 'f');
+    assert.deepEqual(withExtra, { mdev_type: 't-a', start: 'auto', attrs: [{ a: '' }, { a: '2' }] });
+    assert.equal(formatMdevConfig(withExtra), '{\n  "mdev_type": "t-a",\n  "start": "auto",\n  "attrs": [\n    {\n      "a": ""\n    },\n    {\n      "a": "2"\n    }\n  ]\n}');
+    assert.throws(() => parseMdevConfig('{"mdev_type":"t-a","start":"auto","attrs":[{"a":true}]}', 'my.json'),
+      { code: 'EINVAL', message: 'my.json: attrs[0] "a": the value is boolean true; it must be a string (write "true")' });
+    assert.throws(() => parseMdevConfig('{"mdev_type":"t a","start":"auto"}', 'my.json'), { code: 'EINVAL', message: /^my\.json: "mdev_type" "t a" is invalid/ });
+    assert.throws(() => parseMdevConfig('{"mdev_type":7,"start":"auto"}', 'my.json'), { code: 'EINVAL', message: 'my.json: "mdev_type" is number 7, not a string' });
+    assert.throws(() => parseMdevConfig('x'.repeat((1 << 20) + 1), 'big'), { code: 'EINVAL', message: 'big: larger than 1048576 bytes; not a definition' });
+  });
+
   it('refuses bad parents, UUIDs and configs with EINVAL before touching the disk', () => {
     const dir = tempDir();
     const store = new DefinitionStore(dir);
@@ -156,6 +169,7 @@ describe('DefinitionStore.load: bad entries are reported and skipped', () => {
       '88888888-8888-8888-8888-888888888888': '[]',
     };
     for (const [name, text] of Object.entries(bad)) writeFileSync(p(P1, name), text);
+    writeFileSync(p(P1, '99999999-9999-9999-9999-999999999999'), Buffer.from('{"mdev_type": "x\xff", "start": "auto"}', 'latin1'));
     writeFileSync(p(P1, 'notes.txt'), '{}');
     writeFileSync(p(P1, 'AAAAAAAA-AAAA-AAAA-AAAA-AAAAAAAAAAAA'), fixture('list/device2.json'));
     mkdirSync(p(P1, 'bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb'));
@@ -182,6 +196,7 @@ describe('DefinitionStore.load: bad entries are reported and skipped', () => {
       [p(P1, '66666666-6666-6666-6666-666666666666'), /^attrs\[0\] "a": the value is number 1; it must be a string/],
       [p(P1, '77777777-7777-7777-7777-777777777777'), /^"mdev_type" is missing; skipped$/],
       [p(P1, '88888888-8888-8888-8888-888888888888'), /^the definition is an array, not an object; skipped$/],
+      [p(P1, '99999999-9999-9999-9999-999999999999'), /^not UTF-8 text, not a definition; skipped$/],
       [p(P1, 'notes.txt'), /^file name is not a lower-case UUID \(8-4-4-4-12\); skipped$/],
       [p(P1, 'AAAAAAAA-AAAA-AAAA-AAAA-AAAAAAAAAAAA'), /rename it to aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa; skipped$/],
       [p(P1, 'bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb'), /^a directory where a definition file belongs; skipped$/],
