@@ -8,9 +8,10 @@
  */
 import { VfioUserError } from '../errors.js';
 import { Errno } from '../protocol/errno.js';
-import type { MdevParent, MdevType } from './types.js';
+import type { TypeInfo } from './api.js';
+import { DEVICE_API, type MdevParent, type MdevType } from './types.js';
 
-/** How much of each resource the active instances use, by resource name. */
+/** How much of each resource the active instances use, by resource name (type short name → count; never throws). */
 export function resourceUsage(parent: MdevParent, active: ReadonlyMap<string, number>): Map<string, number> {
   const used = new Map<string, number>(Object.keys(parent.resources ?? {}).map((r) => [r, 0]));
   for (const type of parent.types) {
@@ -65,4 +66,23 @@ export function checkAvailable(parent: MdevParent, typeName: string, active: Rea
   const capacity = parent.resources?.[resource] ?? 0;
   const left = capacity - (used.get(resource) ?? 0);
   throw new VfioUserError(`${id}: no available instances (one needs ${amount} ${resource}; ${Math.max(0, left)} of ${capacity} left with the instances active)`, { errno: Errno.ENOSPC });
+}
+
+/**
+ * What `types` reports for each of `parent`'s types, in declaration order:
+ * id, name (the type's label, else its short name), description (empty when
+ * none), device API, `available_instances` with `active` instances running,
+ * and the attributes it accepts in declaration order. Never throws.
+ */
+export function typeInfos(parent: MdevParent, active: ReadonlyMap<string, number>): TypeInfo[] {
+  const available = availableInstances(parent, active);
+  return parent.types.map((type) => ({
+    parent: parent.name,
+    mdevType: `${parent.name}-${type.name}`,
+    name: type.label ?? type.name,
+    description: type.description ?? '',
+    deviceApi: DEVICE_API,
+    availableInstances: available.get(type.name) ?? 0,
+    attributes: Object.entries(type.attributes ?? {}).map(([name, attribute]) => ({ name, description: attribute.description ?? '' })),
+  }));
 }

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { VfioUserError } from '../../src/errors.js';
-import { availableInstances, checkAvailable, resourceUsage } from '../../src/host/availability.js';
+import { availableInstances, checkAvailable, resourceUsage, typeInfos } from '../../src/host/availability.js';
 import { parent as gpioBank } from '../../src/host/parents/gpio-bank.js';
 import { parent as memoryPool } from '../../src/host/parents/memory-pool.js';
 import { validateParent } from '../../src/host/parent-validate.js';
@@ -136,5 +136,48 @@ describe('checkAvailable', () => {
     const error = refusal(() => checkAvailable(memoryPool, '128M', new Map()));
     assert.equal(error.code, 'ENOENT');
     assert.match(error.message, /memory-pool has no type 128M/);
+  });
+});
+
+describe('typeInfos', () => {
+  it('reports each type as `types` shows it, with availability after the active instances', () => {
+    assert.deepEqual(typeInfos(memoryPool, new Map([['256M', 2]])), [
+      {
+        parent: 'memory-pool',
+        mdevType: 'memory-pool-64M',
+        name: 'memory 64M',
+        description: 'memory device with 64 MiB of shared RAM in BAR0, from the 1024 MiB pool',
+        deviceApi: 'vfio-pci',
+        availableInstances: 8,
+        attributes: [
+          { name: 'fill', description: 'byte pattern (hex, 1-64 bytes) written over all of BAR0' },
+          { name: 'write', description: 'OFFSET:HEX, bytes written at an offset of BAR0' },
+        ],
+      },
+      {
+        parent: 'memory-pool',
+        mdevType: 'memory-pool-256M',
+        name: 'memory 256M',
+        description: 'memory device with 256 MiB of shared RAM in BAR0, from the 1024 MiB pool',
+        deviceApi: 'vfio-pci',
+        availableInstances: 2,
+        attributes: [
+          { name: 'fill', description: 'byte pattern (hex, 1-64 bytes) written over all of BAR0' },
+          { name: 'write', description: 'OFFSET:HEX, bytes written at an offset of BAR0' },
+        ],
+      },
+    ]);
+  });
+
+  it('falls back to the short name and an empty description, and lists no attributes when there are none', () => {
+    assert.deepEqual(typeInfos(mixed, new Map()).find((t) => t.mdevType === 'mixed-eng'), {
+      parent: 'mixed',
+      mdevType: 'mixed-eng',
+      name: 'eng',
+      description: '',
+      deviceApi: 'vfio-pci',
+      availableInstances: 2,
+      attributes: [],
+    });
   });
 });
