@@ -62,7 +62,7 @@ export async function loadParent(spec: string, options: LoadParentOptions = {}):
   const moduleUrl = builtinUrl ?? resolveModuleSpec(spec, cwd, words);
   const builtin = Object.values(BUILTIN_PARENTS).includes(moduleUrl);
   const namespace = await importModuleSpec(spec, moduleUrl, cwd, words);
-  const parent = validateParent(parentExport(spec, namespace), spec);
+  const parent = validated(spec, parentExport(spec, namespace));
   if (builtinUrl !== undefined && parent.name !== spec) {
     throw new VfioUserError(`built-in parent ${spec}: its module declares the name ${parent.name}`, { errno: Errno.EINVAL });
   }
@@ -77,6 +77,16 @@ function wording(spec: string): ModuleSpecWording {
     typescriptAdvice: 'compile it (tsc) and load the .js, or use a Node that strips types (22.18+ and 23.6+ by default, 22.6+ with --experimental-strip-types)',
     error: (message, errno, cause) => new VfioUserError(message, cause === undefined ? { errno } : { errno, cause }),
   };
+}
+
+/** {@link validateParent}, with a throwing getter of the module's object reported as EINVAL too. */
+function validated(spec: string, value: unknown): MdevParent {
+  try {
+    return validateParent(value, spec);
+  } catch (error) {
+    if (error instanceof VfioUserError) throw error;
+    throw new VfioUserError(`parent ${spec}: reading it threw: ${(error instanceof Error ? error.message : String(error)).split('\n')[0]}`, { errno: Errno.EINVAL, cause: error });
+  }
 }
 
 /** The module's parent export. @throws {VfioUserError} EINVAL when it has neither a default export nor `parent`. */

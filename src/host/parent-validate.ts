@@ -147,7 +147,8 @@ export function validateParent(value: unknown, where: string): MdevParent {
   const resources = checkResources(where, value.resources);
   if (!Array.isArray(value.types) || value.types.length === 0) throw invalid(where, `${name} offers no types (types is ${show(value.types)}); expected a non-empty array`);
   const seen = new Set<string>();
-  value.types.forEach((type: unknown, index: number) => checkType(where, index, type, resources, seen));
+  const types: unknown[] = value.types;
+  for (let index = 0; index < types.length; index++) checkType(where, index, types[index], resources, seen); // holes included
   return value as unknown as MdevParent;
 }
 

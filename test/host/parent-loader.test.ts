@@ -116,6 +116,10 @@ describe('loadParent: user modules', () => {
     await refused(loadParent('./unknown-resource.js', { cwd: FIXTURES }), 'EINVAL', /^parent \.\/unknown-resource\.js: type "x" cost names an unknown resource "vram" \(resources: memory\)$/);
   });
 
+  it('refuses a parent whose properties throw when read (EINVAL)', async () => {
+    await refused(loadParent('./throwing-getter.js', { cwd: FIXTURES }), 'EINVAL', /^parent \.\/throwing-getter\.js: reading it threw: types are not ready$/);
+  });
+
   it('refuses a module with a syntax error (EINVAL)', async () => {
     await withTempFile('broken.mjs', 'export default {', async (_dir, file) => {
       await refused(loadParent(file), 'EINVAL', /cannot load parent .*broken\.mjs: SyntaxError/);

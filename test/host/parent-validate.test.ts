@@ -84,6 +84,10 @@ describe('validateParent', () => {
 
   it('refuses bad type names and duplicates', () => {
     refuses(parentWith((p) => (p.types = [null])), /types\[0\] is null; expected an object with name and create/);
+    refuses(
+      parentWith((p, t) => (p.types = [t, , t])), // eslint-disable-line no-sparse-arrays
+      /types\[1\] is undefined; expected an object/,
+    );
     for (const name of ['', 'a b', 'a/b', 'x'.repeat(65), 7]) {
       refuses(
         parentWith((_p, t) => (t.name = name)),
