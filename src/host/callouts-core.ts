@@ -65,6 +65,8 @@ export interface CalloutOptions extends ExecOptions {
   notifierDirs?: readonly string[];
   /** Notifiers run at once, at most (default 4). */
   notifierConcurrency?: number;
+  /** Each notifier's timeout (default: `timeoutMs`). */
+  notifierTimeoutMs?: number;
 }
 
 /** `<configDir>/scripts.d/callouts` and `…/notifiers`. */
@@ -97,6 +99,7 @@ export function scriptName(path: string): string {
 /** How a script run ended, for messages: `exit 1`, `killed by SIGSEGV`, `timed out after 10000 ms`. */
 export function describeEnd(run: ScriptRun, options: ExecOptions): string {
   if (run.timedOut) return `timed out after ${options.timeoutMs ?? DEFAULT_SCRIPT_TIMEOUT_MS} ms`;
+  if (run.aborted) return 'aborted';
   if (run.spawnError) return `could not run: ${run.spawnError.code ?? run.spawnError.message}`;
   if (run.signal) return `killed by ${run.signal}`;
   return `exit ${run.exitCode}`;
@@ -163,14 +166,16 @@ export function supportsEventAction(script: VersionedScript, event: string, acti
  * Finds the versioned script for `target`'s type, as mdevctl's `find_versioned_script`: every
  * callout script in order gets `-e get -a capabilities -s none` and `{"provides":…}` on stdin;
  * the first that does not exit 2 (nor dies by a signal, nor times out, nor fails to start) and
- * prints a valid `{"supports":…}` is it — whatever its exit code. Null when none is. Never rejects.
+ * prints a valid `{"supports":…}` is it — whatever its exit code. Null when none is.
+ * @throws VfioUserError EINVAL for bad options (nothing else: script failures only skip the script).
  */
 export async function findVersionedScript(target: CalloutTarget, options: CalloutOptions = {}): Promise<VersionedScript | null> {
+  checkOptions(options);
   const input = JSON.stringify({ provides: PROVIDED_VERSION });
   const args = calloutArgs(target, CalloutEvent.GET, CalloutAction.CAPABILITIES, CalloutState.NONE);
   for (const path of await calloutScripts(target, options)) {
     const run = await execScript(path, args, input, options);
-    if (run.spawnError || run.timedOut || run.signal !== null || run.exitCode === 2) {
+    if (run.spawnError || run.timedOut || run.aborted || run.signal !== null || run.exitCode === 2) {
       options.logger?.debug({ script: path, end: describeEnd(run, options) }, 'capabilities probe: skipped');
       continue;
     }
@@ -184,6 +189,22 @@ export async function findVersionedScript(target: CalloutTarget, options: Callou
 
 function invalid(message: string): VfioUserError {
   return new VfioUserError(message, { errno: Errno.EINVAL });
+}
+
+const POSITIVE_OPTIONS = ['timeoutMs', 'notifierTimeoutMs', 'maxOutputBytes', 'notifierConcurrency'] as const;
+
+/**
+ * Checks the numeric options: timeouts, output bound and concurrency positive integers, `drainMs` a
+ * non-negative integer (when given).
+ * @throws VfioUserError EINVAL naming the option.
+ */
+export function checkOptions(options: CalloutOptions): void {
+  for (const name of POSITIVE_OPTIONS) {
+    const value = options[name];
+    if (value !== undefined && (!Number.isSafeInteger(value) || value <= 0)) throw invalid(`callout option ${name} must be a positive integer, not ${value}`);
+  }
+  const drain = options.drainMs;
+  if (drain !== undefined && (!Number.isSafeInteger(drain) || drain < 0)) throw invalid(`callout option drainMs must be a non-negative integer, not ${drain}`);
 }
 
 /**
@@ -216,7 +237,7 @@ export function parseAttributesOutput(stdout: Buffer, script: string): MdevAttr[
 
 function attributesFailure(run: ScriptRun, options: ExecOptions): VfioUserError {
   const line = firstLine(run.stderr);
-  const errno = run.timedOut ? Errno.ETIMEDOUT : Errno.EIO;
+  const errno = run.timedOut ? Errno.ETIMEDOUT : run.aborted ? Errno.ECANCELED : Errno.EIO;
   return new VfioUserError(`get attributes: callout ${scriptName(run.path)} failed (${describeEnd(run, options)})${line ? `: ${line}` : ''}`, { errno });
 }
 
@@ -227,9 +248,11 @@ function attributesFailure(run: ScriptRun, options: ExecOptions): VfioUserError 
  * Resolves undefined when no script handles the type (or it printed nothing).
  * @throws VfioUserError ENOTSUP (the versioned script does not support `get attributes`),
  *   EIO (the script failed: exit code not 0, killed by a signal, could not start),
- *   ETIMEDOUT (killed at the timeout), EINVAL (its output is not an attribute array).
+ *   ETIMEDOUT (killed at the timeout), ECANCELED (`options.signal` aborted),
+ *   EINVAL (its output is not an attribute array, or bad options).
  */
 export async function getAttributes(target: CalloutTarget, options: CalloutOptions = {}): Promise<MdevAttr[] | undefined> {
+  checkOptions(options);
   const versioned = options.versioned !== undefined ? options.versioned : await findVersionedScript(target, options);
   const args = calloutArgs(target, CalloutEvent.GET, CalloutAction.ATTRIBUTES, CalloutState.NONE);
   if (versioned) {
@@ -241,7 +264,7 @@ export async function getAttributes(target: CalloutTarget, options: CalloutOptio
   }
   for (const path of await calloutScripts(target, options)) {
     const run = await execScript(path, args, undefined, options);
-    if (run.timedOut) throw attributesFailure(run, options);
+    if (run.timedOut || run.aborted) throw attributesFailure(run, options);
     if (run.spawnError || run.signal !== null || run.exitCode === 2) continue;
     if (run.exitCode !== 0) throw attributesFailure(run, options);
     return parseAttributesOutput(run.stdout, scriptName(path));

@@ -30,9 +30,11 @@ export interface ExecOptions {
   drainMs?: number;
   /** The script's environment (default: the host's). */
   env?: NodeJS.ProcessEnv;
+  /** Aborting it kills the running script's process group at once (host shutdown); a script not yet started is not started. */
+  signal?: AbortSignal;
 }
 
-/** What running one script gave. Exactly one of `spawnError`, `timedOut`, `signal`, `exitCode` tells how it ended. */
+/** What running one script gave. Exactly one of `spawnError`, `aborted`, `timedOut`, `signal`, `exitCode` tells how it ended. */
 export interface ScriptRun {
   /** The script's path. */
   path: string;
@@ -42,6 +44,8 @@ export interface ScriptRun {
   signal: NodeJS.Signals | null;
   /** Whether it was killed for running past the timeout. */
   timedOut: boolean;
+  /** Whether it was killed (or not started) because `options.signal` was aborted. */
+  aborted: boolean;
   /** Why it could not be started (EACCES, ENOENT, ENOEXEC…), if so. */
   spawnError?: NodeJS.ErrnoException;
   /** The first `maxOutputBytes` of stdout. */
@@ -95,14 +99,18 @@ export function execScript(path: string, args: readonly string[], input: string 
   const err = new BoundedSink(options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES);
   return new Promise((resolve) => {
     let child: ChildProcess;
-    const base = { path, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), truncated: false, exitCode: null, signal: null, timedOut: false };
+    const base = { path, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), truncated: false, exitCode: null, signal: null, timedOut: false, aborted: false };
+    if (options.signal?.aborted) {
+      resolve({ ...base, aborted: true });
+      return;
+    }
     try {
       child = spawn(path, [...args], { stdio: ['pipe', 'pipe', 'pipe'], detached: true, env: options.env ?? process.env });
     } catch (e) {
       resolve({ ...base, spawnError: e as NodeJS.ErrnoException });
       return;
     }
-    let timedOut = false;
+    let killed: 'timeout' | 'abort' | undefined;
     let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
     let open = 2;
     let done = false;
@@ -112,26 +120,32 @@ export function execScript(path: string, args: readonly string[], input: string 
       done = true;
       clearTimeout(killTimer);
       clearTimeout(drainTimer);
+      options.signal?.removeEventListener('abort', onAbort);
       child.stdout?.destroy();
       child.stderr?.destroy();
       child.stdin?.destroy();
       const run: ScriptRun = {
         path,
-        exitCode: timedOut || spawnError ? null : (exit?.code ?? null),
-        signal: timedOut || spawnError ? null : (exit?.signal ?? null),
-        timedOut,
+        exitCode: killed || spawnError ? null : (exit?.code ?? null),
+        signal: killed || spawnError ? null : (exit?.signal ?? null),
+        timedOut: killed === 'timeout',
+        aborted: killed === 'abort',
         stdout: out.buffer(),
         stderr: err.buffer(),
         truncated: out.overflowed || err.overflowed,
       };
       resolve(spawnError ? { ...run, spawnError } : run);
     };
-    const killTimer = setTimeout(() => {
-      timedOut = true;
+    const kill = (why: 'timeout' | 'abort'): void => {
+      if (done || killed) return;
+      killed = why;
       killGroup(child);
       // The exit event follows; descendants that left the group may still hold the pipes.
       if (exit) finish();
-    }, timeoutMs);
+    };
+    const killTimer = setTimeout(() => kill('timeout'), timeoutMs);
+    const onAbort = (): void => kill('abort');
+    options.signal?.addEventListener('abort', onAbort, { once: true });
     const streamClosed = (): void => {
       open -= 1;
       if (open === 0 && exit) finish();
@@ -147,7 +161,7 @@ export function execScript(path: string, args: readonly string[], input: string 
     child.on('error', (e: NodeJS.ErrnoException) => finish(e));
     child.on('exit', (code, signal) => {
       exit = { code, signal };
-      if (open === 0 || timedOut) finish();
+      if (open === 0 || killed) finish();
       else
         drainTimer = setTimeout(() => {
           // After the poll phase, so an end-of-file already pending (a busy loop) is seen first.

@@ -52,6 +52,7 @@ import {
   calloutArgs,
   calloutInput,
   calloutScripts,
+  checkOptions,
   describeEnd,
   findVersionedScript,
   scriptDirs,
@@ -151,24 +152,31 @@ async function runVersioned(request: CalloutRequest, script: VersionedScript, in
 
 /**
  * Runs the pre, post or live callout of one operation, as mdevctl does (see the module
- * comment). Never throws and never rejects: a pre/live failure comes back `vetoed` (the caller
+ * comment). Script failures never reject: a pre/live failure comes back `vetoed` (the caller
  * turns it into ECANCELED, e.g. with {@link vetoError}); a post failure is only reported. A
- * script past its timeout is killed and counts as a failure. No scripts directory, or no script
- * for the type: `outcome: 'none'`.
+ * script past its timeout (or killed by `options.signal`) counts as a failure. No scripts
+ * directory, or no script for the type: `outcome: 'none'`. A live callout without a versioned
+ * script fails, as in mdevctl.
+ * @throws VfioUserError EINVAL for bad options (only).
  */
 export async function runCallouts(request: CalloutRequest, options: CalloutOptions = {}): Promise<CalloutResult> {
   const state = request.state ?? CalloutState.NONE;
   const input = calloutInput(request.config);
   const logger = options.logger;
+  checkOptions(options);
   const versioned = options.versioned !== undefined ? options.versioned : await findVersionedScript(request, options);
   if (versioned) return runVersioned(request, versioned, input, state, options);
+  if (request.event === CalloutEvent.LIVE) {
+    // mdevctl: live modify is only supported through a versioned script.
+    return { outcome: 'failed', vetoed: true, reason: `${request.action} vetoed: no callout script with version support found that supports live modify` };
+  }
   for (const path of await calloutScripts(request, options)) {
     const run = await execScript(path, calloutArgs(request, request.event, request.action, state), input, options);
     if (run.spawnError) {
       logger?.debug({ script: path, code: run.spawnError.code }, 'callout script could not run, skipped');
       continue;
     }
-    if (run.timedOut) {
+    if (run.timedOut || run.aborted) {
       logStderr(logger, run);
       return failedResult(request, run, options);
     }
@@ -197,10 +205,13 @@ export function vetoError(result: CalloutResult): VfioUserError {
 /**
  * Runs every notifier (`-e notify -a ACTION -s STATE`, stdin closed) — all of them, whatever
  * their return codes, at most `notifierConcurrency` at a time, each bounded by the timeout.
- * Never rejects; resolves with what each gave (for logs and tests).
+ * Resolves with what each gave (for logs and tests), in name order.
+ * @throws VfioUserError EINVAL for bad options (only).
  */
 export async function runNotifiers(request: NotifyRequest, options: CalloutOptions = {}): Promise<NotifierRun[]> {
+  checkOptions(options);
   const dirs = options.notifierDirs ?? [scriptDirs(request.configDir).notifiers];
+  const execOptions = { ...options, timeoutMs: options.notifierTimeoutMs ?? options.timeoutMs };
   const scripts = (await Promise.all(dirs.map((d) => listScripts(d, options.logger)))).flat();
   const args = calloutArgs(request, CalloutEvent.NOTIFY, request.action, request.state);
   const results: NotifierRun[] = new Array<NotifierRun>(scripts.length);
@@ -209,7 +220,7 @@ export async function runNotifiers(request: NotifyRequest, options: CalloutOptio
     while (next < scripts.length) {
       const index = next++;
       const path = scripts[index] as string;
-      const run = await execScript(path, args, undefined, options);
+      const run = await execScript(path, args, undefined, execOptions);
       if (run.exitCode !== 0) options.logger?.debug({ script: path, exitCode: run.exitCode, signal: run.signal, timedOut: run.timedOut, code: run.spawnError?.code }, 'notifier script failed (ignored)');
       results[index] = { script: scriptName(path), exitCode: run.exitCode, timedOut: run.timedOut };
     }
@@ -230,8 +241,11 @@ export interface InvokeOptions extends CalloutOptions {
  * (a veto → notifiers with state `none`, then rejects with ECANCELED, the action not run), the
  * action, post callout with its outcome, notifiers. Resolves with the action's result or rejects
  * with the action's own error (after post and notify ran).
+ * @throws VfioUserError ECANCELED (the pre callout vetoed: `start vetoed by callout NAME (exit 1):
+ *   <stderr line>`), EINVAL (bad options); otherwise whatever `action` threw.
  */
 export async function invokeWithCallouts<T>(target: CalloutTarget & { action: OperationAction }, action: (versioned: VersionedScript | null) => Promise<T>, options: InvokeOptions = {}): Promise<T> {
+  checkOptions(options);
   const versioned = options.versioned !== undefined ? options.versioned : await findVersionedScript(target, options);
   const scoped = { ...options, versioned };
   const pre = await runCallouts({ ...target, event: CalloutEvent.PRE, state: CalloutState.NONE }, scoped);

@@ -8,6 +8,7 @@ import { describe, it, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { VfioUserError } from '../../src/errors.js';
 import { execScript } from '../../src/host/callouts-exec.js';
 import { runCallouts, runNotifiers } from '../../src/host/callouts.js';
 import { processGone, readPid, recordingLogger, scriptEnv, target, type LogRecord, type ScriptEnv } from './callouts-support.js';
@@ -122,10 +123,36 @@ describe('callouts: hostile scripts', () => {
     env = scriptEnv();
     env.script('notifiers', 'a-sleeper', 'exec sleep 30');
     env.script('notifiers', 'b-quick', 'exit 0');
-    const runs = await runNotifiers({ ...target(env), action: 'stop', state: 'success' }, { timeoutMs: 1000, notifierConcurrency: 1 });
+    const runs = await runNotifiers({ ...target(env), action: 'stop', state: 'success' }, { timeoutMs: 60_000, notifierTimeoutMs: 1000, notifierConcurrency: 1 });
     assert.deepEqual(runs, [
       { script: 'a-sleeper', exitCode: null, timedOut: true },
       { script: 'b-quick', exitCode: 0, timedOut: false },
     ]);
   });
+
+  it('aborting the signal (host shutdown) kills a running script at once; a pre then vetoes', async () => {
+    env = scriptEnv();
+    const pidFile = env.file('aborted.pid');
+    env.script('callouts', 'long', `[ "$4" = pre ] || exit 0\necho $$ > '${pidFile}'\nexec sleep 30`);
+    const controller = new AbortController();
+    const pending = runCallouts({ ...target(env), event: 'pre', action: 'stop' }, { timeoutMs: 60_000, signal: controller.signal });
+    const pid = await readPid(pidFile);
+    controller.abort();
+    const result = await pending;
+    assert.equal(result.vetoed, true);
+    assert.equal(result.reason, 'stop vetoed by callout long (aborted)');
+    assert.equal(await processGone(pid), true);
+    const after = await execScript(join(env.configDir, 'scripts.d', 'callouts', 'long'), [], undefined, { signal: controller.signal });
+    assert.equal(after.aborted, true, 'not started once aborted');
+  });
+
+  it('bad options are EINVAL before anything runs', async () => {
+    env = scriptEnv();
+    env.script('callouts', 'x', 'exit 0');
+    for (const options of [{ timeoutMs: 0 }, { timeoutMs: Number.NaN }, { maxOutputBytes: -1 }, { drainMs: 1.5 }, { notifierConcurrency: 0 }]) {
+      await assert.rejects(runCallouts({ ...target(env), event: 'pre', action: 'start' }, options), (e: unknown) => e instanceof VfioUserError && e.code === 'EINVAL', JSON.stringify(options));
+    }
+    assert.deepEqual(env.lines(), []);
+  });
 });
+

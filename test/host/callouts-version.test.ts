@@ -90,6 +90,15 @@ describe('versioned callout scripts', () => {
     assert.equal(live.reason, "modify vetoed by callout ver: does not support event 'live'");
   });
 
+  it('live without a versioned script fails, whatever the unversioned scripts say', async () => {
+    env = scriptEnv();
+    env.script('callouts', 'rc0', 'exit 0');
+    const live = await runCallouts({ ...target(env), event: 'live', action: 'modify' }, FAST);
+    assert.equal(live.vetoed, true);
+    assert.equal(live.reason, 'modify vetoed: no callout script with version support found that supports live modify');
+    assert.deepEqual(env.linesOf('live'), []);
+  });
+
   it('for the versioned script, exit 2 on pre is a failure, not "next script"', async () => {
     env = scriptEnv();
     versioned(env, 'a-ver', supportsJson(ALL_ACTIONS, ALL_EVENTS), { pre: 'exit 2' });
