@@ -37,10 +37,15 @@
  * and in `define` of a running device by UUID alone (inside the action, between pre and post).
  * `modify --live` runs a `live` callout (versioned scripts only) before the sequence above.
  *
- * Where this host differs from mdevctl, to stay safe against broken scripts: each script has a
- * timeout (default 10 s) after which its process group is killed, which counts as a failure for
- * pre/post/live (a veto for pre) and as "skipped" when probing capabilities; output is captured up
- * to 64 KiB per stream; non-UTF-8 output is decoded with replacement characters.
+ * Where this host differs from mdevctl, to stay safe against broken scripts: each script runs in
+ * its own process group with a timeout (default 10 s) after which the group is killed with
+ * SIGKILL — a failure for pre/post/live (a veto for pre), "skipped" when probing capabilities — and
+ * `options.signal` (host shutdown) kills it the same way; a child still holding the script's
+ * pipes after it exited is killed after `drainMs` (mdevctl would wait forever); output is kept up
+ * to 64 KiB per stream (the rest read and discarded); non-UTF-8 output is decoded with replacement
+ * characters (mdevctl panics on a non-UTF-8 capabilities answer); notifiers run up to 4 at a time
+ * in name order (mdevctl: one at a time in directory order); scripts are found afresh for every
+ * operation (mdevctl caches the versioned script per command, which is one operation).
  */
 import { Errno } from '../protocol/errno.js';
 import { VfioUserError } from '../errors.js';
