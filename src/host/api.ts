@@ -51,6 +51,8 @@ export interface DefineRequest {
   attrs?: MdevAttr[];
   /** A config as mdevctl's `--jsonfile` holds it; conflicts with mdevType/attrs given beside it are EINVAL. */
   config?: MdevConfig;
+  /** mdevctl's `--force`: a vetoing pre-callout is logged and the action goes on. */
+  force?: boolean;
 }
 
 /** `start`: a defined instance (uuid [+ parent]) or a transient one (parent + type or config, uuid optional). */
@@ -59,6 +61,7 @@ export type StartRequest = DefineRequest;
 /** `stop`: refused with EBUSY while a client is connected unless `force`. */
 export interface StopRequest {
   uuid: string;
+  /** Stop even while a client is connected (its session is closed, the device reset), and despite a vetoing pre-callout (mdevctl's `--force`). */
   force?: boolean;
 }
 
@@ -66,6 +69,8 @@ export interface StopRequest {
 export interface UndefineRequest {
   uuid: string;
   parent?: string;
+  /** mdevctl's `--force`: a vetoing pre-callout is logged and the action goes on. */
+  force?: boolean;
 }
 
 /** `modify`: changes a definition (applied at the next start). */
@@ -80,6 +85,8 @@ export interface ModifyRequest {
   delAttr?: { index?: number };
   /** `--jsonfile`: replaces type, start and attrs. */
   config?: MdevConfig;
+  /** mdevctl's `--force`: a vetoing pre-callout is logged and the action goes on. */
+  force?: boolean;
 }
 
 /** What `status` reports about the host itself. */
