@@ -5,7 +5,7 @@
  *   --json         print one JSON document instead of tables
  *   --quick        fewer iterations (for a smoke run)
  *   --only NAMES   only these sections (comma separated: transport, codec,
- *                  server, client, migration, orchestrator, qemu)
+ *                  server, client, migration, orchestrator, qemu, host)
  *   --help         this text
  * LIBVFIO_USER_BUILD=DIR adds libvfio-user's samples/gpio-pci-idio-16 (built
  * in DIR) to the server section, measured against the same C client, and to
@@ -25,6 +25,7 @@ import { runClientBench, type ClientResult } from './client.js';
 import { runMigrationBench, type MigrationResult } from './migration.js';
 import { runOrchestratorBench, type OrchestratorResult } from './orchestrator.js';
 import { runQemuBench, type QemuResult } from './qemu.js';
+import { runHostBench, type HostResult } from './host.js';
 
 interface Report {
   pinnedCpu: string | null;
@@ -35,9 +36,10 @@ interface Report {
   migration?: MigrationResult;
   orchestrator?: OrchestratorResult;
   qemu?: QemuResult;
+  host?: HostResult;
 }
 
-const SECTIONS = ['transport', 'codec', 'server', 'client', 'migration', 'orchestrator', 'qemu'] as const;
+const SECTIONS = ['transport', 'codec', 'server', 'client', 'migration', 'orchestrator', 'qemu', 'host'] as const;
 type Section = (typeof SECTIONS)[number];
 
 function sections(): Set<Section> {
@@ -87,7 +89,7 @@ async function main(): Promise<void> {
   try {
     const pin = hasTaskset() ? ['taskset', '-c', '0'] : [];
     const report: Report = { pinnedCpu: pin.length ? '0' : null };
-    const needsEcho = only.has('transport') || only.has('server') || only.has('migration');
+    const needsEcho = only.has('transport') || only.has('server') || only.has('migration') || only.has('host');
     const echo = needsEcho ? buildC(dir) : '';
     if (only.has('transport')) report.transport = await runTransportBench({ dir, echo, pin, iterations: quick ? 20_000 : 200_000, log: !json });
     if (only.has('codec')) report.codec = runCodecBench({ seconds: quick ? 0.3 : 1, log: !json });
@@ -104,6 +106,7 @@ async function main(): Promise<void> {
       if (qemu) report.qemu = runQemuBench({ pin, qemu, iterations: quick ? 1000 : 5000, rounds: quick ? 2 : 4, log: !json, ...libvfioUserGpio() });
       else if (!json) console.log('\nQEMU: skipped (VFIO_USER_QEMU is not set)');
     }
+    if (only.has('host')) report.host = await runHostBench({ dir, echo, pin, instances: quick ? 100 : 1000, iterations: quick ? 20_000 : 100_000, log: !json });
     if (json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
