@@ -52,5 +52,6 @@ export type CellReply = { ok: true; status?: CellStatus } | { ok: false; errno: 
 /** Worker → main. */
 export type CellToMain =
   | { type: 'ready' }
+  | { type: 'client'; client?: InstanceClient }
   | { type: 'failed'; errno: number; message: string }
   | { type: 'reply'; id: number; reply: CellReply };

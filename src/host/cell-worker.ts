@@ -43,7 +43,7 @@ function startHeartbeat(beats: Int32Array, everyMs: number): void {
 }
 
 /** Builds the device and serves it on a dup of the host's listening fd. */
-async function serve(data: CellWorkerData): Promise<Served> {
+async function serve(port: MessagePort, data: CellWorkerData): Promise<Served> {
   const { spec } = data;
   const { parent } = await loadParent(spec.parentModule);
   const built = await buildInstance(parent, spec.type, { uuid: spec.uuid, parent: spec.parent, type: spec.type, socket: spec.socket }, spec.attrs);
@@ -53,6 +53,7 @@ async function serve(data: CellWorkerData): Promise<Served> {
     const server = built.device.serve({
       path: spec.socket,
       listenFd: fd,
+      onClient: (client) => post(port, client ? { type: 'client', client: { pid: client.pid, uid: client.uid, gid: client.gid, since: client.since } } : { type: 'client' }),
       ...(data.allowedUids === undefined ? {} : { allowedUids: data.allowedUids }),
     });
     return { built, server };
@@ -99,7 +100,7 @@ async function main(port: MessagePort, data: CellWorkerData): Promise<void> {
   startHeartbeat(new Int32Array(data.heartbeat), data.heartbeatMs);
   let served: Served;
   try {
-    served = await serve(data);
+    served = await serve(port, data);
   } catch (error) {
     return post(port, { type: 'failed', errno: errnoOf(error), message: messageOf(error) });
   }

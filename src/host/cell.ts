@@ -26,6 +26,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { native } from '../native/addon.js';
 import { bindListening } from '../transport/unix-listener.js';
 import type { CellReply, CellRequest, CellSpec, CellStatus, CellToMain, CellWorkerData } from './cell-protocol.js';
+import type { InstanceClient } from './types.js';
 
 export type { CellSpec, CellStatus } from './cell-protocol.js';
 
@@ -56,6 +57,8 @@ export interface CellOptions {
 export interface CellEvents {
   /** The worker died unexpectedly (threw, stalled past the watchdog, ran out of memory): one line why. */
   exit: [reason: string];
+  /** A client's session started (its credentials), or ended and the device was reset (`undefined`). */
+  client: [client: InstanceClient | undefined];
 }
 
 /** What a worker's death is reported as. */
@@ -207,6 +210,8 @@ export class InstanceCell extends EventEmitter<CellEvents> {
     if (m.type === 'ready') {
       this.#ready = true;
       this.#readyWaiter?.resolve();
+    } else if (m.type === 'client') {
+      this.emit('client', m.client);
     } else if (m.type === 'failed') {
       this.#readyWaiter?.reject(new VfioUserError(m.message, { errno: m.errno }));
     } else {

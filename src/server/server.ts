@@ -54,6 +54,11 @@ export interface ServeOptions {
    * reconnects right after closing is served, not refused (default 500 ms).
    */
   busyGraceMs?: number;
+  /**
+   * Called with the client when a session starts, and with `undefined` once it
+   * has ended and the device has been cleaned up. Must not throw (a throw is logged).
+   */
+  onClient?: (client: SessionClient | undefined) => void;
 }
 
 /** The client of a {@link DeviceServer}: its peer credentials and when its session started. */
@@ -167,6 +172,15 @@ export class DeviceServer {
     }
     this.#client = creds ? { ...creds, since: Date.now() } : undefined;
     this.#startSession(t);
+    this.#notifyClient(this.#client);
+  }
+
+  #notifyClient(client: SessionClient | undefined): void {
+    try {
+      this.#options.onClient?.(client);
+    } catch (err) {
+      this.#device.logger.error({ err }, 'onClient callback failed');
+    }
   }
 
   /** Resolves true once no session is active and cleanup is done, false if one is still active after `graceMs`. */
@@ -196,6 +210,7 @@ export class DeviceServer {
     this.#cleanup = session.closed.then((error) => {
       if (this.#session === session) this.#session = undefined;
       this.#device.logger.info({ err: error }, 'client disconnected');
+      this.#notifyClient(undefined);
     });
   }
 

@@ -4,6 +4,7 @@ import { after, before, describe, it } from 'node:test';
 import { VfioUserClient } from '../../src/client/client.js';
 import { VfioUserError } from '../../src/errors.js';
 import { Errno } from '../../src/protocol/errno.js';
+import type { InstanceClient } from '../../src/host/types.js';
 import { openFds, runDir, startCell, threads, u32 } from './cell-support.js';
 
 const BAR0 = 0;
@@ -25,6 +26,8 @@ describe('instance cell', () => {
   it('serves the device in a worker: REGION_READ/REGION_WRITE, attribute applied', async () => {
     const t = await startCell(run.dir, 'echo', {}, [{ value: '1234' }]);
     assert.equal(statSync(t.socket.path).mode & 0o777, 0o600);
+    const events: (InstanceClient | undefined)[] = [];
+    t.cell.on('client', (c) => events.push(c));
     const client = await VfioUserClient.connect(t.socket.path);
     try {
       assert.equal(u32(await client.regionRead(BAR0, 0n, 4)), 1234);
@@ -38,6 +41,11 @@ describe('instance cell', () => {
     } finally {
       client.close();
     }
+    await new Promise<void>((resolve) => t.cell.once('client', () => resolve())); // the session's end
+    assert.deepEqual(
+      events.map((c) => c?.pid),
+      [process.pid, undefined],
+    );
     await t.close();
     assert.equal(existsSync(t.socket.path), false);
   });

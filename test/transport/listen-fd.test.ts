@@ -89,7 +89,8 @@ describe('ServeOptions.listenFd', () => {
     const path = join(dir, 'device.sock');
     const fd = bindListening(path);
     const device = createDevice(testDeviceDefinition());
-    const server = device.serve({ path, listenFd: native.dup(fd) });
+    const seen: (number | undefined)[] = [];
+    const server = device.serve({ path, listenFd: native.dup(fd), onClient: (c) => seen.push(c?.pid) });
     const clientOf = (): SessionClient | undefined => server.client; // not narrowed by the assertions below
     assert.equal(clientOf(), undefined);
     const before = Date.now();
@@ -101,6 +102,7 @@ describe('ServeOptions.listenFd', () => {
     client.close();
     await server.idle();
     assert.equal(clientOf(), undefined);
+    assert.deepEqual(seen, [process.pid, undefined]); // session start, then its end after cleanup
     await server.close();
     assert.equal(existsSync(path), true);
     device.dispose();
