@@ -1,0 +1,360 @@
+/**
+ * The device host: many mediated-device instances in one service. It loads
+ * parents (built-in ones and `--parent` modules), reads the persistent
+ * definitions, starts every `auto` one, and serves each instance in its own
+ * cell (worker) on `<runDir>/<uuid>.sock`, controlled through
+ * `<runDir>/control.sock` (control.ts). It implements {@link HostApi}.
+ *
+ * Every operation validates the whole request before any side effect
+ * (host-requests.ts, host-definitions.ts) and runs inside mdevctl's callout
+ * sequence; operations on one UUID run one at a time (two concurrent starts
+ * of one UUID: one wins, the other fails EEXIST). A UUID may be defined under
+ * several parents but run only once.
+ *
+ * Structured logs (one JSON line per event with `VFIO_USER_LOG` or an
+ * injected logger; `event` names it): `host-started`, `host-stopped`,
+ * `instance-started`, `instance-stopped`, `instance-failed`,
+ * `instance-restarted`, `instance-restart-failed`, `instance-restart-abandoned`,
+ * `client-connected`, `client-disconnected`, `autostart-failed`, `callout-vetoed`,
+ * `definition-*`, and the store's definition problems.
+ */
+import { VfioUserError } from '../errors.js';
+import { Errno } from '../protocol/errno.js';
+import { getDefaultLogger, type Logger } from '../log.js';
+import type { DefinitionEntry, DefineRequest, HostApi, HostStatus, ListRequest, ModifyRequest, StopRequest, TypeInfo, UndefineRequest } from './api.js';
+import { checkAvailable, typeInfos } from './availability.js';
+import type { InvokeOptions } from './callouts.js';
+import type { CellOptions } from './cell.js';
+import { ControlServer, type ControlLimits } from './control.js';
+import { compareBytes, DefinitionStore } from './definitions.js';
+import { defineOp, modifyOp, planStart, undefineOp, withCallouts, type HostParts } from './host-definitions.js';
+import { InstanceManager, type InstanceRecord, type RestartPolicy } from './host-instances.js';
+import { ParentRegistry } from './host-parents.js';
+import { checkDefine, checkList, checkModify, checkStop, checkTypes, checkUndefine } from './host-requests.js';
+import { BUILTIN_PARENTS, loadParent, type LoadedParent } from './parent-loader.js';
+import { controlSocketPath, ensureRunDir } from './paths.js';
+import { InstanceState, StartMode, type HostPaths, type InstanceStatus, type MdevConfig } from './types.js';
+
+/** Longest socket path a UNIX socket can bind (sun_path is 108 bytes with its NUL). */
+const MAX_SOCKET_PATH = 107;
+/** `/<uuid>.sock` after the run directory. */
+const INSTANCE_SOCKET_SUFFIX = 1 + 36 + 5;
+
+/** Options of {@link DeviceHost.start}. */
+export interface DeviceHostOptions {
+  paths: HostPaths;
+  /** Parent modules to load beside the built-in ones: paths, `file:` URLs, package names, or built-in names. */
+  parents?: readonly string[];
+  /** Load the built-in parents (`memory-pool`, `gpio-bank`; default true). */
+  builtinParents?: boolean;
+  /** Uids allowed on the control socket beside the host's own and root. */
+  allowedUids?: readonly number[];
+  /** Where events are logged (default: `VFIO_USER_LOG`'s logger). */
+  logger?: Logger;
+  /** Each instance's cell: watchdog, memory cap, start/stop timeouts. */
+  cell?: CellOptions;
+  /** How dead cells are restarted. */
+  restart?: Partial<RestartPolicy>;
+  /** Timeout of each callout script (default 10 s). */
+  calloutTimeoutMs?: number;
+  /** Listen on `<runDir>/control.sock` (default true). */
+  control?: boolean;
+  controlLimits?: Partial<ControlLimits>;
+  /** Start the `auto` definitions (default true). */
+  autostart?: boolean;
+  /** Where relative parent paths resolve from (default: the current directory). */
+  cwd?: string;
+}
+
+/** The device host (see the module comment). */
+export class DeviceHost implements HostApi {
+  readonly paths: HostPaths;
+  readonly controlSocket: string;
+  readonly #parts: HostParts;
+  readonly #logger: Logger;
+  readonly #shutdown = new AbortController();
+  readonly #locks = new Map<string, Promise<void>>();
+  readonly #quietStore: DefinitionStore;
+  readonly #calloutTimeoutMs: number | undefined;
+  readonly #startedAt = Date.now();
+  #control: ControlServer | undefined;
+  #closing: Promise<void> | undefined;
+
+  private constructor(options: DeviceHostOptions, parents: ParentRegistry, logger: Logger) {
+    this.paths = options.paths;
+    this.controlSocket = controlSocketPath(options.paths.runDir);
+    this.#logger = logger;
+    this.#calloutTimeoutMs = options.calloutTimeoutMs;
+    this.#quietStore = new DefinitionStore(options.paths.configDir);
+    const instances = new InstanceManager({
+      runDir: options.paths.runDir,
+      logger,
+      ...(options.cell ? { cell: options.cell } : {}),
+      ...(options.restart ? { restart: options.restart } : {}),
+      serialize: (uuid, task) => this.#serialize(uuid, task),
+    });
+    this.#parts = {
+      configDir: options.paths.configDir,
+      store: new DefinitionStore(options.paths.configDir, logger),
+      parents,
+      instances,
+      logger,
+      calloutOptions: () => this.#calloutOptions(),
+    };
+  }
+
+  /**
+   * Starts a host: checks the run directory (created 0700), loads the parents, listens on the control socket
+   * (a stale one replaced), reads the definitions (problems logged and skipped) and starts every `auto` one
+   * (a failure is logged and the next one tried).
+   * @throws {VfioUserError} EPERM run directory not ours or group/world-writable; EINVAL run directory path too
+   *   long for sockets; ENOENT/EINVAL a parent module that does not load; EEXIST two parents with one name;
+   *   EADDRINUSE another host answers on the control socket.
+   */
+  static async start(options: DeviceHostOptions): Promise<DeviceHost> {
+    const logger = options.logger ?? getDefaultLogger();
+    const { runDir } = options.paths;
+    if (Buffer.byteLength(runDir) + INSTANCE_SOCKET_SUFFIX > MAX_SOCKET_PATH) {
+      throw new VfioUserError(`run dir ${runDir}: too long for instance sockets (${MAX_SOCKET_PATH - INSTANCE_SOCKET_SUFFIX} bytes at most)`, { errno: Errno.EINVAL });
+    }
+    ensureRunDir(runDir);
+    const parents = new ParentRegistry(await loadParents(options));
+    const host = new DeviceHost(options, parents, logger);
+    if (options.control ?? true) {
+      host.#control = await ControlServer.listen(host.controlSocket, host, {
+        ...(options.allowedUids ? { allowedUids: options.allowedUids } : {}),
+        ...(options.controlLimits ? { limits: options.controlLimits } : {}),
+        logger,
+      });
+    }
+    try {
+      if (options.autostart ?? true) await host.#autostart();
+    } catch (error) {
+      await host.close();
+      throw error;
+    }
+    logger.info({ event: 'host-started', runDir, configDir: options.paths.configDir, parents: parents.all().map((p) => p.parent.name), instances: host.#parts.instances.size }, 'host started');
+    return host;
+  }
+
+  /** The loaded parents. */
+  get parents(): LoadedParent[] {
+    return this.#parts.parents.all();
+  }
+
+  /** How many instances are running (or starting, or failed and restarting). */
+  get instanceCount(): number {
+    return this.#parts.instances.size;
+  }
+
+  /**
+   * Shuts down: stops accepting control requests, kills running callout scripts, stops every instance (clients
+   * disconnected, devices reset, sockets removed) and removes the control socket. Idempotent; never throws.
+   */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#shutdown.abort();
+      await this.#control?.close();
+      await this.#parts.instances.closeAll();
+      this.#logger.info({ event: 'host-stopped' }, 'host stopped');
+    })();
+    return this.#closing;
+  }
+
+  /** The host itself: pid, paths, parents, instance count. Never fails. */
+  async status(): Promise<HostStatus> {
+    return {
+      pid: process.pid,
+      runDir: this.paths.runDir,
+      configDir: this.paths.configDir,
+      controlSocket: this.controlSocket,
+      parents: this.parents.map((p) => ({ name: p.parent.name, module: p.moduleUrl })),
+      instances: this.instanceCount,
+      startedAt: this.#startedAt,
+    };
+  }
+
+  /**
+   * The types of every parent (or of one; an unknown parent gives none, as mdevctl) with their available instances.
+   * @throws {VfioUserError} EINVAL for a malformed request.
+   */
+  async types(request?: { parent?: string }): Promise<TypeInfo[]> {
+    const { parent } = checkTypes(request);
+    return this.parents.filter((p) => parent === undefined || p.parent.name === parent).flatMap((p) => typeInfos(p.parent, this.#parts.instances.activeCounts(p.parent.name)));
+  }
+
+  /**
+   * Running instances (state, socket, client, migration state), or with `defined` the definitions; filtered by UUID
+   * and parent; sorted by parent then UUID.
+   * @throws {VfioUserError} EINVAL for a malformed request or UUID.
+   */
+  async list(request?: ListRequest): Promise<{ instances: InstanceStatus[]; definitions: DefinitionEntry[] }> {
+    const { defined, uuid, parent } = checkList(request);
+    const match = (u: string, p: string): boolean => (uuid === undefined || u === uuid) && (parent === undefined || p === parent);
+    if (defined) {
+      const definitions = this.#quietStore
+        .load()
+        .definitions.filter((d) => match(d.uuid, d.parent))
+        .map((d) => ({ ...d, active: this.#parts.instances.get(d.uuid)?.loaded.parent.name === d.parent }));
+      return { instances: [], definitions };
+    }
+    const records = this.#parts.instances
+      .all()
+      .filter((r) => match(r.uuid, r.loaded.parent.name))
+      .sort((a, b) => compareBytes(a.loaded.parent.name, b.loaded.parent.name) || compareBytes(a.uuid, b.uuid));
+    return { instances: await Promise.all(records.map((r) => this.#statusOf(r))), definitions: [] };
+  }
+
+  /**
+   * Writes a definition (see {@link defineOp}); a generated UUID is returned in the entry.
+   * @throws {VfioUserError} EINVAL bad request, no parent/type, bad attribute name, conflicting options; ENOENT unknown
+   *   parent or type; EEXIST already defined under that parent; ECANCELED vetoed by a callout; EACCES/ENOSPC/EIO writing.
+   */
+  async define(request: DefineRequest): Promise<DefinitionEntry> {
+    const checked = checkDefine(request, 'define');
+    return this.#serialize(checked.uuid ?? '', () => defineOp(this.#parts, checked));
+  }
+
+  /**
+   * Removes the definition(s) of a UUID (a running instance keeps running).
+   * @throws {VfioUserError} EINVAL bad request; ENOENT not defined; ECANCELED vetoed by a callout; EACCES/EIO removing.
+   */
+  async undefine(request: UndefineRequest): Promise<{ removed: DefinitionEntry[] }> {
+    const checked = checkUndefine(request);
+    return this.#serialize(checked.uuid, () => undefineOp(this.#parts, checked));
+  }
+
+  /**
+   * Changes a definition (applied at the next start).
+   * @throws {VfioUserError} EINVAL bad request, nothing to change, several parents and none given, bad attribute name
+   *   or index; ENOENT not defined, unknown type; ECANCELED vetoed by a callout; EACCES/ENOSPC/EIO writing.
+   */
+  async modify(request: ModifyRequest): Promise<DefinitionEntry> {
+    const checked = checkModify(request);
+    return this.#serialize(checked.uuid, () => modifyOp(this.#parts, checked));
+  }
+
+  /**
+   * Starts a defined instance (UUID [+ parent]) or a transient one (parent + type or config, UUID generated when
+   * absent), served on `<runDir>/<uuid>.sock` once its attributes are applied in order; a failing attribute leaves
+   * nothing behind (worker ended, socket removed).
+   * @throws {VfioUserError} EINVAL bad request, conflicting options, bad attribute name or value; ENOENT not defined,
+   *   unknown parent or type; EEXIST the UUID is already running (under any parent); ENOSPC no available instance
+   *   of the type; ECANCELED vetoed by a callout; the device's own errno from create/apply; ETIMEDOUT, ENOMEM, EIO
+   *   when its worker stalls, runs out of memory or dies while starting.
+   */
+  async start(request: DefineRequest): Promise<InstanceStatus> {
+    const checked = checkDefine(request, 'start');
+    if (checked.uuid === undefined) {
+      const plan = planStart(this.#parts, checked); // generates the UUID
+      return this.#serialize(plan.uuid, () => this.#startLocked({ ...checked, uuid: plan.uuid }));
+    }
+    return this.#serialize(checked.uuid, () => this.#startLocked(checked));
+  }
+
+  /**
+   * Stops a running (or failed) instance: its client is disconnected, its device reset, its socket removed.
+   * @returns the instance as it was when stopped (state `stopping`).
+   * @throws {VfioUserError} EINVAL bad request; ENOENT not running; EBUSY a client is connected and `force` is not
+   *   set (nothing changed); ECANCELED vetoed by a callout.
+   */
+  async stop(request: StopRequest): Promise<InstanceStatus> {
+    const { uuid, force } = checkStop(request);
+    return this.#serialize(uuid, async () => {
+      const record = this.#parts.instances.get(uuid);
+      if (record === undefined) throw new VfioUserError(`${uuid} is not running`, { errno: Errno.ENOENT });
+      const status = await this.#statusOf(record);
+      if (status.client && !force) {
+        const c = status.client;
+        throw new VfioUserError(`${uuid} is in use by pid ${c.pid} (uid ${c.uid}); stop it with --force to disconnect the client`, { errno: Errno.EBUSY });
+      }
+      const config: MdevConfig = { mdev_type: status.mdevType, start: StartMode.MANUAL, attrs: record.attrs };
+      await this.#withCallouts(uuid, record.loaded.parent.name, config, 'stop', () => this.#parts.instances.stop(record, force));
+      return { ...status, state: InstanceState.STOPPING };
+    });
+  }
+
+  async #startLocked(checked: ReturnType<typeof checkDefine>): Promise<InstanceStatus> {
+    const plan = planStart(this.#parts, checked);
+    const { instances } = this.#parts;
+    const running = instances.get(plan.uuid);
+    if (running) throw new VfioUserError(`Device ${plan.uuid} already exists (running on ${running.loaded.parent.name})`, { errno: Errno.EEXIST });
+    const { loaded, typeName } = plan.resolved;
+    checkAvailable(loaded.parent, typeName, instances.activeCounts(loaded.parent.name));
+    const record = instances.reserve(plan.uuid, loaded, typeName, [...plan.config.attrs]);
+    try {
+      await this.#withCallouts(plan.uuid, plan.parent, plan.config, 'start', () => instances.launch(record));
+    } catch (error) {
+      instances.release(record);
+      throw error;
+    }
+    return this.#statusOf(record);
+  }
+
+  #withCallouts(uuid: string, parent: string, config: MdevConfig, action: 'start' | 'stop', run: () => Promise<void>): Promise<void> {
+    return withCallouts(this.#parts, { uuid, parent, config, action }, run);
+  }
+
+  #calloutOptions(): InvokeOptions {
+    return { logger: this.#logger, signal: this.#shutdown.signal, ...(this.#calloutTimeoutMs === undefined ? {} : { timeoutMs: this.#calloutTimeoutMs }) };
+  }
+
+  async #statusOf(record: InstanceRecord): Promise<InstanceStatus> {
+    let config: MdevConfig | undefined;
+    let defined = false;
+    try {
+      config = this.#quietStore.read(record.loaded.parent.name, record.uuid);
+      defined = config !== undefined;
+    } catch {
+      defined = true; // a definition file that no longer parses
+    }
+    return this.#parts.instances.status(record, config ? { defined, start: config.start } : { defined });
+  }
+
+  /** Runs `task` after every earlier task of `uuid` settled (the empty key serializes nothing in particular). */
+  #serialize<T>(uuid: string, task: () => Promise<T>): Promise<T> {
+    if (this.#closing) return Promise.reject(new VfioUserError('the host is shutting down', { errno: Errno.EIO }));
+    const previous = this.#locks.get(uuid) ?? Promise.resolve();
+    const run = previous.then(task);
+    const settled = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.#locks.set(uuid, settled);
+    void settled.then(() => {
+      if (this.#locks.get(uuid) === settled) this.#locks.delete(uuid);
+    });
+    return run;
+  }
+
+  /** Starts every `auto` definition whose parent is loaded, a few at a time; failures are logged, never fatal. */
+  async #autostart(): Promise<void> {
+    const { definitions } = this.#parts.store.load(); // problems are logged by the store, and skipped
+    const auto = definitions.filter((d) => d.config.start === StartMode.AUTO);
+    const queue = [...auto];
+    const worker = async (): Promise<void> => {
+      for (let d = queue.shift(); d !== undefined; d = queue.shift()) {
+        if (this.#closing) return;
+        if (!this.#parts.parents.find(d.parent)) {
+          this.#logger.warn({ event: 'autostart-failed', uuid: d.uuid, parent: d.parent, reason: 'parent not loaded' }, `auto definition ${d.parent}/${d.uuid}: parent not loaded; skipped`);
+          continue;
+        }
+        try {
+          await this.start({ uuid: d.uuid, parent: d.parent });
+        } catch (error) {
+          this.#logger.error({ event: 'autostart-failed', uuid: d.uuid, parent: d.parent, reason: (error as Error).message, errno: (error as VfioUserError).code }, `auto definition ${d.parent}/${d.uuid} did not start`);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(4, queue.length) }, worker));
+  }
+}
+
+/** The built-in parents (unless disabled) and the requested ones, a built-in named twice loaded once. */
+async function loadParents(options: DeviceHostOptions): Promise<LoadedParent[]> {
+  const specs = [...((options.builtinParents ?? true) ? Object.keys(BUILTIN_PARENTS) : []), ...(options.parents ?? [])];
+  const unique = specs.filter((spec, i) => !Object.hasOwn(BUILTIN_PARENTS, spec) || specs.indexOf(spec) === i);
+  const loaded: LoadedParent[] = [];
+  for (const spec of unique) loaded.push(await loadParent(spec, options.cwd === undefined ? {} : { cwd: options.cwd }));
+  return loaded;
+}
