@@ -104,7 +104,7 @@ function syncDir(dir: string): void {
 }
 
 function pidAlive(pid: number): boolean {
-  if (pid === process.pid) return false; // this process's writes are synchronous: none is in flight
+  if (pid === process.pid || !(pid > 0)) return false; // this process's writes are synchronous: none is in flight
   try {
     process.kill(pid, 0);
     return true;
@@ -151,8 +151,9 @@ export class DefinitionStore {
         this.checkScriptsDir(path, result);
         continue;
       }
-      if (!this.isDirectory(entry, path, result)) {
-        this.problem(result, path, 'not a directory: definitions go in <config-dir>/<parent>/<uuid>');
+      const isDir = this.isDirectory(entry, path, result);
+      if (isDir !== true) {
+        if (isDir === false) this.problem(result, path, 'not a directory: definitions go in <config-dir>/<parent>/<uuid>');
         continue;
       }
       const problem = parentNameProblem(entry.name);
@@ -280,8 +281,9 @@ export class DefinitionStore {
         this.problem(result, path, `file name is not a lower-case UUID (8-4-4-4-12)${hint}; skipped`);
         continue;
       }
-      if (this.isDirectory(entry, path, result)) {
-        this.problem(result, path, 'a directory where a definition file belongs; skipped');
+      const isDir = this.isDirectory(entry, path, result);
+      if (isDir !== false) {
+        if (isDir) this.problem(result, path, 'a directory where a definition file belongs; skipped');
         continue;
       }
       try {
@@ -296,7 +298,7 @@ export class DefinitionStore {
   private checkScriptsDir(path: string, result: LoadResult): void {
     for (const entry of this.readDir(path, undefined, false)) {
       const child = join(path, entry.name);
-      if (!this.isDirectory(entry, child, result)) {
+      if (this.isDirectory(entry, child, result) === false) {
         this.problem(result, child, `a file in ${SCRIPTS_DIR}/ (scripts go in ${SCRIPTS_DIR}/callouts/ or ${SCRIPTS_DIR}/notifiers/; never a definition); ignored`);
       }
     }
@@ -322,14 +324,14 @@ export class DefinitionStore {
     }
   }
 
-  /** Whether the entry is a directory (following a symlink); an unreadable target is a problem. */
-  private isDirectory(entry: Dirent, path: string, result: LoadResult): boolean {
+  /** Whether the entry is a directory (following a symlink); undefined when a link cannot be followed (a problem, reported). */
+  private isDirectory(entry: Dirent, path: string, result: LoadResult): boolean | undefined {
     if (!entry.isSymbolicLink()) return entry.isDirectory();
     try {
       return statSync(path).isDirectory();
     } catch (err) {
-      this.problem(result, path, `cannot follow the link: ${(err as NodeJS.ErrnoException).code ?? 'EIO'}`);
-      return false;
+      this.problem(result, path, `cannot follow the link: ${(err as NodeJS.ErrnoException).code ?? 'EIO'}; skipped`);
+      return undefined;
     }
   }
 

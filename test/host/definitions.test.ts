@@ -176,6 +176,7 @@ describe('DefinitionStore.load: bad entries are reported and skipped', () => {
     symlinkSync(p('nowhere'), p(P1, 'cccccccc-cccc-cccc-cccc-cccccccccccc'));
     execFileSync('mkfifo', [p(P1, 'dddddddd-dddd-dddd-dddd-dddddddddddd')]);
     writeFileSync(p('eeeeeeee-eeee-eeee-eeee-eeeeeeeeeeee'), fixture('list/device2.json'));
+    symlinkSync(p('nowhere'), p('dangling'));
     mkdirSync(p('bad parent'));
     writeFileSync(p('bad parent', U1), fixture('list/device2.json'));
     mkdirSync(p(SCRIPTS_DIR, 'callouts'), { recursive: true });
@@ -200,7 +201,8 @@ describe('DefinitionStore.load: bad entries are reported and skipped', () => {
       [p(P1, 'notes.txt'), /^file name is not a lower-case UUID \(8-4-4-4-12\); skipped$/],
       [p(P1, 'AAAAAAAA-AAAA-AAAA-AAAA-AAAAAAAAAAAA'), /rename it to aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa; skipped$/],
       [p(P1, 'bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb'), /^a directory where a definition file belongs; skipped$/],
-      [p(P1, 'cccccccc-cccc-cccc-cccc-cccccccccccc'), /^cannot follow the link: ENOENT$/],
+      [p(P1, 'cccccccc-cccc-cccc-cccc-cccccccccccc'), /^cannot follow the link: ENOENT; skipped$/],
+      [p('dangling'), /^cannot follow the link: ENOENT; skipped$/],
       [p(P1, 'dddddddd-dddd-dddd-dddd-dddddddddddd'), /^not a regular file, not a definition; skipped$/],
       [p('eeeeeeee-eeee-eeee-eeee-eeeeeeeeeeee'), /^not a directory: definitions go in <config-dir>\/<parent>\/<uuid>$/],
       [p('bad parent'), /^invalid parent name "bad parent"/],
@@ -257,11 +259,14 @@ describe('DefinitionStore.write is atomic', () => {
     const dead = join(dir, P1, `.${U1}.tmp-999999999-0badf00d`);
     const live = join(dir, P1, `.${U1}.tmp-${process.ppid}-0badf00d`);
     writeFileSync(dead, '{"mdev_type": "half');
+    const zero = join(dir, P2, `.${U2}.tmp-0-0badf00d`);
+    writeFileSync(zero, '{"mdev_type": "half');
     writeFileSync(live, '{"mdev_type": "half');
     const { definitions, problems } = new DefinitionStore(dir).load();
     assert.deepEqual(problems, []);
     assert.equal(definitions.length, 3);
     assert.equal(existsSync(dead), false);
+    assert.equal(existsSync(zero), false, 'pid 0 is nobody (kill(0, 0) would signal our own group)');
     assert.equal(existsSync(live), true);
   });
 
