@@ -19,6 +19,7 @@ import { runShell, type ShellOptions } from './commands/shell.js';
 import { MAX_DEMO_JOBS, runMigrate, type MigrateCommandOptions } from './commands/migrate.js';
 import { runMigrateListen, type MigrateListenOptions } from './commands/migrate-listen.js';
 import { runMigrateResolve, type MigrateResolveOptions } from './commands/migrate-resolve.js';
+import { MIN_MEMORY_LIMIT, runHost, type HostCommandOptions } from './commands/host.js';
 import { countOption, durationOption, sizeOption } from './values.js';
 import { describeError, type GlobalOptions } from './common.js';
 import { VERSION } from '../version.js';
@@ -197,6 +198,21 @@ program
   .option('--no-tls', 'allow a plaintext, unauthenticated channel on an address beyond loopback (TLS is required there otherwise)')
   .addOption(json)
   .action((args: string[], options: MigrateListenOptions) => runMigrateListen(options, globals(), undefined, args));
+
+program
+  .command('host')
+  .description('run a device host until SIGINT/SIGTERM: mediated-device parents and their types, instances by UUID each on <run-dir>/<uuid>.sock, persistent definitions (auto ones started), controlled by `vfio-user mdev` through <run-dir>/control.sock')
+  .option('--parent <spec...>', 'load a parent module beside the built-in ones: ./my-parent.js, /path/parent.mjs, a package name (repeatable)')
+  .option('--no-builtin-parents', 'do not load the built-in sample parents (memory-pool, gpio-bank)')
+  .option('--run-dir <dir>', 'sockets: control.sock and <uuid>.sock (default $VFIO_USER_RUN_DIR, /run/vfio-user for root, else $XDG_RUNTIME_DIR/vfio-user)')
+  .option('--config-dir <dir>', 'definitions <dir>/<parent>/<uuid> and scripts.d/ (default $VFIO_USER_CONFIG_DIR, /etc/vfio-user for root, else ~/.config/vfio-user)')
+  .option('--allow-uid <uid...>', 'uids allowed on the control socket beside the host\'s own and root (repeatable)')
+  .addOption(durationOption('--watchdog <duration>', 'an instance whose event loop stalls this long is terminated and restarted', { default: '5s' }))
+  .addOption(sizeOption('--memory-limit <bytes>', 'heap cap of each instance\'s worker (device memory not counted)', { min: MIN_MEMORY_LIMIT, default: '256M' }))
+  .addOption(durationOption('--callout-timeout <duration>', 'each callout or notifier script is killed after this long (a pre-callout then vetoes)', { default: '10s' }))
+  .option('--no-autostart', 'do not start the auto definitions')
+  .addOption(json)
+  .action((options: HostCommandOptions) => runHost(options));
 
 // `vfio-user lspci SOCK --dump | head`: a closed pipe ends the output, not the process with a stack trace.
 process.stdout.on('error', (error: NodeJS.ErrnoException) => {

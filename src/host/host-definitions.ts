@@ -33,12 +33,13 @@ export interface HostParts {
 
 /**
  * Runs `run` inside mdevctl's callout sequence for `action` on (parent, uuid) with `config` on the scripts' stdin;
- * a veto is logged (`callout-vetoed`).
+ * a veto is logged (`callout-vetoed`); with `force` (mdevctl's `--force`) a veto is logged at warn and `run` goes on.
  * @throws {VfioUserError} ECANCELED when a pre-callout vetoes (`run` not called); whatever `run` throws.
  */
-export async function withCallouts<T>(parts: HostParts, target: { uuid: string; parent: string; config: MdevConfig; action: OperationAction }, run: () => Promise<T>): Promise<T> {
+export async function withCallouts<T>(parts: HostParts, target: { uuid: string; parent: string; config: MdevConfig; action: OperationAction; force?: boolean }, run: () => Promise<T>): Promise<T> {
+  const { force, ...rest } = target;
   try {
-    return await invokeWithCallouts({ configDir: parts.configDir, ...target }, run, parts.calloutOptions());
+    return await invokeWithCallouts({ configDir: parts.configDir, ...rest }, run, { ...parts.calloutOptions(), force: force ?? false });
   } catch (error) {
     if (error instanceof VfioUserError && error.errno === Errno.ECANCELED) {
       parts.logger.warn({ event: 'callout-vetoed', uuid: target.uuid, parent: target.parent, action: target.action, reason: error.message }, 'callout vetoed');
@@ -90,7 +91,7 @@ export async function defineOp(parts: HostParts, request: CheckedDefine): Promis
   }
   resolveConfig(parts, parent, config);
   if (isDefined(parts, parent, uuid)) throw new VfioUserError(`Device ${uuid} on ${parent} already defined`, { errno: Errno.EEXIST });
-  await withCallouts(parts, { uuid, parent, config, action: 'define' }, async () => void parts.store.write(parent, uuid, config));
+  await withCallouts(parts, { uuid, parent, config, action: 'define', force: request.force ?? false }, async () => void parts.store.write(parent, uuid, config));
   parts.logger.info({ event: 'definition-defined', uuid, parent, mdevType: config.mdev_type, start: config.start }, 'definition written');
   return { uuid, parent, config, active: running?.loaded.parent.name === parent };
 }
@@ -109,7 +110,7 @@ function readForCallouts(parts: HostParts, parent: string, uuid: string): MdevCo
  * instance is left running. Parents are done one after another: a veto stops there (those before stay removed).
  * @throws {VfioUserError} ENOENT nothing defined; ECANCELED a pre-callout vetoed; the store's errno.
  */
-export async function undefineOp(parts: HostParts, request: { uuid: string; parent?: string }): Promise<{ removed: DefinitionEntry[] }> {
+export async function undefineOp(parts: HostParts, request: { uuid: string; parent?: string; force?: boolean }): Promise<{ removed: DefinitionEntry[] }> {
   const { uuid } = request;
   const parents = definedParents(parts, uuid, request.parent);
   if (parents.length === 0) {
@@ -118,7 +119,7 @@ export async function undefineOp(parts: HostParts, request: { uuid: string; pare
   const removed: DefinitionEntry[] = [];
   for (const parent of parents) {
     const config = readForCallouts(parts, parent, uuid);
-    await withCallouts(parts, { uuid, parent, config, action: 'undefine' }, async () => void parts.store.remove(parent, uuid));
+    await withCallouts(parts, { uuid, parent, config, action: 'undefine', force: request.force ?? false }, async () => void parts.store.remove(parent, uuid));
     parts.logger.info({ event: 'definition-removed', uuid, parent }, 'definition removed');
     removed.push({ uuid, parent, config, active: parts.instances.get(uuid)?.loaded.parent.name === parent });
   }
@@ -152,7 +153,7 @@ export async function modifyOp(parts: HostParts, request: CheckedModify): Promis
   const old = request.config === undefined ? parts.store.read(parent, uuid) : undefined;
   const config = modified(old, request);
   if (request.config !== undefined || request.mdevType !== undefined || request.addAttr !== undefined) resolveConfig(parts, parent, config);
-  await withCallouts(parts, { uuid, parent, config, action: 'modify' }, async () => void parts.store.write(parent, uuid, config));
+  await withCallouts(parts, { uuid, parent, config, action: 'modify', force: request.force ?? false }, async () => void parts.store.write(parent, uuid, config));
   parts.logger.info({ event: 'definition-modified', uuid, parent, mdevType: config.mdev_type, start: config.start }, 'definition modified');
   return { uuid, parent, config, active: parts.instances.get(uuid)?.loaded.parent.name === parent };
 }

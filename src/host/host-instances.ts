@@ -143,6 +143,11 @@ export class InstanceManager {
     record.state = InstanceState.ACTIVE;
     delete record.failure;
     cell.on('exit', (reason) => this.#onDeath(record, cell, reason));
+    cell.on('client', (client) => {
+      const base = { uuid: record.uuid, parent: record.loaded.parent.name };
+      if (client) this.#options.logger.info({ event: 'client-connected', ...base, pid: client.pid, uid: client.uid, gid: client.gid }, 'client connected');
+      else this.#options.logger.info({ event: 'client-disconnected', ...base }, 'client disconnected (device reset)');
+    });
   }
 
   /** The type id of a record. */

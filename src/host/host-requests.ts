@@ -74,6 +74,8 @@ export interface CheckedDefine {
   start?: StartMode;
   attrs?: MdevAttr[];
   config?: MdevConfig;
+  /** mdevctl's `--force`: go on despite a vetoing pre-callout. */
+  force?: boolean;
 }
 
 /**
@@ -101,6 +103,7 @@ export function checkDefine(request: DefineRequest | undefined, op: 'define' | '
   if (start !== undefined) checked.start = start;
   if (attrs !== undefined) checked.attrs = attrs;
   if (config !== undefined) checked.config = config;
+  if (optionalBoolean(r, 'force', op)) checked.force = true;
   return checked;
 }
 
@@ -125,11 +128,12 @@ export function checkStop(request: StopRequest | undefined): { uuid: string; for
 }
 
 /** Checks an {@link UndefineRequest}. @throws {InvalidArgumentError} EINVAL: no or bad UUID, bad parent. */
-export function checkUndefine(request: UndefineRequest | undefined): { uuid: string; parent?: string } {
+export function checkUndefine(request: UndefineRequest | undefined): { uuid: string; parent?: string; force: boolean } {
   const r = object(request, 'undefine');
   const uuid = requiredUuid(r, 'undefine');
   const parent = optionalString(r, 'parent', 'undefine');
-  return parent === undefined ? { uuid } : { uuid, parent };
+  const force = optionalBoolean(r, 'force', 'undefine') ?? false;
+  return parent === undefined ? { uuid, force } : { uuid, parent, force };
 }
 
 /** A checked `modify` request. */
@@ -141,6 +145,8 @@ export interface CheckedModify {
   addAttr?: { name: string; value: string; index?: number };
   delAttr?: { index?: number };
   config?: MdevConfig;
+  /** mdevctl's `--force`: go on despite a vetoing pre-callout. */
+  force?: boolean;
 }
 
 /**
@@ -158,6 +164,7 @@ export function checkModify(request: ModifyRequest | undefined): CheckedModify {
   if (parent !== undefined) checked.parent = parent;
   if (mdevType !== undefined) checked.mdevType = mdevType;
   if (start !== undefined) checked.start = start;
+  if (optionalBoolean(r, 'force', 'modify')) checked.force = true;
   if (r.addAttr !== undefined && r.addAttr !== null) {
     const add = object(r.addAttr, 'modify addAttr');
     const name = optionalString(add, 'name', 'modify addAttr');

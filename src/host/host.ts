@@ -269,7 +269,7 @@ export class DeviceHost implements HostApi {
         throw new VfioUserError(`${uuid} is in use by pid ${c.pid} (uid ${c.uid}); stop it with --force to disconnect the client`, { errno: Errno.EBUSY });
       }
       const config: MdevConfig = { mdev_type: status.mdevType, start: StartMode.MANUAL, attrs: record.attrs };
-      await this.#withCallouts(uuid, record.loaded.parent.name, config, 'stop', () => this.#parts.instances.stop(record, force));
+      await this.#withCallouts(uuid, record.loaded.parent.name, config, 'stop', force, () => this.#parts.instances.stop(record, force));
       return { ...status, state: InstanceState.STOPPING };
     });
   }
@@ -283,7 +283,7 @@ export class DeviceHost implements HostApi {
     checkAvailable(loaded.parent, typeName, instances.activeCounts(loaded.parent.name));
     const record = instances.reserve(plan.uuid, loaded, typeName, [...plan.config.attrs]);
     try {
-      await this.#withCallouts(plan.uuid, plan.parent, plan.config, 'start', () => instances.launch(record));
+      await this.#withCallouts(plan.uuid, plan.parent, plan.config, 'start', checked.force ?? false, () => instances.launch(record));
     } catch (error) {
       instances.release(record);
       throw error;
@@ -291,8 +291,8 @@ export class DeviceHost implements HostApi {
     return this.#statusOf(record);
   }
 
-  #withCallouts(uuid: string, parent: string, config: MdevConfig, action: 'start' | 'stop', run: () => Promise<void>): Promise<void> {
-    return withCallouts(this.#parts, { uuid, parent, config, action }, run);
+  #withCallouts(uuid: string, parent: string, config: MdevConfig, action: 'start' | 'stop', force: boolean, run: () => Promise<void>): Promise<void> {
+    return withCallouts(this.#parts, { uuid, parent, config, action, force }, run);
   }
 
   #calloutOptions(): InvokeOptions {
