@@ -104,11 +104,13 @@ async function main(port: MessagePort, data: CellWorkerData): Promise<void> {
   } catch (error) {
     return post(port, { type: 'failed', errno: errnoOf(error), message: messageOf(error) });
   }
-  // One stop at a time; once stopped, nothing more is served (the main thread then ends this thread).
+  // One stop at a time (status is answered meanwhile); once stopped, the main thread ends this thread.
   let stopping = false;
   port.on('message', (request: CellRequest) => {
-    if (stopping) return post(port, { type: 'reply', id: request.id, reply: { ok: false, errno: Errno.EBUSY, message: 'instance is stopping' } });
-    if (request.op === 'stop') stopping = true;
+    if (request.op === 'stop') {
+      if (stopping) return post(port, { type: 'reply', id: request.id, reply: { ok: false, errno: Errno.EBUSY, message: 'instance is already stopping' } });
+      stopping = true;
+    }
     void answer(served, request).then((reply) => {
       if (request.op === 'stop' && !reply.ok) stopping = false;
       post(port, { type: 'reply', id: request.id, reply });

@@ -77,6 +77,7 @@ function positive(name: string, value: number | undefined, fallback: number): nu
 
 /** One device instance served by its own worker thread. */
 export class InstanceCell extends EventEmitter<CellEvents> {
+  /** What this cell serves (start another cell with it to restart the instance on the same socket). */
   readonly spec: CellSpec;
   readonly #worker: Worker;
   readonly #logger: Logger;

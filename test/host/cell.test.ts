@@ -88,6 +88,13 @@ describe('instance cell', () => {
     assert.equal(threads(), baselineThreads);
   });
 
+  it('a create that spins or never resolves: start rejects ETIMEDOUT (watchdog, start timeout), nothing left', async () => {
+    await assert.rejects(startCell(run.dir, 'create-spins', { watchdogMs: 300 }), (e: VfioUserError) => e.errno === Errno.ETIMEDOUT && /stalled: no heartbeat/.test(e.message));
+    await assert.rejects(startCell(run.dir, 'create-hangs', { startTimeoutMs: 300 }), (e: VfioUserError) => e.errno === Errno.ETIMEDOUT && /not served within 300 ms/.test(e.message));
+    assert.equal(openFds(), baselineFds);
+    assert.equal(threads(), baselineThreads);
+  });
+
   it('leaves the fd count where it was after clients, eventfds and memfds', async () => {
     const t = await startCell(run.dir, 'echo');
     const client = await VfioUserClient.connect(t.socket.path);
