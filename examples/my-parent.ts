@@ -15,8 +15,7 @@
  * created instance, in the order of the definition, and throws to refuse a
  * value (the host then removes the instance: nothing half-created).
  */
-import { createDevice, InvalidArgumentError } from '../src/index.js';
-import type { MdevParent } from '../src/host/types.js';
+import { createDevice, InvalidArgumentError, type MdevParent } from '../src/index.js';
 
 /** What `create` hands to the attributes: the counter and where it restarts. */
 interface Counter {
