@@ -20,6 +20,7 @@ import { MAX_DEMO_JOBS, runMigrate, type MigrateCommandOptions } from './command
 import { runMigrateListen, type MigrateListenOptions } from './commands/migrate-listen.js';
 import { runMigrateResolve, type MigrateResolveOptions } from './commands/migrate-resolve.js';
 import { MIN_MEMORY_LIMIT, runHost, type HostCommandOptions } from './commands/host.js';
+import { registerMdev } from './commands/mdev.js';
 import { countOption, durationOption, sizeOption } from './values.js';
 import { describeError, type GlobalOptions } from './common.js';
 import { VERSION } from '../version.js';
@@ -198,6 +199,8 @@ program
   .option('--no-tls', 'allow a plaintext, unauthenticated channel on an address beyond loopback (TLS is required there otherwise)')
   .addOption(json)
   .action((args: string[], options: MigrateListenOptions) => runMigrateListen(options, globals(), undefined, args));
+
+registerMdev(program);
 
 program
   .command('host')

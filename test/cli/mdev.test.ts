@@ -1,0 +1,170 @@
+/**
+ * `vfio-user mdev` and `lsmdev` end to end: the real binaries against a real
+ * `vfio-user host` (one for this file) in temporary run and config directories,
+ * every verb in the order an operator uses them — types, define, modify, start
+ * (the attributes reach the device), list in each form, stop (refused while a
+ * client uses the instance, accepted with --force), transient instances,
+ * mdevctl JSON files with --jsonfile, undefine. Error paths: mdev-errors.test.ts.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { VfioUserClient } from '../../src/client/client.js';
+import { RegionIndex } from '../../src/protocol/constants.js';
+import { VERSION } from '../../src/version.js';
+import { startHost, type HostUnderTest } from './mdev-support.js';
+import type { CliResult } from './support.js';
+
+const U1 = '0b6f2a35-8f4e-4c6a-9d2e-6a1b2c3d4e01';
+const U2 = '0b6f2a35-8f4e-4c6a-9d2e-6a1b2c3d4e02';
+const U3 = '0b6f2a35-8f4e-4c6a-9d2e-6a1b2c3d4e03';
+const UUID_LINE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\n$/;
+
+/** Exit 0 and nothing on stderr; returns stdout. */
+function ok(r: CliResult, what: string): string {
+  assert.equal(r.code, 0, `${what}: exit status (stderr: ${r.stderr})`);
+  assert.equal(r.stderr, '', `${what}: stderr`);
+  return r.stdout;
+}
+
+/** A definition as mdevctl writes it (serde's pretty JSON, no trailing newline). */
+function mdevctlFile(type: string, start: 'auto' | 'manual', attrs: Array<[string, string]>): string {
+  if (attrs.length === 0) return `{\n  "mdev_type": "${type}",\n  "start": "${start}",\n  "attrs": []\n}`;
+  const items = attrs.map(([k, v]) => `    {\n      "${k}": "${v}"\n    }`).join(',\n');
+  return `{\n  "mdev_type": "${type}",\n  "start": "${start}",\n  "attrs": [\n${items}\n  ]\n}`;
+}
+
+describe('vfio-user mdev end to end', () => {
+  let host: HostUnderTest;
+  before(async () => {
+    host = await startHost();
+  });
+  after(async () => {
+    await host?.close();
+  });
+
+  it("types: mdevctl's text and JSON, --json with the attributes", async () => {
+    assert.equal(
+      ok(await host.mdev('types', '-p', 'memory-pool'), 'types -p'),
+      'memory-pool\n' +
+        '  memory-pool-256M\n    Available instances: 4\n    Device API: vfio-pci\n    Name: memory 256M\n' +
+        '    Description: memory device with 256 MiB of shared RAM in BAR0, from the 1024 MiB pool\n' +
+        '  memory-pool-64M\n    Available instances: 16\n    Device API: vfio-pci\n    Name: memory 64M\n' +
+        '    Description: memory device with 64 MiB of shared RAM in BAR0, from the 1024 MiB pool\n',
+    );
+    const dump = ok(await host.mdev('types', '-p', 'memory-pool', '--dumpjson'), 'types --dumpjson');
+    assert.ok(!dump.endsWith('\n'), 'no trailing newline, as mdevctl');
+    const parsed = JSON.parse(dump) as Array<Record<string, Array<Record<string, { available_instances: number; device_api: string }>>>>;
+    assert.equal(dump, JSON.stringify(parsed, null, 2), "serde's pretty form");
+    assert.deepEqual(Object.keys(parsed[0] ?? {}), ['memory-pool']);
+    assert.deepEqual(parsed[0]?.['memory-pool']?.map((t) => Object.keys(t)[0]), ['memory-pool-256M', 'memory-pool-64M']);
+    assert.deepEqual(Object.keys(parsed[0]?.['memory-pool']?.[1]?.['memory-pool-64M'] ?? {}), ['available_instances', 'device_api', 'name', 'description']);
+    const types = JSON.parse(ok(await host.mdev('types', '--json'), 'types --json')) as Array<{ mdevType: string; attributes: Array<{ name: string }> }>;
+    assert.deepEqual(types.find((t) => t.mdevType === 'memory-pool-64M')?.attributes.map((a) => a.name), ['fill', 'write']);
+  });
+
+  it('list and lsmdev with nothing running: no output, [] for --dumpjson, exit 0', async () => {
+    assert.equal(ok(await host.mdev('list'), 'list'), '');
+    assert.equal(ok(await host.mdev('list', '-d'), 'list -d'), '');
+    assert.equal(ok(await host.mdev('list', '--dumpjson'), 'list --dumpjson'), '[]');
+    assert.equal(ok(await host.lsmdev(), 'lsmdev'), '');
+    assert.deepEqual(JSON.parse(ok(await host.mdev('list', '--json'), 'list --json')), []);
+  });
+
+  it('define writes mdevctl files; a generated UUID is printed, a given one is not', async () => {
+    const out = ok(await host.mdev('define', '-p', 'memory-pool', '-t', 'memory-pool-64M'), 'define');
+    assert.match(out, UUID_LINE);
+    const generated = out.trim();
+    assert.equal(readFileSync(join(host.configDir, 'memory-pool', generated), 'utf8'), mdevctlFile('memory-pool-64M', 'manual', []));
+    assert.equal(ok(await host.mdev('define', '-u', U1.toUpperCase(), '-p', 'memory-pool', '-t', 'memory-pool-64M', '-a'), 'define -u'), '');
+    assert.equal(readFileSync(join(host.configDir, 'memory-pool', U1), 'utf8'), mdevctlFile('memory-pool-64M', 'auto', []));
+    const expected = [`${U1} memory-pool memory-pool-64M auto\n`, `${generated} memory-pool memory-pool-64M manual\n`].sort().join('');
+    assert.equal(ok(await host.mdev('list', '-d'), 'list -d'), expected);
+    assert.equal(ok(await host.lsmdev('--defined'), 'lsmdev -d'), expected);
+    ok(await host.mdev('undefine', '--uuid', generated), 'undefine');
+    assert.equal(existsSync(join(host.configDir, 'memory-pool', generated)), false, 'its file is gone');
+  });
+
+  it('modify: attributes added at the end or at an index, deleted, start mode changed', async () => {
+    ok(await host.mdev('modify', '-u', U1, '--addattr', 'write', '--value', '0x10:cafe'), 'addattr');
+    ok(await host.mdev('modify', '-u', U1, '--addattr', 'fill', '--value', '5a', '--index', '0'), 'addattr -i 0');
+    ok(await host.mdev('modify', '-u', U1, '--addattr', 'write', '--value', '0x20:beef'), 'addattr 3');
+    ok(await host.mdev('modify', '-u', U1, '--delattr'), 'delattr (the last)');
+    ok(await host.mdev('modify', '-u', U1, '-m'), 'manual');
+    assert.equal(
+      ok(await host.mdev('list', '-d', '-v', '-u', U1), 'list -d -v'),
+      `${U1} memory-pool memory-pool-64M manual\n  Attrs:\n    @{0}: {"fill":"5a"}\n    @{1}: {"write":"0x10:cafe"}\n`,
+    );
+    assert.equal(readFileSync(join(host.configDir, 'memory-pool', U1), 'utf8'), mdevctlFile('memory-pool-64M', 'manual', [['fill', '5a'], ['write', '0x10:cafe']]));
+    assert.equal(ok(await host.mdev('list', '-d', '-u', U1, '--dumpjson'), 'dumpjson -u'), mdevctlFile('memory-pool-64M', 'manual', [['fill', '5a'], ['write', '0x10:cafe']]));
+  });
+
+  it('start: the attributes reach the device in order; list shows it, -vv and --json its client; stop refused while in use, accepted with --force', async () => {
+    assert.equal(ok(await host.mdev('start', '-u', U1), 'start'), '', 'nothing printed for a given UUID');
+    const socket = join(host.runDir, `${U1}.sock`);
+    assert.ok(existsSync(socket), 'served on <run dir>/<uuid>.sock');
+    assert.equal(ok(await host.mdev('list'), 'list'), `${U1} memory-pool memory-pool-64M manual (defined)\n`);
+    assert.equal(ok(await host.mdev('list', '-d'), 'list -d'), `${U1} memory-pool memory-pool-64M manual (active)\n`);
+    const client = await VfioUserClient.connect(socket);
+    try {
+      const bytes = await client.regionRead(RegionIndex.BAR0, 0x0en, 4);
+      assert.deepEqual([...bytes], [0x5a, 0x5a, 0xca, 0xfe], 'fill 5a, then write 0x10:cafe over it');
+      const vv = ok(await host.mdev('list', '-vv'), 'list -vv');
+      assert.equal(vv.split('\n')[0], `${U1} memory-pool memory-pool-64M manual (defined)`);
+      assert.match(vv, new RegExp(`\n {2}State: active\n {2}Socket: ${socket}\n {2}Client: pid ${process.pid}, uid ${process.getuid?.()}, gid \\d+, since \\d{4}-`));
+      const [status] = JSON.parse(ok(await host.mdev('list', '--json'), 'list --json')) as Array<{ uuid: string; state: string; socket: string; client?: { pid: number } }>;
+      assert.deepEqual([status?.uuid, status?.state, status?.socket, status?.client?.pid], [U1, 'active', socket, process.pid]);
+      const refused = await host.mdev('stop', '-u', U1);
+      assert.equal(refused.code, 1, `stop while in use: ${refused.stderr}`);
+      assert.match(refused.stderr, /^vfio-user: mdev stop: .+\n$/);
+      assert.equal(ok(await host.mdev('list'), 'still running'), `${U1} memory-pool memory-pool-64M manual (defined)\n`);
+      ok(await host.mdev('stop', '-u', U1, '--force'), 'stop --force');
+      await assert.rejects(client.regionRead(RegionIndex.BAR0, 0n, 4), 'the session was closed');
+    } finally {
+      client.close();
+    }
+    assert.equal(ok(await host.mdev('list'), 'list after stop'), '');
+    assert.equal(existsSync(socket), false, 'its socket is removed');
+  });
+
+  it('a transient start prints its UUID; define -u promotes it; undefine leaves it running', async () => {
+    const out = ok(await host.mdev('start', '-p', 'memory-pool', '-t', 'memory-pool-64M'), 'start transient');
+    assert.match(out, UUID_LINE);
+    const uuid = out.trim();
+    assert.equal(ok(await host.mdev('list', '-u', uuid), 'list -u'), `${uuid} memory-pool memory-pool-64M manual\n`);
+    ok(await host.mdev('define', '-u', uuid, '--auto'), 'define -u of a running instance');
+    assert.equal(ok(await host.mdev('list', '-u', uuid), 'list -u'), `${uuid} memory-pool memory-pool-64M auto (defined)\n`);
+    ok(await host.mdev('undefine', '-u', uuid, '-p', 'memory-pool'), 'undefine');
+    assert.equal(ok(await host.mdev('list', '-u', uuid), 'still running'), `${uuid} memory-pool memory-pool-64M manual\n`);
+    ok(await host.mdev('stop', '-u', uuid), 'stop (no client)');
+  });
+
+  it("mdevctl JSON files: --jsonfile takes one unchanged; --dumpjson -u gives it back byte for byte", async () => {
+    const file = join(host.dir, 'mdev.json');
+    const text = mdevctlFile('memory-pool-64M', 'manual', [['write', '0x0:c0ffee'], ['write', '0x2:00']]);
+    writeFileSync(file, text);
+    ok(await host.mdev('define', '-u', U2, '-p', 'memory-pool', '--jsonfile', file), 'define --jsonfile');
+    assert.equal(readFileSync(join(host.configDir, 'memory-pool', U2), 'utf8'), text);
+    assert.equal(ok(await host.mdev('list', '-d', '-u', U2, '--dumpjson'), 'dumpjson'), text);
+    ok(await host.mdev('start', '-u', U3, '-p', 'memory-pool', '--jsonfile', file), 'start --jsonfile');
+    assert.equal(ok(await host.lsmdev('-u', U3, '--dumpjson'), 'lsmdev --dumpjson'), text, "a running instance's attributes");
+    const client = await VfioUserClient.connect(join(host.runDir, `${U3}.sock`));
+    try {
+      assert.deepEqual([...(await client.regionRead(RegionIndex.BAR0, 0n, 3))], [0xc0, 0xff, 0x00]);
+    } finally {
+      client.close();
+    }
+    ok(await host.mdev('stop', '-u', U3), 'stop');
+    const nested = JSON.parse(ok(await host.mdev('list', '-d', '--dumpjson'), 'list -d --dumpjson')) as unknown;
+    assert.deepEqual(nested, [{ 'memory-pool': [{ [U1]: JSON.parse(mdevctlFile('memory-pool-64M', 'manual', [['fill', '5a'], ['write', '0x10:cafe']])) }, { [U2]: JSON.parse(text) }] }]);
+  });
+
+  it('undefine without -p removes every definition of the UUID; --version', async () => {
+    ok(await host.mdev('undefine', '-u', U1), 'undefine U1');
+    ok(await host.mdev('undefine', '-u', U2), 'undefine U2');
+    assert.equal(ok(await host.mdev('list', '-d'), 'list -d'), '');
+    assert.equal(ok(await host.mdev('-V'), '-V'), `${VERSION}\n`);
+    assert.equal(ok(await host.lsmdev('--version'), 'lsmdev --version'), `${VERSION}\n`);
+  });
+});
