@@ -71,18 +71,5 @@ export type { ServeOptions } from './server/server.js';
 export type { ServerLimits } from './server/types.js';
 export type { ConfigSpaceEvent, ConfigSpaceOptions, InterruptMode } from './pci/index.js';
 export type { Logger } from './log.js';
+export * from './host/index.js';
 export { DEVICE_API, StartMode, InstanceState } from './host/types.js';
-export type {
-  MdevParent,
-  MdevType,
-  MdevAttribute,
-  MdevAttr,
-  MdevConfig,
-  MdevCreateContext,
-  MdevCreated,
-  MdevInstanceHandle,
-  HostPaths,
-  InstanceClient,
-  InstanceStatus,
-} from './host/types.js';
-export type { HostApi, HostStatus, TypeInfo, DefinitionEntry, ListRequest, DefineRequest, StartRequest, StopRequest, UndefineRequest, ModifyRequest } from './host/api.js';
