@@ -11,6 +11,7 @@ import { availableInstances, checkAvailable, resourceUsage, typeInfos } from '..
 import { parent as gpioBank } from '../../src/host/parents/gpio-bank.js';
 import { parent as memoryPool } from '../../src/host/parents/memory-pool.js';
 import { validateParent } from '../../src/host/parent-validate.js';
+import type { TypeInfo } from '../../src/host/api.js';
 import type { MdevParent } from '../../src/host/types.js';
 import { prngU32 } from '../support/prng.js';
 
@@ -141,32 +142,20 @@ describe('checkAvailable', () => {
 
 describe('typeInfos', () => {
   it('reports each type as `types` shows it, with availability after the active instances', () => {
-    assert.deepEqual(typeInfos(memoryPool, new Map([['256M', 2]])), [
-      {
-        parent: 'memory-pool',
-        mdevType: 'memory-pool-64M',
-        name: 'memory 64M',
-        description: 'memory device with 64 MiB of shared RAM in BAR0, from the 1024 MiB pool',
-        deviceApi: 'vfio-pci',
-        availableInstances: 8,
-        attributes: [
-          { name: 'fill', description: 'byte pattern (hex, 1-64 bytes) written over all of BAR0' },
-          { name: 'write', description: 'OFFSET:HEX, bytes written at an offset of BAR0' },
-        ],
-      },
-      {
-        parent: 'memory-pool',
-        mdevType: 'memory-pool-256M',
-        name: 'memory 256M',
-        description: 'memory device with 256 MiB of shared RAM in BAR0, from the 1024 MiB pool',
-        deviceApi: 'vfio-pci',
-        availableInstances: 2,
-        attributes: [
-          { name: 'fill', description: 'byte pattern (hex, 1-64 bytes) written over all of BAR0' },
-          { name: 'write', description: 'OFFSET:HEX, bytes written at an offset of BAR0' },
-        ],
-      },
-    ]);
+    const attributes = [
+      { name: 'fill', description: 'byte pattern (hex, 1-64 bytes) written over all of BAR0' },
+      { name: 'write', description: 'OFFSET:HEX, bytes written at an offset of BAR0' },
+    ];
+    const info = (size: string, mib: number, availableInstances: number): TypeInfo => ({
+      parent: 'memory-pool',
+      mdevType: `memory-pool-${size}`,
+      name: `memory ${size}`,
+      description: `memory device with ${mib} MiB of shared RAM in BAR0, from the 1024 MiB pool`,
+      deviceApi: 'vfio-pci',
+      availableInstances,
+      attributes,
+    });
+    assert.deepEqual(typeInfos(memoryPool, new Map([['256M', 2]])), [info('64M', 64, 8), info('256M', 256, 2)]);
   });
 
   it('falls back to the short name and an empty description, and lists no attributes when there are none', () => {
