@@ -107,8 +107,9 @@ function readForCallouts(parts: HostParts, parent: string, uuid: string): MdevCo
 
 /**
  * `undefine`: removes the definition of `uuid` under `parent`, or under every parent (as mdevctl); a running
- * instance is left running. Parents are done one after another: a veto stops there (those before stay removed).
- * @throws {VfioUserError} ENOENT nothing defined; ECANCELED a pre-callout vetoed; the store's errno.
+ * instance is left running. As mdevctl, every parent's definition is tried even when one fails (logged); then
+ * any failure fails the whole call, the others staying removed.
+ * @throws {VfioUserError} ENOENT nothing defined; ECANCELED a pre-callout vetoed (one of them); the store's errno.
  */
 export async function undefineOp(parts: HostParts, request: { uuid: string; parent?: string; force?: boolean }): Promise<{ removed: DefinitionEntry[] }> {
   const { uuid } = request;
@@ -117,13 +118,25 @@ export async function undefineOp(parts: HostParts, request: { uuid: string; pare
     throw new VfioUserError(request.parent === undefined ? `No devices match the specified uuid ${uuid}` : `${request.parent}/${uuid} is not defined`, { errno: Errno.ENOENT });
   }
   const removed: DefinitionEntry[] = [];
+  const failures: VfioUserError[] = [];
   for (const parent of parents) {
     const config = readForCallouts(parts, parent, uuid);
-    await withCallouts(parts, { uuid, parent, config, action: 'undefine', force: request.force ?? false }, async () => void parts.store.remove(parent, uuid));
+    try {
+      await withCallouts(parts, { uuid, parent, config, action: 'undefine', force: request.force ?? false }, async () => void parts.store.remove(parent, uuid));
+    } catch (error) {
+      const failure = error instanceof VfioUserError ? error : new VfioUserError(String((error as Error).message), { errno: Errno.EIO });
+      parts.logger.warn({ event: 'definition-undefine-failed', uuid, parent, reason: failure.message }, `Undefine of ${uuid} on parent ${parent} failed`);
+      failures.push(failure);
+      continue;
+    }
     parts.logger.info({ event: 'definition-removed', uuid, parent }, 'definition removed');
     removed.push({ uuid, parent, config, active: parts.instances.get(uuid)?.loaded.parent.name === parent });
   }
-  return { removed };
+  const first = failures[0];
+  if (first === undefined) return { removed };
+  if (parents.length === 1) throw first;
+  const gone = removed.length === 0 ? 'none removed' : `removed from ${removed.map((d) => d.parent).join(', ')}`;
+  throw new VfioUserError(`Undefine failed (${gone}): ${first.message}`, { errno: first.errno ?? Errno.EIO });
 }
 
 /** The definition `modify` produces from `old`. @throws {InvalidArgumentError} EINVAL for a bad attribute index. */
