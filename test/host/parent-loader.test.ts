@@ -5,7 +5,7 @@
  * line with ENOENT or EINVAL.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -102,6 +102,20 @@ describe('loadParent: user modules', () => {
     const loaded = await loadParent(EXAMPLE);
     assert.equal(loaded.parent.name, 'counters');
     assert.deepEqual(loaded.parent.resources, { slots: 4 });
+  });
+
+  it('loads a package installed in cwd’s node_modules, by its file URL', async () => {
+    const source = "export default { name: 'pkg-parent', types: [{ name: 't', maxInstances: 1, create: () => undefined }] };\n";
+    await withTempFile('package.json', '{"type": "module"}\n', async (dir) => {
+      const pkg = join(dir, 'node_modules', 'acme-parent');
+      mkdirSync(pkg, { recursive: true });
+      writeFileSync(join(pkg, 'package.json'), JSON.stringify({ name: 'acme-parent', type: 'module', main: 'main.js' }));
+      writeFileSync(join(pkg, 'main.js'), source);
+      const loaded = await loadParent('acme-parent', { cwd: dir });
+      assert.equal(loaded.parent.name, 'pkg-parent');
+      assert.equal(loaded.moduleUrl, pathToFileURL(join(realpathSync(pkg), 'main.js')).href);
+      await refused(loadParent('acme-parent', { cwd: tmpdir() }), 'ENOENT', /no such file or package/);
+    });
   });
 
   it('refuses a module exporting no parent, naming what it exports (EINVAL)', async () => {
