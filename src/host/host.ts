@@ -15,9 +15,12 @@
  * injected logger; `event` names it): `host-started`, `host-stopped`,
  * `instance-started`, `instance-stopped`, `instance-failed`,
  * `instance-restarted`, `instance-restart-failed`, `instance-restart-abandoned`,
- * `client-connected`, `client-disconnected`, `autostart-failed`, `callout-vetoed`,
+ * `client-connected`, `client-disconnected`, `autostart-failed`, `callout-vetoed`, `stale-socket-removed`,
  * `definition-*`, and the store's definition problems.
  */
+import { lstatSync, readdirSync, unlinkSync } from 'node:fs';
+import { createConnection } from 'node:net';
+import { join } from 'node:path';
 import { VfioUserError } from '../errors.js';
 import { Errno } from '../protocol/errno.js';
 import { getDefaultLogger, type Logger } from '../log.js';
@@ -129,6 +132,7 @@ export class DeviceHost implements HostApi {
     }
     try {
       if (options.autostart ?? true) await host.#autostart();
+      await host.#sweepStaleSockets();
     } catch (error) {
       await host.close();
       throw error;
@@ -327,6 +331,20 @@ export class DeviceHost implements HostApi {
     return run;
   }
 
+  /** Removes the sockets a killed host left for instances that are not running now (nobody answers on them). */
+  async #sweepStaleSockets(): Promise<void> {
+    const { runDir } = this.paths;
+    for (const name of readdirSync(runDir)) {
+      const match = /^([0-9a-f-]{36})\.sock$/.exec(name);
+      if (!match || this.#parts.instances.get(match[1] as string)) continue;
+      const path = join(runDir, name);
+      if (await isStaleSocket(path)) {
+        unlinkSync(path);
+        this.#logger.info({ event: 'stale-socket-removed', socket: path }, 'stale instance socket removed');
+      }
+    }
+  }
+
   /** Starts every `auto` definition whose parent is loaded, a few at a time; failures are logged, never fatal. */
   async #autostart(): Promise<void> {
     const { definitions } = this.#parts.store.load(); // problems are logged by the store, and skipped
@@ -348,6 +366,19 @@ export class DeviceHost implements HostApi {
     };
     await Promise.all(Array.from({ length: Math.min(4, queue.length) }, worker));
   }
+}
+
+/** Whether `path` is a socket file nobody listens on (never throws). */
+function isStaleSocket(path: string): Promise<boolean> {
+  if (!lstatSync(path, { throwIfNoEntry: false })?.isSocket()) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const probe = createConnection(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(false);
+    });
+    probe.once('error', (error: NodeJS.ErrnoException) => resolve(error.code === 'ECONNREFUSED'));
+  });
 }
 
 /** The built-in parents (unless disabled) and the requested ones, a built-in named twice loaded once. */
