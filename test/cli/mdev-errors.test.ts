@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmodSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startHost, type HostUnderTest } from './mdev-support.js';
+import { inParallel, startHost, type HostUnderTest } from './mdev-support.js';
 import type { CliResult } from './support.js';
 
 const VETOED = '7e7e7e7e-0000-4000-8000-000000000001';
@@ -79,13 +79,16 @@ describe('vfio-user mdev error paths end to end', () => {
       [['list', '--bogus'], /unknown option '--bogus'/],
       [['frobnicate'], /unknown command 'frobnicate'/],
     ];
-    for (const [args, line] of cases) fails(await host.mdev(...args), line, args.join(' '), 2);
-    fails(await host.lsmdev('--bogus'), /^lsmdev: unknown option '--bogus'/, 'lsmdev --bogus', 2);
+    // Independent runs, side by side (each is a node process).
+    const results = await inParallel([...cases.map(([args]) => () => host.mdev(...args)), () => host.lsmdev('--bogus')]);
+    cases.forEach(([args, line], i) => fails(results[i] as CliResult, line, args.join(' '), 2));
+    fails(results[cases.length] as CliResult, /^lsmdev: unknown option '--bogus'/, 'lsmdev --bogus', 2);
   });
 
   it('no host on the control socket: one line, exit 1', async () => {
-    fails(await host.mdev('list', '--control', join(host.dir, 'none.sock')), /^vfio-user: mdev list: no vfio-user host at .*none\.sock/, 'no host');
-    fails(await host.lsmdev('--control', join(host.dir, 'none.sock')), /^lsmdev: no vfio-user host at /, 'lsmdev, no host');
+    const [mdev, lsmdev] = await Promise.all([host.mdev('list', '--control', join(host.dir, 'none.sock')), host.lsmdev('--control', join(host.dir, 'none.sock'))]);
+    fails(mdev, /^vfio-user: mdev list: no vfio-user host at .*none\.sock/, 'no host');
+    fails(lsmdev, /^lsmdev: no vfio-user host at /, 'lsmdev, no host');
   });
 
   it("modify --live is refused with one line (the host never changes a running instance's attributes)", async () => {
@@ -93,14 +96,18 @@ describe('vfio-user mdev error paths end to end', () => {
   });
 
   it('unknown parent, type or UUID: exit 1, nothing created', async () => {
-    fails(await host.mdev('start', '-p', 'no-such-parent', '-t', 'no-such-parent-x'), /^vfio-user: mdev start: .*no-such-parent/, 'unknown parent');
-    fails(await host.mdev('start', '-p', 'memory-pool', '-t', 'memory-pool-1G'), /^vfio-user: mdev start: .*memory-pool-1G/, 'unknown type');
-    fails(await host.mdev('stop', '-u', U1), /^vfio-user: mdev stop: .*7e7e7e7e-0000-4000-8000-000000000002/, 'stop unknown');
-    fails(await host.mdev('undefine', '-u', U1), /^vfio-user: mdev undefine: /, 'undefine unknown');
-    fails(await host.mdev('modify', '-u', U1, '-a'), /^vfio-user: mdev modify: /, 'modify unknown');
-    fails(await host.mdev('start', '-u', U1), /^vfio-user: mdev start: /, 'start of an undefined UUID without a type');
-    fails(await host.mdev('define', '-u', U1), /^vfio-user: mdev define: /, 'define -u of a UUID not running');
-    fails(await host.mdev('start', '-p', 'memory-pool', '--jsonfile', join(host.dir, 'missing.json')), /^vfio-user: mdev start: Unable to read file ".*missing\.json": ENOENT$/, 'missing --jsonfile');
+    const cases: Array<[string[], RegExp, string]> = [
+      [['start', '-p', 'no-such-parent', '-t', 'no-such-parent-x'], /^vfio-user: mdev start: .*no-such-parent/, 'unknown parent'],
+      [['start', '-p', 'memory-pool', '-t', 'memory-pool-1G'], /^vfio-user: mdev start: .*memory-pool-1G/, 'unknown type'],
+      [['stop', '-u', U1], /^vfio-user: mdev stop: .*7e7e7e7e-0000-4000-8000-000000000002/, 'stop unknown'],
+      [['undefine', '-u', U1], /^vfio-user: mdev undefine: /, 'undefine unknown'],
+      [['modify', '-u', U1, '-a'], /^vfio-user: mdev modify: /, 'modify unknown'],
+      [['start', '-u', U1], /^vfio-user: mdev start: /, 'start of an undefined UUID without a type'],
+      [['define', '-u', U1], /^vfio-user: mdev define: /, 'define -u of a UUID not running'],
+      [['start', '-p', 'memory-pool', '--jsonfile', join(host.dir, 'missing.json')], /^vfio-user: mdev start: Unable to read file ".*missing\.json": ENOENT$/, 'missing --jsonfile'],
+    ];
+    const results = await inParallel(cases.map(([args]) => () => host.mdev(...args)));
+    cases.forEach(([, line, what], i) => fails(results[i] as CliResult, line, what));
     await nothingLeft('unknown names');
     assert.equal((await host.mdev('list', '-d')).stdout, '', 'nothing defined');
   });
@@ -151,7 +158,7 @@ describe('vfio-user mdev error paths end to end', () => {
     fails(await host.mdev('start', '-p', 'memory-pool', '-t', 'memory-pool-64M'), /^vfio-user: mdev start: .*memory-pool-64M/, 'no 64M left');
     fails(await host.mdev('start', '-p', 'memory-pool', '-t', 'memory-pool-256M'), /^vfio-user: mdev start: .*memory-pool-256M/, 'no 256M left');
     assert.equal((await host.mdev('list')).stdout.split('\n').filter((l) => l !== '').length, 7, 'the refused ones left nothing');
-    for (const uuid of started) assert.equal((await host.mdev('stop', '-u', uuid)).code, 0);
+    for (const r of await inParallel(started.map((uuid) => () => host.mdev('stop', '-u', uuid)))) assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(await available(), { 'memory-pool-256M': 4, 'memory-pool-64M': 16 });
     await nothingLeft('after the capacity test');
   });

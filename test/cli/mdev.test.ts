@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { VfioUserClient } from '../../src/client/client.js';
 import { RegionIndex } from '../../src/protocol/constants.js';
 import { VERSION } from '../../src/version.js';
-import { startHost, type HostUnderTest } from './mdev-support.js';
+import { inParallel, startHost, type HostUnderTest } from './mdev-support.js';
 import type { CliResult } from './support.js';
 
 const U1 = '0b6f2a35-8f4e-4c6a-9d2e-6a1b2c3d4e01';
@@ -22,7 +22,8 @@ const U3 = '0b6f2a35-8f4e-4c6a-9d2e-6a1b2c3d4e03';
 const UUID_LINE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\n$/;
 
 /** Exit 0 and nothing on stderr; returns stdout. */
-function ok(r: CliResult, what: string): string {
+function ok(r: CliResult | undefined, what: string): string {
+  assert.ok(r, `${what}: ran`);
   assert.equal(r.code, 0, `${what}: exit status (stderr: ${r.stderr})`);
   assert.equal(r.stderr, '', `${what}: stderr`);
   return r.stdout;
@@ -45,31 +46,33 @@ describe('vfio-user mdev end to end', () => {
   });
 
   it("types: mdevctl's text and JSON, --json with the attributes", async () => {
+    const [text, dumped, json] = await inParallel([() => host.mdev('types', '-p', 'memory-pool'), () => host.mdev('types', '-p', 'memory-pool', '--dumpjson'), () => host.mdev('types', '--json')]);
     assert.equal(
-      ok(await host.mdev('types', '-p', 'memory-pool'), 'types -p'),
+      ok(text, 'types -p'),
       'memory-pool\n' +
         '  memory-pool-256M\n    Available instances: 4\n    Device API: vfio-pci\n    Name: memory 256M\n' +
         '    Description: memory device with 256 MiB of shared RAM in BAR0, from the 1024 MiB pool\n' +
         '  memory-pool-64M\n    Available instances: 16\n    Device API: vfio-pci\n    Name: memory 64M\n' +
         '    Description: memory device with 64 MiB of shared RAM in BAR0, from the 1024 MiB pool\n',
     );
-    const dump = ok(await host.mdev('types', '-p', 'memory-pool', '--dumpjson'), 'types --dumpjson');
+    const dump = ok(dumped, 'types --dumpjson');
     assert.ok(!dump.endsWith('\n'), 'no trailing newline, as mdevctl');
     const parsed = JSON.parse(dump) as Array<Record<string, Array<Record<string, { available_instances: number; device_api: string }>>>>;
     assert.equal(dump, JSON.stringify(parsed, null, 2), "serde's pretty form");
     assert.deepEqual(Object.keys(parsed[0] ?? {}), ['memory-pool']);
     assert.deepEqual(parsed[0]?.['memory-pool']?.map((t) => Object.keys(t)[0]), ['memory-pool-256M', 'memory-pool-64M']);
     assert.deepEqual(Object.keys(parsed[0]?.['memory-pool']?.[1]?.['memory-pool-64M'] ?? {}), ['available_instances', 'device_api', 'name', 'description']);
-    const types = JSON.parse(ok(await host.mdev('types', '--json'), 'types --json')) as Array<{ mdevType: string; attributes: Array<{ name: string }> }>;
+    const types = JSON.parse(ok(json, 'types --json')) as Array<{ mdevType: string; attributes: Array<{ name: string }> }>;
     assert.deepEqual(types.find((t) => t.mdevType === 'memory-pool-64M')?.attributes.map((a) => a.name), ['fill', 'write']);
   });
 
   it('list and lsmdev with nothing running: no output, [] for --dumpjson, exit 0', async () => {
-    assert.equal(ok(await host.mdev('list'), 'list'), '');
-    assert.equal(ok(await host.mdev('list', '-d'), 'list -d'), '');
-    assert.equal(ok(await host.mdev('list', '--dumpjson'), 'list --dumpjson'), '[]');
-    assert.equal(ok(await host.lsmdev(), 'lsmdev'), '');
-    assert.deepEqual(JSON.parse(ok(await host.mdev('list', '--json'), 'list --json')), []);
+    const [list, defined, dump, lsmdev, json] = await inParallel([() => host.mdev('list'), () => host.mdev('list', '-d'), () => host.mdev('list', '--dumpjson'), () => host.lsmdev(), () => host.mdev('list', '--json')]);
+    assert.equal(ok(list, 'list'), '');
+    assert.equal(ok(defined, 'list -d'), '');
+    assert.equal(ok(dump, 'list --dumpjson'), '[]');
+    assert.equal(ok(lsmdev, 'lsmdev'), '');
+    assert.deepEqual(JSON.parse(ok(json, 'list --json')), []);
   });
 
   it('define writes mdevctl files; a generated UUID is printed, a given one is not', async () => {
@@ -164,7 +167,8 @@ describe('vfio-user mdev end to end', () => {
     ok(await host.mdev('undefine', '-u', U1), 'undefine U1');
     ok(await host.mdev('undefine', '-u', U2), 'undefine U2');
     assert.equal(ok(await host.mdev('list', '-d'), 'list -d'), '');
-    assert.equal(ok(await host.mdev('-V'), '-V'), `${VERSION}\n`);
-    assert.equal(ok(await host.lsmdev('--version'), 'lsmdev --version'), `${VERSION}\n`);
+    const [mdevVersion, lsmdevVersion] = await Promise.all([host.mdev('-V'), host.lsmdev('--version')]);
+    assert.equal(ok(mdevVersion, '-V'), `${VERSION}\n`);
+    assert.equal(ok(lsmdevVersion, 'lsmdev --version'), `${VERSION}\n`);
   });
 });
