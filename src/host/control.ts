@@ -182,16 +182,16 @@ export class ControlServer {
       return refuse('EPERM', 'cannot read the peer credentials of this connection');
     }
     if (!allowed.has(peer.uid)) {
-      logger.warn({ event: 'control-refused', pid: peer.pid, uid: peer.uid }, `control connection refused: uid ${peer.uid} not allowed`);
+      logger.warn({ event: 'control-refused', peer: { pid: peer.pid, uid: peer.uid } }, `control connection refused: uid ${peer.uid} not allowed`);
       return refuse('EPERM', `uid ${peer.uid} is not allowed on this host's control socket (vfio-user host --allow-uid ${peer.uid})`);
     }
     if (this.#connections.size >= limits.maxConnections) {
-      logger.warn({ event: 'control-busy', pid: peer.pid, uid: peer.uid }, 'control connection refused: too many connections');
+      logger.warn({ event: 'control-busy', peer: { pid: peer.pid, uid: peer.uid } }, 'control connection refused: too many connections');
       return refuse('EAGAIN', `too many control connections (${limits.maxConnections}); try again`);
     }
     this.#connections.add(socket);
     socket.once('close', () => this.#connections.delete(socket));
-    logger.debug({ event: 'control-connected', pid: peer.pid, uid: peer.uid }, 'control client connected');
+    logger.debug({ event: 'control-connected', peer: { pid: peer.pid, uid: peer.uid } }, 'control client connected');
     new ControlConnection(socket, api, limits, logger).start();
   }
 }

@@ -145,7 +145,7 @@ export class InstanceManager {
     cell.on('exit', (reason) => this.#onDeath(record, cell, reason));
     cell.on('client', (client) => {
       const base = { uuid: record.uuid, parent: record.loaded.parent.name };
-      if (client) this.#options.logger.info({ event: 'client-connected', ...base, pid: client.pid, uid: client.uid, gid: client.gid }, 'client connected');
+      if (client) this.#options.logger.info({ event: 'client-connected', ...base, client: { pid: client.pid, uid: client.uid, gid: client.gid } }, `client connected: pid ${client.pid}, uid ${client.uid}`);
       else this.#options.logger.info({ event: 'client-disconnected', ...base }, 'client disconnected (device reset)');
     });
   }

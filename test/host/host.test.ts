@@ -78,7 +78,7 @@ describe('DeviceHost', () => {
       }, 'the client to show in list');
       assert.equal(listed?.client?.pid, process.pid);
       assert.equal(listed?.client?.uid, process.getuid?.());
-      assert.ok(logger.named('client-connected').some((e) => e.uuid === U1 && e.pid === process.pid));
+      assert.ok(logger.named('client-connected').some((e) => e.uuid === U1 && (e.client as { pid: number }).pid === process.pid));
       await assert.rejects(host.stop({ uuid: U1 }), errno('EBUSY', /in use by pid \d+/));
       assert.equal((await host.list({ uuid: U1 })).instances[0]?.state, 'active');
       const stopped = await host.stop({ uuid: U1, force: true });
