@@ -104,6 +104,8 @@ describe('vfio-user mdev error paths end to end', () => {
       [['modify', '-u', U1, '-a'], /^vfio-user: mdev modify: /, 'modify unknown'],
       [['start', '-u', U1], /^vfio-user: mdev start: /, 'start of an undefined UUID without a type'],
       [['define', '-u', U1], /^vfio-user: mdev define: /, 'define -u of a UUID not running'],
+      [['define', '-u', U1, '-p', 'no-such-parent', '-t', 'no-such-parent-x'], /^vfio-user: mdev define: .*no-such-parent/, 'define, unknown parent'],
+      [['define', '-u', U1, '-p', 'memory-pool', '-t', 'memory-pool-1G'], /^vfio-user: mdev define: .*memory-pool-1G/, 'define, unknown type'],
       [['start', '-p', 'memory-pool', '--jsonfile', join(host.dir, 'missing.json')], /^vfio-user: mdev start: Unable to read file ".*missing\.json": ENOENT$/, 'missing --jsonfile'],
     ];
     const results = await inParallel(cases.map(([args]) => () => host.mdev(...args)));
