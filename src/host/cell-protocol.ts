@@ -51,6 +51,7 @@ export type CellReply = { ok: true; status?: CellStatus } | { ok: false; errno: 
 
 /** Worker → main. */
 export type CellToMain =
+  | { type: 'loaded' }
   | { type: 'ready' }
   | { type: 'client'; client?: InstanceClient }
   | { type: 'failed'; errno: number; message: string }

@@ -35,17 +35,21 @@ function messageOf(error: unknown): string {
   return (error instanceof Error ? error.message : String(error)).split('\n')[0] ?? '';
 }
 
-/** Beats the shared counter from this thread's event loop (a stalled loop stops beating). */
+/**
+ * Beats the shared counter from this thread's event loop (a stalled loop stops beating). The timer also keeps
+ * the thread alive while a `create` awaits something that never comes: the main thread's start timeout ends it.
+ */
 function startHeartbeat(beats: Int32Array, everyMs: number): void {
   const beat = (): void => void Atomics.add(beats, 0, 1);
   beat();
-  setInterval(beat, everyMs).unref();
+  setInterval(beat, everyMs);
 }
 
 /** Builds the device and serves it on a dup of the host's listening fd. */
 async function serve(port: MessagePort, data: CellWorkerData): Promise<Served> {
   const { spec } = data;
   const { parent } = await loadParent(spec.parentModule);
+  post(port, { type: 'loaded' }); // no module file open any more: the watchdog may now terminate this thread
   const built = await buildInstance(parent, spec.type, { uuid: spec.uuid, parent: spec.parent, type: spec.type, socket: spec.socket }, spec.attrs);
   const fd = native.dup(spec.listenFd); // owned by this thread: closed with the server, or when it ends
   try {

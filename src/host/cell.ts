@@ -11,7 +11,9 @@
  *   ERR_WORKER_OUT_OF_MEMORY, the process lives on;
  * - a watchdog: the worker beats a shared counter from its event loop; no
  *   beat for `watchdogMs` → the worker is terminated (which also interrupts
- *   a spinning JS loop);
+ *   a spinning JS loop). It is armed once the worker has loaded its modules
+ *   (until then `loadTimeoutMs` bounds the load): Node leaks the files its
+ *   module loader has open in a worker terminated mid-load;
  * - an uncaught exception or unhandled rejection ends only the worker.
  * When a worker ends, however it ends, the native addon closes every fd it
  * still owned (client connections, eventfds, memfds, its listening dup) and
@@ -37,13 +39,15 @@ export const DEFAULT_MEMORY_LIMIT_MB = 256;
 
 /** Options of {@link InstanceCell.start}. */
 export interface CellOptions {
-  /** A worker whose event loop does not beat for this long is terminated (default 5000 ms). */
+  /** A worker whose event loop does not beat for this long once loaded is terminated (default 5000 ms). */
   watchdogMs?: number;
   /** How often the worker beats (default a quarter of `watchdogMs`, at least 10 ms). */
   heartbeatMs?: number;
   /** The worker's V8 old-generation heap cap in MiB (default 256). Device memory (regions) is not counted. */
   memoryLimitMb?: number;
-  /** How long building and serving the device may take (default 30 s). */
+  /** How long loading the library and the parent module in the worker may take (default 60 s). */
+  loadTimeoutMs?: number;
+  /** How long building and serving the device may take once loaded (default 30 s). */
   startTimeoutMs?: number;
   /** How long a stop may take (session close, device reset, dispose) before the worker is terminated (default 10 s). */
   stopTimeoutMs?: number;
@@ -69,6 +73,32 @@ function reasonOf(error: unknown): string {
   return `uncaught ${typeof e?.name === 'string' ? e.name : 'exception'}: ${message}`;
 }
 
+/** A promise settled from outside (the first settlement wins; a rejection nobody awaits is not unhandled). */
+interface Milestone {
+  promise: Promise<void>;
+  resolve(): void;
+  reject(error: Error): void;
+}
+
+function milestone(): Milestone {
+  let resolve!: () => void;
+  let reject!: (error: Error) => void;
+  const promise = new Promise<void>((res, rej) => ((resolve = res), (reject = rej)));
+  promise.catch(() => undefined);
+  return { promise, resolve, reject };
+}
+
+/** `promise`, or ETIMEDOUT with `message` after `ms`. */
+async function within(promise: Promise<void>, ms: number, message: string): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new VfioUserError(message, { errno: Errno.ETIMEDOUT })), ms)));
+  try {
+    await Promise.race([promise, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 function positive(name: string, value: number | undefined, fallback: number): number {
   const v = value ?? fallback;
   if (!Number.isSafeInteger(v) || v <= 0) throw new VfioUserError(`cell option ${name}: ${v} is not a positive integer`, { errno: Errno.EINVAL });
@@ -90,6 +120,8 @@ export class InstanceCell extends EventEmitter<CellEvents> {
   /** Whether the worker's end is ours (stop, terminate, failed start): no 'exit' event then. */
   #expected = false;
   #ready = false;
+  /** A stop() is in progress or done: the worker's end is expected. */
+  #stopping = false;
 
   private constructor(spec: CellSpec, options: CellOptions) {
     super();
@@ -107,47 +139,49 @@ export class InstanceCell extends EventEmitter<CellEvents> {
     this.#worker.on('message', (m: CellToMain) => this.#onMessage(m));
     this.#worker.on('error', (error) => this.#end(reasonOf(error)));
     this.#exited = new Promise((resolve) => this.#worker.once('exit', (code) => resolve(this.#onExit(code))));
-    this.#startWatchdog(new Int32Array(heartbeat), watchdogMs, heartbeatMs);
+    this.#loaded = milestone();
+    this.#served = milestone();
+    // Armed once the modules are loaded: a worker terminated while Node's module loader still has files open
+    // leaks those fds (Node closes them only on GC, which a terminated worker never runs).
+    void this.#loaded.promise.then(
+      () => this.#startWatchdog(new Int32Array(heartbeat), watchdogMs, heartbeatMs),
+      () => undefined,
+    );
   }
 
   /**
    * Starts a worker that builds the instance's device (the parent module's
    * type, attributes in order) and serves it on `spec.listenFd`.
    * @returns once the device is served.
+   * Two phases: loading the library and the parent module (`loadTimeoutMs`, no watchdog: see the
+   * constructor), then building and serving (`startTimeoutMs`, watchdog armed).
    * @throws {VfioUserError} the build's errno (ENOENT unknown type, EINVAL bad attribute, an `apply`'s or
    *   `create`'s own errno) with its one-line message; ETIMEDOUT if the worker stalled past the watchdog or
-   *   did not finish within `startTimeoutMs`; ENOMEM if it ran out of memory; EIO if it threw otherwise;
-   *   EINVAL for a bad option. When it throws, the worker has ended and none of its fds is left open.
+   *   did not finish a phase in time; ENOMEM if it ran out of memory; EIO if it threw otherwise;
+   *   EINVAL for a bad option. When it throws, the worker has ended and none of its fds is left open
+   *   (except, after a load timeout, files Node's module loader had open: a parent module whose import never ends).
    */
   static async start(spec: CellSpec, options: CellOptions = {}): Promise<InstanceCell> {
+    const loadTimeoutMs = positive('loadTimeoutMs', options.loadTimeoutMs, 60_000);
     const startTimeoutMs = positive('startTimeoutMs', options.startTimeoutMs, 30_000);
+    const stopTimeoutMs = positive('stopTimeoutMs', options.stopTimeoutMs, 10_000);
     const cell = new InstanceCell(spec, options);
-    cell.#stopTimeoutMs = positive('stopTimeoutMs', options.stopTimeoutMs, 10_000);
-    let timer: NodeJS.Timeout | undefined;
+    cell.#stopTimeoutMs = stopTimeoutMs;
     try {
-      await Promise.race([
-        cell.#whenReady(),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new VfioUserError(`${spec.uuid}: not served within ${startTimeoutMs} ms`, { errno: Errno.ETIMEDOUT })), startTimeoutMs);
-        }),
-      ]);
+      await within(cell.#loaded.promise, loadTimeoutMs, `${spec.uuid}: parent module ${spec.parentModule} not loaded within ${loadTimeoutMs} ms`);
+      await within(cell.#served.promise, startTimeoutMs, `${spec.uuid}: not served within ${startTimeoutMs} ms`);
     } catch (error) {
       cell.#expected = true;
       await cell.#kill(String((error as Error).message));
       throw error;
-    } finally {
-      clearTimeout(timer);
     }
     cell.#logger.info({ threadId: cell.#worker.threadId }, 'instance cell serving');
     return cell;
   }
 
   #stopTimeoutMs = 10_000;
-  #readyWaiter: { resolve(): void; reject(error: Error): void } | undefined;
-
-  #whenReady(): Promise<void> {
-    return new Promise((resolve, reject) => (this.#readyWaiter = { resolve, reject }));
-  }
+  readonly #loaded: Milestone;
+  readonly #served: Milestone;
 
   /** The worker's thread id (for logs). */
   get threadId(): number {
@@ -157,6 +191,11 @@ export class InstanceCell extends EventEmitter<CellEvents> {
   /** Whether the worker is serving (false once it stopped, died or is being ended). */
   get alive(): boolean {
     return this.#ready && this.#ending === undefined;
+  }
+
+  /** Why the worker ended ("stopped", "terminated", or the unexpected death's reason), undefined while it runs. */
+  get endReason(): string | undefined {
+    return this.#ending;
   }
 
   /**
@@ -171,17 +210,27 @@ export class InstanceCell extends EventEmitter<CellEvents> {
   /**
    * Stops serving and ends the worker: the session is closed (the device reset with LOST_CONNECTION, as
    * when a client goes away), the instance disposed. The socket file and the host's listening fd stay.
-   * A stop that takes longer than `stopTimeoutMs` terminates the worker (its fds are closed all the same).
+   * A stop that takes longer than `stopTimeoutMs` terminates the worker (its fds are closed all the same); a
+   * worker that dies during the stop (its reset hook threw or stalled) is stopped too: no 'exit' event then.
    * @throws {VfioUserError} EBUSY while a client is connected and `force` is not set (the cell keeps serving),
    *   or while another stop is in progress.
    * @throws {StateError} ENODEV if the cell is not running.
    */
   async stop(options: { force?: boolean } = {}): Promise<void> {
+    if (this.#stopping) throw new VfioUserError(`instance ${this.spec.uuid} is already stopping`, { errno: Errno.EBUSY });
+    if (!this.alive) throw new StateError(`instance ${this.spec.uuid} is not running`, { errno: Errno.ENODEV });
+    this.#stopping = true;
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), this.#stopTimeoutMs)));
     try {
       const outcome = await Promise.race([this.#request({ op: 'stop', force: options.force ?? false }), timeout]);
       if (outcome === 'timeout') this.#logger.warn({ timeoutMs: this.#stopTimeoutMs }, 'instance stop timed out; terminating its worker');
+    } catch (error) {
+      if (this.alive) {
+        this.#stopping = false; // refused (EBUSY): still serving
+        throw error;
+      }
+      this.#logger.warn({ reason: this.#ending }, 'instance cell died while stopping');
     } finally {
       clearTimeout(timer);
     }
@@ -208,13 +257,17 @@ export class InstanceCell extends EventEmitter<CellEvents> {
   }
 
   #onMessage(m: CellToMain): void {
-    if (m.type === 'ready') {
+    if (m.type === 'loaded') {
+      this.#loaded.resolve();
+    } else if (m.type === 'ready') {
       this.#ready = true;
-      this.#readyWaiter?.resolve();
+      this.#served.resolve();
     } else if (m.type === 'client') {
       this.emit('client', m.client);
     } else if (m.type === 'failed') {
-      this.#readyWaiter?.reject(new VfioUserError(m.message, { errno: m.errno }));
+      const error = new VfioUserError(m.message, { errno: m.errno });
+      this.#loaded.reject(error);
+      this.#served.reject(error);
     } else {
       const waiter = this.#pending.get(m.id);
       this.#pending.delete(m.id);
@@ -235,7 +288,9 @@ export class InstanceCell extends EventEmitter<CellEvents> {
     this.#ending = reason;
     clearInterval(this.#watchdog);
     const errno = reason.startsWith('out of memory') ? Errno.ENOMEM : reason.startsWith('stalled') ? Errno.ETIMEDOUT : Errno.EIO;
-    this.#readyWaiter?.reject(new VfioUserError(`${this.spec.uuid}: ${reason}`, { errno }));
+    const error = new VfioUserError(`${this.spec.uuid}: ${reason}`, { errno });
+    this.#loaded.reject(error);
+    this.#served.reject(error);
     for (const waiter of this.#pending.values()) waiter.reject(new StateError(`instance ${this.spec.uuid}: ${reason}`, { errno: Errno.ENODEV }));
     this.#pending.clear();
   }
@@ -243,12 +298,13 @@ export class InstanceCell extends EventEmitter<CellEvents> {
   #onExit(code: number): void {
     this.#end(`worker exited with code ${code}`);
     const reason = this.#ending ?? '';
-    if (this.#expected) return;
+    if (this.#expected || this.#stopping) return;
     this.#logger.error({ reason, code }, 'instance cell died');
     if (this.#ready) this.emit('exit', reason);
   }
 
   #startWatchdog(beats: Int32Array, watchdogMs: number, everyMs: number): void {
+    if (this.#ending !== undefined) return;
     let seen = Atomics.load(beats, 0);
     let lastBeat = Date.now();
     this.#watchdog = setInterval(() => {

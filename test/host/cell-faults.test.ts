@@ -105,4 +105,33 @@ describe('instance cell faults', () => {
     assert.equal(openFds(), baselineFds);
     assert.equal(threads(), baselineThreads);
   });
+
+  it('an unhandled rejection ends only that cell, with the error as reason', async () => {
+    const t = await startCell(run.dir, 'reject');
+    const client = await VfioUserClient.connect(t.socket.path, { timeoutMs: 60_000 });
+    const died = once(t.cell, 'exit') as Promise<[string]>;
+    void client.regionRead(BAR0, 0n, 4).catch(() => undefined);
+    const [reason] = await died;
+    assert.equal(reason, 'uncaught RangeError: a rejection nobody handles');
+    await client.closed;
+    client.close();
+    await healthyAnswers();
+    t.socket.close();
+  });
+
+  it('a forced stop whose device reset spins: the watchdog ends it, the stop completes, no exit event', async () => {
+    const t = await startCell(run.dir, 'reset-spins', { watchdogMs: 400 });
+    const client = await VfioUserClient.connect(t.socket.path, { timeoutMs: 60_000 });
+    const deaths: string[] = [];
+    t.cell.on('exit', (reason) => deaths.push(reason));
+    await t.cell.stop({ force: true });
+    assert.match(t.cell.endReason ?? '', /^stalled: no heartbeat/);
+    assert.deepEqual(deaths, []);
+    await client.closed;
+    client.close();
+    await healthyAnswers();
+    t.socket.close();
+    assert.equal(openFds(), baselineFds);
+    assert.equal(threads(), baselineThreads);
+  });
 });
