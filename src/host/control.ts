@@ -261,6 +261,9 @@ class ControlConnection {
     this.#running = true;
     try {
       for (let line = this.#queue.shift(); line !== undefined; line = this.#queue.shift()) {
+        // The next request runs only once the client has read enough of the replies so far.
+        while (this.#socket.writableLength > this.#limits.maxBufferedReplyBytes && !this.#socket.destroyed) await drainedOrClosed(this.#socket);
+        if (this.#socket.destroyed || this.#socket.writableEnded) return;
         const reply = await this.#handle(line);
         if (this.#socket.destroyed || this.#socket.writableEnded) return;
         this.#socket.write(`${JSON.stringify(reply)}\n`);
@@ -290,6 +293,19 @@ class ControlConnection {
       return { id, ok: false, error: failure };
     }
   }
+}
+
+/** Resolves on the socket's next 'drain' or its 'close', whichever comes first. */
+function drainedOrClosed(socket: Socket): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      socket.off('drain', done);
+      socket.off('close', done);
+      resolve();
+    };
+    socket.on('drain', done);
+    socket.on('close', done);
+  });
 }
 
 function parseRequest(request: unknown): ControlRequest | { id: number | string | null; error: string } {

@@ -139,6 +139,10 @@ export class InstanceManager {
     const socket = record.socket as InstanceSocket;
     const spec = { uuid: record.uuid, parent: record.loaded.parent.name, parentModule: record.loaded.moduleUrl, type: record.typeName, attrs: record.attrs, socket: record.socketPath, listenFd: socket.fd };
     const cell = await InstanceCell.start(spec, { ...this.#options.cell, logger: this.#options.logger });
+    if (this.#closing || this.#records.get(record.uuid) !== record) {
+      await cell.terminate(); // stopped or shut down while it started: nothing may outlive that
+      throw new VfioUserError(`${record.uuid}: stopped while starting`, { errno: Errno.ECANCELED });
+    }
     record.cell = cell;
     record.state = InstanceState.ACTIVE;
     delete record.failure;

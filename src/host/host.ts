@@ -157,8 +157,9 @@ export class DeviceHost implements HostApi {
    */
   close(): Promise<void> {
     this.#closing ??= (async () => {
-      this.#shutdown.abort();
+      this.#shutdown.abort(); // running callout scripts are killed (a pre-callout then vetoes)
       await this.#control?.close();
+      await Promise.all(this.#locks.values()); // operations in progress finish (a start within the cell's start timeout)
       await this.#parts.instances.closeAll();
       this.#logger.info({ event: 'host-stopped' }, 'host stopped');
     })();

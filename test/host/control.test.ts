@@ -22,6 +22,15 @@ import { ControlServer, type ControlReply } from '../../src/host/control.js';
 import { connectHost } from '../../src/host/control-client.js';
 import type { InstanceStatus } from '../../src/host/types.js';
 
+/** Resolves once `check()` is true (polled). */
+async function until(check: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
 const STATUS: HostStatus = { pid: 1, runDir: '/r', configDir: '/c', controlSocket: '/r/control.sock', parents: [], instances: 0, startedAt: 5 };
 
 /** A HostApi whose answers the test decides: `start` fails with the errno named in its uuid, `stop` waits for `release`. */
@@ -175,6 +184,48 @@ describe('control socket', () => {
     } finally {
       held.forEach((h) => h.close());
       await limited.close();
+    }
+  });
+});
+
+describe('control socket: a client that does not read its replies', () => {
+  it('stops being read from (the host does not buffer its replies without bound), and gets every reply in order once it reads', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-user-control-'));
+    let calls = 0;
+    const big = 'x'.repeat(100_000);
+    const api = { ...scriptedApi(), types: async () => (calls++, [{ big }] as never) };
+    const server = await ControlServer.listen(join(dir, 'control.sock'), api, { limits: { maxQueuedRequests: 4, maxBufferedReplyBytes: 64 * 1024 } });
+    const total = 200; // 20 MB of replies: far beyond what the kernel's socket buffers hold
+    const socket = createConnection(server.path);
+    try {
+      await new Promise((resolve) => socket.once('connect', resolve));
+      socket.pause(); // never read
+      for (let id = 0; id < total; id++) socket.write(`{"id":${id},"op":"types"}\n`);
+      let seen = -1;
+      await until(async () => {
+        const before = calls;
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        seen = calls;
+        return calls === before;
+      });
+      assert.ok(seen < total, `the host answered ${seen} of ${total} requests nobody read`);
+      const ids: number[] = [];
+      let buffer = '';
+      socket.on('data', (d: Buffer) => {
+        buffer += d.toString();
+        for (let nl = buffer.indexOf('\n'); nl >= 0; nl = buffer.indexOf('\n')) {
+          ids.push((JSON.parse(buffer.slice(0, nl)) as ControlReply).id as number);
+          buffer = buffer.slice(nl + 1);
+        }
+      });
+      socket.resume();
+      await until(async () => ids.length === total);
+      assert.deepEqual(ids, Array.from({ length: total }, (_, i) => i));
+      assert.equal(calls, total);
+    } finally {
+      socket.destroy();
+      await server.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

@@ -60,6 +60,15 @@ describe('vfio-user host (a child process)', () => {
     }
   });
 
+  it('exits 1 with one line when a parent does not load', async () => {
+    const bad = spawnHost(['--run-dir', join(dirs.root, 'run2'), '--config-dir', dirs.configDir, '--parent', join(dirs.root, 'missing-parent.js')]);
+    assert.equal((await bad.exited).code, 1);
+    const lines = bad.stderr().trim().split('\n');
+    assert.equal(lines.length, 1, bad.stderr());
+    assert.match(lines[0] ?? '', /^vfio-user: .*missing-parent\.js/);
+    assert.equal(existsSync(join(dirs.root, 'run2', 'control.sock')), false);
+  });
+
   it('after SIGKILL, a new host replaces the stale sockets, brings every auto instance back on the same path and removes the other stale sockets', async () => {
     const first = spawnHost([...args, '--json']);
     let second: ReturnType<typeof spawnHost> | undefined;

@@ -181,6 +181,24 @@ describe('DeviceHost: start-up and shutdown', () => {
     }
   });
 
+  it('close while a start is in progress leaves nothing running: no socket, no worker', async () => {
+    const other = hostDirs();
+    try {
+      const host = await startHost(other, { autostart: false });
+      const starting = host.start({ parent: 'hostfix', mdevType: 'hostfix-echo' }).then(
+        (s) => s.uuid,
+        (e: Error) => e,
+      );
+      await host.close();
+      await starting; // succeeded just before the close, or refused: either way the close stopped it
+      assert.deepEqual(readdirSync(other.runDir), []);
+      assert.equal(host.instanceCount, 0);
+      await assert.rejects(host.start({ parent: 'hostfix', mdevType: 'hostfix-echo' }), code('EIO', /shutting down/));
+    } finally {
+      other.dispose();
+    }
+  });
+
   it('refuses a run dir owned by another uid, or group-writable (EPERM), and a run dir path too long for sockets (EINVAL)', { skip: process.getuid?.() !== 0 ? 'needs root to chown' : false }, async () => {
     const other = join(dirs.root, 'other');
     mkdirSync(other, { mode: 0o700 });
