@@ -82,7 +82,7 @@ function checkParent(parent: string): void {
   if (problem !== undefined) throw new InvalidArgumentError(problem);
 }
 
-/** The errno of a Node fs error (one of {@link Errno}; codes not in that table, such as EISDIR or EROFS, map to EIO). */
+/** The errno of a Node fs error (one of {@link Errno}, e.g. EROFS, EISDIR, EDQUOT; codes not in that table map to EIO). */
 function errnoOf(err: unknown): number {
   const code = (err as NodeJS.ErrnoException).code;
   const errno = code === undefined ? undefined : (Errno as Record<string, number>)[code];
@@ -197,7 +197,7 @@ export class DefinitionStore {
    * @returns the definition's path.
    * @throws {InvalidArgumentError} EINVAL: bad parent name, UUID or config.
    * @throws {VfioUserError} EACCES, ENOSPC, EEXIST (a file where the parent directory goes), ENAMETOOLONG, or
-   *   EIO for any other system error (its code, e.g. EROFS or EISDIR, ends the message): nothing changed.
+   *   EROFS, EISDIR, ENOTDIR, ENOSPC, EDQUOT as the system says, EIO for any other system error (its code ends the message): nothing changed.
    */
   write(parent: string, uuid: string, config: MdevConfig): string {
     const path = this.pathOf(parent, uuid);
@@ -233,7 +233,7 @@ export class DefinitionStore {
    *
    * @returns false if there was none.
    * @throws {InvalidArgumentError} EINVAL: bad parent name or UUID.
-   * @throws {VfioUserError} EACCES, or EIO for any other system error (e.g. a directory there: EISDIR in the message).
+   * @throws {VfioUserError} EACCES, EISDIR (a directory there), EROFS, or EIO for any other system error (its code ends the message).
    */
   remove(parent: string, uuid: string): boolean {
     const path = this.pathOf(parent, uuid);
