@@ -53,6 +53,8 @@ export interface MdevCreateContext {
 /**
  * What {@link MdevType.create} returns: a definition (`createDevice` is called on it), a device, or the
  * device with how to release what it holds and any state its attributes act on ({@link MdevInstanceHandle.state}).
+ * The host disposes the device itself after calling `dispose`: `dispose` releases only what the parent added
+ * (`VfioUserDevice.dispose()` must not run twice).
  */
 export type MdevCreated = DeviceDefinition | VfioUserDevice | { device: VfioUserDevice; dispose?(): MaybePromise<void>; state?: unknown };
 
