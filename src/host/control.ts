@@ -266,7 +266,7 @@ class ControlConnection {
         if (this.#socket.destroyed || this.#socket.writableEnded) return;
         const reply = await this.#handle(line);
         if (this.#socket.destroyed || this.#socket.writableEnded) return;
-        this.#socket.write(`${JSON.stringify(reply)}\n`);
+        this.#socket.write(`${serialize(reply)}\n`);
         this.#flowControl();
       }
     } finally {
@@ -292,6 +292,15 @@ class ControlConnection {
       if (failure.errno === 'EIO') this.#logger.error({ event: 'control-op-failed', op, err: error }, `control ${op} failed unexpectedly`);
       return { id, ok: false, error: failure };
     }
+  }
+}
+
+/** The reply as one JSON line; a result JSON cannot carry becomes an EIO reply (the host must not crash on it). */
+function serialize(reply: ControlReply): string {
+  try {
+    return JSON.stringify(reply);
+  } catch (error) {
+    return JSON.stringify({ id: reply.id, ok: false, error: { errno: 'EIO', message: `reply not serializable: ${(error as Error).message}` } });
   }
 }
 

@@ -65,6 +65,8 @@ export interface DeviceHostOptions {
   controlLimits?: Partial<ControlLimits>;
   /** Start the `auto` definitions (default true). */
   autostart?: boolean;
+  /** Aborting it (SIGTERM during start-up) stops starting further `auto` definitions; start then resolves as usual. */
+  signal?: AbortSignal;
   /** Where relative parent paths resolve from (default: the current directory). */
   cwd?: string;
 }
@@ -131,7 +133,7 @@ export class DeviceHost implements HostApi {
       });
     }
     try {
-      if (options.autostart ?? true) await host.#autostart();
+      if (options.autostart ?? true) await host.#autostart(options.signal);
       await host.#sweepStaleSockets();
     } catch (error) {
       await host.close();
@@ -347,13 +349,13 @@ export class DeviceHost implements HostApi {
   }
 
   /** Starts every `auto` definition whose parent is loaded, a few at a time; failures are logged, never fatal. */
-  async #autostart(): Promise<void> {
+  async #autostart(signal: AbortSignal | undefined): Promise<void> {
     const { definitions } = this.#parts.store.load(); // problems are logged by the store, and skipped
     const auto = definitions.filter((d) => d.config.start === StartMode.AUTO);
     const queue = [...auto];
     const worker = async (): Promise<void> => {
       for (let d = queue.shift(); d !== undefined; d = queue.shift()) {
-        if (this.#closing) return;
+        if (this.#closing || signal?.aborted) return;
         if (!this.#parts.parents.find(d.parent)) {
           this.#logger.warn({ event: 'autostart-failed', uuid: d.uuid, parent: d.parent, reason: 'parent not loaded' }, `auto definition ${d.parent}/${d.uuid}: parent not loaded; skipped`);
           continue;

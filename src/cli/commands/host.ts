@@ -96,7 +96,9 @@ export function hostOptions(options: HostCommandOptions, env: NodeJS.ProcessEnv 
  */
 export async function runHost(options: HostCommandOptions, io: HostIo = defaultIo()): Promise<void> {
   const stopped = io.stopped(); // listen for signals first: loading parents and starting instances takes a while
-  const hostOpts = { ...hostOptions(options), logger: io.logger };
+  const startUp = new AbortController();
+  void stopped.then(() => startUp.abort()); // a signal during start-up: no further auto definition is started
+  const hostOpts = { ...hostOptions(options), logger: io.logger, signal: startUp.signal };
   const host = await DeviceHost.start(hostOpts);
   const parents = host.parents.map((p) => p.parent.name);
   if (options.json) {
