@@ -11,7 +11,7 @@
  * the host is asked; every other failure is the host's one line and errno.
  */
 import { readFileSync } from 'node:fs';
-import type { DefineRequest, DefinitionEntry, HostApi, ModifyRequest, StartRequest } from '../../host/api.js';
+import type { DefineRequest, HostApi, ModifyRequest, StartRequest } from '../../host/api.js';
 import { parseMdevConfig } from '../../host/mdev-config.js';
 import type { MdevConfig } from '../../host/types.js';
 import { InvalidArgumentError, VfioUserError } from '../../errors.js';
@@ -152,16 +152,32 @@ export async function mdevTypes(api: HostApi, options: TypesOptions, out: MdevOu
   out.write(options.json ? `${toJson(types)}\n` : formatTypeListing(types, { dumpjson: options.dumpjson === true }));
 }
 
+/**
+ * What a verb prints of the host's `result`: all of it with `--json`; else, with `uuid`, the
+ * instance's UUID when none was given (mdevctl prints the UUID it generated), else nothing.
+ */
+function report(out: MdevOutput, options: JsonOption & { uuid?: string }, result: object, uuid = false): void {
+  if (options.json) out.write(`${toJson(result)}\n`);
+  else if (uuid && options.uuid === undefined && 'uuid' in result) out.write(`${String(result.uuid)}\n`);
+}
+
+/** What define, start and modify name alike: `-f`, `-u`, `-p`, and a `--jsonfile`'s config (which needs `-p`: `noParent` says so). */
+function named(options: JsonOption & { uuid?: string; parent?: string; jsonfile?: string }, noParent: string): DefineRequest {
+  const request: DefineRequest = {
+    ...(options.force ? { force: true } : {}),
+    ...(options.uuid === undefined ? {} : { uuid: options.uuid }),
+    ...(options.parent === undefined ? {} : { parent: options.parent }),
+  };
+  if (options.jsonfile === undefined) return request;
+  const config = readJsonFile(options.jsonfile);
+  if (options.parent === undefined) throw argumentError(noParent);
+  return { ...request, config };
+}
+
 /** The request of `define` from its options (mdevctl's argument checks). */
 function defineRequest(options: DefineOptions): DefineRequest {
-  const request: DefineRequest = options.force ? { force: true } : {};
-  if (options.uuid !== undefined) request.uuid = options.uuid;
-  if (options.parent !== undefined) request.parent = options.parent;
-  if (options.jsonfile !== undefined) {
-    const config = readJsonFile(options.jsonfile);
-    if (options.parent === undefined) throw argumentError(`Parent device required to define device via ${JSON.stringify(options.jsonfile)}`);
-    return { ...request, config };
-  }
+  const request = named(options, `Parent device required to define device via ${JSON.stringify(options.jsonfile)}`);
+  if (request.config !== undefined) return request;
   if (options.parent === undefined && options.type !== undefined) throw argumentError('No parent specified');
   if (options.uuid === undefined && options.type === undefined) throw argumentError('No type specified');
   if (options.type !== undefined) request.mdevType = options.type;
@@ -178,9 +194,7 @@ function defineRequest(options: DefineOptions): DefineRequest {
  *   UUID neither running nor given a type), EINVAL (bad attribute), ECANCELED (a pre-callout vetoed it).
  */
 export async function mdevDefine(api: HostApi, options: DefineOptions, out: MdevOutput = stdoutOutput): Promise<void> {
-  const entry = await api.define(defineRequest(options));
-  if (options.json) out.write(`${toJson(entry)}\n`);
-  else if (options.uuid === undefined) out.write(`${entry.uuid}\n`);
+  report(out, options, await api.define(defineRequest(options)), true);
 }
 
 /**
@@ -189,20 +203,13 @@ export async function mdevDefine(api: HostApi, options: DefineOptions, out: Mdev
  * @throws {VfioUserError} the host's: ENOENT ("No devices match the specified uuid"), ECANCELED.
  */
 export async function mdevUndefine(api: HostApi, options: UndefineOptions, out: MdevOutput = stdoutOutput): Promise<void> {
-  const result = await api.undefine({ uuid: options.uuid, ...(options.parent === undefined ? {} : { parent: options.parent }), ...(options.force ? { force: true } : {}) });
-  if (options.json) out.write(`${toJson(result)}\n`);
+  report(out, options, await api.undefine({ uuid: options.uuid, ...(options.parent === undefined ? {} : { parent: options.parent }), ...(options.force ? { force: true } : {}) }));
 }
 
 /** The request of `start` from its options (mdevctl's argument checks). */
 function startRequest(options: StartOptions): StartRequest {
-  const request: StartRequest = options.force ? { force: true } : {};
-  if (options.uuid !== undefined) request.uuid = options.uuid;
-  if (options.parent !== undefined) request.parent = options.parent;
-  if (options.jsonfile !== undefined) {
-    const config = readJsonFile(options.jsonfile);
-    if (options.parent === undefined) throw argumentError('Parent device required to start device via json file');
-    return { ...request, config };
-  }
+  const request = named(options, 'Parent device required to start device via json file');
+  if (request.config !== undefined) return request;
   if (options.type !== undefined) request.mdevType = options.type;
   // Without a UUID nothing defined can be meant: a transient instance needs its type.
   if (options.uuid === undefined && options.type === undefined) throw argumentError('Device is insufficiently specified');
@@ -218,9 +225,7 @@ function startRequest(options: StartOptions): StartRequest {
  *   ENOSPC (no available instances), EINVAL (an attribute refused: nothing is left), ECANCELED (vetoed).
  */
 export async function mdevStart(api: HostApi, options: StartOptions, out: MdevOutput = stdoutOutput): Promise<void> {
-  const status = await api.start(startRequest(options));
-  if (options.json) out.write(`${toJson(status)}\n`);
-  else if (options.uuid === undefined) out.write(`${status.uuid}\n`);
+  report(out, options, await api.start(startRequest(options)), true);
 }
 
 /**
@@ -230,19 +235,14 @@ export async function mdevStart(api: HostApi, options: StartOptions, out: MdevOu
  * @throws {VfioUserError} the host's: ENOENT (not running), EBUSY (a client is connected, no `--force`), ECANCELED.
  */
 export async function mdevStop(api: HostApi, options: StopOptions, out: MdevOutput = stdoutOutput): Promise<void> {
-  const status = await api.stop({ uuid: options.uuid, ...(options.force ? { force: true } : {}) });
-  if (options.json) out.write(`${toJson(status)}\n`);
+  report(out, options, await api.stop({ uuid: options.uuid, ...(options.force ? { force: true } : {}) }));
 }
 
 /** The request of `modify` from its options (mdevctl's argument checks). */
 function modifyRequest(options: ModifyOptions): ModifyRequest {
-  const request: ModifyRequest = { uuid: options.uuid, ...(options.force ? { force: true } : {}) };
-  if (options.parent !== undefined) request.parent = options.parent;
-  if (options.jsonfile !== undefined) {
-    const config = readJsonFile(options.jsonfile);
-    if (options.parent === undefined) throw argumentError('Parent device required to modify device via json file');
-    return { ...request, config };
-  }
+  const { config, ...rest } = named(options, 'Parent device required to modify device via json file');
+  const request: ModifyRequest = { ...rest, uuid: options.uuid };
+  if (config !== undefined) return { ...request, config };
   if (options.type !== undefined) request.mdevType = options.type;
   if (options.auto && options.manual) throw argumentError("'auto' and 'manual' are mutually exclusive");
   if (options.auto) request.start = 'auto';
@@ -265,6 +265,5 @@ function modifyRequest(options: ModifyOptions): ModifyRequest {
  *   index out of range, bad attribute or type), ECANCELED (vetoed).
  */
 export async function mdevModify(api: HostApi, options: ModifyOptions, out: MdevOutput = stdoutOutput): Promise<void> {
-  const entry: DefinitionEntry = await api.modify(modifyRequest(options));
-  if (options.json) out.write(`${toJson(entry)}\n`);
+  report(out, options, await api.modify(modifyRequest(options)));
 }

@@ -109,6 +109,35 @@ const LIST_DESCRIPTION =
   'list mediated devices: running instances, or with -d the definitions; -u/-p filter. --dumpjson prints ' +
   "mdevctl's JSON (with -u and one match, the config-file object); -v adds attributes, -vv runtime state";
 
+/** Help texts of {@link deviceVerb}'s command and options (mdevctl's, per verb). */
+interface DeviceVerbHelp {
+  description: string;
+  uuid: string;
+  parent: string;
+  type: string;
+  jsonfile: string;
+}
+
+/**
+ * `define` and `start`: `-u`, `-p`, `-t`, `--jsonfile` (not with `-t`, nor with `-a` which
+ * define adds), `-f`, `--json`; `-u` or `-p` required (clap's `required_unless_present`), exit 2.
+ */
+function deviceVerb(mdev: Command, verb: 'define' | 'start', help: DeviceVerbHelp): Command {
+  return mdev
+    .command(verb)
+    .description(help.description)
+    .addOption(uuidOption(help.uuid))
+    .option('-p, --parent <parent>', help.parent)
+    .option('-t, --type <type>', help.type)
+    .addOption(new Option('--jsonfile <file>', help.jsonfile).conflicts(['type', 'auto']))
+    .addOption(forceOption())
+    .addOption(json())
+    .hook('preAction', (command) => {
+      const options = command.opts<{ uuid?: string; parent?: string }>();
+      if (options.uuid === undefined && options.parent === undefined) usage(command, `${verb}: -u/--uuid or -p/--parent is required`);
+    });
+}
+
 function addVerbs(mdev: Command, deps: MdevDeps): void {
   const control = (command: Command): string | undefined => command.optsWithGlobals<ControlOptions>().control;
 
@@ -124,20 +153,15 @@ function addVerbs(mdev: Command, deps: MdevDeps): void {
     .addOption(json())
     .action((options: TypesOptions, command: Command) => run(deps, control(command), 'mdev types', (api, out) => mdevTypes(api, options, out)));
 
-  mdev
-    .command('define')
-    .description("define a persistent mediated device: from -p and -t, from --jsonfile (mdevctl's config format), or a running instance's -u; prints the UUID when it generates one")
-    .addOption(uuidOption('assign UUID to the device (generated and printed if absent)'))
+  deviceVerb(mdev, 'define', {
+    description: "define a persistent mediated device: from -p and -t, from --jsonfile (mdevctl's config format), or a running instance's -u; prints the UUID when it generates one",
+    uuid: 'assign UUID to the device (generated and printed if absent)',
+    parent: 'specify the parent of the device',
+    type: 'specify the mdev type of the device (<parent>-<name>)',
+    jsonfile: 'specify device details in JSON format (mdevctl’s config file)',
+  })
     .addOption(new Option('-a, --auto', 'automatically start device on parent availability (when the host starts)'))
-    .option('-p, --parent <parent>', 'specify the parent of the device')
-    .option('-t, --type <type>', 'specify the mdev type of the device (<parent>-<name>)')
-    .addOption(new Option('--jsonfile <file>', 'specify device details in JSON format (mdevctl’s config file)').conflicts(['type', 'auto']))
-    .addOption(forceOption())
-    .addOption(json())
-    .action((options: DefineOptions, command: Command) => {
-      if (options.uuid === undefined && options.parent === undefined) usage(command, 'define: -u/--uuid or -p/--parent is required');
-      return run(deps, control(command), 'mdev define', (api, out) => mdevDefine(api, options, out));
-    });
+    .action((options: DefineOptions, command: Command) => run(deps, control(command), 'mdev define', (api, out) => mdevDefine(api, options, out)));
 
   mdev
     .command('undefine')
@@ -152,19 +176,13 @@ function addVerbs(mdev: Command, deps: MdevDeps): void {
 
   addModify(mdev, deps, control);
 
-  mdev
-    .command('start')
-    .description('start a mediated device: a defined one (-u [-p]), or a transient one (-p with -t or --jsonfile; prints the UUID when it generates one)')
-    .addOption(uuidOption('UUID of the device to start'))
-    .option('-p, --parent <parent>', 'parent of the device to start')
-    .option('-t, --type <type>', 'mdev type of the device to start')
-    .addOption(new Option('--jsonfile <file>', 'details of the device to be started, in JSON format (mdevctl’s config file)').conflicts('type'))
-    .addOption(forceOption())
-    .addOption(json())
-    .action((options: StartOptions, command: Command) => {
-      if (options.uuid === undefined && options.parent === undefined) usage(command, 'start: -u/--uuid or -p/--parent is required');
-      return run(deps, control(command), 'mdev start', (api, out) => mdevStart(api, options, out));
-    });
+  deviceVerb(mdev, 'start', {
+    description: 'start a mediated device: a defined one (-u [-p]), or a transient one (-p with -t or --jsonfile; prints the UUID when it generates one)',
+    uuid: 'UUID of the device to start',
+    parent: 'parent of the device to start',
+    type: 'mdev type of the device to start',
+    jsonfile: 'details of the device to be started, in JSON format (mdevctl’s config file)',
+  }).action((options: StartOptions, command: Command) => run(deps, control(command), 'mdev start', (api, out) => mdevStart(api, options, out)));
 
   mdev
     .command('stop')
