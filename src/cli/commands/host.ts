@@ -11,6 +11,7 @@
  * are logged as JSON lines on stderr (level `info` unless `VFIO_USER_LOG`
  * says otherwise).
  */
+import { resolve } from 'node:path';
 import { createJsonLogger, getDefaultLogger, type Logger } from '../../log.js';
 import { DeviceHost, type DeviceHostOptions } from '../../host/host.js';
 import { defaultPaths } from '../../host/paths.js';
@@ -79,7 +80,7 @@ export function hostOptions(options: HostCommandOptions, env: NodeJS.ProcessEnv 
   if (options.watchdog !== undefined) cell.watchdogMs = options.watchdog;
   if (options.memoryLimit !== undefined) cell.memoryLimitMb = Math.max(1, Math.floor(options.memoryLimit / MiB));
   return {
-    paths: { runDir: options.runDir ?? defaults.runDir, configDir: options.configDir ?? defaults.configDir },
+    paths: { runDir: resolve(options.runDir ?? defaults.runDir), configDir: resolve(options.configDir ?? defaults.configDir) }, // absolute: sockets are reported by path
     parents: options.parent ?? [],
     builtinParents: options.builtinParents ?? true,
     allowedUids,
