@@ -48,7 +48,7 @@ function defaultControlSocket(): string {
 }
 
 function controlOption(): Option {
-  return new Option('--control <socket>', "the host's control socket (default: <run dir>/control.sock — $VFIO_USER_RUN_DIR, /run/vfio-user for root, else $XDG_RUNTIME_DIR/vfio-user)").env(CONTROL_ENV);
+  return new Option('--control <socket>', "the host's control socket (default: control.sock in the host's default run dir: $VFIO_USER_RUN_DIR, /run/vfio-user for root, $XDG_RUNTIME_DIR/vfio-user, else ${TMPDIR:-/tmp}/vfio-user-<uid>)").env(CONTROL_ENV);
 }
 
 /** `-u` as mdevctl reads it (any case; hyphenated, simple, braced or URN), lower-case hyphenated. */
