@@ -135,7 +135,9 @@ describe('mdev verbs against a fake host', () => {
       `976d8cc2-4bfc-43b9-b9f9-f4af2de91ab9 0000:00:02.0 arbitrary_type1 manual\n  State: active\n  Socket: ${busy.socket}\n` +
         '  Client: pid 4242, uid 1000, gid 1001, since 2026-12-07T15:30:00.000Z\n  Migration: RUNNING\n',
     );
-    assert.deepEqual(JSON.parse(await mdev(host, 'list', '--json')), [busy]);
+    const json = await mdev(host, 'list', '--json');
+    assert.deepEqual(JSON.parse(json), [busy]);
+    assert.ok(json.endsWith('}\n]\n'), 'our --json ends with a newline, as every --json of the CLI (only --dumpjson is without, as mdevctl)');
   });
 
   it('list -d -vv shows the state of the running definitions (asking the host for instances too)', async () => {
