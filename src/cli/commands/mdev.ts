@@ -267,9 +267,14 @@ export function createLsmdev(deps: MdevDeps = {}): Command {
 
 /**
  * Runs `lsmdev` with `argv` (`process.argv`): one line on stderr and exit 1
- * when the listing fails.
+ * when the listing fails (exit 0 when stdout's reader went away: EPIPE).
  */
 export async function runLsmdev(argv: readonly string[], deps: MdevDeps = {}): Promise<void> {
+  // `lsmdev | head -1`: a closed pipe ends the output, not the process with a stack trace.
+  process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+    process.stderr.write(error.code === 'EPIPE' ? '' : `lsmdev: ${describeError(error)}\n`);
+    process.exit(error.code === 'EPIPE' ? 0 : 1);
+  });
   try {
     await createLsmdev(deps).parseAsync([...argv]);
   } catch (error) {
