@@ -81,11 +81,11 @@ export async function defineOp(parts: HostParts, request: CheckedDefine): Promis
     config = request.config;
   } else {
     const p = request.parent ?? running?.loaded.parent.name;
-    if (p === undefined) throw new InvalidArgumentError(`define ${uuid}: no parent specified (and no instance ${uuid} is running)`);
+    if (p === undefined) throw new InvalidArgumentError(`no parent specified (and no instance ${uuid} is running)`);
     parent = p;
     const same = running !== undefined && running.loaded.parent.name === parent ? running : undefined;
     const mdevType = request.mdevType ?? (same ? parts.instances.mdevType(same) : undefined);
-    if (mdevType === undefined) throw new InvalidArgumentError(`define ${uuid}: no type specified (and no instance ${uuid} of ${parent} is running)`);
+    if (mdevType === undefined) throw new InvalidArgumentError(`no type specified (and no instance ${uuid} of ${parent} is running)`);
     const attrs = request.attrs ?? (same && mdevType === parts.instances.mdevType(same) ? [...same.attrs] : []);
     config = { mdev_type: mdevType, start: request.start ?? StartMode.MANUAL, attrs };
   }
@@ -194,13 +194,13 @@ function definitionPlan(parts: HostParts, request: CheckedDefine, uuid: string):
     const config = parts.store.read(parent, uuid) as MdevConfig;
     return { uuid, parent, config, resolved: resolveConfig(parts, parent, config), fromDefinition: true };
   }
-  if (request.parent === undefined) throw new InvalidArgumentError(`start ${uuid}: a type needs a parent (can't provide type without parent)`);
+  if (request.parent === undefined) throw new InvalidArgumentError("a type needs a parent (can't provide type without parent)");
   if (parents.length === 0) return undefined;
   const config = parts.store.read(request.parent, uuid) as MdevConfig;
   if (request.mdevType !== undefined && request.mdevType !== config.mdev_type) {
     throw new InvalidArgumentError(`Device ${uuid} already exists on parent ${request.parent} with type ${config.mdev_type}`);
   }
-  if (request.attrs !== undefined) throw new InvalidArgumentError(`start ${uuid}: it is defined on ${request.parent}; its attributes come from the definition (change them with modify)`);
+  if (request.attrs !== undefined) throw new InvalidArgumentError(`${uuid} is defined on ${request.parent}; its attributes come from the definition (change them with modify)`);
   return { uuid, parent: request.parent, config, resolved: resolveConfig(parts, request.parent, config), fromDefinition: true };
 }
 
@@ -213,18 +213,18 @@ function definitionPlan(parts: HostParts, request: CheckedDefine, uuid: string):
  *   EEXIST a JSON config for a UUID defined on that parent.
  */
 export function planStart(parts: HostParts, request: CheckedDefine): StartPlan {
-  if (request.start !== undefined) throw new InvalidArgumentError('start: a start mode (auto/manual) belongs to a definition (define or modify)');
+  if (request.start !== undefined) throw new InvalidArgumentError('a start mode (auto/manual) belongs to a definition (define or modify)');
   const uuid = request.uuid ?? newUuid();
   if (request.config === undefined && request.uuid !== undefined) {
     const plan = definitionPlan(parts, request, uuid);
     if (plan) return plan;
   }
-  if (request.parent === undefined) throw new InvalidArgumentError('start: Device is insufficiently specified (give a UUID that is defined, or a parent and a type)');
+  if (request.parent === undefined) throw new InvalidArgumentError('Device is insufficiently specified (give a UUID that is defined, or a parent and a type)');
   if (request.config !== undefined && isDefined(parts, request.parent, uuid)) {
-    throw new VfioUserError(`start: ${uuid} is defined on ${request.parent}; start it by UUID alone`, { errno: Errno.EEXIST });
+    throw new VfioUserError(`${uuid} is defined on ${request.parent}; start it by UUID alone`, { errno: Errno.EEXIST });
   }
   const mdevType = request.config?.mdev_type ?? request.mdevType;
-  if (mdevType === undefined) throw new InvalidArgumentError(`start ${uuid}: no type specified (Device is insufficiently specified)`);
+  if (mdevType === undefined) throw new InvalidArgumentError('no type specified (Device is insufficiently specified)');
   const config: MdevConfig = request.config ?? { mdev_type: mdevType, start: StartMode.MANUAL, attrs: request.attrs ?? [] };
   return { uuid, parent: request.parent, config, resolved: resolveConfig(parts, request.parent, config), fromDefinition: false };
 }

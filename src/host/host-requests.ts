@@ -11,41 +11,41 @@ import { normalizeUuid } from './uuid.js';
 import type { DefineRequest, ListRequest, ModifyRequest, StopRequest, UndefineRequest } from './api.js';
 import type { MdevAttr, MdevConfig, StartMode } from './types.js';
 
-function object(value: unknown, op: string): Record<string, unknown> {
+function object(value: unknown): Record<string, unknown> {
   if (value === undefined) return {};
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new InvalidArgumentError(`${op}: the request must be an object`);
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new InvalidArgumentError('the request must be an object');
   return value as Record<string, unknown>;
 }
 
-function optionalString(r: Record<string, unknown>, key: string, op: string): string | undefined {
+function optionalString(r: Record<string, unknown>, key: string): string | undefined {
   const v = r[key];
   if (v === undefined || v === null) return undefined;
-  if (typeof v !== 'string' || v === '') throw new InvalidArgumentError(`${op}: ${key} must be a non-empty string`);
+  if (typeof v !== 'string' || v === '') throw new InvalidArgumentError(`${key} must be a non-empty string`);
   return v;
 }
 
-function optionalBoolean(r: Record<string, unknown>, key: string, op: string): boolean | undefined {
+function optionalBoolean(r: Record<string, unknown>, key: string): boolean | undefined {
   const v = r[key];
   if (v === undefined || v === null) return undefined;
-  if (typeof v !== 'boolean') throw new InvalidArgumentError(`${op}: ${key} must be true or false`);
+  if (typeof v !== 'boolean') throw new InvalidArgumentError(`${key} must be true or false`);
   return v;
 }
 
-function optionalUuid(r: Record<string, unknown>, op: string): string | undefined {
-  const text = optionalString(r, 'uuid', op);
+function optionalUuid(r: Record<string, unknown>): string | undefined {
+  const text = optionalString(r, 'uuid');
   return text === undefined ? undefined : normalizeUuid(text);
 }
 
-function requiredUuid(r: Record<string, unknown>, op: string): string {
-  const uuid = optionalUuid(r, op);
-  if (uuid === undefined) throw new InvalidArgumentError(`${op}: a UUID is required`);
+function requiredUuid(r: Record<string, unknown>): string {
+  const uuid = optionalUuid(r);
+  if (uuid === undefined) throw new InvalidArgumentError('a UUID is required');
   return uuid;
 }
 
-function optionalStart(r: Record<string, unknown>, op: string): StartMode | undefined {
+function optionalStart(r: Record<string, unknown>): StartMode | undefined {
   const v = r.start;
   if (v === undefined || v === null) return undefined;
-  if (v !== 'auto' && v !== 'manual') throw new InvalidArgumentError(`${op}: start must be "auto" or "manual", not ${JSON.stringify(v)}`);
+  if (v !== 'auto' && v !== 'manual') throw new InvalidArgumentError(`start must be "auto" or "manual", not ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -60,9 +60,9 @@ function optionalConfig(r: Record<string, unknown>, op: string): MdevConfig | un
   return validateMdevConfig(r.config, `${op} request's config`);
 }
 
-function optionalIndex(value: unknown, op: string, what: string): number | undefined {
+function optionalIndex(value: unknown, what: string): number | undefined {
   if (value === undefined || value === null) return undefined;
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) throw new InvalidArgumentError(`${op}: ${what} must be a non-negative integer`);
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) throw new InvalidArgumentError(`${what} must be a non-negative integer`);
   return value;
 }
 
@@ -84,18 +84,18 @@ export interface CheckedDefine {
  *   a config given beside mdevType, attrs or start, or a config without a parent.
  */
 export function checkDefine(request: DefineRequest | undefined, op: 'define' | 'start'): CheckedDefine {
-  const r = object(request, op);
+  const r = object(request);
   const checked: CheckedDefine = {};
-  const uuid = optionalUuid(r, op);
-  const parent = optionalString(r, 'parent', op);
-  const mdevType = optionalString(r, 'mdevType', op);
-  const start = optionalStart(r, op);
+  const uuid = optionalUuid(r);
+  const parent = optionalString(r, 'parent');
+  const mdevType = optionalString(r, 'mdevType');
+  const start = optionalStart(r);
   const attrs = optionalAttrs(r, op);
   const config = optionalConfig(r, op);
   if (config !== undefined) {
     const beside = [mdevType === undefined ? '' : 'a type', attrs === undefined ? '' : 'attributes', start === undefined ? '' : 'a start mode'].filter((s) => s !== '');
-    if (beside.length > 0) throw new InvalidArgumentError(`${op}: a JSON config conflicts with ${beside.join(' and ')} given beside it`);
-    if (parent === undefined) throw new InvalidArgumentError(`${op}: a parent is required with a JSON config`);
+    if (beside.length > 0) throw new InvalidArgumentError(`a JSON config conflicts with ${beside.join(' and ')} given beside it`);
+    if (parent === undefined) throw new InvalidArgumentError('a parent is required with a JSON config');
   }
   if (uuid !== undefined) checked.uuid = uuid;
   if (parent !== undefined) checked.parent = parent;
@@ -103,36 +103,36 @@ export function checkDefine(request: DefineRequest | undefined, op: 'define' | '
   if (start !== undefined) checked.start = start;
   if (attrs !== undefined) checked.attrs = attrs;
   if (config !== undefined) checked.config = config;
-  if (optionalBoolean(r, 'force', op)) checked.force = true;
+  if (optionalBoolean(r, 'force')) checked.force = true;
   return checked;
 }
 
 /** Checks a {@link ListRequest}. @throws {InvalidArgumentError} EINVAL for a field of the wrong type or a bad UUID. */
 export function checkList(request: ListRequest | undefined): { defined: boolean; uuid?: string; parent?: string } {
-  const r = object(request, 'list');
-  const uuid = optionalUuid(r, 'list');
-  const parent = optionalString(r, 'parent', 'list');
-  return { defined: optionalBoolean(r, 'defined', 'list') ?? false, ...(uuid === undefined ? {} : { uuid }), ...(parent === undefined ? {} : { parent }) };
+  const r = object(request);
+  const uuid = optionalUuid(r);
+  const parent = optionalString(r, 'parent');
+  return { defined: optionalBoolean(r, 'defined') ?? false, ...(uuid === undefined ? {} : { uuid }), ...(parent === undefined ? {} : { parent }) };
 }
 
 /** Checks a `types` request. @throws {InvalidArgumentError} EINVAL for a parent that is not a string. */
 export function checkTypes(request: { parent?: string } | undefined): { parent?: string } {
-  const parent = optionalString(object(request, 'types'), 'parent', 'types');
+  const parent = optionalString(object(request), 'parent');
   return parent === undefined ? {} : { parent };
 }
 
 /** Checks a {@link StopRequest}. @throws {InvalidArgumentError} EINVAL: no or bad UUID, force not a boolean. */
 export function checkStop(request: StopRequest | undefined): { uuid: string; force: boolean } {
-  const r = object(request, 'stop');
-  return { uuid: requiredUuid(r, 'stop'), force: optionalBoolean(r, 'force', 'stop') ?? false };
+  const r = object(request);
+  return { uuid: requiredUuid(r), force: optionalBoolean(r, 'force') ?? false };
 }
 
 /** Checks an {@link UndefineRequest}. @throws {InvalidArgumentError} EINVAL: no or bad UUID, bad parent. */
 export function checkUndefine(request: UndefineRequest | undefined): { uuid: string; parent?: string; force: boolean } {
-  const r = object(request, 'undefine');
-  const uuid = requiredUuid(r, 'undefine');
-  const parent = optionalString(r, 'parent', 'undefine');
-  const force = optionalBoolean(r, 'force', 'undefine') ?? false;
+  const r = object(request);
+  const uuid = requiredUuid(r);
+  const parent = optionalString(r, 'parent');
+  const force = optionalBoolean(r, 'force') ?? false;
   return parent === undefined ? { uuid, force } : { uuid, parent, force };
 }
 
@@ -155,35 +155,35 @@ export interface CheckedModify {
  *   and delAttr, a config beside other changes or without a parent.
  */
 export function checkModify(request: ModifyRequest | undefined): CheckedModify {
-  const r = object(request, 'modify');
-  const checked: CheckedModify = { uuid: requiredUuid(r, 'modify') };
-  const parent = optionalString(r, 'parent', 'modify');
-  const mdevType = optionalString(r, 'mdevType', 'modify');
-  const start = optionalStart(r, 'modify');
+  const r = object(request);
+  const checked: CheckedModify = { uuid: requiredUuid(r) };
+  const parent = optionalString(r, 'parent');
+  const mdevType = optionalString(r, 'mdevType');
+  const start = optionalStart(r);
   const config = optionalConfig(r, 'modify');
   if (parent !== undefined) checked.parent = parent;
   if (mdevType !== undefined) checked.mdevType = mdevType;
   if (start !== undefined) checked.start = start;
-  if (optionalBoolean(r, 'force', 'modify')) checked.force = true;
+  if (optionalBoolean(r, 'force')) checked.force = true;
   if (r.addAttr !== undefined && r.addAttr !== null) {
-    const add = object(r.addAttr, 'modify addAttr');
-    const name = optionalString(add, 'name', 'modify addAttr');
-    if (name === undefined || typeof add.value !== 'string') throw new InvalidArgumentError('modify: addAttr needs a name and a string value');
-    const index = optionalIndex(add.index, 'modify', 'addAttr.index');
+    const add = object(r.addAttr);
+    const name = optionalString(add, 'name');
+    if (name === undefined || typeof add.value !== 'string') throw new InvalidArgumentError('addAttr needs a name and a string value');
+    const index = optionalIndex(add.index, 'addAttr.index');
     checked.addAttr = index === undefined ? { name, value: add.value } : { name, value: add.value, index };
   }
   if (r.delAttr !== undefined && r.delAttr !== null) {
-    const index = optionalIndex(object(r.delAttr, 'modify delAttr').index, 'modify', 'delAttr.index');
+    const index = optionalIndex(object(r.delAttr).index, 'delAttr.index');
     checked.delAttr = index === undefined ? {} : { index };
   }
-  if (checked.addAttr && checked.delAttr) throw new InvalidArgumentError('modify: addAttr and delAttr cannot be combined');
+  if (checked.addAttr && checked.delAttr) throw new InvalidArgumentError('addAttr and delAttr cannot be combined');
   if (config !== undefined) {
-    if (mdevType !== undefined || start !== undefined || checked.addAttr || checked.delAttr) throw new InvalidArgumentError('modify: a JSON config replaces the whole definition; it conflicts with other changes');
-    if (parent === undefined) throw new InvalidArgumentError('modify: a parent is required with a JSON config');
+    if (mdevType !== undefined || start !== undefined || checked.addAttr || checked.delAttr) throw new InvalidArgumentError('a JSON config replaces the whole definition; it conflicts with other changes');
+    if (parent === undefined) throw new InvalidArgumentError('a parent is required with a JSON config');
     checked.config = config;
   }
   if (mdevType === undefined && start === undefined && !checked.addAttr && !checked.delAttr && config === undefined) {
-    throw new InvalidArgumentError('modify: nothing to change (a type, a start mode, addAttr, delAttr or a JSON config)');
+    throw new InvalidArgumentError('nothing to change (a type, a start mode, addAttr, delAttr or a JSON config)');
   }
   return checked;
 }
