@@ -112,6 +112,7 @@ async function clearStale(path: string): Promise<void> {
 
 /** The control socket's server. */
 export class ControlServer {
+  /** The socket file's path. */
   readonly path: string;
   readonly #server: Server;
   /** Admitted connections (counted against the limit). */

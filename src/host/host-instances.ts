@@ -70,6 +70,7 @@ export class InstanceManager {
   readonly #policy: RestartPolicy;
   #closing = false;
 
+  /** Nothing is started until {@link InstanceManager.reserve} and {@link InstanceManager.launch}. */
   constructor(options: InstanceManagerOptions) {
     this.#options = options;
     this.#policy = { ...DEFAULT_RESTART_POLICY, ...options.restart };
@@ -80,14 +81,17 @@ export class InstanceManager {
     return join(this.#options.runDir, `${uuid}.sock`);
   }
 
+  /** The record of `uuid` (lower-case), if it runs, starts or failed. */
   get(uuid: string): InstanceRecord | undefined {
     return this.#records.get(uuid);
   }
 
+  /** Every record, in start order. */
   all(): InstanceRecord[] {
     return [...this.#records.values()];
   }
 
+  /** How many records there are. */
   get size(): number {
     return this.#records.size;
   }

@@ -73,7 +73,9 @@ export interface DeviceHostOptions {
 
 /** The device host (see the module comment). */
 export class DeviceHost implements HostApi {
+  /** The run and config directories. */
   readonly paths: HostPaths;
+  /** `<runDir>/control.sock` (listened on unless `control: false`). */
   readonly controlSocket: string;
   readonly #parts: HostParts;
   readonly #logger: Logger;
