@@ -47,7 +47,7 @@ export interface CellWorkerData {
 export type CellRequest = { op: 'status'; id: number } | { op: 'stop'; id: number; force: boolean };
 
 /** The answer to a {@link CellRequest}. */
-export type CellReply = { ok: true; status?: CellStatus } | { ok: false; errno: number; message: string };
+export type CellReply = { ok: true; status?: CellStatus; warning?: string } | { ok: false; errno: number; message: string };
 
 /** Worker → main. */
 export type CellToMain =

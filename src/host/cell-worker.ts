@@ -84,7 +84,11 @@ async function stop(served: Served, force: boolean): Promise<CellReply> {
     return { ok: false, errno: Errno.EBUSY, message: `instance in use by pid ${pid} (uid ${uid}); stop it with force` };
   }
   await served.server.close();
-  await served.built.dispose();
+  try {
+    await served.built.dispose();
+  } catch (error) {
+    return { ok: true, warning: `the parent's dispose failed: ${messageOf(error)}` }; // stopped all the same
+  }
   return { ok: true };
 }
 

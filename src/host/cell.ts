@@ -225,6 +225,7 @@ export class InstanceCell extends EventEmitter<CellEvents> {
     try {
       const outcome = await Promise.race([this.#request({ op: 'stop', force: options.force ?? false }), timeout]);
       if (outcome === 'timeout') this.#logger.warn({ timeoutMs: this.#stopTimeoutMs }, 'instance stop timed out; terminating its worker');
+      else if (outcome.ok && outcome.warning) this.#logger.warn({ reason: outcome.warning }, 'instance stopped with a problem');
     } catch (error) {
       if (this.alive) {
         this.#stopping = false; // refused (EBUSY): still serving

@@ -21,6 +21,25 @@ export function threads(): number {
   return readdirSync('/proc/self/task').length;
 }
 
+/**
+ * `count()` once it is at most `target`, or after 2 s whatever it is: an ended worker's thread and the
+ * runtime's own helper threads come and go a moment after the event that ends them; a leak stays.
+ */
+export async function settledCount(count: () => number, target: number): Promise<number> {
+  for (let i = 0; i < 100 && count() > target; i++) await new Promise((resolve) => setTimeout(resolve, 20));
+  return count();
+}
+
+/** The lowest of a few readings of `count()` (a baseline not inflated by a thread about to end). */
+export async function baseline(count: () => number): Promise<number> {
+  let low = count();
+  for (let i = 0; i < 10; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    low = Math.min(low, count());
+  }
+  return low;
+}
+
 /** A 0700 temp run dir, removed by `dispose`. */
 export function runDir(): { dir: string; dispose(): void } {
   const dir = mkdtempSync(join(tmpdir(), 'vfio-user-cells-'));

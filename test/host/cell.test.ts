@@ -5,7 +5,8 @@ import { VfioUserClient } from '../../src/client/client.js';
 import { VfioUserError } from '../../src/errors.js';
 import { Errno } from '../../src/protocol/errno.js';
 import type { InstanceClient } from '../../src/host/types.js';
-import { openFds, runDir, startCell, threads, u32 } from './cell-support.js';
+import type { Logger } from '../../src/log.js';
+import { baseline, openFds, runDir, settledCount, startCell, threads, u32 } from './cell-support.js';
 
 const BAR0 = 0;
 
@@ -18,8 +19,8 @@ describe('instance cell', () => {
     // Warm up: the first cell loads modules and libuv's thread pool in this thread too.
     const warm = await startCell(run.dir, 'echo');
     await warm.close();
-    baselineFds = openFds();
-    baselineThreads = threads();
+    baselineFds = await baseline(openFds);
+    baselineThreads = await baseline(threads);
   });
   after(() => run.dispose());
 
@@ -79,20 +80,36 @@ describe('instance cell', () => {
     first.socket.close();
   });
 
+  it('a stop whose parent dispose throws still stops, with a warning logged', async () => {
+    const warnings: string[] = [];
+    const logger: Logger = {
+      error: () => undefined,
+      warn: (obj: object, msg?: string) => void warnings.push(`${msg ?? ''}: ${(obj as { reason?: string }).reason ?? ''}`),
+      info: () => undefined,
+      debug: () => undefined,
+      child: () => logger,
+    };
+    const t = await startCell(run.dir, 'dispose-fails', { logger });
+    await t.cell.stop();
+    assert.equal(t.cell.alive, false);
+    assert.deepEqual(warnings, ["instance stopped with a problem: the parent's dispose failed: cannot give the resources back"]);
+    t.socket.close();
+  });
+
   it('a create or attribute failure rejects start with its errno, leaving no fd or thread', async () => {
     await assert.rejects(startCell(run.dir, 'create-fails'), (e: VfioUserError) => e.errno === Errno.ENOSPC && /no room/.test(e.message));
     await assert.rejects(startCell(run.dir, 'echo', {}, [{ value: 'x' }]), (e: VfioUserError) => e.errno === Errno.ERANGE && /attribute 0 value/.test(e.message));
     await assert.rejects(startCell(run.dir, 'echo', {}, [{ colour: 'blue' }]), (e: VfioUserError) => e.errno === Errno.EINVAL && /colour/.test(e.message));
     await assert.rejects(startCell(run.dir, 'no-such-type'), (e: VfioUserError) => e.errno === Errno.ENOENT);
-    assert.equal(openFds(), baselineFds);
-    assert.equal(threads(), baselineThreads);
+    assert.equal(await settledCount(openFds, baselineFds), baselineFds);
+    assert.ok((await settledCount(threads, baselineThreads)) <= baselineThreads, 'no thread left');
   });
 
   it('a create that spins or never resolves: start rejects ETIMEDOUT (watchdog, start timeout), nothing left', async () => {
     await assert.rejects(startCell(run.dir, 'create-spins', { watchdogMs: 300 }), (e: VfioUserError) => e.errno === Errno.ETIMEDOUT && /stalled: no heartbeat/.test(e.message));
     await assert.rejects(startCell(run.dir, 'create-hangs', { startTimeoutMs: 300 }), (e: VfioUserError) => e.errno === Errno.ETIMEDOUT && /not served within 300 ms/.test(e.message));
-    assert.equal(openFds(), baselineFds);
-    assert.equal(threads(), baselineThreads);
+    assert.equal(await settledCount(openFds, baselineFds), baselineFds);
+    assert.ok((await settledCount(threads, baselineThreads)) <= baselineThreads, 'no thread left');
   });
 
   it('leaves the fd count where it was after clients, eventfds and memfds', async () => {
@@ -102,7 +119,7 @@ describe('instance cell', () => {
     await t.close(); // terminate, with the session open
     await client.closed;
     client.close();
-    assert.equal(openFds(), baselineFds);
-    assert.equal(threads(), baselineThreads);
+    assert.equal(await settledCount(openFds, baselineFds), baselineFds);
+    assert.ok((await settledCount(threads, baselineThreads)) <= baselineThreads, 'no thread left');
   });
 });
