@@ -22,7 +22,7 @@ describe('vfio-user host (a child process)', () => {
   let args: string[];
   before(() => {
     dirs = hostDirs();
-    args = ['--run-dir', dirs.runDir, '--config-dir', dirs.configDir, '--parent', FIXTURE_PARENT, '--watchdog', '2s'];
+    args = ['--run-dir', dirs.runDir, '--config-dir', dirs.configDir, '--parent', FIXTURE_PARENT];
   });
   after(() => dirs.dispose());
 

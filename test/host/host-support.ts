@@ -41,13 +41,12 @@ export function hostDirs(): HostDirs {
   return { root, runDir: join(root, 'run'), configDir: join(root, 'cfg'), dispose: () => rmSync(root, { recursive: true, force: true }) };
 }
 
-/** A host on `dirs` with the fixture parent (no built-ins unless asked), a short watchdog and fast restarts. */
+/** A host on `dirs` with the fixture parent (no built-ins unless asked) and fast restarts. */
 export function startHost(dirs: HostDirs, options: Partial<DeviceHostOptions> = {}): Promise<DeviceHost> {
   return DeviceHost.start({
     paths: { runDir: dirs.runDir, configDir: dirs.configDir },
     parents: [FIXTURE_PARENT],
     builtinParents: false,
-    cell: { watchdogMs: 2000 },
     restart: { initialDelayMs: 20, maxDelayMs: 200 },
     ...options,
   });
