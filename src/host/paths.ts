@@ -51,12 +51,12 @@ export function controlSocketPath(runDir: string): string {
  * neither group- nor world-writable — otherwise someone else could replace
  * our sockets.
  * @throws {VfioUserError} EPERM when it is owned by another uid or group/world-writable;
- *   EINVAL when it is not a directory; EACCES and others from `mkdir`.
+ *   ENOTDIR when it is not a directory (a symbolic link included); EACCES and others from `mkdir`.
  */
 export function ensureRunDir(runDir: string, uid: number = process.getuid?.() ?? 0): void {
   mkdirSync(runDir, { recursive: true, mode: 0o700 });
   const st = lstatSync(runDir);
-  if (!st.isDirectory()) throw new VfioUserError(`run dir ${runDir}: not a directory`, { errno: Errno.EINVAL });
+  if (!st.isDirectory()) throw new VfioUserError(`run dir ${runDir}: not a directory`, { errno: Errno.ENOTDIR });
   if (st.uid !== uid) throw new VfioUserError(`run dir ${runDir}: owned by uid ${st.uid}, not ${uid}; refusing to put sockets there`, { errno: Errno.EPERM });
   if ((st.mode & 0o022) !== 0) {
     throw new VfioUserError(`run dir ${runDir}: group- or world-writable (mode ${(st.mode & 0o777).toString(8)}); refusing to put sockets there`, { errno: Errno.EPERM });

@@ -55,10 +55,10 @@ describe('ensureRunDir', () => {
     assert.throws(() => ensureRunDir(ours, uid + 1), (e: VfioUserError) => e.code === 'EPERM' && new RegExp(`owned by uid ${uid}, not ${uid + 1}`).test(e.message));
     const file = join(root, 'file');
     writeFileSync(file, '');
-    assert.throws(() => ensureRunDir(file, uid), (e: NodeJS.ErrnoException) => e.code === 'EEXIST' || (e as VfioUserError).code === 'EINVAL');
+    assert.throws(() => ensureRunDir(file, uid), (e: NodeJS.ErrnoException) => e.code === 'EEXIST' || e.code === 'ENOTDIR');
     const link = join(root, 'link');
     symlinkSync(ours, link);
-    assert.throws(() => ensureRunDir(link, uid), (e: VfioUserError) => e.code === 'EINVAL' && /not a directory/.test(e.message));
+    assert.throws(() => ensureRunDir(link, uid), (e: VfioUserError) => e.code === 'ENOTDIR' && /not a directory/.test(e.message));
     rmSync(root, { recursive: true, force: true });
   });
 });
