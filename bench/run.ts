@@ -5,7 +5,7 @@
  *   --json         print one JSON document instead of tables
  *   --quick        fewer iterations (for a smoke run)
  *   --only NAMES   only these sections (comma separated: transport, codec,
- *                  server, client, migration, orchestrator, qemu, host)
+ *                  server, client, migration, orchestrator, qemu, host, cells)
  *   --help         this text
  * LIBVFIO_USER_BUILD=DIR adds libvfio-user's samples/gpio-pci-idio-16 (built
  * in DIR) to the server section, measured against the same C client, and to
@@ -26,6 +26,7 @@ import { runMigrationBench, type MigrationResult } from './migration.js';
 import { runOrchestratorBench, type OrchestratorResult } from './orchestrator.js';
 import { runQemuBench, type QemuResult } from './qemu.js';
 import { runHostBench, type HostResult } from './host.js';
+import { runHostCellsBench, type CellsResult } from './host-cells.js';
 
 interface Report {
   pinnedCpu: string | null;
@@ -37,9 +38,10 @@ interface Report {
   orchestrator?: OrchestratorResult;
   qemu?: QemuResult;
   host?: HostResult;
+  cells?: CellsResult;
 }
 
-const SECTIONS = ['transport', 'codec', 'server', 'client', 'migration', 'orchestrator', 'qemu', 'host'] as const;
+const SECTIONS = ['transport', 'codec', 'server', 'client', 'migration', 'orchestrator', 'qemu', 'host', 'cells'] as const;
 type Section = (typeof SECTIONS)[number];
 
 function sections(): Set<Section> {
@@ -107,6 +109,7 @@ async function main(): Promise<void> {
       else if (!json) console.log('\nQEMU: skipped (VFIO_USER_QEMU is not set)');
     }
     if (only.has('host')) report.host = await runHostBench({ dir, echo, pin, instances: quick ? 100 : 1000, iterations: quick ? 20_000 : 100_000, log: !json });
+    if (only.has('cells')) report.cells = await runHostCellsBench({ counts: quick ? [1, 10] : [1, 10, 100], log: !json });
     if (json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
