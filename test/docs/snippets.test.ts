@@ -14,7 +14,7 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -51,14 +51,17 @@ const slug = (b: Block): string => `${b.doc.replace(/[^A-Za-z0-9]+/g, '-').toLow
 const intoDir = (text: string, dir: string): string => text.replaceAll('/tmp/', `${dir}/`);
 const fromDir = (text: string, dir: string): string => text.replaceAll(`${dir}/`, '/tmp/').replaceAll(root, '/tmp');
 
-/** The snippet root: a package.json (ESM), node_modules/vfio-user → this checkout, bin/vfio-user → the built CLI. */
+/** The snippet root: a package.json (ESM), node_modules/vfio-user → this checkout, bin/ → the package's commands (package.json `bin`: vfio-user, lsmdev). */
 function prepareRoot(): void {
   writeFileSync(join(root, 'package.json'), JSON.stringify({ name: 'vfio-user-snippets', private: true, type: 'module' }));
   mkdirSync(join(root, 'node_modules'));
   symlinkSync(REPO, join(root, 'node_modules/vfio-user'), 'dir');
   mkdirSync(join(root, 'bin'));
-  writeFileSync(join(root, 'bin/vfio-user'), `#!/bin/sh\nexec '${process.execPath}' '${CLI}' "$@"\n`);
-  chmodSync(join(root, 'bin/vfio-user'), 0o755);
+  const bins = (JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { bin: Record<string, string> }).bin;
+  for (const [name, target] of Object.entries(bins)) {
+    writeFileSync(join(root, 'bin', name), `#!/bin/sh\nexec '${process.execPath}' '${join(REPO, target)}' "$@"\n`);
+    chmodSync(join(root, 'bin', name), 0o755);
+  }
   for (const dir of new Set(dirOf.values())) mkdirSync(dir);
 }
 
