@@ -66,17 +66,8 @@ function optionalIndex(value: unknown, what: string): number | undefined {
   return value;
 }
 
-/** A checked `define`/`start` request: UUID normalized, config and type/attrs not both given. */
-export interface CheckedDefine {
-  uuid?: string;
-  parent?: string;
-  mdevType?: string;
-  start?: StartMode;
-  attrs?: MdevAttr[];
-  config?: MdevConfig;
-  /** mdevctl's `--force`: go on despite a vetoing pre-callout. */
-  force?: boolean;
-}
+/** A checked `define`/`start` request: a {@link DefineRequest} whose UUID is normalized, whose config and type/attrs are not both given. */
+export type CheckedDefine = DefineRequest;
 
 /**
  * Checks a {@link DefineRequest} (also a start request).
@@ -136,18 +127,8 @@ export function checkUndefine(request: UndefineRequest | undefined): { uuid: str
   return parent === undefined ? { uuid, force } : { uuid, parent, force };
 }
 
-/** A checked `modify` request. */
-export interface CheckedModify {
-  uuid: string;
-  parent?: string;
-  mdevType?: string;
-  start?: StartMode;
-  addAttr?: { name: string; value: string; index?: number };
-  delAttr?: { index?: number };
-  config?: MdevConfig;
-  /** mdevctl's `--force`: go on despite a vetoing pre-callout. */
-  force?: boolean;
-}
+/** A checked `modify` request: a {@link ModifyRequest} whose every field was checked. */
+export type CheckedModify = ModifyRequest;
 
 /**
  * Checks a {@link ModifyRequest}.

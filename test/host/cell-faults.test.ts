@@ -47,6 +47,16 @@ describe('instance cell faults', () => {
     assert.equal(healthy.cell.alive, true);
   }
 
+  /** After a cell died: its client saw the close, the healthy cell still answers, no fd or thread is left. */
+  async function closedAndOthersFine(t: TestCell, client: VfioUserClient): Promise<void> {
+    await client.closed;
+    client.close();
+    await healthyAnswers();
+    t.socket.close();
+    assert.equal(await settledCount(openFds, baselineFds), baselineFds);
+    assert.ok((await settledCount(threads, baselineThreads)) <= baselineThreads, 'no thread left');
+  }
+
   it('a region callback that throws gets an error reply; the cell and the others carry on', async () => {
     const t = await startCell(run.dir, 'throws');
     const client = await VfioUserClient.connect(t.socket.path);
@@ -83,12 +93,7 @@ describe('instance cell faults', () => {
     const [reason] = await died;
     assert.match(reason, /^out of memory \(ERR_WORKER_OUT_OF_MEMORY\)/);
     assert.equal((await pending as { code?: string }).code, 'ENOTCONN');
-    await client.closed;
-    client.close();
-    await healthyAnswers();
-    t.socket.close();
-    assert.equal(await settledCount(openFds, baselineFds), baselineFds);
-    assert.ok((await settledCount(threads, baselineThreads)) <= baselineThreads, 'no thread left');
+    await closedAndOthersFine(t, client);
   });
 
   it('an exception thrown outside any request ends only that cell, with the error as reason', async () => {
@@ -98,12 +103,7 @@ describe('instance cell faults', () => {
     void client.regionRead(BAR0, 0n, 4).catch(() => undefined); // answered, then the device's timer throws
     const [reason] = await died;
     assert.equal(reason, 'uncaught Error: a device bug outside any request');
-    await client.closed;
-    client.close();
-    await healthyAnswers();
-    t.socket.close();
-    assert.equal(await settledCount(openFds, baselineFds), baselineFds);
-    assert.ok((await settledCount(threads, baselineThreads)) <= baselineThreads, 'no thread left');
+    await closedAndOthersFine(t, client);
   });
 
   it('an unhandled rejection ends only that cell, with the error as reason', async () => {
@@ -127,11 +127,6 @@ describe('instance cell faults', () => {
     await t.cell.stop({ force: true });
     assert.match(t.cell.endReason ?? '', /^stalled: no heartbeat/);
     assert.deepEqual(deaths, []);
-    await client.closed;
-    client.close();
-    await healthyAnswers();
-    t.socket.close();
-    assert.equal(await settledCount(openFds, baselineFds), baselineFds);
-    assert.ok((await settledCount(threads, baselineThreads)) <= baselineThreads, 'no thread left');
+    await closedAndOthersFine(t, client);
   });
 });

@@ -11,6 +11,7 @@
  * are logged as JSON lines on stderr (level `info` unless `VFIO_USER_LOG`
  * says otherwise).
  */
+import { untilSignal } from '../signals.js';
 import { resolve } from 'node:path';
 import { createJsonLogger, getDefaultLogger, type Logger } from '../../log.js';
 import { DeviceHost, type DeviceHostOptions } from '../../host/host.js';
@@ -49,19 +50,6 @@ export interface HostIo {
   stopped(): Promise<string>;
   /** Where events are logged. */
   logger: Logger;
-}
-
-/** Resolves with the name of the first SIGINT or SIGTERM, then stops listening for them. */
-function untilSignal(): Promise<string> {
-  return new Promise((resolve) => {
-    const on = (signal: string): void => {
-      process.off('SIGINT', on);
-      process.off('SIGTERM', on);
-      resolve(signal);
-    };
-    process.on('SIGINT', on);
-    process.on('SIGTERM', on);
-  });
 }
 
 function defaultIo(): HostIo {

@@ -9,6 +9,7 @@
  * logs at warn (a callback returning short data, …) are shown on stderr unless
  * `VFIO_USER_LOG` is set.
  */
+import { untilSignal } from '../signals.js';
 import { parseCount } from '../values.js';
 import { loadDevice } from '../device-module.js';
 
@@ -36,19 +37,6 @@ export interface ServeIo {
 function parseUids(texts: readonly string[] | undefined): number[] | undefined {
   if (texts === undefined) return undefined;
   return texts.map((t) => parseCount(t, '--allow-uid', { min: 0, max: 0xffff_ffff }));
-}
-
-/** Resolves with the name of the first SIGINT or SIGTERM, then stops listening for them. */
-function untilSignal(): Promise<string> {
-  return new Promise((resolve) => {
-    const on = (signal: string): void => {
-      process.off('SIGINT', on);
-      process.off('SIGTERM', on);
-      resolve(signal);
-    };
-    process.on('SIGINT', on);
-    process.on('SIGTERM', on);
-  });
 }
 
 const defaultIo: ServeIo = {
