@@ -1,0 +1,178 @@
+/**
+ * A device host's instances with a real QEMU (`VFIO_USER_QEMU`) as their
+ * client: `vfio-user host` runs as a child process with its built-in parents;
+ * a `memory-pool-64M` instance (attributes `fill` then `write`) and a
+ * `gpio-bank-4` one (attribute `inputs`) are started through the control
+ * socket and both attached to one QEMU as vfio-user-pci. The guest (qtest)
+ * reads the attributes' effects through the BARs and drives the GPIO card;
+ * the host reports QEMU as each instance's client (API and `mdev list
+ * --json`), refuses a plain `stop` (EBUSY) while QEMU is attached, and a
+ * forced stop of one instance leaves QEMU and the other instance working.
+ * Last, the host is SIGKILLed under QEMU: QEMU keeps running.
+ */
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { GPIO_PCI_ID, MEMORY_PCI_ID } from '../../src/devices/index.js';
+import { VfioUserError } from '../../src/errors.js';
+import { connectHost, type HostConnection } from '../../src/host/control-client.js';
+import type { InstanceStatus } from '../../src/host/types.js';
+import { runNode } from '../cli/mdev-support.js';
+import { MAIN, hostDirs, spawnHost, type HostChild, type HostDirs } from '../host/host-support.js';
+import { barAccess, GUEST_RAM_BASE, probe, startGuest, type BarAccess, type Guest } from '../support/qemu/guest.js';
+import { qemuBinary } from '../support/qemu/launcher.js';
+
+const qemu = qemuBinary();
+const MEMORY = '6a1e0c4e-0000-4000-8000-00000000a5a5';
+const GPIO = '6a1e0c4e-0000-4000-8000-00000000b004';
+const MEMORY_SIZE = 64 << 20;
+/** GPIO BAR2: 32-bit OUTPUT and INPUT registers (src/devices/gpio.ts). */
+const OUTPUT = 0x10;
+const INPUT = 0x14;
+/** Memory BAR2: SIZE_LO (src/devices/memory.ts). */
+const SIZE_LO = 0x00;
+/**
+ * How long QEMU waits for a reply (x-msg-timeout, default 5 s): a request to a
+ * stopped or dead instance then completes as all-ones after this long.
+ */
+const MSG_TIMEOUT_MS = 1000;
+
+/** An assertion callback for `assert.rejects`: a one-line VfioUserError with that errno. */
+const errno = (code: string, pattern: RegExp) => (e: unknown) => {
+  assert.ok(e instanceof VfioUserError, `not a VfioUserError: ${String(e)}`);
+  assert.equal(e.code, code, e.message);
+  assert.match(e.message, pattern);
+  assert.equal(e.message.includes('\n'), false);
+  return true;
+};
+
+describe('QEMU vfio-user-pci on a device host: two instances of one `vfio-user host` in one guest', { skip: qemu.skip }, () => {
+  let dirs: HostDirs;
+  let host: HostChild;
+  let api: HostConnection;
+  let guest: Guest;
+  let memory: InstanceStatus;
+  let gpio: InstanceStatus;
+  let bars: { mem0: BarAccess; mem2: BarAccess; gpio2: BarAccess };
+  const mdev = (...args: string[]) => runNode(MAIN, ['mdev', ...args], { VFIO_USER_CONTROL: join(dirs.runDir, 'control.sock') });
+
+  before(async () => {
+    dirs = hostDirs();
+    host = spawnHost(['--run-dir', dirs.runDir, '--config-dir', dirs.configDir]);
+    await host.ready;
+    api = await connectHost(join(dirs.runDir, 'control.sock'));
+    memory = await api.start({ uuid: MEMORY, parent: 'memory-pool', mdevType: 'memory-pool-64M', attrs: [{ fill: 'a5' }, { write: '0x100:cafe' }] });
+    gpio = await api.start({ uuid: GPIO, parent: 'gpio-bank', mdevType: 'gpio-bank-4', attrs: [{ inputs: '0x5' }] });
+    const props = { 'x-msg-timeout': MSG_TIMEOUT_MS };
+    guest = await startGuest(qemu.path as string, {
+      devices: [
+        { socket: memory.socket, id: 'memory', addr: '0x4', props },
+        { socket: gpio.socket, id: 'gpio', addr: '0x5', props },
+      ],
+    });
+    const mem = await probe(guest, MEMORY_PCI_ID.vendorId, MEMORY_PCI_ID.deviceId);
+    const card = await probe(guest, GPIO_PCI_ID.vendorId, GPIO_PCI_ID.deviceId);
+    const q = guest.qemu.qtest;
+    bars = { mem0: barAccess(q, mem.bar(0)), mem2: barAccess(q, mem.bar(2)), gpio2: barAccess(q, card.bar(2)) };
+  });
+
+  after(async () => {
+    api?.close();
+    await guest?.qemu.close();
+    host?.child.kill('SIGKILL');
+    await host?.exited;
+    dirs?.dispose();
+  });
+
+  it('the guest finds both instances in the slots QEMU was given and reads their attributes through the BARs', async () => {
+    assert.equal(bars.mem0.bar.size, BigInt(MEMORY_SIZE), 'BAR0 is the type 64M');
+    assert.equal(await bars.mem2.read32(SIZE_LO), MEMORY_SIZE, 'the control block reports 64 MiB');
+    assert.equal(await bars.mem0.read32(0), 0xa5a5_a5a5, 'fill a5 at the start of BAR0');
+    assert.equal(await bars.mem0.read32(MEMORY_SIZE - 4), 0xa5a5_a5a5, 'fill a5 at the end of BAR0');
+    assert.equal(await bars.mem0.read32(0x100), 0xa5a5_feca, 'write 0x100:cafe over the fill (order kept)');
+    assert.equal(await bars.gpio2.read32(INPUT), 0x5, 'inputs 0x5 on the gpio-bank-4 card');
+  });
+
+  it('the GPIO card answers the guest: outputs written and read back; the memory BAR0 takes guest stores', async () => {
+    await bars.gpio2.write32(OUTPUT, 0x1234);
+    assert.equal(await bars.gpio2.read32(OUTPUT), 0x1234);
+    await bars.gpio2.write32(OUTPUT, 0x00a5);
+    assert.equal(await bars.gpio2.read32(OUTPUT), 0x00a5);
+    await bars.mem0.write32(0x2000, 0xdead_beef);
+    assert.equal(await bars.mem0.read32(0x2000), 0xdead_beef);
+  });
+
+  it("the host reports QEMU as each instance's client, through its API and `mdev list --json`", async () => {
+    const { instances } = await api.list();
+    const byUuid = new Map(instances.map((i) => [i.uuid, i]));
+    for (const uuid of [MEMORY, GPIO]) {
+      assert.equal(byUuid.get(uuid)?.state, 'active', uuid);
+      assert.equal(byUuid.get(uuid)?.client?.pid, guest.qemu.pid, `${uuid}: its client is QEMU`);
+      assert.equal(byUuid.get(uuid)?.client?.uid, process.getuid?.());
+    }
+    const cli = await mdev('list', '--json');
+    assert.equal(cli.code, 0, cli.stderr);
+    const listed = JSON.parse(cli.stdout) as InstanceStatus[];
+    assert.deepEqual(
+      listed.map((i) => [i.uuid, i.mdevType, i.client?.pid]).sort(),
+      [
+        [MEMORY, 'memory-pool-64M', guest.qemu.pid],
+        [GPIO, 'gpio-bank-4', guest.qemu.pid],
+      ],
+    );
+  });
+
+  it('a plain stop is refused (EBUSY, naming QEMU) while QEMU is attached, through the API and `mdev stop`', async () => {
+    await assert.rejects(api.stop({ uuid: MEMORY }), errno('EBUSY', new RegExp(`in use by pid ${guest.qemu.pid}\\b`)));
+    const cli = await mdev('stop', '-u', GPIO);
+    assert.equal(cli.code, 1, cli.stderr);
+    assert.match(cli.stderr, new RegExp(`^vfio-user: mdev stop: .*in use by pid ${guest.qemu.pid}\\b.*--force`));
+    assert.equal(cli.stderr.trim().split('\n').length, 1, cli.stderr);
+    const { instances } = await api.list();
+    assert.deepEqual(instances.map((i) => [i.uuid, i.state]).sort(), [
+      [MEMORY, 'active'],
+      [GPIO, 'active'],
+    ]);
+    assert.equal(await bars.gpio2.read32(OUTPUT), 0x00a5, 'the refused stop left the card as it was');
+  });
+
+  it('a forced stop of the memory instance: QEMU keeps running, the GPIO instance keeps its state and keeps working', async (t) => {
+    const available = async () => (await api.types({ parent: 'memory-pool' })).find((x) => x.mdevType === 'memory-pool-64M')?.availableInstances;
+    assert.equal(await available(), 15);
+    const stopped = await mdev('stop', '-u', MEMORY, '--force');
+    assert.equal(stopped.code, 0, stopped.stderr);
+    assert.equal(existsSync(memory.socket), false, 'its socket is removed');
+    assert.equal(await available(), 16, 'its share of the pool is back');
+    const { instances } = await api.list();
+    assert.deepEqual(
+      instances.map((i) => [i.uuid, i.state, i.client?.pid]),
+      [[GPIO, 'active', guest.qemu.pid]],
+    );
+    // QEMU lost the memory device's connection: a register read completes, as all-ones.
+    assert.equal(await bars.mem2.read32(SIZE_LO), 0xffff_ffff, 'the stopped device reads all-ones');
+    assert.equal(await bars.gpio2.read32(OUTPUT), 0x00a5, 'the other card was not reset');
+    await bars.gpio2.write32(OUTPUT, 0xbeef);
+    assert.equal(await bars.gpio2.read32(OUTPUT), 0xbeef);
+    assert.equal(await bars.gpio2.read32(INPUT), 0x5);
+    const status = await guest.qemu.qmp.execute<{ status: string }>('query-status');
+    assert.equal(status.status, 'running');
+    assert.equal(guest.qemu.exit, undefined, 'QEMU is still alive');
+    // BAR0 is the instance's memfd, mapped by QEMU: a mapping cannot be taken back, so what the guest reads there now is QEMU's business.
+    t.diagnostic(`the guest reads BAR0+0x100 after the forced stop: 0x${(await bars.mem0.read32(0x100)).toString(16)}`);
+    t.diagnostic(`QEMU printed after the forced stop: ${JSON.stringify(guest.qemu.output())}`);
+  });
+
+  it('the host SIGKILLed under QEMU: QEMU keeps running, the GPIO card reads all-ones, guest RAM and QMP still work', async (t) => {
+    const before = guest.qemu.output().length;
+    host.child.kill('SIGKILL');
+    assert.equal((await host.exited).signal, 'SIGKILL');
+    assert.equal(await bars.gpio2.read32(OUTPUT), 0xffff_ffff, 'a read of the dead instance completes, as all-ones');
+    await guest.qemu.qtest.writel(GUEST_RAM_BASE, 0x600d);
+    assert.equal(await guest.qemu.qtest.readl(GUEST_RAM_BASE), 0x600d);
+    const status = await guest.qemu.qmp.execute<{ status: string }>('query-status');
+    assert.equal(status.status, 'running');
+    assert.equal(guest.qemu.exit, undefined, 'QEMU is still alive');
+    t.diagnostic(`QEMU printed after the host died: ${JSON.stringify(guest.qemu.output().slice(before))}`);
+  });
+});
