@@ -9,6 +9,12 @@
  * --json`), refuses a plain `stop` (EBUSY) while QEMU is attached, and a
  * forced stop of one instance leaves QEMU and the other instance working.
  * Last, the host is SIGKILLed under QEMU: QEMU keeps running.
+ *
+ * Second suite, the lifecycle a management stack runs (create the mediated
+ * device, hot-plug it, unplug it, remove it): an instance is `device_add`ed
+ * into a pcie-root-port, used, `device_del`ed; the host sees QEMU go, a plain
+ * `stop` succeeds, a `device_add` of the removed instance's socket fails in
+ * QMP alone, and a new instance is hot-plugged into the same slot.
  */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
@@ -19,9 +25,11 @@ import { VfioUserError } from '../../src/errors.js';
 import { connectHost, type HostConnection } from '../../src/host/control-client.js';
 import type { InstanceStatus } from '../../src/host/types.js';
 import { runNode } from '../cli/mdev-support.js';
-import { MAIN, hostDirs, spawnHost, type HostChild, type HostDirs } from '../host/host-support.js';
+import { MAIN, hostDirs, spawnHost, until, type HostChild, type HostDirs } from '../host/host-support.js';
 import { barAccess, GUEST_RAM_BASE, probe, startGuest, type BarAccess, type Guest } from '../support/qemu/guest.js';
-import { qemuBinary } from '../support/qemu/launcher.js';
+import { plugIn, unplug } from '../support/qemu/hotplug.js';
+import { qemuBinary, vfioUserPciJson } from '../support/qemu/launcher.js';
+import { setUpBridge, type Allocator, type PciFunction } from '../support/qemu/pci.js';
 
 const qemu = qemuBinary();
 const MEMORY = '6a1e0c4e-0000-4000-8000-00000000a5a5';
@@ -169,5 +177,91 @@ describe('QEMU vfio-user-pci on a device host: two instances of one `vfio-user h
     assert.equal(status.status, 'running');
     assert.equal(guest.qemu.exit, undefined, 'QEMU is still alive');
     t.diagnostic(`QEMU printed after the host died: ${JSON.stringify(guest.qemu.output().slice(before))}`);
+  });
+});
+
+describe('QEMU vfio-user-pci on a device host: hot-plug an instance, unplug it, remove it, plug a new one into the same slot', { skip: qemu.skip }, () => {
+  let dirs: HostDirs;
+  let host: HostChild;
+  let api: HostConnection;
+  let guest: Guest;
+  let port: PciFunction;
+  let window: Allocator;
+  let first: InstanceStatus;
+  /** The instance's entry in `list`, once it has no client. */
+  const idle = (uuid: string) =>
+    until(async () => {
+      const [listed] = (await api.list({ uuid })).instances;
+      return listed?.state === 'active' && listed.client === undefined ? listed : undefined;
+    }, `${uuid} to have no client`);
+
+  before(async () => {
+    dirs = hostDirs();
+    host = spawnHost(['--run-dir', dirs.runDir, '--config-dir', dirs.configDir]);
+    await host.ready;
+    api = await connectHost(join(dirs.runDir, 'control.sock'));
+    guest = await startGuest(qemu.path as string, { rootPorts: 1 });
+    port = await guest.pci.find(0, 0x1b36, 0x000c); // QEMU's pcie-root-port
+    window = await setUpBridge(port, 1, guest.alloc);
+  });
+
+  after(async () => {
+    api?.close();
+    await guest?.qemu.close();
+    host?.child.kill('SIGTERM');
+    await host?.exited;
+    dirs?.dispose();
+  });
+
+  it('device_add of an instance: QEMU is its client, the guest reads its attribute and drives it', async () => {
+    first = await api.start({ parent: 'gpio-bank', mdevType: 'gpio-bank-16', attrs: [{ inputs: '0xa5a5' }] });
+    await plugIn(guest, port, { id: 'hp0', socket: first.socket });
+    const [listed] = (await api.list({ uuid: first.uuid })).instances;
+    assert.equal(listed?.client?.pid, guest.qemu.pid);
+    const io = barAccess(guest.qemu.qtest, (await probe(guest, GPIO_PCI_ID.vendorId, GPIO_PCI_ID.deviceId, 1, window)).bar(2));
+    assert.equal(await io.read32(INPUT), 0xa5a5, 'inputs 0xa5a5 on the gpio-bank-16 card');
+    await io.write32(OUTPUT, 0x5a5a);
+    assert.equal(await io.read32(OUTPUT), 0x5a5a);
+  });
+
+  it('device_del: the host sees QEMU go; a plain stop then succeeds and gives the lines back', async () => {
+    await unplug(guest, port, 'hp0');
+    await idle(first.uuid);
+    const stopped = await api.stop({ uuid: first.uuid });
+    assert.equal(stopped.uuid, first.uuid);
+    assert.equal(existsSync(first.socket), false, 'its socket is removed');
+    const types = await api.types({ parent: 'gpio-bank' });
+    assert.deepEqual(types.map((x) => [x.mdevType, x.availableInstances]).sort(), [
+      ['gpio-bank-16', 4],
+      ['gpio-bank-4', 8],
+    ]);
+  });
+
+  it("device_add of the removed instance's socket fails in QMP alone: QEMU keeps running", async (t) => {
+    const args = JSON.parse(vfioUserPciJson({ id: 'gone', socket: first.socket, bus: 'rp0' })) as Record<string, unknown>;
+    const refused = await guest.qemu.qmp.execute('device_add', args).then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
+    assert.ok(refused, 'device_add failed');
+    t.diagnostic(`QMP said: ${refused.message}`);
+    const status = await guest.qemu.qmp.execute<{ status: string }>('query-status');
+    assert.equal(status.status, 'running');
+    assert.equal(guest.qemu.exit, undefined);
+  });
+
+  it('a new instance hot-plugged into the same slot is served: a fresh card with its own attribute', async () => {
+    const second = await api.start({ parent: 'gpio-bank', mdevType: 'gpio-bank-4', attrs: [{ inputs: '0x3' }] });
+    await plugIn(guest, port, { id: 'hp1', socket: second.socket });
+    const io = barAccess(guest.qemu.qtest, (await probe(guest, GPIO_PCI_ID.vendorId, GPIO_PCI_ID.deviceId, 1, window)).bar(2));
+    assert.equal(await io.read32(INPUT), 0x3);
+    assert.equal(await io.read32(OUTPUT), 0, 'a fresh card');
+    await io.write32(OUTPUT, 0x0f0f);
+    assert.equal(await io.read32(OUTPUT), 0x0f0f);
+    await assert.rejects(api.stop({ uuid: second.uuid }), errno('EBUSY', new RegExp(`in use by pid ${guest.qemu.pid}\\b`)));
+    await unplug(guest, port, 'hp1');
+    await idle(second.uuid);
+    await api.stop({ uuid: second.uuid });
+    assert.deepEqual((await api.list()).instances, []);
   });
 });
