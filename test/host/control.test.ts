@@ -8,7 +8,7 @@
  * are root).
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createConnection, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -87,6 +87,13 @@ function raw(path: string, text: string | Buffer, count: number): Promise<{ repl
   });
 }
 
+
+/** Why the test running a client as uid 65534 cannot run here (not root; this Node binary not executable by that uid, e.g. under /root), or false. */
+function otherUidSkip(): string | false {
+  if (process.getuid?.() !== 0) return 'needs root to run a client as another uid';
+  const probe = spawnSync(process.execPath, ['-e', '0'], { uid: 65534, gid: 65534, stdio: 'ignore' });
+  return probe.status === 0 ? false : `uid 65534 cannot run ${process.execPath} (${probe.error?.message ?? `exit ${probe.status}`})`;
+}
 describe('control socket', () => {
   let dir: string;
   let path: string;
@@ -257,7 +264,7 @@ describe('control socket: stale path, refused uid, no host', () => {
     await assert.rejects(connectHost(join(dir, 'dead.sock')), (e: VfioUserError) => e.code === 'ECONNREFUSED' && /^no vfio-user host at .*dead\.sock \(start one: vfio-user host\)$/.test(e.message));
   });
 
-  it('refuses a uid that is not allowed with EPERM (another uid in a child process, when we are root)', { skip: process.getuid?.() !== 0 ? 'needs root to run a client as another uid' : false }, async () => {
+  it('refuses a uid that is not allowed with EPERM (another uid in a child process, when we are root)', { skip: otherUidSkip() }, async () => {
     const sub = join(dir, 'perm');
     const path = join(sub, 'control.sock');
     const { mkdirSync } = await import('node:fs');
