@@ -329,24 +329,7 @@ function parseRequest(request: unknown): ControlRequest | { id: number | string 
 }
 
 function invoke(api: HostApi, op: HostOp, args: unknown): Promise<unknown> {
-  // Requests are checked field by field by the host itself (DeviceHost validates every request it gets).
-  const a = (args ?? {}) as never;
-  switch (op) {
-    case 'status':
-      return api.status();
-    case 'types':
-      return api.types(a);
-    case 'list':
-      return api.list(a);
-    case 'define':
-      return api.define(a);
-    case 'undefine':
-      return api.undefine(a);
-    case 'start':
-      return api.start(a);
-    case 'stop':
-      return api.stop(a);
-    case 'modify':
-      return api.modify(a);
-  }
+  // Requests are checked field by field by the host itself (DeviceHost validates every request it gets); `op` is one of HOST_OPS.
+  const method = api[op] as (request: never) => Promise<unknown>;
+  return method.call(api, (args ?? {}) as never);
 }
