@@ -75,7 +75,9 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
   if (options.autoConverge !== undefined && options.autoConverge !== false && options.throttle === undefined) {
     throw new InvalidArgumentError('migrate: autoConverge needs a throttle callback (the VMM slows its guest)');
   }
+  // Everything that validates an option is built before the limits' timer starts: a refused option leaves nothing armed.
   const converge = options.autoConverge ? new AutoConverge(options.autoConverge === true ? {} : options.autoConverge) : undefined;
+  const pacer = new RateLimiter(options.bandwidthLimit);
   const limits = new Limits({ started, timeoutMs: options.timeoutMs ?? 60_000, signal: options.signal });
   let flags: bigint;
   try {
@@ -87,7 +89,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
     await destination.abandon();
     return endedBeforeStart(error, destination, started);
   }
-  return new Run(options, destination, { pacer: new RateLimiter(options.bandwidthLimit), converge, limits }, flags, started).execute();
+  return new Run(options, destination, { pacer, converge, limits }, flags, started).execute();
 }
 
 /** The report of a migration that ended in its compatibility check (nothing was changed; the source runs). */
