@@ -92,9 +92,24 @@ export interface MdevType {
   maxInstances?: number;
   /** Attributes this type accepts, by name. Any other name is refused (EINVAL). */
   attributes?: Readonly<Record<string, MdevAttribute>>;
+  /**
+   * Which isolation group an instance of this type belongs to (default `'instance'`: a group of its own).
+   * See {@link GroupSharing}.
+   */
+  group?: GroupSharing;
   /** Builds one instance's device (runs in the instance's worker). */
   create(context: MdevCreateContext): MaybePromise<MdevCreated>;
 }
+
+/**
+ * How a type's instances share isolation groups (the unit a client owns; see docs/parents.md):
+ * - `'instance'`: each instance is its own group, `<parent>/<uuid>` (the default);
+ * - `'type'`: every instance of the type is in one group, `<parent>/type:<name>`;
+ * - `'parent'`: every instance of every type declaring `'parent'` is in one group, `<parent>/parent`;
+ * - `{ attr: NAME }`: instances with the same value of attribute NAME (its last occurrence) share `<parent>/NAME=VALUE`
+ *   (the functions of one multi-function card); an instance without it is a group of its own.
+ */
+export type GroupSharing = 'instance' | 'type' | 'parent' | { readonly attr: string };
 
 /** A parent: a module's default export (mdev: a device registered with `mdev_register_parent`). */
 export interface MdevParent {
@@ -157,4 +172,43 @@ export interface InstanceStatus {
   failure?: string;
   /** Worker restarts so far. */
   restarts: number;
+  /** Its isolation group's id (`<parent>/<key>`, see {@link GroupSharing}). */
+  group?: string;
+}
+
+/** A member's state as a group reports it: `inactive` for one that is defined but not running (or starting, stopping). */
+export type GroupMemberState = 'active' | 'inactive' | 'failed';
+
+/** One member of an isolation group. */
+export interface GroupMemberView {
+  uuid: string;
+  /** Its socket path (`<runDir>/<uuid>.sock`, also for a member that is not running). */
+  socket: string;
+  state: GroupMemberState;
+  /** Held for the group's owner: nobody else may attach it (true for every member while the group has an owner). */
+  claimed: boolean;
+}
+
+/** The credentials of a group's owner (SO_PEERCRED of its first admitted connection). */
+export interface GroupOwner {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+/**
+ * An isolation group as the host reports it (`groups`) and serves it to its members' clients
+ * (the `x-isolation-group` extension: this JSON, `parent` included).
+ */
+export interface GroupView {
+  /** `<parent>/<key>`. */
+  group: string;
+  parent: string;
+  /** Bumped on every change of the members, their states, viability or owner. */
+  generation: number;
+  /** Every member (running or only defined) is active: only then may a client attach one. */
+  viable: boolean;
+  owner: GroupOwner | null;
+  /** Sorted by UUID. */
+  members: GroupMemberView[];
 }
