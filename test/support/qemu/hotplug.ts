@@ -34,11 +34,11 @@ async function takeSlotStatus(port: PciFunction): Promise<number> {
 
 /**
  * `device_add` of a vfio-user-pci on the root port whose QOM id is `bus`
- * (default `rp0`), then the guest powers the slot on.
+ * (default `rp0`), with further properties `props`, then the guest powers the slot on.
  * @throws Error if the slot does not report the device present.
  */
-export async function plugIn(g: Guest, port: PciFunction, d: { id: string; socket: string; bus?: string }): Promise<void> {
-  const args = JSON.parse(vfioUserPciJson({ id: d.id, socket: d.socket, bus: d.bus ?? 'rp0' })) as Record<string, unknown>;
+export async function plugIn(g: Guest, port: PciFunction, d: { id: string; socket: string; bus?: string; props?: Record<string, unknown> }): Promise<void> {
+  const args = JSON.parse(vfioUserPciJson({ id: d.id, socket: d.socket, bus: d.bus ?? 'rp0', props: d.props })) as Record<string, unknown>;
   await g.qemu.qmp.execute('device_add', args);
   const sta = await takeSlotStatus(port);
   if (!(sta & Sta.PDS)) throw new Error(`hot-plug: slot status 0x${sta.toString(16)} after device_add: no presence`);
@@ -53,11 +53,30 @@ export async function plugIn(g: Guest, port: PciFunction, d: { id: string; socke
 export async function unplug(g: Guest, port: PciFunction, id: string): Promise<void> {
   const from = g.qemu.qmp.events.length;
   await g.qemu.qmp.execute('device_del', { id });
-  const deadline = Date.now() + STEP_MS;
+  await ejectOnButton(g, port, id, from);
+}
+
+/**
+ * The guest's side of an unplug QEMU started (QMP `device_del`, or the
+ * device's REQ interrupt: hw/vfio/pci.c vfio_req_notifier_handler calls
+ * qdev_unplug): waits for the attention button press, powers the slot off,
+ * resolves on DEVICE_DELETED for `id` (looked for from QMP event index `from`).
+ * @throws Error if no button press or no DEVICE_DELETED arrives in time.
+ */
+export async function ejectOnButton(g: Guest, port: PciFunction, id: string, from: number, stepMs = STEP_MS): Promise<void> {
+  await waitForButton(port, id, stepMs);
+  await setSlotPower(port, false);
+  await g.qemu.qmp.waitEvent((e) => e.event === 'DEVICE_DELETED' && e.data?.['device'] === id, from, stepMs);
+}
+
+/**
+ * Waits until QEMU pressed the slot's attention button (Slot Status ABP, then cleared).
+ * @throws Error if it does not within `stepMs`.
+ */
+export async function waitForButton(port: PciFunction, id: string, stepMs = STEP_MS): Promise<void> {
+  const deadline = Date.now() + stepMs;
   while (!((await takeSlotStatus(port)) & Sta.ABP)) {
     if (Date.now() > deadline) throw new Error(`hot-unplug: no attention button press for ${id}`);
     await new Promise((r) => setTimeout(r, 1));
   }
-  await setSlotPower(port, false);
-  await g.qemu.qmp.waitEvent((e) => e.event === 'DEVICE_DELETED' && e.data?.['device'] === id, from, STEP_MS);
 }
