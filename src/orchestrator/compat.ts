@@ -10,8 +10,8 @@ import { VfioUserError } from '../errors.js';
 import { MigrationState } from '../protocol/constants.js';
 import { stateName } from '../migration/state-machine.js';
 import { MigIdentityFlags, type MigrationIdentity } from '../protocol/migration-extensions.js';
-import { describeSide, type DeviceDescription, type MigrationDestination } from './destination.js';
-import type { MigrationSide } from './types.js';
+import { describeSide, type ContainerDestination, type DeviceDescription, type DeviceDestination, type MigrationDestination } from './destination.js';
+import type { ContainerSide, MigrationSide } from './types.js';
 
 /** The two sides cannot be migrated between (the message says why); nothing was changed. */
 export class MigrationCompatibilityError extends VfioUserError {
@@ -52,19 +52,27 @@ function migrationFlagsOf(d: DeviceDescription, name: string): bigint {
   return d.migrationFlags;
 }
 
-/**
- * Compares the two sides.
- * @throws {MigrationCompatibilityError} when they differ, or the source is not RUNNING.
- */
-export async function checkCompatibility(source: MigrationSide, destination: MigrationDestination): Promise<DeviceProfile> {
-  const s = await describeSide(source);
-  const d = await destination.describe();
-  if (s.memory.size !== d.memory.size) {
-    throw new MigrationCompatibilityError(`guest memory sizes differ (source ${s.memory.size}, destination ${d.memory.size} bytes)`);
+/** The guest memories must match in size and IOVA (checked once per container: the devices share it). */
+function checkMemory(s: DeviceDescription['memory'], d: DeviceDescription['memory']): void {
+  if (s.size !== d.size) {
+    throw new MigrationCompatibilityError(`guest memory sizes differ (source ${s.size}, destination ${d.size} bytes)`);
   }
-  if (s.memory.iova !== d.memory.iova) {
-    throw new MigrationCompatibilityError(`guest memory IOVAs differ (source 0x${s.memory.iova.toString(16)}, destination 0x${d.memory.iova.toString(16)})`);
+  if (s.iova !== d.iova) {
+    throw new MigrationCompatibilityError(`guest memory IOVAs differ (source 0x${s.iova.toString(16)}, destination 0x${d.iova.toString(16)})`);
   }
+}
+
+/** Compares one device pair (`label` prefixes the messages for a container's device). */
+function checkDevice(s: DeviceDescription, d: DeviceDescription, label: string): bigint {
+  try {
+    return checkPair(s, d);
+  } catch (error) {
+    if (label === '' || !(error instanceof MigrationCompatibilityError)) throw error;
+    throw new MigrationCompatibilityError(`${label}${error.message.replace(/^migration refused: /, '')}`);
+  }
+}
+
+function checkPair(s: DeviceDescription, d: DeviceDescription): bigint {
   const sourceFlags = migrationFlagsOf(s, 'source');
   const destinationFlags = migrationFlagsOf(d, 'destination');
   if (s.state !== MigrationState.RUNNING) throw new MigrationCompatibilityError(`the source device is ${stateName(s.state)}, not RUNNING`);
@@ -86,5 +94,36 @@ export async function checkCompatibility(source: MigrationSide, destination: Mig
   if (d.state !== MigrationState.RUNNING && d.state !== MigrationState.STOP) {
     throw new MigrationCompatibilityError(`the destination device is ${stateName(d.state)}, not RUNNING or STOP`);
   }
-  return { migrationFlags: sourceFlags };
+  return sourceFlags;
+}
+
+/**
+ * Compares the two sides.
+ * @throws {MigrationCompatibilityError} when they differ, or the source is not RUNNING.
+ */
+export async function checkCompatibility(source: MigrationSide, destination: MigrationDestination): Promise<DeviceProfile> {
+  const s = await describeSide(source);
+  const d = await destination.describe();
+  checkMemory(s.memory, d.memory);
+  return { migrationFlags: checkDevice(s, d, '') };
+}
+
+/**
+ * Compares a container's sides: as many devices, the shared guest memory
+ * once, then every device against its destination (read-only).
+ * @returns each device's migration flags, in order.
+ * @throws {MigrationCompatibilityError} naming the first device pair that differs.
+ */
+export async function checkContainerCompatibility(source: ContainerSide, destination: ContainerDestination, names: readonly string[]): Promise<DeviceProfile[]> {
+  if (source.devices.length !== destination.devices.length) {
+    throw new MigrationCompatibilityError(`the source has ${source.devices.length} device(s), the destination ${destination.devices.length}`);
+  }
+  const profiles: DeviceProfile[] = [];
+  for (const [i, device] of source.devices.entries()) {
+    const s = await describeSide({ client: device.client, memory: source.memory, iova: source.iova });
+    const d = await (destination.devices[i] as DeviceDestination).describe();
+    if (i === 0) checkMemory(s.memory, d.memory);
+    profiles.push({ migrationFlags: checkDevice(s, d, source.devices.length > 1 ? `device ${names[i] ?? i}: ` : '') });
+  }
+  return profiles;
 }

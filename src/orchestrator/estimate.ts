@@ -7,7 +7,7 @@
  */
 import type { VfioUserClient } from '../client/client.js';
 import { MigrationState as S } from '../protocol/constants.js';
-import type { MigrationDestination } from './destination.js';
+import type { DeviceChannel } from './destination.js';
 import type { ArcLatency } from '../protocol/migration-extensions.js';
 
 type Arc = readonly [from: number, to: number];
@@ -41,7 +41,7 @@ async function latencies(client: VfioUserClient): Promise<ArcLatency[]> {
 /** The projected arc times (ms) of a switch-over: the source's into STOP_COPY, the destination's to RUNNING. */
 export async function estimateArcsMs(
   source: VfioUserClient,
-  destination: MigrationDestination,
+  destination: Pick<DeviceChannel, 'arcLatencies'>,
   preCopy: boolean,
   p2p: boolean,
 ): Promise<{ sourceMs: number; destinationMs: number }> {

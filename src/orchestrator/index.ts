@@ -1,6 +1,6 @@
 /** The live-migration orchestrator: {@link migrate}, its destinations (local, remote over TCP) and the receiver. */
-export { migrate, MigrationCompatibilityError, SWITCHOVER_HEADROOM } from './migrate.js';
-export { localDestination, describeSide } from './destination.js';
+export { migrate, migrateContainer, MigrationCompatibilityError, SWITCHOVER_HEADROOM } from './migrate.js';
+export { localDestination, localContainerDestination, containerOfOne, describeSide } from './destination.js';
 export { RemoteDestination, parseChannelAddress } from './remote.js';
 export { MigrationReceiver } from './receiver.js';
 export { MigrationLedger, checkMigrationId, LEDGER_SIZE } from './ledger.js';
@@ -10,10 +10,13 @@ export { MigrationChannelError } from './channel-socket.js';
 export { RateLimiter, AutoConverge, throttleDelayMs } from './throttle.js';
 export { PROGRESS_INTERVAL_MS } from './progress.js';
 export { CHANNEL_VERSION, ChannelFrame, FrameDecoder, FrameEncoder } from './channel.js';
-export type { DeviceDescription, MigrationDestination } from './destination.js';
+export type { ContainerDestination, DestinationMemory, DeviceChannel, DeviceDescription, DeviceDestination, MigrationDestination } from './destination.js';
 export type { ChannelAddress, RemoteDestinationOptions } from './remote.js';
 export type { MigrationOffer, PreparedDestination, ReceiveOutcome, ReceiverOptions } from './receiver.js';
 export type { AutoConvergeOptions } from './throttle.js';
 export type { Frame } from './channel.js';
 export type { ChannelPhase, LedgerEntry, LedgerOutcome } from './ledger.js';
-export type { ArcTiming, MigrateOptions, MigrationBytes, MigrationPhase, MigrationReport, MigrationSide, MigrationStep, Progress } from './types.js';
+export type {
+  ArcTiming, ContainerDevice, ContainerMigrationReport, ContainerSide, DeviceMigrationReport, MigrateContainerOptions, MigrateOptions, MigrationBytes, MigrationPhase,
+  MigrationReport, MigrationSide, MigrationStep, Progress, StateTiming,
+} from './types.js';

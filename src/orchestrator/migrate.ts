@@ -32,46 +32,65 @@
  *    (`resolveCommit`): committed → the source stays stopped for good
  *    (migrated); abandoned → the source runs again; no answer → the source
  *    is held stopped, intact, for `vfio-user migrate-resolve`.
+ *
+ * {@link migrateContainer} migrates several devices sharing one guest RAM
+ * (a container) as one VM, with the same steps and one budget: every device
+ * pair is checked (and the shared memory once); the memory is copied once,
+ * its dirty pages merged from every device's DMA log; each device's data
+ * follows in turn. The switch-over first moves every source into its P2P
+ * state (RUNNING_P2P, or PRE_COPY_P2P when pre-copying) and only when all are
+ * there stops any (STOP_COPY): a device may still take peer-to-peer DMA in a
+ * P2P state but starts none, so no device writes into a peer that has
+ * stopped. The destinations go RESUMING → STOP → RUNNING_P2P → RUNNING, all
+ * to RUNNING_P2P before any runs. A failure anywhere resumes every source in
+ * the mirror order (stopped ones to RUNNING_P2P, then all to RUNNING) and
+ * abandons every destination device. {@link migrate} is a container of one
+ * (no P2P phase: there is no peer).
  */
-import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
-import type { VfioUserClient } from '../client/client.js';
-import { GUEST_PAGE_SIZE } from '../client/guest-memory.js';
-import { DeviceFeature, DeviceFeatureFlags, MigrationFlags, MigrationState as S } from '../protocol/constants.js';
-import { DeadlineOutcome } from '../protocol/migration-extensions.js';
-import { stateName } from '../migration/state-machine.js';
 import { InvalidArgumentError } from '../errors.js';
-import { checkCompatibility, MigrationCompatibilityError } from './compat.js';
-import { destinationSink, isMigrationSide, localDestination, type MigrationDestination } from './destination.js';
+import { MigrationFlags } from '../protocol/constants.js';
+import { checkContainerCompatibility, MigrationCompatibilityError } from './compat.js';
+import { Run, noBytes } from './container-run.js';
+import {
+  containerOfOne, deviceName, isMigrationSide, localContainerDestination, localDestination, type ContainerDestination,
+} from './destination.js';
 import { Abort, Limits } from './limits.js';
-import { ProgressReporter } from './progress.js';
-import { Projector } from './projector.js';
 import { AutoConverge, RateLimiter } from './throttle.js';
-import { DirtyTracker, type Meter, copyAllMemory, copyPages, moveDeviceData, type CopyControl, type MemorySink, type Pacer } from './transfer.js';
-import type { ArcTiming, MigrateOptions, MigrationBytes, MigrationPhase, MigrationReport, MigrationStep, Progress } from './types.js';
+import type { ContainerMigrationReport, ContainerSide, MigrateContainerOptions, MigrateOptions, MigrationReport } from './types.js';
 
 export { MigrationCompatibilityError } from './compat.js';
+export { SWITCHOVER_HEADROOM } from './container-run.js';
 export type * from './types.js';
 
-/** The longest a pre-copy round reads device data (a device that keeps producing deltas never reads empty). */
-const PRECOPY_DEVICE_SLICE_MS = 200;
-/**
- * The share of the budget a projection must leave free to switch over: the
- * projection is a measurement of a loaded machine (the benchmark saw the
- * downtime come out up to 10 % above it under load).
- */
-export const SWITCHOVER_HEADROOM = 0.1;
-
 const now = (): number => performance.now();
-const noBytes = (): MigrationBytes => ({ precopyMemory: 0n, precopyDevice: 0n, stopCopyMemory: 0n, stopCopyDevice: 0n });
 
 /**
- * Migrates the device and its guest memory (module TSDoc).
+ * Migrates the device and its guest memory (module TSDoc): a container of one.
  * @throws {MigrationCompatibilityError} when the sides differ (nothing was changed).
+ * @throws {InvalidArgumentError} EINVAL for a bad option (autoConverge without throttle, a bandwidth cap ≤ 0).
  * @returns the report; an abort or failure is reported, not thrown.
  */
 export async function migrate(options: MigrateOptions): Promise<MigrationReport> {
+  const { source, destination, ...rest } = options;
+  const dst = containerOfOne(isMigrationSide(destination) ? localDestination(destination) : destination);
+  const report = await migrateContainer({ ...rest, source: { memory: source.memory, iova: source.iova, devices: [{ client: source.client }] }, destination: dst });
+  const { devices: _devices, p2pMs: _p2p, warnings: _warnings, ...single } = report;
+  return single;
+}
+
+/**
+ * Migrates a container — its devices and their shared guest memory — as one
+ * VM under one downtime budget (module TSDoc).
+ * @throws {MigrationCompatibilityError} when a device pair or the memories differ, when the sides have different
+ *   device counts, or when a device of a 2+ device container lacks P2P (unless `withoutP2P: 'warn'`); nothing was changed.
+ * @throws {InvalidArgumentError} EINVAL for no devices, duplicate device names, or a bad option.
+ * @returns the report, overall and per device; an abort or failure is reported, not thrown.
+ */
+export async function migrateContainer(options: MigrateContainerOptions): Promise<ContainerMigrationReport> {
   const started = now();
-  const destination = isMigrationSide(options.destination) ? localDestination(options.destination) : options.destination;
+  const { source } = options;
+  const names = checkDevices(source);
+  const destination = isContainerSide(options.destination) ? localContainerDestination(options.destination) : options.destination;
   if (options.autoConverge !== undefined && options.autoConverge !== false && options.throttle === undefined) {
     throw new InvalidArgumentError('migrate: autoConverge needs a throttle callback (the VMM slows its guest)');
   }
@@ -79,427 +98,62 @@ export async function migrate(options: MigrateOptions): Promise<MigrationReport>
   const converge = options.autoConverge ? new AutoConverge(options.autoConverge === true ? {} : options.autoConverge) : undefined;
   const pacer = new RateLimiter(options.bandwidthLimit);
   const limits = new Limits({ started, timeoutMs: options.timeoutMs ?? 60_000, signal: options.signal });
-  let flags: bigint;
+  let flags: Array<{ preCopy: boolean; p2p: boolean }>;
+  const warnings: string[] = [];
   try {
-    flags = (await limits.race(checkCompatibility(options.source, destination))).migrationFlags;
+    const profiles = await limits.race(checkContainerCompatibility(source, destination, names));
+    flags = profiles.map((p) => ({ preCopy: (p.migrationFlags & MigrationFlags.PRE_COPY) !== 0n, p2p: (p.migrationFlags & MigrationFlags.P2P) !== 0n }));
+    checkP2p(names, flags, options.withoutP2P ?? 'refuse', warnings);
   } catch (error) {
     limits.dispose();
     if (error instanceof MigrationCompatibilityError) throw error;
     // A limit, or a side lost before anything changed (the channel broke during the check): nothing to recover.
     await destination.abandon();
-    return endedBeforeStart(error, destination, started);
+    return endedBeforeStart(error, destination, started, names);
   }
-  return new Run(options, destination, { pacer, converge, limits }, flags, started).execute();
+  return new Run({ options, destination, names, flags, warnings, started }, { pacer, converge, limits }).execute();
 }
 
-/** The report of a migration that ended in its compatibility check (nothing was changed; the source runs). */
-function endedBeforeStart(error: unknown, destination: MigrationDestination, started: number): MigrationReport {
+/**
+ * The devices' report names.
+ * @throws {InvalidArgumentError} EINVAL for no devices or a name given twice.
+ */
+function checkDevices(source: ContainerSide): string[] {
+  if (source.devices.length === 0) throw new InvalidArgumentError('migrateContainer: the container has no device');
+  const names = source.devices.map((d, i) => deviceName(d, i));
+  const twice = names.find((n, i) => names.indexOf(n) !== i);
+  if (twice !== undefined) throw new InvalidArgumentError(`migrateContainer: device name '${twice}' given twice`);
+  return names;
+}
+
+/**
+ * A container of 2+ devices needs every device's P2P states (QEMU refuses
+ * likewise): without them a device still running may DMA into a peer that
+ * already stopped. With `warn` it goes on, and says so.
+ * @throws {MigrationCompatibilityError} with `refuse`.
+ */
+function checkP2p(names: readonly string[], flags: ReadonlyArray<{ p2p: boolean }>, policy: 'refuse' | 'warn', warnings: string[]): void {
+  if (names.length < 2) return;
+  const without = names.filter((_n, i) => flags[i]?.p2p !== true);
+  if (without.length === 0) return;
+  const what = `device(s) ${without.join(', ')} lack the P2P migration states: they cannot be quiesced before their peers stop`;
+  if (policy === 'refuse') throw new MigrationCompatibilityError(`${what} (withoutP2P: 'warn' migrates anyway)`);
+  warnings.push(`${what}; they stop after the P2P devices entered RUNNING_P2P, and a DMA from one into a peer that already stopped would be lost`);
+}
+
+function isContainerSide(x: ContainerSide | ContainerDestination): x is ContainerSide {
+  return 'memory' in x && 'iova' in x;
+}
+
+/** The report of a migration that ended in its compatibility check (nothing was changed; the sources run). */
+function endedBeforeStart(error: unknown, destination: ContainerDestination, started: number, names: readonly string[]): ContainerMigrationReport {
   const aborted = error instanceof Abort;
   return {
     outcome: aborted ? 'aborted' : 'failed', reason: `compatibility check: ${error instanceof Error ? error.message : String(error)}`, sourceRecovery: 'running', phase: 'precopy',
     ...(destination.migrationId === undefined ? {} : { migrationId: destination.migrationId }),
     totalMs: now() - started, downtimeMs: 0, projectedDowntimeMs: Number.POSITIVE_INFINITY, bytes: noBytes(), zeroBytes: 0n,
     iterations: 0, arcs: [], destination: destination.address, throttlePercent: 0, bandwidthLimitedMs: 0,
+    devices: names.map((name) => ({ name, bytes: { precopy: 0n, stopCopy: 0n }, arcs: [], states: [{ side: 'source', state: 'RUNNING', atMs: 0 }], p2pMs: 0 })),
+    p2pMs: 0, warnings: [],
   };
-}
-
-interface Pacing {
-  pacer: RateLimiter;
-  converge: AutoConverge | undefined;
-  limits: Limits;
-}
-
-class Run {
-  readonly #o: MigrateOptions;
-  readonly #dst: MigrationDestination;
-  readonly #sink: MemorySink;
-  readonly #pacer: RateLimiter;
-  readonly #converge: AutoConverge | undefined;
-  readonly #limits: Limits;
-  readonly #reporter: ProgressReporter;
-  /** This process's event-loop delay while the migration runs: how late a deadline timer may fire. */
-  readonly #lag: IntervalHistogram = monitorEventLoopDelay({ resolution: 5 });
-  /** Bytes moved in the previous pre-copy iteration (what auto-converge compares the dirtied bytes with). */
-  #movedLastIteration = 0;
-  readonly #started: number;
-  readonly #budget: number;
-  readonly #timeout: number;
-  readonly #preCopy: boolean;
-  readonly #p2p: boolean;
-  readonly #m: Projector;
-  #tracker: DirtyTracker | undefined;
-  #srcState: number = S.RUNNING;
-  #dstState: number | undefined;
-  #stoppedAt: number | undefined;
-  /** When the stop-copy must be done by (the budget less the time kept to resume the source). */
-  #deadlineAt = Number.POSITIVE_INFINITY;
-  #phase: MigrationPhase = 'precopy';
-  #step: MigrationStep = 'setup';
-  #stepBytes = 0;
-  #stepTotal = 0;
-  /** The phase an abort came from. */
-  #endPhase: MigrationPhase = 'precopy';
-  /** Source stop → destination RUNNING (ms), once the destination runs. */
-  #downtimeMs = 0;
-  readonly #bytes = noBytes();
-  #zeroBytes = 0n;
-  #iterations = 0;
-  #throttlePercent = 0;
-  readonly #arcs: ArcTiming[] = [];
-
-  constructor(options: MigrateOptions, destination: MigrationDestination, pacing: Pacing, flags: bigint, started: number) {
-    this.#o = options;
-    this.#dst = destination;
-    this.#sink = destinationSink(destination);
-    this.#pacer = pacing.pacer;
-    this.#converge = pacing.converge;
-    this.#limits = pacing.limits;
-    this.#started = started;
-    this.#budget = options.downtimeBudgetMs;
-    this.#timeout = options.timeoutMs ?? 60_000;
-    this.#preCopy = (flags & MigrationFlags.PRE_COPY) !== 0n;
-    this.#p2p = (flags & MigrationFlags.P2P) !== 0n;
-    this.#reporter = new ProgressReporter(options.onProgress, () => this.#snapshot());
-    this.#lag.enable();
-    this.#m = new Projector(options.source.client, destination, { preCopy: this.#preCopy, p2p: this.#p2p }, (work) => this.#w(work));
-  }
-
-  async execute(): Promise<MigrationReport> {
-    try {
-      await this.#precopy();
-      return await this.#switchover();
-    } catch (error) {
-      return await this.#abort(error);
-    } finally {
-      this.#limits.dispose();
-      this.#lag.disable();
-    }
-  }
-
-  get #src(): VfioUserClient {
-    return this.#o.source.client;
-  }
-
-  /** `work`, or the abort a limit trips first. */
-  #w<T>(work: Promise<T>): Promise<T> {
-    return this.#limits.race(work);
-  }
-
-  /** Enters a step (reported at once). */
-  #enter(step: MigrationStep, totalBytes = 0): void {
-    this.#step = step;
-    this.#stepBytes = 0;
-    this.#stepTotal = totalBytes;
-    this.#reporter.report(true);
-  }
-
-  /** The copy control of a pre-copy transfer: the clocks checked, the bytes counted and reported, the cap applied (also raced). */
-  #precopyControl(kind: 'memory' | 'device'): CopyControl {
-    const pacer: Pacer | undefined = this.#pacer.limited ? { consume: (n) => this.#w(this.#pacer.consume(n)) } : undefined;
-    return {
-      pacer,
-      check: () => this.#limits.check(),
-      moved: (bytes, zero) => this.#moved(kind === 'memory' ? 'precopyMemory' : 'precopyDevice', bytes, zero),
-      race: (work) => this.#w(work),
-    };
-  }
-
-  /** The copy control of the stop-copy: before each chunk, whether the rest still fits the downtime deadline. */
-  #stopCopyControl(kind: 'memory' | 'device'): CopyControl {
-    return {
-      check: (left) => this.#checkFits(kind === 'memory' ? left : 0, kind === 'memory'),
-      moved: (bytes, zero) => this.#moved(kind === 'memory' ? 'stopCopyMemory' : 'stopCopyDevice', bytes, zero),
-      race: (work) => this.#w(work),
-    };
-  }
-
-  #moved(field: keyof MigrationBytes, bytes: number, zero: number): void {
-    this.#bytes[field] += BigInt(bytes);
-    this.#zeroBytes += BigInt(zero);
-    this.#stepBytes += bytes;
-    this.#reporter.report();
-  }
-
-  async #precopy(): Promise<void> {
-    const { source } = this.#o;
-    const logging = await this.#w(this.#src.probeFeature(DeviceFeature.DMA_LOGGING_START, DeviceFeatureFlags.SET));
-    this.#tracker = await this.#w(DirtyTracker.start(source, logging));
-    await this.#m.start();
-    this.#dstState = await this.#w(this.#dst.migrationState());
-    await this.#set('destination', S.RESUMING);
-    if (this.#preCopy) await this.#set('source', S.PRE_COPY);
-
-    const before = this.#movedBytes();
-    this.#enter('full-copy', Number(source.memory.size));
-    await copyAllMemory(source.memory, this.#sink, this.#m.memMeter, this.#precopyControl('memory'));
-    await this.#flushInto(this.#m.memMeter);
-    await this.#precopyDevice();
-    this.#movedLastIteration = this.#movedBytes() - before;
-    const max = this.#o.maxPrecopyIterations ?? 30;
-    for (;;) {
-      this.#limits.check();
-      this.#iterations++;
-      const pages = await this.#m.collectPages(this.#tracker);
-      this.#autoConverge(pages.length * GUEST_PAGE_SIZE);
-      const moved = this.#movedBytes();
-      this.#enter('dirty-pages', pages.length * GUEST_PAGE_SIZE);
-      await copyPages(source.memory, this.#sink, pages, this.#m.pageMeter, this.#precopyControl('memory'));
-      if (pages.length > 0) await this.#flushInto(this.#m.pageMeter);
-      await this.#precopyDevice();
-      this.#movedLastIteration = this.#movedBytes() - moved;
-      this.#enter('estimate');
-      await this.#m.project(this.#tracker);
-      this.#reporter.report(true);
-      if (this.#m.projected <= this.#budget - this.#headroomMs()) return;
-      if (this.#iterations >= max) {
-        throw new Abort(`did not converge in ${max} pre-copy iterations: projected downtime ${this.#m.projected.toFixed(2)} ms > budget ${this.#budget} ms less ${this.#headroomMs().toFixed(2)} ms headroom`);
-      }
-      await new Promise((resolve) => setImmediate(resolve));
-    }
-  }
-
-  /** A pre-copy round of the device's data (when it has PRE_COPY). */
-  async #precopyDevice(): Promise<void> {
-    if (!this.#preCopy) return;
-    this.#enter('device-data');
-    const untilMs = Math.min(now() + PRECOPY_DEVICE_SLICE_MS, this.#started + this.#timeout);
-    await moveDeviceData(this.#src, this.#dst, this.#m.devMeter, this.#precopyControl('device'), untilMs);
-  }
-
-  /**
-   * The time kept at the end of the budget to resume the source after an
-   * abort in stop-copy (ms): two round trips (at least 1 ms) and how late this
-   * process's timers run (the event loop's 99th-percentile delay so far, at
-   * most a quarter of the budget) — on a loaded machine the deadline's timer
-   * fires that much late.
-   */
-  #resumeReserveMs(): number {
-    const lagMs = this.#lag.count > 0 ? this.#lag.percentile(99) / 1e6 : 0;
-    return Math.max(1, 2 * this.#m.rtt) + Math.min(lagMs, 0.25 * this.#budget);
-  }
-
-  /** How far under the budget a projection must be to switch over (ms). */
-  #headroomMs(): number {
-    return SWITCHOVER_HEADROOM * this.#budget + this.#resumeReserveMs();
-  }
-
-  #movedBytes(): number {
-    return Number(this.#bytes.precopyMemory + this.#bytes.precopyDevice);
-  }
-
-  /**
-   * Waits until the destination applied what was streamed, charging the wait
-   * to `meter`: a remote destination's copy costs until the pages are applied,
-   * not until the socket took them (and a round trip measured next does not
-   * wait behind the backlog).
-   */
-  async #flushInto(meter: Meter): Promise<void> {
-    const t = now();
-    await this.#w(this.#dst.flush());
-    meter.add(0, now() - t);
-  }
-
-  /** Auto-converge (QEMU's rule): throttle the guest when it dirties more than the trigger ratio of what one iteration moves. */
-  #autoConverge(dirtiedBytes: number): void {
-    if (this.#converge === undefined) return;
-    const before = this.#converge.percent;
-    const percent = this.#converge.observe(dirtiedBytes, this.#movedLastIteration);
-    this.#throttlePercent = Math.max(this.#throttlePercent, percent);
-    if (percent !== before) this.#o.throttle?.(percent);
-  }
-
-
-  /**
-   * The stop-copy so far and the rest of it as projected — the memory still to
-   * copy at the measured per-page cost, the device stream while the memory is
-   * not done, the destination's arcs, two round trips — against the deadline.
-   * @throws {Abort} as soon as it can no longer fit (the source is then resumed within the budget).
-   */
-  #checkFits(memoryLeft: number, deviceLeft: boolean): void {
-    this.#limits.check();
-    const restMs = (memoryLeft / GUEST_PAGE_SIZE) * this.#m.pageCostMs() + (deviceLeft ? (this.#m.estimate?.deviceMs ?? 0) : 0) + this.#m.destinationArcsMs + 2 * this.#m.rtt;
-    if (now() + restMs > this.#deadlineAt) throw new Abort(this.#budgetReason(`${restMs.toFixed(2)} ms projected for the rest no longer fit`));
-  }
-
-  #budgetReason(why: string): string {
-    const stopped = now() - (this.#stoppedAt ?? now());
-    return `downtime budget exceeded in ${this.#stopStep}: stopped ${stopped.toFixed(2)} ms, ${why} (budget ${this.#budget} ms, ${this.#resumeReserveMs().toFixed(2)} ms of it kept to resume the source)`;
-  }
-
-  /** What the stop-copy is doing (for an abort's reason). */
-  #stopStep = 'source STOP_COPY';
-
-  async #switchover(): Promise<MigrationReport> {
-    const { source } = this.#o;
-    this.#phase = 'switchover';
-    this.#enter('stop-copy'); // reported before the stop: the VMM's own pause (its vCPUs) is not downtime
-    this.#limits.check();
-    this.#stoppedAt = now();
-    const reserve = this.#resumeReserveMs();
-    this.#deadlineAt = this.#stoppedAt + this.#budget - reserve;
-    this.#limits.armDeadline(this.#deadlineAt, () => this.#budgetReason('at the deadline'));
-    await this.#stopSource(reserve);
-    this.#stopStep = 'final dirty pages';
-    const pages = await this.#m.collectPages(this.#tracker as DirtyTracker);
-    this.#stepTotal = pages.length * GUEST_PAGE_SIZE;
-    await copyPages(source.memory, this.#sink, pages, this.#m.pageMeter, this.#stopCopyControl('memory'));
-    this.#stopStep = 'device stream';
-    await moveDeviceData(this.#src, this.#dst, this.#m.devMeter, this.#stopCopyControl('device'));
-    this.#stopStep = 'VMM state';
-    this.#enter('destination');
-    if (this.#o.vmState) await this.#w(this.#dst.writeVmState(await this.#w(Promise.resolve(this.#o.vmState()))));
-    this.#stopStep = 'destination STOP';
-    await this.#set('destination', S.STOP);
-    this.#stopStep = 'destination RUNNING';
-    await this.#set('destination', S.RUNNING);
-    this.#downtimeMs = now() - this.#stoppedAt;
-    this.#limits.disarmDeadline(); // the destination runs: the downtime is over
-    this.#limits.check(); // a signal or the time limit before the commit still aborts
-    this.#limits.disarm();
-    // The commit: a remote receiver keeps the device from here on; until it confirms, a failure resumes the source.
-    this.#phase = 'commit';
-    this.#enter('commit');
-    await this.#dst.complete();
-    return this.#committed();
-  }
-
-  /** Source → STOP_COPY: deadline-bounded by the server when it advertises `x-deadline-state`. */
-  async #stopSource(reserveMs: number): Promise<void> {
-    if (this.#src.migrationExtensions.deadlineState === undefined) {
-      await this.#set('source', S.STOP_COPY);
-      return;
-    }
-    const from = this.#srcState;
-    const budgetNs = BigInt(Math.max(1, Math.round((this.#budget - reserveMs) * 1e6)));
-    const t = now();
-    const reply = await this.#w(this.#src.setMigrationStateWithDeadline(S.STOP_COPY, budgetNs, { timeoutMs: 2 * this.#budget + 10_000 }));
-    this.#srcState = reply.reachedState;
-    this.#arcs.push({ side: 'source', from: stateName(from), to: stateName(reply.reachedState), ms: now() - t });
-    if (reply.outcome !== DeadlineOutcome.DONE) {
-      throw new Abort(`source STOP_COPY within ${this.#budget} ms: deadline outcome ${reply.outcome} (reached ${stateName(reply.reachedState)}, estimate ${reply.estimateNs} ns)`);
-    }
-  }
-
-  /** After the commit: outside the downtime window, the stopped source leaves STOP_COPY for good, logging ends. */
-  async #committed(resolution?: string): Promise<MigrationReport> {
-    this.#unthrottle();
-    await this.#tracker?.stop().catch(() => undefined);
-    await this.#set('source', S.STOP).catch(() => undefined);
-    this.#phase = 'done';
-    this.#endPhase = 'done';
-    this.#enter('done');
-    return { ...this.#report('migrated', this.#downtimeMs), ...(resolution === undefined ? {} : { resolution }) };
-  }
-
-  async #abort(error: unknown): Promise<MigrationReport> {
-    if (this.#phase === 'commit' && (error as { commitUnsent?: boolean }).commitUnsent !== true) return this.#resolveCommit(error);
-    return this.#recover(error);
-  }
-
-  /** The source back to RUNNING, the destination abandoned. */
-  async #recover(error: unknown, why?: string): Promise<MigrationReport> {
-    this.#limits.dispose();
-    if (this.#phase !== 'abort') this.#endPhase = this.#phase;
-    this.#phase = 'abort';
-    this.#step = 'recover';
-    const outcome = error instanceof Abort ? 'aborted' : 'failed';
-    let sourceRecovery: MigrationReport['sourceRecovery'] = 'running';
-    try {
-      if ((await this.#src.migrationState()) !== S.RUNNING) await this.#set('source', S.RUNNING);
-    } catch {
-      try {
-        await this.#src.reset();
-        sourceRecovery = (await this.#src.migrationState()) === S.RUNNING ? 'reset' : 'unrecovered';
-      } catch {
-        sourceRecovery = 'unrecovered';
-      }
-    }
-    const downtimeMs = this.#stoppedAt === undefined ? 0 : now() - this.#stoppedAt;
-    this.#stoppedAt = undefined;
-    this.#unthrottle();
-    await this.#tracker?.stop();
-    if (this.#dstState !== undefined) await this.#dst.abandon();
-    this.#reporter.report(true);
-    const reason = why ?? (error instanceof Error ? error.message : String(error));
-    return { ...this.#report(outcome, downtimeMs), reason, sourceRecovery };
-  }
-
-  /**
-   * The destination runs but did not confirm the commit (the link broke in
-   * that last round trip): it may have committed. The destination is asked
-   * how the migration ended; the source resumes only if it surely did not
-   * commit. Without an answer the source is held stopped, its state and
-   * memory intact, for the operator (`vfio-user migrate-resolve`) to decide.
-   */
-  async #resolveCommit(error: unknown): Promise<MigrationReport> {
-    const lost = error instanceof Error ? error.message : String(error);
-    const answer = this.#dst.resolveCommit ? await this.#dst.resolveCommit() : undefined;
-    const id = this.#dst.migrationId ?? '?';
-    if (answer?.outcome === 'committed') return this.#committed(`the commit's reply was lost (${lost}); the receiver confirmed migration ${id} committed`);
-    if (answer?.outcome === 'abandoned') {
-      return this.#recover(error, `the receiver abandoned migration ${id} before committing (its phase ${answer.phase}${answer.reason ? `: ${answer.reason}` : ''})`);
-    }
-    this.#endPhase = 'commit';
-    this.#phase = 'abort';
-    this.#step = 'recover';
-    this.#unthrottle();
-    this.#reporter.report(true);
-    const why = answer?.reason ?? lost;
-    const reason = `commit unconfirmed (the destination may run; the source is held stopped): ${why}; resolve with \`vfio-user migrate-resolve --to ${this.#dst.address} --id ${id}\``;
-    return { ...this.#report('failed', now() - (this.#stoppedAt ?? now())), reason, sourceRecovery: 'held' };
-  }
-
-  #unthrottle(): void {
-    if (this.#converge !== undefined && this.#throttlePercent > 0) this.#o.throttle?.(0);
-  }
-
-  /** A timed SET on one side (raced against the limits). */
-  async #set(side: 'source' | 'destination', to: number): Promise<void> {
-    const client = side === 'source' ? this.#src : this.#dst;
-    const from = side === 'source' ? this.#srcState : (this.#dstState ?? S.RUNNING);
-    const t = now();
-    await (this.#phase === 'abort' || this.#phase === 'done' ? client.setMigrationState(to) : this.#w(client.setMigrationState(to)));
-    this.#arcs.push({ side, from: stateName(from), to: stateName(to), ms: now() - t });
-    if (side === 'source') this.#srcState = to;
-    else this.#dstState = to;
-  }
-
-  #snapshot(): Omit<Progress, 'bytesPerSecond'> {
-    return {
-      phase: this.#phase,
-      step: this.#step,
-      iteration: this.#iterations,
-      remainingBytes: this.#m.remaining,
-      memoryBandwidth: this.#m.memMeter.rate,
-      deviceBandwidth: this.#m.devMeter.rate,
-      projectedDowntimeMs: this.#m.projected,
-      elapsedMs: now() - this.#started,
-      bytes: { ...this.#bytes },
-      zeroBytes: this.#zeroBytes,
-      dirtyPages: this.#m.collect.pages,
-      stepBytes: this.#stepBytes,
-      stepTotalBytes: this.#stepTotal,
-      stoppedMs: this.#phase === 'switchover' && this.#stoppedAt !== undefined ? now() - this.#stoppedAt : 0,
-      budgetMs: this.#budget,
-      timeLimitMs: this.#timeout,
-    };
-  }
-
-  #report(outcome: MigrationReport['outcome'], downtimeMs: number): MigrationReport {
-    return {
-      outcome,
-      phase: outcome === 'migrated' ? 'done' : this.#endPhase,
-      ...(this.#dst.migrationId === undefined ? {} : { migrationId: this.#dst.migrationId }),
-      totalMs: now() - this.#started,
-      downtimeMs,
-      projectedDowntimeMs: this.#m.projected,
-      bytes: { ...this.#bytes },
-      zeroBytes: this.#zeroBytes,
-      iterations: this.#iterations,
-      arcs: [...this.#arcs],
-      destination: this.#dst.address,
-      throttlePercent: this.#throttlePercent,
-      bandwidthLimitedMs: this.#pacer.sleptMs,
-    };
-  }
 }

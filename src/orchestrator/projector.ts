@@ -6,7 +6,7 @@
  */
 import type { VfioUserClient } from '../client/client.js';
 import { GUEST_PAGE_SIZE } from '../client/guest-memory.js';
-import type { MigrationDestination } from './destination.js';
+import type { DeviceChannel } from './destination.js';
 import { estimateArcsMs, estimateSwitchover, type SwitchoverEstimate } from './estimate.js';
 import { COPY_CHUNK } from './memory-copy.js';
 import { Meter, type DirtyTracker } from './transfer.js';
@@ -23,12 +23,26 @@ const now = (): number => performance.now();
 /** Awaits work under the migration's limits (`Limits.race`). */
 export type Race = <T>(work: Promise<T>) => Promise<T>;
 
-/** The measurements and the projection of one migration. */
+/** One device of a migration as the projection sees it: its two sessions, its flags, its stream's meter. */
+export interface ProjectedDevice {
+  readonly src: VfioUserClient;
+  readonly dst: DeviceChannel;
+  readonly preCopy: boolean;
+  readonly p2p: boolean;
+  /** The device stream's bandwidth, seeded by {@link Projector.start}. */
+  devMeter: Meter;
+}
+
+/**
+ * The measurements and the projection of one migration: the guest memory's
+ * (one, shared by the devices of a container) and every device's. The
+ * devices change state concurrently (the arcs count once: the slowest
+ * device's) and stream their data one after the other (the times add up).
+ */
 export class Projector {
   readonly memMeter = new Meter(Number.POSITIVE_INFINITY);
   /** Dirty-page copies only: scattered pages cost more per byte than the 1 MiB chunks of the full copy. */
   readonly pageMeter = new Meter(Number.POSITIVE_INFINITY);
-  devMeter = new Meter(Number.POSITIVE_INFINITY);
   /** The last dirty collection: when its request went out, how long it took, what it found, the dirty rate over the interval before it. */
   collect = { at: 0, ms: 0, pages: 0, pagesPerMs: 0, saturated: false };
   /** The largest round trip of the last iterations (ms). */
@@ -37,30 +51,38 @@ export class Projector {
   estimate: SwitchoverEstimate | undefined;
   remaining = 0n;
   projected = Number.POSITIVE_INFINITY;
-  /** The destination's arcs from RESUMING to RUNNING, as last reported (ms). */
+  /** The destination's arcs from RESUMING to RUNNING, as last reported (ms; the slowest device's). */
   destinationArcsMs = 0;
   readonly #recentRtts: number[] = [];
-  readonly #src: VfioUserClient;
-  readonly #dst: MigrationDestination;
-  readonly #preCopy: boolean;
-  readonly #p2p: boolean;
+  readonly #devices: readonly ProjectedDevice[];
   readonly #race: Race;
 
-  constructor(src: VfioUserClient, dst: MigrationDestination, flags: { preCopy: boolean; p2p: boolean }, race: Race) {
-    this.#src = src;
-    this.#dst = dst;
-    this.#preCopy = flags.preCopy;
-    this.#p2p = flags.p2p;
+  constructor(devices: readonly ProjectedDevice[], race: Race) {
+    this.#devices = devices;
     this.#race = race;
   }
 
-  /** The first round trip, which also seeds the device-stream bandwidth (one transfer-size chunk per round trip). */
+  /** The devices' stream bandwidth together (bytes/ms): everything measured over the time it took (the slowest seed until then). */
+  get deviceRate(): number {
+    let bytes = 0;
+    let ms = 0;
+    for (const d of this.#devices) {
+      bytes += d.devMeter.bytes;
+      ms += d.devMeter.ms;
+    }
+    return bytes > 0 && ms > 0 ? bytes / ms : Math.min(...this.#devices.map((d) => d.devMeter.rate));
+  }
+
+  /** The first round trip of every device, which also seeds its stream's bandwidth (one transfer-size chunk per round trip). */
   async start(): Promise<void> {
     this.collect.at = now();
-    const t = now();
-    await this.#race(this.#src.migrationState());
-    this.rtt = now() - t;
-    this.devMeter = new Meter(Math.min(this.#src.maxTransferSize, this.#dst.maxTransferSize) / Math.max(this.rtt, 0.01));
+    for (const d of this.#devices) {
+      const t = now();
+      await this.#race(d.src.migrationState());
+      const rtt = now() - t;
+      this.rtt = Math.max(this.rtt, rtt);
+      d.devMeter = new Meter(Math.min(d.src.maxTransferSize, d.dst.maxTransferSize) / Math.max(rtt, 0.01));
+    }
   }
 
   /** Measured cost (ms) of one dirty page (the full copy's rate until dirty pages were measured). */
@@ -79,19 +101,32 @@ export class Projector {
 
   /** Round trips, pending device data, arc latencies: the projection of a switch-over now. */
   async project(tracker: DirtyTracker): Promise<void> {
-    const t = now();
-    const deviceBytes = await this.#race(this.#pendingDeviceBytes());
-    const queries = this.#preCopy && this.#src.migrationExtensions.precopyInfo !== undefined ? 2 : 1;
-    const sourceRtt = (now() - t) / queries;
-    const td = now();
-    await this.#race(this.#dst.migrationState()); // the destination's round trip (a remote one crosses the channel)
-    this.#recentRtts.push(Math.max(sourceRtt, now() - td));
+    let deviceBytes = 0n;
+    let deviceMs = 0;
+    let chunks = 0;
+    let rtt = 0;
+    let sourceArcsMs = 0;
+    let destinationArcsMs = 0;
+    for (const d of this.#devices) {
+      const t = now();
+      const pending = await this.#race(pendingDeviceBytes(d));
+      const queries = d.preCopy && d.src.migrationExtensions.precopyInfo !== undefined ? 2 : 1;
+      const sourceRtt = (now() - t) / queries;
+      const td = now();
+      await this.#race(d.dst.migrationState()); // the destination's round trip (a remote one crosses the channel)
+      rtt = Math.max(rtt, sourceRtt, now() - td);
+      const arcs = await this.#race(estimateArcsMs(d.src, d.dst, d.preCopy, d.p2p));
+      sourceArcsMs = Math.max(sourceArcsMs, arcs.sourceMs);
+      destinationArcsMs = Math.max(destinationArcsMs, arcs.destinationMs);
+      deviceBytes += pending;
+      deviceMs += d.devMeter.timeFor(pending);
+      chunks += Math.ceil(Number(pending) / Math.min(d.src.maxTransferSize, COPY_CHUNK));
+    }
+    this.#recentRtts.push(rtt);
     if (this.#recentRtts.length > RTT_WINDOW) this.#recentRtts.shift();
     this.rtt = Math.max(...this.#recentRtts);
-    const arcs = await this.#race(estimateArcsMs(this.#src, this.#dst, this.#preCopy, this.#p2p));
-    this.destinationArcsMs = arcs.destinationMs;
-    const chunks = Math.ceil(Number(deviceBytes) / Math.min(this.#src.maxTransferSize, COPY_CHUNK));
-    // What a switch-over now would cost: the pages dirtied from the last collection until the source stops, the device's pending data.
+    this.destinationArcsMs = destinationArcsMs;
+    // What a switch-over now would cost: the pages dirtied from the last collection until the sources stop, the devices' pending data.
     const estimate = estimateSwitchover({
       dirtyPagesPerMs: this.collect.pagesPerMs,
       saturated: this.collect.saturated,
@@ -100,29 +135,30 @@ export class Projector {
       pageCopyMs: this.pageCostMs(),
       lastCollect: { ms: this.collect.ms, pages: this.collect.pages },
       deviceBytes,
-      deviceBytesPerMs: this.devMeter.rate,
-      sourceArcsMs: arcs.sourceMs,
-      destinationArcsMs: arcs.destinationMs,
+      deviceBytesPerMs: deviceMs > 0 ? Number(deviceBytes) / deviceMs : Number.POSITIVE_INFINITY,
+      sourceArcsMs,
+      destinationArcsMs,
       requestMs: this.rtt,
-      requests: SWITCHOVER_REQUESTS + 2 * chunks,
+      // the SETs go to every device at once; each device's stream ends with its own empty read
+      requests: SWITCHOVER_REQUESTS + (this.#devices.length - 1) + 2 * chunks,
     });
     this.estimate = estimate;
     this.remaining = BigInt(estimate.pages * GUEST_PAGE_SIZE) + deviceBytes;
     this.projected = estimate.totalMs;
   }
+}
 
-  /** Device data still to move: PRECOPY_INFO (when pre-copying and advertised) + MIG_DATA_SIZE (100 GiB when unknown, as QEMU). */
-  async #pendingDeviceBytes(): Promise<bigint> {
-    let bytes = 0n;
-    if (this.#preCopy && this.#src.migrationExtensions.precopyInfo !== undefined) {
-      const info = await this.#src.precopyInfo();
-      bytes += info.initialBytes + info.dirtyBytes;
-    }
-    try {
-      bytes += await this.#src.migrationDataSize();
-    } catch {
-      bytes += UNKNOWN_DEVICE_DATA;
-    }
-    return bytes;
+/** Device data still to move: PRECOPY_INFO (when pre-copying and advertised) + MIG_DATA_SIZE (100 GiB when unknown, as QEMU). */
+async function pendingDeviceBytes(d: ProjectedDevice): Promise<bigint> {
+  let bytes = 0n;
+  if (d.preCopy && d.src.migrationExtensions.precopyInfo !== undefined) {
+    const info = await d.src.precopyInfo();
+    bytes += info.initialBytes + info.dirtyBytes;
   }
+  try {
+    bytes += await d.src.migrationDataSize();
+  } catch {
+    bytes += UNKNOWN_DEVICE_DATA;
+  }
+  return bytes;
 }

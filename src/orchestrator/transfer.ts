@@ -5,10 +5,9 @@
  * meters the switch-over decision uses.
  */
 import type { VfioUserClient } from '../client/client.js';
-import { GUEST_PAGE_SIZE } from '../client/guest-memory.js';
-import type { MigrationDestination } from './destination.js';
+import { GUEST_PAGE_SIZE, type GuestMemory } from '../client/guest-memory.js';
+import type { DeviceChannel } from './destination.js';
 import type { CopyControl } from './memory-copy.js';
-import type { MigrationSide } from './types.js';
 
 export { COPY_CHUNK, copyAllMemory, copyPages, type CopyControl, type CopyResult, type MemorySink, type Pacer } from './memory-copy.js';
 
@@ -25,6 +24,16 @@ export class Meter {
   add(bytes: number, ms: number): void {
     this.#bytes += bytes;
     this.#ms += ms;
+  }
+
+  /** Bytes measured so far. */
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  /** Time (ms) those bytes took. */
+  get ms(): number {
+    return this.#ms;
   }
 
   /** Measured bandwidth (bytes/ms); the fallback until something measurable was moved. */
@@ -45,60 +54,86 @@ export class Meter {
 
 const now = (): number => performance.now();
 
+/** The guest memory a dirty tracker watches, and the device sessions that DMA into it. */
+export interface TrackedMemory {
+  memory: GuestMemory;
+  iova: bigint;
+  /** Each device, and whether it can log its DMA writes (DMA_LOGGING_START probed). */
+  devices: ReadonlyArray<{ client: VfioUserClient; logging: boolean }>;
+}
+
 /**
- * Dirty tracking of the source's guest memory: the device's DMA writes
- * (DMA logging over the memory's IOVA range) and the client's own writes
- * (`GuestMemory.takeDirty()`). Without device logging every page counts as dirty.
+ * Dirty tracking of the source's guest memory: every device's DMA writes
+ * (DMA logging over the memory's IOVA range, the bitmaps merged) and the
+ * client's own writes (`GuestMemory.takeDirty()`). Without logging on every
+ * device, every page counts as dirty.
  */
 export class DirtyTracker {
-  readonly #side: MigrationSide;
-  #pageSize: bigint | undefined;
+  readonly #memory: GuestMemory;
+  readonly #iova: bigint;
+  /** The logging devices and their page sizes; undefined when a device cannot log. */
+  #logs: Array<{ client: VfioUserClient; pageSize: bigint }> | undefined;
 
-  private constructor(side: MigrationSide) {
-    this.#side = side;
+  private constructor(memory: GuestMemory, iova: bigint) {
+    this.#memory = memory;
+    this.#iova = iova;
   }
 
-  /** Starts DMA logging if the device can; drops the client-side dirty set (a full copy follows). */
-  static async start(side: MigrationSide, deviceLogging: boolean): Promise<DirtyTracker> {
-    const tracker = new DirtyTracker(side);
-    if (deviceLogging) tracker.#pageSize = await side.client.startDirtyLogging(BigInt(GUEST_PAGE_SIZE), [{ iova: side.iova, length: side.memory.size }]);
-    side.memory.takeDirty();
+  /**
+   * Starts DMA logging on every device when all can; drops the client-side dirty set (a full copy follows).
+   * @throws {RemoteError} when a device refuses DMA_LOGGING_START (the devices already logging are stopped).
+   */
+  static async start(tracked: TrackedMemory): Promise<DirtyTracker> {
+    const tracker = new DirtyTracker(tracked.memory, tracked.iova);
+    if (tracked.devices.length > 0 && tracked.devices.every((d) => d.logging)) {
+      tracker.#logs = [];
+      const range = [{ iova: tracked.iova, length: tracked.memory.size }];
+      try {
+        for (const { client } of tracked.devices) tracker.#logs.push({ client, pageSize: await client.startDirtyLogging(BigInt(GUEST_PAGE_SIZE), range) });
+      } catch (error) {
+        await tracker.stop();
+        throw error;
+      }
+    }
+    tracked.memory.takeDirty();
     return tracker;
   }
 
   get logging(): boolean {
-    return this.#pageSize !== undefined;
+    return this.#logs !== undefined;
   }
 
   /** Guest pages in all. */
   get totalPages(): number {
-    return Number(this.#side.memory.size / BigInt(GUEST_PAGE_SIZE));
+    return Number(this.#memory.size / BigInt(GUEST_PAGE_SIZE));
   }
 
-  /** Collects (and clears) the dirty 4 KiB pages, sorted. */
+  /** Collects (and clears) the dirty 4 KiB pages of every device and of the client, sorted. */
   async collect(): Promise<number[]> {
-    const pages = new Set<number>(this.#side.memory.takeDirty());
-    const total = Number(this.#side.memory.size / BigInt(GUEST_PAGE_SIZE));
-    if (this.#pageSize === undefined) return Array.from({ length: total }, (_, p) => p);
-    const ps = Number(this.#pageSize);
-    const bitmap = await this.#side.client.dirtyReport(this.#side.iova, this.#side.memory.size, this.#pageSize);
-    bitmap.forEach((byte, i) => {
-      if (byte === 0) return;
-      for (let bit = 0; bit < 8; bit++) {
-        if (((byte >> bit) & 1) === 0) continue;
-        const start = Math.floor(((i * 8 + bit) * ps) / GUEST_PAGE_SIZE);
-        const end = Math.ceil(((i * 8 + bit + 1) * ps) / GUEST_PAGE_SIZE);
-        for (let p = start; p < end && p < total; p++) pages.add(p);
-      }
-    });
+    const pages = new Set<number>(this.#memory.takeDirty());
+    const total = this.totalPages;
+    if (this.#logs === undefined) return Array.from({ length: total }, (_, p) => p);
+    const reports = await Promise.all(this.#logs.map(async (l) => ({ ps: Number(l.pageSize), bitmap: await l.client.dirtyReport(this.#iova, this.#memory.size, l.pageSize) })));
+    for (const { ps, bitmap } of reports) {
+      bitmap.forEach((byte, i) => {
+        if (byte === 0) return;
+        for (let bit = 0; bit < 8; bit++) {
+          if (((byte >> bit) & 1) === 0) continue;
+          const start = Math.floor(((i * 8 + bit) * ps) / GUEST_PAGE_SIZE);
+          const end = Math.ceil(((i * 8 + bit + 1) * ps) / GUEST_PAGE_SIZE);
+          for (let p = start; p < end && p < total; p++) pages.add(p);
+        }
+      });
+    }
     return [...pages].sort((a, b) => a - b);
   }
 
-  /** Stops DMA logging (errors ignored: used on every exit path). */
+  /** Stops DMA logging on every device (errors ignored: used on every exit path). */
   async stop(): Promise<void> {
-    if (this.#pageSize === undefined) return;
-    this.#pageSize = undefined;
-    await this.#side.client.stopDirtyLogging().catch(() => undefined);
+    const logs = this.#logs;
+    this.#logs = undefined;
+    if (logs === undefined) return;
+    await Promise.all(logs.map((l) => l.client.stopDirtyLogging().catch(() => undefined)));
   }
 }
 
@@ -108,7 +143,7 @@ export class DirtyTracker {
  * destination; `control` is checked before each read and told of each chunk.
  * @returns bytes moved.
  */
-export async function moveDeviceData(from: VfioUserClient, to: MigrationDestination, meter: Meter, control: CopyControl = {}, untilMs = Number.POSITIVE_INFINITY): Promise<bigint> {
+export async function moveDeviceData(from: VfioUserClient, to: Pick<DeviceChannel, 'maxTransferSize' | 'writeDeviceData'>, meter: Meter, control: CopyControl = {}, untilMs = Number.POSITIVE_INFINITY): Promise<bigint> {
   const chunk = Math.max(4096, Math.min(from.maxTransferSize, to.maxTransferSize) - 64);
   const race = <T>(work: Promise<T>): Promise<T> => (control.race ? control.race(work) : work);
   let bytes = 0;

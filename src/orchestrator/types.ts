@@ -1,7 +1,7 @@
 /** Options, progress and report types of the live-migration orchestrator ({@link migrate}). */
 import type { VfioUserClient } from '../client/client.js';
 import type { GuestMemory } from '../client/guest-memory.js';
-import type { MigrationDestination } from './destination.js';
+import type { ContainerDestination, MigrationDestination } from './destination.js';
 import type { AutoConvergeOptions } from './throttle.js';
 
 /** One side of a migration: the device session and the guest RAM attached to it at `iova`. */
@@ -12,17 +12,37 @@ export interface MigrationSide {
   iova: bigint;
 }
 
+/** One device of a container on the source: a session whose DMA sees the container's guest memory. */
+export interface ContainerDevice {
+  /** Its name in reports (default `dev<i>`; unique within the container). */
+  name?: string;
+  client: VfioUserClient;
+}
+
+/**
+ * The source (or a local destination) of a container migration: several
+ * device sessions sharing one guest RAM, attached at `iova` for every device
+ * (one I/O address space, as a VFIO container).
+ */
+export interface ContainerSide {
+  memory: GuestMemory;
+  iova: bigint;
+  /** At least one; paired with the destination's devices by index. */
+  devices: readonly ContainerDevice[];
+}
+
 /** Where a migration is. */
 export type MigrationPhase = 'precopy' | 'switchover' | 'commit' | 'abort' | 'done';
 
 /**
  * What a migration is doing within its phase: `setup` (logging, states), `full-copy` (the first copy of
  * all guest memory), `dirty-pages` (a pre-copy iteration's pages), `device-data` (the device stream),
- * `estimate` (measuring round trips, the projection), `stop-copy` (the source stopped: its last
+ * `estimate` (measuring round trips, the projection), `p2p` (a container's sources entering their P2P
+ * states before any stops), `stop-copy` (the source stopped: its last
  * pages and device data), `destination` (VMM state, destination STOP → RUNNING), `commit`,
  * `recover` (after an abort or failure), `done`.
  */
-export type MigrationStep = 'setup' | 'full-copy' | 'dirty-pages' | 'device-data' | 'estimate' | 'stop-copy' | 'destination' | 'commit' | 'recover' | 'done';
+export type MigrationStep = 'setup' | 'full-copy' | 'dirty-pages' | 'device-data' | 'estimate' | 'p2p' | 'stop-copy' | 'destination' | 'commit' | 'recover' | 'done';
 
 /** Bytes migrated, by phase and kind (guest memory counts zero pages, sent as markers, at their size). */
 export interface MigrationBytes {
@@ -40,6 +60,8 @@ export interface Progress {
   phase: MigrationPhase;
   /** The step within the phase. */
   step: MigrationStep;
+  /** In a container of 2+ devices: the device whose data the step moves (`device-data`). */
+  device?: string;
   /** Bytes migrated so far. */
   bytes: MigrationBytes;
   /** Of the guest memory bytes, those sent as zero-page markers (not on the wire). */
@@ -107,6 +129,8 @@ export interface MigrateOptions {
 /** One migration state change the orchestrator made, as timed by it. */
 export interface ArcTiming {
   side: 'source' | 'destination';
+  /** The device (in a container report's overall `arcs`; absent in a one-device migration's). */
+  device?: string;
   from: string;
   to: string;
   ms: number;
@@ -148,4 +172,56 @@ export interface MigrationReport {
   throttlePercent: number;
   /** Time the bandwidth cap held transfers back (ms). */
   bandwidthLimitedMs: number;
+}
+
+/**
+ * {@link migrateContainer}'s options: those of {@link migrate} for a
+ * container — one guest memory, one downtime budget, one time limit for all
+ * its devices.
+ */
+export interface MigrateContainerOptions extends Omit<MigrateOptions, 'source' | 'destination'> {
+  source: ContainerSide;
+  /** The container on this machine, or a {@link ContainerDestination} (e.g. over TCP); as many devices as the source. */
+  destination: ContainerSide | ContainerDestination;
+  /**
+   * A container of 2+ devices where a device lacks the P2P migration flag:
+   * `refuse` (the default, as QEMU) throws {@link MigrationCompatibilityError} before anything changes;
+   * `warn` migrates anyway (the report's `warnings` say so): the P2P devices enter RUNNING_P2P first, then
+   * every device stops — a device without P2P may still DMA into a peer that already stopped.
+   */
+  withoutP2P?: 'refuse' | 'warn';
+}
+
+/** A state a device reached, and when (ms since the migration started). */
+export interface StateTiming {
+  side: 'source' | 'destination';
+  state: string;
+  atMs: number;
+}
+
+/** One device of a container migration report. */
+export interface DeviceMigrationReport {
+  name: string;
+  /** Its device data, by phase (guest memory is the container's: in the overall report). */
+  bytes: { precopy: bigint; stopCopy: bigint };
+  /** Its state changes, timed. */
+  arcs: ArcTiming[];
+  /** The states it reached on either side, when (the source starts RUNNING at 0). */
+  states: StateTiming[];
+  /** Its P2P arcs (source into RUNNING_P2P / PRE_COPY_P2P, destination STOP → RUNNING_P2P), ms; 0 when it had none. */
+  p2pMs: number;
+  /** How its source was recovered after an abort or failure (as the overall `sourceRecovery`). */
+  sourceRecovery?: 'running' | 'reset' | 'unrecovered' | 'held';
+}
+
+/** What {@link migrateContainer} did: the container as a whole, and each device. */
+export interface ContainerMigrationReport extends MigrationReport {
+  devices: DeviceMigrationReport[];
+  /**
+   * The P2P phases' cost (ms): from the first source SET into a P2P state until every source reached it,
+   * plus the destinations' STOP → RUNNING_P2P round; 0 for one device (there is no peer to quiesce).
+   */
+  p2pMs: number;
+  /** What was allowed but is not safe (`withoutP2P: 'warn'`). */
+  warnings: string[];
 }
