@@ -267,7 +267,7 @@ function isSingleBit(x: number): boolean {
  * is refused. Takes ownership of `fd` (closed on failure).
  * @throws {ProtocolError} EINVAL if the fd cannot be used as an interrupt.
  */
-function writableEventFd(fd: number): number {
+export function writableEventFd(fd: number): number {
   let mode = 0;
   let target = '';
   try {

@@ -4,7 +4,10 @@
  * then attributes in order, rolled back on failure) and serves it on a dup of
  * the listening socket the host's main thread bound. It beats a shared
  * counter so the main thread's watchdog can tell a stalled event loop, and
- * answers the main thread's `status` and `stop` requests.
+ * answers the main thread's `status`, `group` and `stop` requests. Each client
+ * is admitted by the main thread (`admit` → `admit-verdict`: isolation groups
+ * are decided there); a stop with a client connected asks it to release the
+ * device (REQ eventfd), again and again, then forces it.
  *
  * Nothing here may outlive the thread: every fd it opens goes through the
  * native addon, which closes what the thread still owns when it ends (a
@@ -14,16 +17,22 @@ import { isMainThread, parentPort, workerData, type MessagePort } from 'node:wor
 import { Errno } from '../protocol/errno.js';
 import { native } from '../native/addon.js';
 import { stateName } from '../migration/state-machine.js';
-import type { DeviceServer } from '../server/server.js';
+import type { IsolationGroupView } from '../protocol/isolation-group.js';
+import { IsolationGroupState } from '../server/isolation-group.js';
+import type { AdmitVerdict, DeviceServer } from '../server/server.js';
+import type { PeerCredentials } from '../transport/transport.js';
 import { buildInstance, type BuiltInstance } from './instance-build.js';
 import { loadParent } from './parent-loader.js';
-import type { CellReply, CellRequest, CellStatus, CellWorkerData, CellToMain } from './cell-protocol.js';
+import type { CellReply, CellRequest, CellStatus, CellStopRequest, CellWorkerData, CellToMain } from './cell-protocol.js';
 
 /** The served instance, once ready. */
 interface Served {
   built: BuiltInstance;
   server: DeviceServer;
 }
+
+/** Default {@link CellStopRequest.timeoutMs}. */
+const DEFAULT_RELEASE_TIMEOUT_MS = 10_000;
 
 /** The errno an error carries (positive), else EINVAL. */
 function errnoOf(error: unknown): number {
@@ -45,8 +54,48 @@ function startHeartbeat(beats: Int32Array, everyMs: number): void {
   setInterval(beat, everyMs);
 }
 
+/** Admission round trips to the main thread: `admit` out, `admit-verdict` back, `admit-cancel` when the server gave up. */
+class Admissions {
+  readonly #port: MessagePort;
+  readonly #waiting = new Map<number, (verdict: AdmitVerdict) => void>();
+  #next = 1;
+
+  constructor(port: MessagePort) {
+    this.#port = port;
+  }
+
+  /** Asks the main thread; `signal` aborted (timeout, stop) → tells it the verdict will not be used. */
+  ask(client: PeerCredentials, signal: AbortSignal): Promise<AdmitVerdict> {
+    const id = this.#next++;
+    return new Promise<AdmitVerdict>((resolve) => {
+      this.#waiting.set(id, resolve);
+      signal.addEventListener(
+        'abort',
+        () => {
+          this.#waiting.delete(id);
+          post(this.#port, { type: 'admit-cancel', id });
+          resolve({ ok: false, errno: Errno.EAGAIN, message: 'admission abandoned' }); // not used by the server
+        },
+        { once: true },
+      );
+      post(this.#port, { type: 'admit', id, client: { pid: client.pid, uid: client.uid, gid: client.gid } });
+    });
+  }
+
+  settle(id: number, verdict: AdmitVerdict): void {
+    const resolve = this.#waiting.get(id);
+    this.#waiting.delete(id);
+    resolve?.(verdict);
+  }
+}
+
+/** The group as this instance's clients see it: the main thread's view, `self` naming this instance. */
+function ownView(view: IsolationGroupView, uuid: string): IsolationGroupView {
+  return { ...view, self: uuid };
+}
+
 /** Builds the device and serves it on a dup of the host's listening fd. */
-async function serve(port: MessagePort, data: CellWorkerData): Promise<Served> {
+async function serve(port: MessagePort, data: CellWorkerData, admissions: Admissions, group: IsolationGroupState): Promise<Served> {
   const { spec } = data;
   const { parent } = await loadParent(spec.parentModule);
   post(port, { type: 'loaded' }); // no module file open any more: the watchdog may now terminate this thread
@@ -58,6 +107,9 @@ async function serve(port: MessagePort, data: CellWorkerData): Promise<Served> {
       path: spec.socket,
       listenFd: fd,
       onClient: (client) => post(port, client ? { type: 'client', client: { pid: client.pid, uid: client.uid, gid: client.gid, since: client.since } } : { type: 'client' }),
+      admit: (client, signal) => admissions.ask(client, signal),
+      admitTimeoutMs: data.admitTimeoutMs,
+      isolationGroup: group,
       ...(data.allowedUids === undefined ? {} : { allowedUids: data.allowedUids }),
     });
     return { built, server };
@@ -77,24 +129,67 @@ function status(served: Served): CellStatus {
   };
 }
 
-/** Stops serving: EBUSY while a client is connected unless forced; else closes the session (device reset) and disposes. */
-async function stop(served: Served, force: boolean): Promise<CellReply> {
-  if (!force && served.server.client !== undefined) {
-    const { pid, uid } = served.server.client;
-    return { ok: false, errno: Errno.EBUSY, message: `instance in use by pid ${pid} (uid ${uid}); stop it with force` };
+/** True if the server's session ends (and its cleanup is done) within `ms`. */
+async function endsWithin(served: Served, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), Math.max(0, ms))));
+  try {
+    return await Promise.race([served.server.idle().then(() => true as const), expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Asks the connected client to release the device (REQ eventfd, count 1, 2, 3 … reported to the main thread)
+ * every `intervalMs` until it leaves or `timeoutMs` passed. No new client is accepted meanwhile.
+ */
+async function requestRelease(port: MessagePort, served: Served, request: CellStopRequest): Promise<{ released: boolean; requests: number; waitedMs: number }> {
+  const timeoutMs = request.timeoutMs ?? DEFAULT_RELEASE_TIMEOUT_MS;
+  const intervalMs = request.intervalMs ?? Math.max(100, Math.floor(timeoutMs / 10));
+  served.server.stopListening();
+  const started = Date.now();
+  const deadline = started + timeoutMs;
+  let requests = 0;
+  for (;;) {
+    requests++;
+    post(port, { type: 'release-requested', count: requests, delivered: served.built.device.requestRelease() });
+    if (await endsWithin(served, Math.min(intervalMs, deadline - Date.now()))) return { released: true, requests, waitedMs: Date.now() - started };
+    if (Date.now() >= deadline) return { released: false, requests, waitedMs: Date.now() - started };
+  }
+}
+
+/**
+ * Stops serving: with no client, or `force`, at once; else release requests until the client leaves or the
+ * timeout, then forced (session closed: DMA dropped, device reset). Then the instance is disposed.
+ */
+async function stop(port: MessagePort, served: Served, request: CellStopRequest): Promise<CellReply> {
+  let outcome = { release: 'idle' as 'idle' | 'released' | 'forced', requests: 0, waitedMs: 0 };
+  if (served.server.client !== undefined) {
+    if (request.force) outcome.release = 'forced';
+    else {
+      const asked = await requestRelease(port, served, request);
+      outcome = { release: asked.released ? 'released' : 'forced', requests: asked.requests, waitedMs: asked.waitedMs };
+    }
   }
   await served.server.close();
   try {
     await served.built.dispose();
   } catch (error) {
-    return { ok: true, warning: `the parent's dispose failed: ${messageOf(error)}` }; // stopped all the same
+    return { ok: true, ...outcome, warning: `the parent's dispose failed: ${messageOf(error)}` }; // stopped all the same
   }
-  return { ok: true };
+  return { ok: true, ...outcome };
 }
 
-async function answer(served: Served, request: CellRequest): Promise<CellReply> {
+async function answer(port: MessagePort, served: Served, group: IsolationGroupState, uuid: string, request: CellRequest): Promise<CellReply> {
   try {
-    return request.op === 'status' ? { ok: true, status: status(served) } : await stop(served, request.force);
+    if (request.op === 'status') return { ok: true, status: status(served) };
+    if (request.op === 'group') {
+      group.set(ownView(request.group, uuid)); // the sessions signal their eventfds if the generation moved
+      return { ok: true };
+    }
+    if (request.op === 'stop') return await stop(port, served, request);
+    return { ok: false, errno: Errno.EINVAL, message: `unknown request ${String(request.op)}` };
   } catch (error) {
     return { ok: false, errno: errnoOf(error), message: messageOf(error) };
   }
@@ -106,24 +201,30 @@ function post(port: MessagePort, message: CellToMain): void {
 
 async function main(port: MessagePort, data: CellWorkerData): Promise<void> {
   startHeartbeat(new Int32Array(data.heartbeat), data.heartbeatMs);
-  let served: Served;
-  try {
-    served = await serve(port, data);
-  } catch (error) {
-    return post(port, { type: 'failed', errno: errnoOf(error), message: messageOf(error) });
-  }
-  // One stop at a time (status is answered meanwhile); once stopped, the main thread ends this thread.
+  const admissions = new Admissions(port);
+  let served: Served | undefined;
+  let group: IsolationGroupState;
   let stopping = false;
+  // Verdicts may come before the device is served; requests come only once it is ('ready').
   port.on('message', (request: CellRequest) => {
+    if (request.op === 'admit-verdict') return admissions.settle(request.id, request.verdict);
+    if (!served) return post(port, { type: 'reply', id: request.id, reply: { ok: false, errno: Errno.ENODEV, message: 'instance not served yet' } });
+    // One stop at a time (status and group are answered meanwhile); once stopped, the main thread ends this thread.
     if (request.op === 'stop') {
       if (stopping) return post(port, { type: 'reply', id: request.id, reply: { ok: false, errno: Errno.EBUSY, message: 'instance is already stopping' } });
       stopping = true;
     }
-    void answer(served, request).then((reply) => {
+    void answer(port, served, group, data.spec.uuid, request).then((reply) => {
       if (request.op === 'stop' && !reply.ok) stopping = false;
       post(port, { type: 'reply', id: request.id, reply });
     });
   });
+  try {
+    group = new IsolationGroupState(data.spec.group && ownView(data.spec.group, data.spec.uuid));
+    served = await serve(port, data, admissions, group);
+  } catch (error) {
+    return post(port, { type: 'failed', errno: errnoOf(error), message: messageOf(error) });
+  }
   post(port, { type: 'ready' });
 }
 

@@ -18,6 +18,12 @@
  * When a worker ends, however it ends, the native addon closes every fd it
  * still owned (client connections, eventfds, memfds, its listening dup) and
  * its mappings are unmapped: the client sees EOF, nothing leaks.
+ *
+ * Isolation groups and hot-unplug (the host's main thread decides, the cell carries it out):
+ * - admission: every client is admitted by the {@link CellAdmission} hook (its verdict's errno answers
+ *   the client's VERSION on a refusal);
+ * - the group: {@link InstanceCell.setGroup} pushes the view its clients read with `x-isolation-group`;
+ * - stop with a client connected: release requests (REQ eventfd) until it leaves or a timeout, then forced.
  */
 import { EventEmitter } from 'node:events';
 import { lstatSync, unlinkSync } from 'node:fs';
@@ -27,10 +33,32 @@ import { Errno } from '../protocol/errno.js';
 import { silentLogger, type Logger } from '../log.js';
 import { native } from '../native/addon.js';
 import { bindListening } from '../transport/unix-listener.js';
-import type { CellReply, CellRequest, CellSpec, CellStatus, CellToMain, CellWorkerData } from './cell-protocol.js';
+import { checkIsolationGroupView, type IsolationGroupView } from '../protocol/isolation-group.js';
+import { checkVerdict, DEFAULT_ADMIT_TIMEOUT_MS, type AdmitVerdict } from '../server/server.js';
+import type { CellPeer, CellReply, CellRequest, CellSpec, CellStatus, CellStopOutcome, CellToMain, CellWorkerData } from './cell-protocol.js';
 import type { InstanceClient } from './types.js';
 
-export type { CellSpec, CellStatus } from './cell-protocol.js';
+export type { AdmitVerdict, CellPeer, CellRelease, CellSpec, CellStatus, CellStopOutcome } from './cell-protocol.js';
+
+/**
+ * Decides, in the host's main thread, whether a client may attach the instance (e.g. its isolation group's
+ * owner and viability). May be async; bounded by {@link CellOptions.admitTimeoutMs} (then EAGAIN). A hook that
+ * throws or rejects refuses the client with EPERM.
+ */
+export type CellAdmission = (client: CellPeer) => AdmitVerdict | Promise<AdmitVerdict>;
+
+/** Options of {@link InstanceCell.stop}. */
+export interface CellStopOptions {
+  /** Close a connected client's session at once, without asking it first. */
+  force?: boolean;
+  /** How long a connected client is given to release the device (default 10 000 ms; 0: asked once, then forced). */
+  timeoutMs?: number;
+  /** Time between release requests (default max(100, timeoutMs / 10) ms). */
+  intervalMs?: number;
+}
+
+/** Admissions remembered for a late `admit-cancel` (bounded). */
+const MAX_ADMISSIONS = 256;
 
 /** Default {@link CellOptions.watchdogMs}. */
 export const DEFAULT_WATCHDOG_MS = 5000;
@@ -55,6 +83,10 @@ export interface CellOptions {
   allowedUids?: readonly number[];
   /** Where the cell's lifecycle (start, stop, death) is logged. */
   logger?: Logger;
+  /** Admits each client (none: every client is admitted); replaced with {@link InstanceCell.setAdmission}. */
+  admit?: CellAdmission;
+  /** How long a client waits for the admission verdict before it is refused with EAGAIN (default 5000 ms). */
+  admitTimeoutMs?: number;
 }
 
 /** Events of an {@link InstanceCell}. */
@@ -63,6 +95,20 @@ export interface CellEvents {
   exit: [reason: string];
   /** A client's session started (its credentials), or ended and the device was reset (`undefined`). */
   client: [client: InstanceClient | undefined];
+  /**
+   * A client the admission hook admitted never got a session: the worker stopped waiting for the verdict
+   * (admitTimeoutMs, a stop). Whatever the hook reserved for it (a group's ownership) is to be released.
+   */
+  'admission-abandoned': [client: CellPeer];
+  /** A stop asked the client to release the device, the `count`th time; `delivered`: its REQ eventfd was signalled. */
+  'release-requested': [count: number, delivered: boolean];
+}
+
+/** One admission the worker asked for. */
+interface Admission {
+  client: CellPeer;
+  verdict?: AdmitVerdict;
+  cancelled: boolean;
 }
 
 /** What a worker's death is reported as. */
@@ -113,6 +159,8 @@ export class InstanceCell extends EventEmitter<CellEvents> {
   readonly #logger: Logger;
   readonly #pending = new Map<number, { resolve(reply: CellReply): void; reject(error: Error): void }>();
   readonly #exited: Promise<void>;
+  readonly #admissions = new Map<number, Admission>();
+  #admission: CellAdmission | undefined;
   #nextId = 1;
   #watchdog: NodeJS.Timeout | undefined;
   /** Why the worker died or is being ended; undefined while it runs. */
@@ -130,7 +178,10 @@ export class InstanceCell extends EventEmitter<CellEvents> {
     const watchdogMs = positive('watchdogMs', options.watchdogMs, DEFAULT_WATCHDOG_MS);
     const heartbeatMs = positive('heartbeatMs', options.heartbeatMs, Math.max(10, Math.floor(watchdogMs / 4)));
     const heartbeat = new SharedArrayBuffer(4);
-    const data: CellWorkerData = { spec, heartbeat, heartbeatMs, ...(options.allowedUids ? { allowedUids: [...options.allowedUids] } : {}) };
+    if (spec.group !== undefined) checkIsolationGroupView(spec.group);
+    this.#admission = options.admit;
+    const admitTimeoutMs = positive('admitTimeoutMs', options.admitTimeoutMs, DEFAULT_ADMIT_TIMEOUT_MS);
+    const data: CellWorkerData = { spec, heartbeat, heartbeatMs, admitTimeoutMs, ...(options.allowedUids ? { allowedUids: [...options.allowedUids] } : {}) };
     this.#worker = new Worker(new URL('./cell-worker.js', import.meta.url), {
       workerData: data,
       resourceLimits: { maxOldGenerationSizeMb: positive('memoryLimitMb', options.memoryLimitMb, DEFAULT_MEMORY_LIMIT_MB) },
@@ -208,27 +259,59 @@ export class InstanceCell extends EventEmitter<CellEvents> {
   }
 
   /**
-   * Stops serving and ends the worker: the session is closed (the device reset with LOST_CONNECTION, as
-   * when a client goes away), the instance disposed. The socket file and the host's listening fd stay.
-   * A stop that takes longer than `stopTimeoutMs` terminates the worker (its fds are closed all the same); a
-   * worker that dies during the stop (its reset hook threw or stalled) is stopped too: no 'exit' event then.
-   * @throws {VfioUserError} EBUSY while a client is connected and `force` is not set (the cell keeps serving),
-   *   or while another stop is in progress.
+   * Replaces the admission hook (undefined: every client is admitted). Clients already waiting for a
+   * verdict get the hook that was set when they connected.
+   */
+  setAdmission(admit: CellAdmission | undefined): void {
+    this.#admission = admit;
+  }
+
+  /**
+   * Updates the isolation group the instance's clients read (`x-isolation-group`); a client that registered
+   * for notifications is signalled when `generation` changed. The extension is offered to clients that
+   * connect once the cell has a group.
+   * @throws {InvalidArgumentError} EINVAL for a malformed view (nothing sent).
    * @throws {StateError} ENODEV if the cell is not running.
    */
-  async stop(options: { force?: boolean } = {}): Promise<void> {
+  async setGroup(view: IsolationGroupView): Promise<void> {
+    checkIsolationGroupView(view);
+    await this.#request({ op: 'group', group: view });
+  }
+
+  /**
+   * Stops serving and ends the worker: the session is closed (the device reset with LOST_CONNECTION, as
+   * when a client goes away), the instance disposed. The socket file and the host's listening fd stay.
+   * With a client connected and not `force`: it is asked to release the device (its REQ eventfd, IRQ index 4,
+   * signalled at once and every `intervalMs`, logged with the count) until it leaves or `timeoutMs` passed, then
+   * its session is closed (forced). No new client is accepted meanwhile (they wait in the socket's backlog).
+   * A stop that takes longer than `timeoutMs` + `stopTimeoutMs` terminates the worker (its fds are closed all the
+   * same); a worker that dies during the stop (its reset hook threw or stalled) is stopped too: no 'exit' event then.
+   * @returns what happened to the client: `idle` (none), `released` (it left when asked), `forced`.
+   * @throws {VfioUserError} EBUSY while another stop is in progress; EINVAL for a bad option.
+   * @throws {StateError} ENODEV if the cell is not running.
+   */
+  async stop(options: CellStopOptions = {}): Promise<CellStopOutcome> {
+    const timeoutMs = options.timeoutMs ?? 10_000;
+    if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 0) throw new VfioUserError(`stop timeoutMs: ${timeoutMs} is not a non-negative integer`, { errno: Errno.EINVAL });
+    const intervalMs = positive('intervalMs', options.intervalMs, Math.max(100, Math.floor(timeoutMs / 10)));
     if (this.#stopping) throw new VfioUserError(`instance ${this.spec.uuid} is already stopping`, { errno: Errno.EBUSY });
     if (!this.alive) throw new StateError(`instance ${this.spec.uuid} is not running`, { errno: Errno.ENODEV });
     this.#stopping = true;
+    const force = options.force ?? false;
+    const limitMs = this.#stopTimeoutMs + (force ? 0 : timeoutMs);
+    let outcome: CellStopOutcome = { release: 'forced', requests: 0, waitedMs: 0 };
     let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), this.#stopTimeoutMs)));
+    const timeout = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), limitMs)));
     try {
-      const outcome = await Promise.race([this.#request({ op: 'stop', force: options.force ?? false }), timeout]);
-      if (outcome === 'timeout') this.#logger.warn({ timeoutMs: this.#stopTimeoutMs }, 'instance stop timed out; terminating its worker');
-      else if (outcome.ok && outcome.warning) this.#logger.warn({ reason: outcome.warning }, 'instance stopped with a problem');
+      const reply = await Promise.race([this.#request({ op: 'stop', force, timeoutMs, intervalMs }), timeout]);
+      if (reply === 'timeout') this.#logger.warn({ timeoutMs: limitMs }, 'instance stop timed out; terminating its worker');
+      else {
+        if (reply.ok && reply.warning) this.#logger.warn({ reason: reply.warning }, 'instance stopped with a problem');
+        if (reply.ok && reply.release) outcome = { release: reply.release, requests: reply.requests ?? 0, waitedMs: reply.waitedMs ?? 0 };
+      }
     } catch (error) {
       if (this.alive) {
-        this.#stopping = false; // refused (EBUSY): still serving
+        this.#stopping = false; // refused: still serving
         throw error;
       }
       this.#logger.warn({ reason: this.#ending }, 'instance cell died while stopping');
@@ -237,7 +320,17 @@ export class InstanceCell extends EventEmitter<CellEvents> {
     }
     this.#expected = true;
     await this.#kill('stopped');
-    this.#logger.info({}, 'instance cell stopped');
+    this.#logAudit(outcome, force);
+    return outcome;
+  }
+
+  /** The audit line of a stop: how a connected client was let go. */
+  #logAudit(outcome: CellStopOutcome, force: boolean): void {
+    const { release, requests, waitedMs } = outcome;
+    if (release === 'idle') return this.#logger.info({}, 'instance cell stopped');
+    if (release === 'released') return this.#logger.info({ audit: 'released', requests, waitedMs }, 'instance cell stopped: the client released the device');
+    const why = force ? 'forced by request' : requests > 0 ? 'the client did not release the device in time' : 'stop timed out';
+    this.#logger.warn({ audit: 'forced', requests, waitedMs, reason: why }, 'instance cell stopped: client session forced closed');
   }
 
   /** Ends the worker at once, whatever it is doing (no 'exit' event); its fds are closed. Idempotent. */
@@ -246,7 +339,7 @@ export class InstanceCell extends EventEmitter<CellEvents> {
     await this.#kill('terminated');
   }
 
-  async #request(request: { op: 'status' } | { op: 'stop'; force: boolean }): Promise<CellReply> {
+  async #request(request: DistributiveOmit<Exclude<CellRequest, { op: 'admit-verdict' }>, 'id'>): Promise<CellReply> {
     if (!this.alive) throw new StateError(`instance ${this.spec.uuid} is not running`, { errno: Errno.ENODEV });
     const id = this.#nextId++;
     const reply = await new Promise<CellReply>((resolve, reject) => {
@@ -265,6 +358,12 @@ export class InstanceCell extends EventEmitter<CellEvents> {
       this.#served.resolve();
     } else if (m.type === 'client') {
       this.emit('client', m.client);
+    } else if (m.type === 'admit') {
+      this.#admit(m.id, m.client);
+    } else if (m.type === 'admit-cancel') {
+      this.#cancelAdmission(m.id);
+    } else if (m.type === 'release-requested') {
+      this.#releaseRequested(m.count, m.delivered);
     } else if (m.type === 'failed') {
       const error = new VfioUserError(m.message, { errno: m.errno });
       this.#loaded.reject(error);
@@ -274,6 +373,57 @@ export class InstanceCell extends EventEmitter<CellEvents> {
       this.#pending.delete(m.id);
       waiter?.resolve(m.reply);
     }
+  }
+
+  /** Asks the admission hook about a client the worker accepted and posts the verdict back. */
+  #admit(id: number, client: CellPeer): void {
+    const admission: Admission = { client: { pid: client.pid, uid: client.uid, gid: client.gid }, cancelled: false };
+    this.#admissions.set(id, admission);
+    for (const old of this.#admissions.keys()) {
+      if (this.#admissions.size <= MAX_ADMISSIONS) break;
+      this.#admissions.delete(old);
+    }
+    void this.#verdict(this.#admission, admission.client).then((verdict) => {
+      admission.verdict = verdict;
+      if (admission.cancelled) return this.#abandoned(id, admission);
+      if (verdict.ok) this.#admissions.set(id, admission);
+      else this.#admissions.delete(id);
+      if (this.#ending === undefined) this.#worker.postMessage({ op: 'admit-verdict', id, verdict } satisfies CellRequest);
+    });
+  }
+
+  /** The hook's verdict as a plain object; EPERM if it throws, rejects or answers nonsense. */
+  async #verdict(hook: CellAdmission | undefined, client: CellPeer): Promise<AdmitVerdict> {
+    if (!hook) return { ok: true };
+    try {
+      return checkVerdict(await hook({ ...client }));
+    } catch (error) {
+      const message = `admission failed: ${String((error as Error)?.message ?? error).split('\n')[0]}`;
+      this.#logger.error({ err: error, pid: client.pid }, 'admission hook failed; client refused');
+      return { ok: false, errno: Errno.EPERM, message };
+    }
+  }
+
+  /** The worker stopped waiting for admission `id`. */
+  #cancelAdmission(id: number): void {
+    const admission = this.#admissions.get(id);
+    if (!admission) return;
+    admission.cancelled = true;
+    if (admission.verdict) this.#abandoned(id, admission);
+  }
+
+  /** A cancelled admission whose verdict is known: an `ok` started no session; tell whoever gave it. */
+  #abandoned(id: number, admission: Admission): void {
+    this.#admissions.delete(id);
+    if (!admission.verdict?.ok) return;
+    this.#logger.warn({ pid: admission.client.pid }, 'an admitted client got no session (the cell stopped waiting for the verdict)');
+    this.emit('admission-abandoned', admission.client);
+  }
+
+  #releaseRequested(count: number, delivered: boolean): void {
+    if (delivered || count > 1) this.#logger.info({ audit: 'release-requested', count, delivered }, 'asked the client to release the device');
+    else this.#logger.warn({ audit: 'release-requested', count, delivered }, 'the client has no device request channel (REQ eventfd): it cannot be asked; forced at the timeout unless it leaves');
+    this.emit('release-requested', count, delivered);
   }
 
   /** Ends the worker for `reason` (first reason wins) and waits until it is gone. */
@@ -324,6 +474,9 @@ export class InstanceCell extends EventEmitter<CellEvents> {
     this.#watchdog.unref();
   }
 }
+
+/** `Omit` applied to each member of a union. */
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 
 /** A listening socket bound by the host's main thread for one instance. */
 export interface InstanceSocket {

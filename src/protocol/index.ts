@@ -219,3 +219,4 @@ export type { MigDataReadRequest, MigData } from './migration-data.js';
 export { decodeRequest, checkRequestFds } from './request.js';
 export type { DecodedRequest, RequestBodies, RequestCommand, FdRule } from './request.js';
 export * from './migration-extensions.js';
+export * from './isolation-group.js';

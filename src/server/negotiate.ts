@@ -10,7 +10,7 @@ import { ProtocolError } from '../errors.js';
 import { Command, DEFAULT_PGSIZES, PROTOCOL_MAJOR, PROTOCOL_MINOR } from '../protocol/constants.js';
 import { isReply } from '../protocol/header.js';
 import { checkRequestFds, decodeRequest } from '../protocol/request.js';
-import { resolveCapabilities, type Capabilities, type ResolvedCapabilities } from '../protocol/capabilities.js';
+import { resolveCapabilities, type Capabilities, type ExtraMembers, type ResolvedCapabilities } from '../protocol/capabilities.js';
 import { migrationExtensionMembers } from '../protocol/migration-extensions.js';
 import { native, socketPair } from '../native/addon.js';
 import { UnixSocketTransport } from '../transport/unix-socket.js';
@@ -33,6 +33,8 @@ export interface Negotiated {
   reply: HandlerReply;
   /** The server's end of the twin socket, when negotiated. */
   twin: Transport | undefined;
+  /** Whether the extension members given to {@link negotiate} were kept in the reply (not dropped to fit it). */
+  extensions: boolean;
 }
 
 /**
@@ -40,7 +42,15 @@ export interface Negotiated {
  * @throws {ProtocolError} EINVAL when the message is not VERSION, carries fds,
  *   has major ≠ 0 or malformed capabilities (the session is then closed).
  */
-export function negotiate(m: Message, limits: ServerLimits, requests: ServerRequests, logger: Logger, migratable = false, dmaLayout: DmaLayoutOption = 'auto'): Negotiated {
+export function negotiate(
+  m: Message,
+  limits: ServerLimits,
+  requests: ServerRequests,
+  logger: Logger,
+  migratable = false,
+  dmaLayout: DmaLayoutOption = 'auto',
+  extensions?: ExtraMembers,
+): Negotiated {
   if (m.header.cmd !== Command.VERSION) throw new ProtocolError(`the first message must be VERSION, not command ${m.header.cmd}`);
   const request = decodeRequest(m.header, m.payload);
   if (request.cmd !== Command.VERSION) throw new ProtocolError('the first message must be VERSION');
@@ -68,12 +78,15 @@ export function negotiate(m: Message, limits: ServerLimits, requests: ServerRequ
   // members and receives the reply into its request's buffer.
   if (migratable) caps.migration = { pgsize: MIGRATION_PGSIZE, extra: migrationExtensionMembers(version.capabilities?.migration?.extra) };
   if (client.twinSocket.supported && client.maxMsgFds > 0) caps.twinSocket = { supported: true, fdIndex: 0 };
+  // Top-level extension members (x-isolation-group), after the standard ones; the first given up when the reply must shrink.
+  if (extensions !== undefined) caps.extra = { ...extensions };
   const fitted = fitVersionReply(PROTOCOL_MAJOR, minor, caps, m.payload.length);
   if (fitted.omitted.length > 0) logger.info({ omitted: fitted.omitted }, 'VERSION reply shortened to fit the client\'s request');
-  if (!fitted.capabilities.twinSocket) return { client, profile, minor, twin: undefined, reply: { payload: fitted.payload } };
+  const kept = extensions !== undefined && fitted.capabilities.extra !== undefined;
+  if (!fitted.capabilities.twinSocket) return { client, profile, minor, twin: undefined, extensions: kept, reply: { payload: fitted.payload } };
   const [ours, theirs] = socketPair();
   const twin = openTwin(ours, requests, logger);
-  return { client, profile, minor, twin, reply: { payload: fitted.payload, fds: [theirs], afterSend: () => native.close(theirs) } };
+  return { client, profile, minor, twin, extensions: kept, reply: { payload: fitted.payload, fds: [theirs], afterSend: () => native.close(theirs) } };
 }
 
 function openTwin(fd: number, requests: ServerRequests, logger: Logger): Transport {

@@ -2,7 +2,9 @@
  * Serving one device on a UNIX socket path: one client at a time. A second
  * client is refused clearly (its first message is answered with EBUSY, then it
  * is closed) unless the first leaves within a short grace period; it is never
- * queued silently. A peer whose uid is not allowed gets EPERM.
+ * queued silently. A peer whose uid is not allowed gets EPERM; an admission
+ * hook (`admit`) may refuse a client with its own errno (a device host's
+ * isolation groups: EBUSY owned by another client, EPERM not viable).
  * When a client goes away its session tears down (DMA unmapped, IRQ fds closed,
  * the device reset with reason LOST_CONNECTION) and the next client is served.
  */
@@ -13,6 +15,7 @@ import { DEFAULT_MAX_REGIONS } from '../device/dma.js';
 import { UnixListener } from '../transport/unix-listener.js';
 import type { PeerCredentials, Transport } from '../transport/transport.js';
 import { Session } from './session.js';
+import type { IsolationGroupSource } from './isolation-group.js';
 import type { DmaLayoutOption } from './client-profile.js';
 import type { ServerLimits, SessionDevice } from './types.js';
 
@@ -59,7 +62,27 @@ export interface ServeOptions {
    * has ended and the device has been cleaned up. Must not throw (a throw is logged).
    */
   onClient?: (client: SessionClient | undefined) => void;
+  /**
+   * Decides whether a client (its SO_PEERCRED) may have a session, before its
+   * VERSION is read. A refusal answers that VERSION with the verdict's errno
+   * and closes the connection (logged with the verdict's message). A hook that
+   * throws, rejects or returns something else than a verdict refuses with EPERM;
+   * one that has not answered within `admitTimeoutMs` refuses with EAGAIN. `signal`
+   * is aborted when the server stopped waiting for this verdict (timeout, close):
+   * an `ok` given after that started no session.
+   */
+  admit?: (client: PeerCredentials, signal: AbortSignal) => Promise<AdmitVerdict>;
+  /** How long `admit` may take (default 5000 ms). */
+  admitTimeoutMs?: number;
+  /** The device's isolation group: served with the `x-isolation-group` extension (docs/protocol-extensions.md §8). */
+  isolationGroup?: IsolationGroupSource;
 }
+
+/** What an admission hook ({@link ServeOptions.admit}) answers. */
+export type AdmitVerdict = { ok: true } | { ok: false; errno: number; message: string };
+
+/** Default {@link ServeOptions.admitTimeoutMs}. */
+export const DEFAULT_ADMIT_TIMEOUT_MS = 5000;
 
 /** The client of a {@link DeviceServer}: its peer credentials and when its session started. */
 export interface SessionClient extends PeerCredentials {
@@ -85,6 +108,8 @@ export class DeviceServer {
   #session: Session | undefined;
   #client: SessionClient | undefined;
   #admission: Promise<void> = Promise.resolve();
+  /** Aborted by close(): the admission hook being awaited, if any. */
+  #admitting: AbortController | undefined;
   #cleanup: Promise<unknown> = Promise.resolve();
   #sessions = 0;
   #closed = false;
@@ -140,11 +165,21 @@ export class DeviceServer {
     await this.#cleanup;
   }
 
-  /** Stops listening (removes the socket file), ends the session, waits for the device's cleanup. */
-  async close(): Promise<void> {
-    if (this.#closed) return this.idle();
+  /**
+   * Stops accepting clients: the listener is closed (with `listenFd`, new connections wait in the backlog
+   * of whoever bound the socket), clients waiting for admission are closed; the current session goes on.
+   * Idempotent.
+   */
+  stopListening(): void {
+    if (this.#closed) return;
     this.#closed = true;
     this.#listener.close();
+    this.#admitting?.abort(new Error('the server is closing'));
+  }
+
+  /** Stops listening (removes the socket file), ends the session, waits for the device's cleanup. */
+  async close(): Promise<void> {
+    this.stopListening();
     this.#session?.close();
     await this.idle();
   }
@@ -170,9 +205,45 @@ export class DeviceServer {
       this.#device.logger.warn({ pid: creds?.pid }, 'client refused: the device already has a client');
       return this.#refuse(t, Errno.EBUSY);
     }
+    if (this.#options.admit) {
+      const verdict = await this.#askAdmission(creds);
+      if (this.#closed) return t.close();
+      if (!verdict.ok) {
+        this.#device.logger.warn({ pid: creds?.pid, uid: creds?.uid, gid: creds?.gid, errno: verdict.errno, reason: verdict.message }, 'client refused by admission');
+        return this.#refuse(t, verdict.errno);
+      }
+    }
     this.#client = creds ? { ...creds, since: Date.now() } : undefined;
     this.#startSession(t);
     this.#notifyClient(this.#client);
+  }
+
+  /** The admission hook's verdict, bounded in time; EPERM for a hook that fails or answers nonsense. */
+  async #askAdmission(creds: PeerCredentials | undefined): Promise<AdmitVerdict> {
+    const hook = this.#options.admit as NonNullable<ServeOptions['admit']>;
+    if (!creds) return { ok: false, errno: Errno.EPERM, message: 'the peer has no credentials (SO_PEERCRED failed)' };
+    const controller = new AbortController();
+    this.#admitting = controller;
+    const timeoutMs = this.#options.admitTimeoutMs ?? DEFAULT_ADMIT_TIMEOUT_MS;
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<AdmitVerdict>((resolve) => {
+      timer = setTimeout(() => resolve({ ok: false, errno: Errno.EAGAIN, message: `admission not decided within ${timeoutMs} ms` }), timeoutMs);
+    });
+    const aborted = new Promise<AdmitVerdict>((resolve) => {
+      controller.signal.addEventListener('abort', () => resolve({ ok: false, errno: Errno.EBUSY, message: 'the server is closing' }), { once: true });
+    });
+    const asked = Promise.resolve()
+      .then(() => hook({ ...creds }, controller.signal))
+      .then(checkVerdict, (error: unknown) => ({ ok: false as const, errno: Errno.EPERM, message: `admission hook failed: ${messageOf(error)}` }));
+    try {
+      const winner = await Promise.race([asked.then((verdict) => ({ verdict, used: true })), Promise.race([expired, aborted]).then((verdict) => ({ verdict, used: false }))]);
+      // The hook's verdict is not used: tell the hook (an `ok` it gives now or gave a moment ago started no session).
+      if (!winner.used && !controller.signal.aborted) controller.abort(new Error(winner.verdict.ok ? 'unused' : winner.verdict.message));
+      return winner.verdict;
+    } finally {
+      clearTimeout(timer);
+      if (this.#admitting === controller) this.#admitting = undefined;
+    }
   }
 
   #notifyClient(client: SessionClient | undefined): void {
@@ -205,6 +276,7 @@ export class DeviceServer {
       ...(this.#options.dmaTimeoutMs === undefined ? {} : { dmaTimeoutMs: this.#options.dmaTimeoutMs }),
       ...(this.#options.dmaLayout === undefined ? {} : { dmaLayout: this.#options.dmaLayout }),
       ...(this.#options.handshakeTimeoutMs === undefined ? {} : { handshakeTimeoutMs: this.#options.handshakeTimeoutMs }),
+      ...(this.#options.isolationGroup === undefined ? {} : { isolationGroup: this.#options.isolationGroup }),
     });
     this.#session = session;
     this.#cleanup = session.closed.then((error) => {
@@ -228,6 +300,23 @@ export class DeviceServer {
       onClose: () => clearTimeout(timer),
     });
   }
+}
+
+/**
+ * An admission hook's answer as a plain verdict (a new object): anything else than `{ok: true}` or
+ * `{ok: false, errno 1–4095, message}` becomes a refusal with EPERM saying so.
+ */
+export function checkVerdict(v: unknown): AdmitVerdict {
+  const o = v as { ok?: unknown; errno?: unknown; message?: unknown } | null;
+  if (o?.ok === true) return { ok: true };
+  if (o?.ok === false && typeof o.errno === 'number' && Number.isInteger(o.errno) && o.errno > 0 && o.errno < 4096) {
+    return { ok: false, errno: o.errno, message: typeof o.message === 'string' ? o.message : 'refused' };
+  }
+  return { ok: false, errno: Errno.EPERM, message: `admission hook answered no verdict: ${String(JSON.stringify(v)).slice(0, 100)}` };
+}
+
+function messageOf(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).split('\n')[0] ?? '';
 }
 
 function checkLimits(limits: ServerLimits): void {

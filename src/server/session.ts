@@ -23,6 +23,7 @@ import type { DmaLayoutOption } from './client-profile.js';
 import { ServerRequests } from './server-requests.js';
 import type { HandlerContext, HandlerReply, ServerLimits, SessionDevice } from './types.js';
 import { serverTracing, traceRequest, traceSessionEnd } from './trace.js';
+import { IsolationGroupSession, type IsolationGroupSource } from './isolation-group.js';
 
 /** Options of a {@link Session}. */
 export interface SessionOptions {
@@ -41,6 +42,8 @@ export interface SessionOptions {
   handshakeTimeoutMs?: number;
   /** Requests queued beyond this pause reading from the socket (default 256). */
   maxQueued?: number;
+  /** The device's isolation group: the `x-isolation-group` extension is offered while it has one. */
+  isolationGroup?: IsolationGroupSource;
 }
 
 /** A served client. Resolves `closed` once the device has been cleaned up. */
@@ -51,6 +54,7 @@ export class Session {
   readonly #queue: Message[] = [];
   readonly #requests: ServerRequests;
   readonly #dma: DmaController;
+  readonly #group: IsolationGroupSession | undefined;
   #negotiated: Negotiated | undefined;
   #context: HandlerContext | undefined;
   #busy = false;
@@ -74,6 +78,7 @@ export class Session {
       transport: this.#requests.dmaTransport(() => this.#negotiated),
       onUnmap: (region) => this.#notify(() => device.dmaUnmapping?.(region)),
     });
+    this.#group = options.isolationGroup && new IsolationGroupSession(options.isolationGroup, device.logger);
     device.attach(this.#dma);
     transport.start({
       onMessage: (m) => this.#onMessage(m),
@@ -205,7 +210,8 @@ export class Session {
 
   #negotiate(m: Message): HandlerReply {
     try {
-      const result = negotiate(m, this.#options.limits, this.#requests, this.#device.logger, this.#device.migration !== undefined, this.#options.dmaLayout);
+      const extensions = this.#group?.capability();
+      const result = negotiate(m, this.#options.limits, this.#requests, this.#device.logger, this.#device.migration !== undefined, this.#options.dmaLayout, extensions);
       if (result.profile.name !== 'vfio-user') this.#device.logger.info({ profile: result.profile }, 'client recognised; DMA messages in its layout');
       this.#negotiated = result;
       clearTimeout(this.#handshakeTimer);
@@ -216,6 +222,7 @@ export class Session {
         server: this.#options.limits,
         dmaTransport: this.#requests.dmaTransport(() => result),
         logger: this.#device.logger,
+        ...(this.#group && result.extensions ? { sessionFeatures: this.#group.features() } : {}),
       };
       return result.reply;
     } catch (error) {
@@ -259,6 +266,7 @@ export class Session {
     this.#closing = true;
     clearTimeout(this.#handshakeTimer);
     for (const m of this.#queue.splice(0)) m.fds.closeRemaining();
+    this.#group?.close();
     this.#requests.close(new ConnectionClosedError('the client went away', { cause: error }));
     this.#negotiated?.twin?.close();
     this.#dma.close();

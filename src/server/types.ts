@@ -90,6 +90,8 @@ export interface HandlerContext {
   /** Server→client DMA_READ/DMA_WRITE, chunked to the client's max_data_xfer_size. */
   readonly dmaTransport: DmaMessageTransport;
   readonly logger: Logger;
+  /** Features of this session rather than of the device (x-isolation-group), looked up first. */
+  readonly sessionFeatures?: FeatureTable;
 }
 
 /** Limits this server advertises and enforces. */

@@ -25,12 +25,14 @@ interface Omission {
 
 /**
  * Omissions in the order they are made: first what only costs an optional
- * feature (extensions, write_multiple, the twin socket), then limits whose
+ * feature (top-level extensions, migration extensions, write_multiple, the twin socket), then limits whose
  * default is smaller than ours (the client just does less per message),
  * migration (the client then sees a device that does not migrate), and last a
  * `max_dma_maps` below the default (the client learns the limit from EINVAL).
  */
 const OMISSIONS: readonly Omission[] = [
+  // Top-level extension members (x-isolation-group): clients that do not know them (QEMU) only warn about them.
+  { name: 'extensions', applies: (c) => c.extra !== undefined, drop: (c) => delete c.extra },
   {
     name: 'migration extensions',
     applies: (c) => c.migration?.extra !== undefined,

@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bindInstanceSocket, InstanceCell, type CellOptions, type InstanceSocket } from '../../src/host/cell.js';
 import type { MdevAttr } from '../../src/host/types.js';
+import type { IsolationGroupView } from '../../src/protocol/isolation-group.js';
 
 /** URL of the fixture parent module (its compiled .js). */
 export const PARENT_URL = new URL('./fixtures/cells/parent.js', import.meta.url).href;
@@ -61,12 +62,13 @@ export interface TestCell {
   close(): Promise<void>;
 }
 
-/** Binds `<dir>/<uuid>.sock` and starts a cell of fixture type `type` on it. */
-export async function startCell(dir: string, type: string, options: CellOptions = {}, attrs: MdevAttr[] = []): Promise<TestCell> {
+/** Binds `<dir>/<uuid>.sock` and starts a cell of fixture type `type` on it (in the isolation group `group(uuid)` if given). */
+export async function startCell(dir: string, type: string, options: CellOptions = {}, attrs: MdevAttr[] = [], group?: (uuid: string) => IsolationGroupView): Promise<TestCell> {
   const uuid = testUuid();
   const socket = bindInstanceSocket(join(dir, `${uuid}.sock`));
   try {
-    const cell = await InstanceCell.start({ uuid, parent: 'cells', parentModule: PARENT_URL, type, attrs, socket: socket.path, listenFd: socket.fd }, options);
+    const spec = { uuid, parent: 'cells', parentModule: PARENT_URL, type, attrs, socket: socket.path, listenFd: socket.fd, ...(group ? { group: group(uuid) } : {}) };
+    const cell = await InstanceCell.start(spec, options);
     return {
       cell,
       socket,

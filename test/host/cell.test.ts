@@ -51,13 +51,16 @@ describe('instance cell', () => {
     assert.equal(existsSync(t.socket.path), false);
   });
 
-  it('refuses to stop while a client is connected (EBUSY); a forced stop closes the client', async () => {
+  it('a forced stop closes a connected client at once, without release requests; a second stop is refused EBUSY', async () => {
     const t = await startCell(run.dir, 'echo');
     const client = await VfioUserClient.connect(t.socket.path);
-    await assert.rejects(t.cell.stop(), (e: VfioUserError) => e.errno === Errno.EBUSY);
-    assert.equal(t.cell.alive, true);
-    assert.equal(u32(await client.regionRead(BAR0, 0n, 4)), 0); // still served
-    await t.cell.stop({ force: true });
+    assert.equal(u32(await client.regionRead(BAR0, 0n, 4)), 0); // served
+    const requests: number[] = [];
+    t.cell.on('release-requested', (count) => requests.push(count));
+    const stopping = t.cell.stop({ force: true });
+    await assert.rejects(t.cell.stop({ force: true }), (e: VfioUserError) => e.errno === Errno.EBUSY && /already stopping/.test(e.message));
+    assert.deepEqual(await stopping, { release: 'forced', requests: 0, waitedMs: 0 });
+    assert.deepEqual(requests, []);
     assert.equal(t.cell.alive, false);
     await client.closed; // the client sees its connection end
     await assert.rejects(client.regionRead(BAR0, 0n, 4));
@@ -67,7 +70,7 @@ describe('instance cell', () => {
 
   it('keeps the socket across a stop: a client connecting meanwhile is served by the next cell', async () => {
     const first = await startCell(run.dir, 'echo');
-    await first.cell.stop();
+    assert.deepEqual(await first.cell.stop(), { release: 'idle', requests: 0, waitedMs: 0 }); // no client: nothing to ask
     // Nobody accepts now, but the host's listening fd keeps the socket: the connection waits in the backlog.
     const connecting = VfioUserClient.connect(first.socket.path);
     const { InstanceCell } = await import('../../src/host/cell.js');

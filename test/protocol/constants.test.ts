@@ -45,6 +45,7 @@ describe('struct sizes match the specification', () => {
     ['ARC_LATENCY_HEADER_SIZE', p.ARC_LATENCY_HEADER_SIZE, 8],
     ['ARC_LATENCY_ENTRY_SIZE', p.ARC_LATENCY_ENTRY_SIZE, 48],
     ['MIG_IDENTITY_HEADER_SIZE', p.MIG_IDENTITY_HEADER_SIZE, 16],
+    ['ISOLATION_GROUP_HEADER_SIZE', p.ISOLATION_GROUP_HEADER_SIZE, 8],
   ];
   for (const [name, actual, spec] of sizes) {
     it(`${name} = ${spec}`, () => assert.equal(actual, spec));
