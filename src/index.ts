@@ -25,6 +25,7 @@ export { createDevice, VfioUserDevice } from './device/device.js';
 export { ResetReason } from './device/types.js';
 export { DmaController } from './device/dma.js';
 export { DeviceServer } from './server/server.js';
+export { IsolationGroupState } from './server/isolation-group.js';
 export { ConfigSpace, formatLspciDump } from './pci/index.js';
 export { silentLogger } from './log.js';
 export * from './devices/index.js';
@@ -67,7 +68,8 @@ export type {
 } from './device/types.js';
 export type { IoEventFdDefinition } from './device/ioeventfds.js';
 export type { DmaRegion, DmaSegment, DmaMessageTransport, DmaControllerOptions } from './device/dma.js';
-export type { ServeOptions } from './server/server.js';
+export type { ServeOptions, AdmitVerdict } from './server/server.js';
+export type { IsolationGroupSource } from './server/isolation-group.js';
 export type { ServerLimits } from './server/types.js';
 export type { ConfigSpaceEvent, ConfigSpaceOptions, InterruptMode } from './pci/index.js';
 export type { Logger } from './log.js';

@@ -72,8 +72,11 @@ import {
   type MigrationIdentity,
   type PrecopyInfo,
 } from '../protocol/migration-extensions.js';
+import type { IsolationGroupView } from '../protocol/isolation-group.js';
 import type { Message } from '../transport/transport.js';
 import { ClientCore, type ClientOptions } from './core.js';
+import { explainRefusal, isolationGroupFeature, readIsolationGroup, watchIsolationGroup } from './group.js';
+import { onReleaseRequest, type ReleaseRequest } from './release.js';
 
 /** GET_REGION_INFO's answer: the info and, when the region can be mmapped, the fd (the caller owns it). */
 export interface RegionInfoResult {
@@ -101,8 +104,9 @@ export interface DmaMapOptions {
 export class VfioUserClient extends ClientCore {
   /**
    * Connects to a vfio-user server and negotiates VERSION.
-   * @throws {SystemError} ENOENT/ECONNREFUSED/EACCES; {@link RemoteError} EBUSY/EPERM when refused;
-   *   {@link ProtocolError} EPROTO for a malformed VERSION reply.
+   * @throws {SystemError} ENOENT/ECONNREFUSED/EACCES; {@link RemoteError} EBUSY/EPERM when refused
+   *   (the device is in use or its isolation group owned by another client / the user is not
+   *   allowed or the group is not viable: the message says so); {@link ProtocolError} EPROTO for a malformed VERSION reply.
    */
   static async connect(path: string, options: ClientOptions = {}): Promise<VfioUserClient> {
     const client = new VfioUserClient(await ClientCore.connectTransport(path, options), options);
@@ -110,9 +114,43 @@ export class VfioUserClient extends ClientCore {
       await client.negotiate();
     } catch (error) {
       client.close();
-      throw error;
+      throw explainRefusal(error, path);
     }
     return client;
+  }
+
+  /** The feature index the server advertised for `x-isolation-group` (docs/protocol-extensions.md), or undefined. */
+  get isolationGroupFeature(): number | undefined {
+    return isolationGroupFeature(this);
+  }
+
+  /**
+   * The device's isolation group (extension `x-isolation-group`): id, generation, viability, owner, members, `self`.
+   * @returns undefined when the server did not advertise the extension (the device is its own group).
+   * @throws {ProtocolError} EPROTO for a malformed reply. @throws {RemoteError} the server's errno.
+   */
+  isolationGroup(): Promise<IsolationGroupView | undefined> {
+    return readIsolationGroup(this);
+  }
+
+  /**
+   * Calls `listener` with the group after each change the server signals (an eventfd registered with SET; see group.ts).
+   * @returns a disposer (the last one unregisters and closes the eventfd; closing the client does too).
+   * @throws {ProtocolError} ENOTSUP when the extension was not advertised. @throws {RemoteError} EINVAL from the SET.
+   */
+  onGroupChange(listener: (group: IsolationGroupView) => void): Promise<() => Promise<void>> {
+    return watchIsolationGroup(this, listener, this.logger);
+  }
+
+  /**
+   * Calls `listener({ count })` each time the server asks for the device back (REQ IRQ, index 4: the device is being
+   * removed; `count` = requests so far). A cooperating client finishes its work and closes; one that does not is
+   * disconnected by force when the server's timeout passes. See release.ts.
+   * @returns a disposer (the last one uninstalls and closes the eventfd; closing the client does too).
+   * @throws {ProtocolError} ENOTSUP without a request IRQ. @throws {RemoteError} EINVAL from SET_IRQS.
+   */
+  onReleaseRequest(listener: (request: ReleaseRequest) => void): Promise<() => Promise<void>> {
+    return onReleaseRequest(this, listener, this.logger);
   }
 
   /** DEVICE_GET_INFO. @throws {RemoteError} the server's errno. */

@@ -3,6 +3,7 @@ export { VfioUserClient } from './client.js';
 export { ClientCore } from './core.js';
 export { GuestMemory, GUEST_PAGE_SIZE, GUEST_WINDOW_SIZE } from './guest-memory.js';
 export { Interrupts } from './interrupts.js';
+export { Container } from './container.js';
 export { MappedRegion } from './regions.js';
 export { assignBars, barDecodes } from './bar-setup.js';
 export { recoverMigration, type RecoveryResult, type RecoveryStep } from './migration-recovery.js';
@@ -30,5 +31,7 @@ export type { RegionInfoResult, RegionIoFdsResult, DmaMapOptions } from './clien
 export type { ClientOptions, DmaResponder, TraceEvent, RequestOptions } from './core.js';
 export type { GuestMemoryAttachment, GuestMemoryAttachOptions, GuestMemoryMode, GuestMemoryOptions } from './guest-memory.js';
 export type { InterruptEvent, InterruptsEvents, InterruptsOptions } from './interrupts.js';
+export type { ContainerMapOptions, ContainerMapping } from './container.js';
+export type { ReleaseRequest } from './release.js';
 export type { MappedArea, MappedRegionOptions, RegionAccessPath, RegionAccessStats, SkippedArea } from './regions.js';
 export type { BarSize, RomSize, CapabilityListing, CapabilityWalkEnd, ConfigAccess, ConfigCapability, ConfigWidth, MsiInfo, MsixInfo } from './pci-config.js';
