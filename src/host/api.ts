@@ -6,8 +6,10 @@
  * EINVAL (bad attribute, bad JSON, conflicting options), EBUSY (instance in use,
  * stop refused without force), ENOSPC (no `available_instances` left),
  * ECANCELED (a pre-callout vetoed it), EPERM (control socket: uid not allowed).
+ * EBUSY from `stop` now means another stop of the instance is in progress: a connected client is asked to
+ * release the instance, then forced off (see {@link StopRequest}).
  */
-import type { InstanceStatus, MdevAttr, MdevConfig, StartMode } from './types.js';
+import type { GroupView, InstanceStatus, MdevAttr, MdevConfig, StartMode } from './types.js';
 
 /** One type of one parent, as `types` reports it (mdev's `mdev_supported_types/<id>/`). */
 export interface TypeInfo {
@@ -58,11 +60,34 @@ export interface DefineRequest {
 /** `start`: a defined instance (uuid [+ parent]) or a transient one (parent + type or config, uuid optional). */
 export type StartRequest = DefineRequest;
 
-/** `stop`: refused with EBUSY while a client is connected unless `force`. */
+/**
+ * `stop`: a connected client is asked to release the instance (its REQ eventfd, repeated) and given
+ * `timeoutMs` to leave, then forced off; `force` closes its session at once.
+ */
 export interface StopRequest {
   uuid: string;
-  /** Stop even while a client is connected (its session is closed, the device reset), and despite a vetoing pre-callout (mdevctl's `--force`). */
+  /** Close a connected client's session at once (the device reset), and go on despite a vetoing pre-callout (mdevctl's `--force`). Not with `timeoutMs`. */
   force?: boolean;
+  /** How long a connected client is given to release the instance before it is forced off, ms (default 10 000; 1 … 2^31 - 1). */
+  timeoutMs?: number;
+}
+
+/** What `stop` did with the instance's client. */
+export type ReleaseOutcome = 'idle' | 'released' | 'forced';
+
+/** `stop`'s result: the instance as it was when stopped (state `stopping`), and what happened to its client. */
+export interface StopResult extends InstanceStatus {
+  /** `idle`: no client was connected; `released`: it left when asked; `forced`: its session was closed (at the timeout, or at once with `force`). */
+  release: ReleaseOutcome;
+  /** Release requests signalled to the client. */
+  requests: number;
+  /** How long the stop waited for the client to leave, ms. */
+  waitedMs: number;
+  /**
+   * Whether the release requests reached the client: false when it registered no request channel (REQ eventfd,
+   * IRQ index 4; QEMU 10.2's vfio-user-pci registers none), so it could only be forced. Absent when none was made.
+   */
+  delivered?: boolean;
 }
 
 /** `undefine`: without parent, every parent's definition of that UUID goes (mdevctl). */
@@ -109,6 +134,8 @@ export interface HostApi {
   define(request: DefineRequest): Promise<DefinitionEntry>;
   undefine(request: UndefineRequest): Promise<{ removed: DefinitionEntry[] }>;
   start(request: StartRequest): Promise<InstanceStatus>;
-  stop(request: StopRequest): Promise<InstanceStatus>;
+  stop(request: StopRequest): Promise<StopResult>;
   modify(request: ModifyRequest): Promise<DefinitionEntry>;
+  /** The isolation groups (every group with a running or defined member), sorted by id. */
+  groups(): Promise<GroupView[]>;
 }

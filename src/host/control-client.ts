@@ -6,9 +6,9 @@
 import { createConnection, type Socket } from 'node:net';
 import { ConnectionClosedError, TimeoutError, VfioUserError } from '../errors.js';
 import { Errno } from '../protocol/errno.js';
-import type { DefineRequest, DefinitionEntry, HostApi, HostStatus, ListRequest, ModifyRequest, StopRequest, TypeInfo, UndefineRequest } from './api.js';
+import type { DefineRequest, DefinitionEntry, HostApi, HostStatus, ListRequest, ModifyRequest, StopRequest, StopResult, TypeInfo, UndefineRequest } from './api.js';
 import type { ControlReply, HostOp } from './control.js';
-import type { InstanceStatus } from './types.js';
+import type { GroupView, InstanceStatus } from './types.js';
 
 /** Options of {@link connectHost}. */
 export interface ConnectHostOptions {
@@ -105,14 +105,16 @@ class ControlClient implements HostConnection {
     }
   }
 
-  #call<T>(op: HostOp, args?: object): Promise<T> {
+  /** Sends one request; it rejects with ETIMEDOUT after `timeoutMs` (default: the connection's) plus `extraMs`. */
+  #call<T>(op: HostOp, args?: object, extraMs = 0): Promise<T> {
     if (this.#failure) return Promise.reject(this.#failure);
     const id = this.#nextId++;
+    const timeoutMs = Math.min(2 ** 31 - 1, this.#timeoutMs + extraMs);
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#pending.delete(id);
-        reject(new TimeoutError(`host at ${this.socket}: ${op} took longer than ${this.#timeoutMs} ms`));
-      }, this.#timeoutMs);
+        reject(new TimeoutError(`host at ${this.socket}: ${op} took longer than ${timeoutMs} ms`));
+      }, timeoutMs);
       this.#pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
       this.#conn.write(`${JSON.stringify(args === undefined ? { id, op } : { id, op, args })}\n`);
     });
@@ -136,8 +138,13 @@ class ControlClient implements HostConnection {
   start(request: DefineRequest): Promise<InstanceStatus> {
     return this.#call('start', request);
   }
-  stop(request: StopRequest): Promise<InstanceStatus> {
-    return this.#call('stop', request);
+  stop(request: StopRequest): Promise<StopResult> {
+    // The host waits up to the release timeout for the client to leave, then forces it.
+    const wait = typeof request.timeoutMs === 'number' && request.timeoutMs > 0 ? request.timeoutMs : 0;
+    return this.#call('stop', request, wait);
+  }
+  groups(): Promise<GroupView[]> {
+    return this.#call('groups');
   }
   modify(request: ModifyRequest): Promise<DefinitionEntry> {
     return this.#call('modify', request);

@@ -33,7 +33,7 @@ import { silentLogger, type Logger } from '../log.js';
 import type { HostApi } from './api.js';
 
 /** The operations the control socket carries: the methods of {@link HostApi}. */
-export const HOST_OPS = ['status', 'types', 'list', 'define', 'undefine', 'start', 'stop', 'modify'] as const;
+export const HOST_OPS = ['status', 'types', 'list', 'define', 'undefine', 'start', 'stop', 'modify', 'groups'] as const;
 /** One of {@link HOST_OPS}. */
 export type HostOp = (typeof HOST_OPS)[number];
 

@@ -15,6 +15,9 @@ import { VfioUserError } from '../errors.js';
 import { Errno } from '../protocol/errno.js';
 import type { Logger } from '../log.js';
 import { bindInstanceSocket, InstanceCell, type CellOptions, type InstanceSocket } from './cell.js';
+import type { CellStopOutcome } from './cell-protocol.js';
+import { audit, AuditEvent } from './groups.js';
+import type { InstanceGroupHooks } from './host-groups.js';
 import type { LoadedParent } from './parent-loader.js';
 import { InstanceState, type InstanceStatus, type MdevAttr } from './types.js';
 
@@ -48,6 +51,8 @@ export interface InstanceRecord {
   /** When each recent restart happened (ms), for the window. */
   restartTimes: number[];
   restartTimer?: NodeJS.Timeout;
+  /** During a stop: whether a release request reached the client (undefined until one is made). */
+  releaseDelivered?: boolean;
 }
 
 /** Options of {@link InstanceManager}. */
@@ -61,7 +66,23 @@ export interface InstanceManagerOptions {
    * never interleaves with a stop of the same UUID.
    */
   serialize(uuid: string, task: () => Promise<void>): Promise<void>;
+  /** The host's isolation groups: told of every change, asked for admissions. */
+  groups?: InstanceGroupHooks;
 }
+
+/** How {@link InstanceManager.stop} treats a connected client. */
+export interface StopOptions {
+  /** Close its session at once. */
+  force: boolean;
+  /** Else: how long it is given to release the device after the first release request (the cell's default: 10 s). */
+  timeoutMs?: number;
+}
+
+/**
+ * What a stop did: the cell's outcome (`idle` for an instance that was not serving), and `delivered`: whether
+ * its release requests reached the client (false: it registered no REQ eventfd), absent when none was made.
+ */
+export type StopOutcome = CellStopOutcome & { delivered?: boolean };
 
 /** The instances of one host (see the module comment). */
 export class InstanceManager {
@@ -112,6 +133,7 @@ export class InstanceManager {
     if (this.#records.has(uuid)) throw new VfioUserError(`${uuid} is already running`, { errno: Errno.EEXIST });
     const record: InstanceRecord = { uuid, loaded, typeName, attrs, socketPath: this.socketPath(uuid), state: InstanceState.STARTING, restarts: 0, restartTimes: [] };
     this.#records.set(uuid, record);
+    this.#changed();
     return record;
   }
 
@@ -119,6 +141,11 @@ export class InstanceManager {
   release(record: InstanceRecord): void {
     if (this.#records.get(record.uuid) === record) this.#records.delete(record.uuid);
     record.socket?.close();
+    this.#changed();
+  }
+
+  #changed(): void {
+    this.#options.groups?.changed();
   }
 
   /**
@@ -141,8 +168,20 @@ export class InstanceManager {
 
   async #startCell(record: InstanceRecord): Promise<void> {
     const socket = record.socket as InstanceSocket;
-    const spec = { uuid: record.uuid, parent: record.loaded.parent.name, parentModule: record.loaded.moduleUrl, type: record.typeName, attrs: record.attrs, socket: record.socketPath, listenFd: socket.fd };
-    const cell = await InstanceCell.start(spec, { ...this.#options.cell, logger: this.#options.logger });
+    const groups = this.#options.groups;
+    const group = groups?.view(record.uuid);
+    const spec = {
+      uuid: record.uuid,
+      parent: record.loaded.parent.name,
+      parentModule: record.loaded.moduleUrl,
+      type: record.typeName,
+      attrs: record.attrs,
+      socket: record.socketPath,
+      listenFd: socket.fd,
+      ...(group === undefined ? {} : { group }),
+    };
+    const admit = groups ? { admit: (client: { pid: number; uid: number; gid: number }) => groups.admit(record.uuid, client) } : {};
+    const cell = await InstanceCell.start(spec, { ...this.#options.cell, logger: this.#options.logger, ...admit });
     if (this.#closing || this.#records.get(record.uuid) !== record) {
       await cell.terminate(); // stopped or shut down while it started: nothing may outlive that
       throw new VfioUserError(`${record.uuid}: stopped while starting`, { errno: Errno.ECANCELED });
@@ -150,11 +189,26 @@ export class InstanceManager {
     record.cell = cell;
     record.state = InstanceState.ACTIVE;
     delete record.failure;
+    this.#changed();
+    this.#watch(record, cell);
+  }
+
+  #watch(record: InstanceRecord, cell: InstanceCell): void {
+    const { logger, groups } = this.#options;
+    const base = { uuid: record.uuid, parent: record.loaded.parent.name };
     cell.on('exit', (reason) => this.#onDeath(record, cell, reason));
     cell.on('client', (client) => {
-      const base = { uuid: record.uuid, parent: record.loaded.parent.name };
-      if (client) this.#options.logger.info({ event: 'client-connected', ...base, client: { pid: client.pid, uid: client.uid, gid: client.gid } }, `client connected: pid ${client.pid}, uid ${client.uid}`);
-      else this.#options.logger.info({ event: 'client-disconnected', ...base }, 'client disconnected (device reset)');
+      if (client) logger.info({ event: 'client-connected', ...base, client: { pid: client.pid, uid: client.uid, gid: client.gid } }, `client connected: pid ${client.pid}, uid ${client.uid}`);
+      else {
+        logger.info({ event: 'client-disconnected', ...base }, 'client disconnected (device reset)');
+        groups?.sessionEnded(record.uuid);
+      }
+    });
+    cell.on('admission-abandoned', () => groups?.sessionEnded(record.uuid));
+    cell.on('release-requested', (count, delivered) => {
+      record.releaseDelivered = (record.releaseDelivered ?? false) || delivered;
+      if (delivered) logger.info({ event: 'release-request', ...base, count, delivered }, `release request ${count} signalled to the client`);
+      else logger.warn({ event: 'release-request', ...base, count, delivered }, `release request ${count}: no REQ channel registered by the client: forcing at the timeout`);
     });
   }
 
@@ -164,25 +218,41 @@ export class InstanceManager {
   }
 
   /**
-   * Stops an instance: its session is closed (the device reset), its worker ends, its socket file is removed.
-   * A failed instance waiting for a restart is just forgotten.
-   * @throws {VfioUserError} EBUSY while a client is connected and `force` is not set (nothing changed).
+   * Stops an instance: a connected client is asked to release the device (its REQ eventfd) until it leaves or
+   * `timeoutMs` passes, then forced (or forced at once with `force`); its session is closed (the device reset), its
+   * worker ends, its socket file is removed. A failed instance waiting for a restart is just forgotten.
+   * A forced client is logged (audit `forced`), so is one that left when asked (audit `released`).
+   * @throws {VfioUserError} EBUSY while another stop of it is in progress (nothing changed).
    */
-  async stop(record: InstanceRecord, force: boolean): Promise<void> {
+  async stop(record: InstanceRecord, options: StopOptions): Promise<StopOutcome> {
     clearTimeout(record.restartTimer);
+    let outcome: StopOutcome = { release: 'idle', requests: 0, waitedMs: 0 };
+    delete record.releaseDelivered;
     if (record.cell?.alive) {
       record.state = InstanceState.STOPPING;
+      this.#changed();
       try {
-        await record.cell.stop({ force });
+        outcome = await record.cell.stop({ force: options.force, ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }) });
       } catch (error) {
-        if (record.cell.alive) record.state = InstanceState.ACTIVE;
+        if (record.cell.alive) {
+          record.state = InstanceState.ACTIVE;
+          this.#changed();
+        }
         if (error instanceof VfioUserError && error.errno === Errno.EBUSY) throw error;
         if (record.cell.alive) throw error;
       }
     }
     this.#records.delete(record.uuid);
     record.socket?.close();
-    this.#options.logger.info({ event: 'instance-stopped', uuid: record.uuid, parent: record.loaded.parent.name, force }, 'instance stopped');
+    this.#changed();
+    const base = { uuid: record.uuid, parent: record.loaded.parent.name };
+    if (record.releaseDelivered !== undefined) outcome = { ...outcome, delivered: record.releaseDelivered };
+    const { release, requests, waitedMs } = outcome;
+    const delivered = outcome.delivered === undefined ? {} : { delivered: outcome.delivered };
+    if (release === 'forced') audit(this.#options.logger, AuditEvent.FORCED, { ...base, requests, waitedMs, force: options.force, ...delivered }, `${record.uuid}: client forced off after ${requests} release requests (${waitedMs} ms)`, 'warn');
+    if (release === 'released') audit(this.#options.logger, AuditEvent.RELEASED, { ...base, requests, waitedMs }, `${record.uuid}: released by its client after ${requests} release requests (${waitedMs} ms)`);
+    this.#options.logger.info({ event: 'instance-stopped', ...base, force: options.force, release }, 'instance stopped');
+    return outcome;
   }
 
   /** Stops everything (host shutdown): clients disconnected, devices reset, sockets removed; no restart afterwards. */
@@ -191,12 +261,13 @@ export class InstanceManager {
     await Promise.all(
       this.all().map(async (record) => {
         try {
-          await this.stop(record, true);
+          await this.stop(record, { force: true });
         } catch (error) {
           this.#options.logger.error({ event: 'instance-stop-failed', uuid: record.uuid, err: error }, 'instance did not stop cleanly; terminating it');
           await record.cell?.terminate();
           this.#records.delete(record.uuid);
           record.socket?.close();
+          this.#changed();
         }
       }),
     );
@@ -233,6 +304,7 @@ export class InstanceManager {
     delete record.cell;
     record.state = InstanceState.FAILED;
     record.failure = reason;
+    this.#changed();
     this.#options.logger.error({ event: 'instance-failed', uuid: record.uuid, parent: record.loaded.parent.name, reason }, 'instance failed');
     this.#scheduleRestart(record);
   }
@@ -257,11 +329,13 @@ export class InstanceManager {
   async #restart(record: InstanceRecord): Promise<void> {
     if (this.#closing || this.#records.get(record.uuid) !== record || record.state !== InstanceState.FAILED) return;
     record.state = InstanceState.STARTING;
+    this.#changed();
     try {
       await this.#startCell(record);
     } catch (error) {
       if (this.#records.get(record.uuid) !== record) return;
       record.state = InstanceState.FAILED;
+      this.#changed();
       record.failure = `restart failed: ${(error as Error).message.split('\n')[0] ?? ''}`;
       this.#options.logger.error({ event: 'instance-restart-failed', uuid: record.uuid, reason: record.failure }, 'instance restart failed');
       this.#scheduleRestart(record);

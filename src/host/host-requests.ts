@@ -112,10 +112,23 @@ export function checkTypes(request: { parent?: string } | undefined): { parent?:
   return parent === undefined ? {} : { parent };
 }
 
-/** Checks a {@link StopRequest}. @throws {InvalidArgumentError} EINVAL: no or bad UUID, force not a boolean. */
-export function checkStop(request: StopRequest | undefined): { uuid: string; force: boolean } {
+/** The longest release timeout: what a Node timer can wait (2^31 - 1 ms). */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
+/**
+ * Checks a {@link StopRequest}.
+ * @throws {InvalidArgumentError} EINVAL: no or bad UUID, force not a boolean, timeoutMs not an integer of
+ *   1 … 2^31 - 1, or given with force.
+ */
+export function checkStop(request: StopRequest | undefined): { uuid: string; force: boolean; timeoutMs?: number } {
   const r = object(request);
-  return { uuid: requiredUuid(r), force: optionalBoolean(r, 'force') ?? false };
+  const uuid = requiredUuid(r);
+  const force = optionalBoolean(r, 'force') ?? false;
+  const t = r.timeoutMs;
+  if (t === undefined || t === null) return { uuid, force };
+  if (typeof t !== 'number' || !Number.isSafeInteger(t) || t < 1 || t > MAX_TIMEOUT_MS) throw new InvalidArgumentError(`timeoutMs must be an integer from 1 to ${MAX_TIMEOUT_MS} (ms)`);
+  if (force) throw new InvalidArgumentError('force stops at once: it conflicts with timeoutMs');
+  return { uuid, force, timeoutMs: t };
 }
 
 /** Checks an {@link UndefineRequest}. @throws {InvalidArgumentError} EINVAL: no or bad UUID, bad parent. */

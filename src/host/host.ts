@@ -16,7 +16,9 @@
  * `instance-started`, `instance-stopped`, `instance-failed`,
  * `instance-restarted`, `instance-restart-failed`, `instance-restart-abandoned`,
  * `client-connected`, `client-disconnected`, `autostart-failed`, `callout-vetoed`, `stale-socket-removed`,
- * `definition-*`, and the store's definition problems.
+ * `release-request`, `definition-*`, and the store's definition problems; and the audit trail of isolation
+ * groups and stops, `event: 'audit'` with `audit` one of claim, release, refuse, hot-add-claim, member-failed,
+ * release-requested, released, forced (groups.ts).
  */
 import { lstatSync, readdirSync, unlinkSync } from 'node:fs';
 import { createConnection } from 'node:net';
@@ -24,19 +26,24 @@ import { join } from 'node:path';
 import { VfioUserError } from '../errors.js';
 import { Errno } from '../protocol/errno.js';
 import { getDefaultLogger, type Logger } from '../log.js';
-import type { DefinitionEntry, DefineRequest, HostApi, HostStatus, ListRequest, ModifyRequest, StopRequest, TypeInfo, UndefineRequest } from './api.js';
+import type { DefinitionEntry, DefineRequest, HostApi, HostStatus, ListRequest, ModifyRequest, StopRequest, StopResult, TypeInfo, UndefineRequest } from './api.js';
 import { checkAvailable, typeInfos } from './availability.js';
 import type { InvokeOptions } from './callouts.js';
 import type { CellOptions } from './cell.js';
 import { ControlServer, type ControlLimits } from './control.js';
 import { compareBytes, DefinitionStore } from './definitions.js';
+import { audit, AuditEvent } from './groups.js';
 import { defineOp, modifyOp, planStart, undefineOp, withCallouts, type HostParts } from './host-definitions.js';
+import { HostGroups } from './host-groups.js';
 import { InstanceManager, type InstanceRecord, type RestartPolicy } from './host-instances.js';
 import { ParentRegistry } from './host-parents.js';
 import { checkDefine, checkList, checkModify, checkStop, checkTypes, checkUndefine } from './host-requests.js';
 import { BUILTIN_PARENTS, loadParent, type LoadedParent } from './parent-loader.js';
 import { controlSocketPath, ensureRunDir } from './paths.js';
-import { InstanceState, StartMode, type HostPaths, type InstanceStatus, type MdevConfig } from './types.js';
+import { InstanceState, StartMode, type GroupView, type HostPaths, type InstanceStatus, type MdevConfig } from './types.js';
+
+/** How long a stop waits for a connected client to release the instance before forcing it off. */
+export const DEFAULT_RELEASE_TIMEOUT_MS = 10_000;
 
 /** Longest socket path a UNIX socket can bind (sun_path is 108 bytes with its NUL). */
 const MAX_SOCKET_PATH = 107;
@@ -82,6 +89,7 @@ export class DeviceHost implements HostApi {
   readonly #shutdown = new AbortController();
   readonly #locks = new Map<string, Promise<void>>();
   readonly #quietStore: DefinitionStore;
+  readonly #groups: HostGroups;
   readonly #calloutTimeoutMs: number | undefined;
   readonly #startedAt = Date.now();
   #control: ControlServer | undefined;
@@ -93,12 +101,21 @@ export class DeviceHost implements HostApi {
     this.#logger = logger;
     this.#calloutTimeoutMs = options.calloutTimeoutMs;
     this.#quietStore = new DefinitionStore(options.paths.configDir);
+    this.#groups = new HostGroups({
+      logger,
+      parents,
+      store: this.#quietStore,
+      records: () => this.#parts.instances.all(),
+      socketPath: (uuid) => this.#parts.instances.socketPath(uuid),
+      push: (uuid, view) => void this.#parts.instances.get(uuid)?.cell?.setGroup(view).catch(() => undefined), // a cell that died is restarted with the current view
+    });
     const instances = new InstanceManager({
       runDir: options.paths.runDir,
       logger,
       ...(options.cell ? { cell: options.cell } : {}),
       ...(options.restart ? { restart: options.restart } : {}),
       serialize: (uuid, task) => this.#serialize(uuid, task),
+      groups: this.#groups,
     });
     this.#parts = {
       configDir: options.paths.configDir,
@@ -134,6 +151,7 @@ export class DeviceHost implements HostApi {
         logger,
       });
     }
+    host.#groups.reloadDefinitions();
     try {
       if (options.autostart ?? true) await host.#autostart(options.signal);
       await host.#sweepStaleSockets();
@@ -221,7 +239,7 @@ export class DeviceHost implements HostApi {
    */
   async define(request: DefineRequest): Promise<DefinitionEntry> {
     const checked = checkDefine(request, 'define');
-    return this.#serialize(checked.uuid ?? '', () => defineOp(this.#parts, checked));
+    return this.#serialize(checked.uuid ?? '', () => this.#definitionsChange(defineOp(this.#parts, checked)));
   }
 
   /**
@@ -230,7 +248,7 @@ export class DeviceHost implements HostApi {
    */
   async undefine(request: UndefineRequest): Promise<{ removed: DefinitionEntry[] }> {
     const checked = checkUndefine(request);
-    return this.#serialize(checked.uuid, () => undefineOp(this.#parts, checked));
+    return this.#serialize(checked.uuid, () => this.#definitionsChange(undefineOp(this.#parts, checked)));
   }
 
   /**
@@ -240,7 +258,7 @@ export class DeviceHost implements HostApi {
    */
   async modify(request: ModifyRequest): Promise<DefinitionEntry> {
     const checked = checkModify(request);
-    return this.#serialize(checked.uuid, () => modifyOp(this.#parts, checked));
+    return this.#serialize(checked.uuid, () => this.#definitionsChange(modifyOp(this.#parts, checked)));
   }
 
   /**
@@ -262,25 +280,50 @@ export class DeviceHost implements HostApi {
   }
 
   /**
-   * Stops a running (or failed) instance: its client is disconnected, its device reset, its socket removed.
-   * @returns the instance as it was when stopped (state `stopping`).
-   * @throws {VfioUserError} EINVAL bad request; ENOENT not running; EBUSY a client is connected and `force` is not
-   *   set (nothing changed); ECANCELED vetoed by a callout.
+   * Stops a running (or failed) instance: its device reset, its socket removed. A connected client is first asked
+   * to release the device (its REQ eventfd, repeated) and given `timeoutMs` (default 10 s) to leave, then forced
+   * off (its session closed); with `force`, at once. Both leave an audit line (`released` or `forced`).
+   * @returns the instance as it was when stopped (state `stopping`), with what happened to its client
+   *   (`release`: idle, released or forced; the release requests made; how long it waited).
+   * @throws {VfioUserError} EINVAL bad request (`force` with `timeoutMs`, a timeout that is not a positive
+   *   integer); ENOENT not running; EBUSY another stop of it is in progress; ECANCELED vetoed by a callout.
    */
-  async stop(request: StopRequest): Promise<InstanceStatus> {
-    const { uuid, force } = checkStop(request);
+  async stop(request: StopRequest): Promise<StopResult> {
+    const { uuid, force, timeoutMs } = checkStop(request);
     return this.#serialize(uuid, async () => {
       const record = this.#parts.instances.get(uuid);
       if (record === undefined) throw new VfioUserError(`${uuid} is not running`, { errno: Errno.ENOENT });
       const status = await this.#statusOf(record);
-      if (status.client && !force) {
-        const c = status.client;
-        throw new VfioUserError(`${uuid} is in use by pid ${c.pid} (uid ${c.uid}); stop it with --force to disconnect the client`, { errno: Errno.EBUSY });
-      }
       const config: MdevConfig = { mdev_type: status.mdevType, start: StartMode.MANUAL, attrs: record.attrs };
-      await this.#withCallouts(uuid, record.loaded.parent.name, config, 'stop', force, () => this.#parts.instances.stop(record, force));
-      return { ...status, state: InstanceState.STOPPING };
+      let outcome: Pick<StopResult, 'release' | 'requests' | 'waitedMs' | 'delivered'> = { release: 'idle', requests: 0, waitedMs: 0 };
+      await this.#withCallouts(uuid, record.loaded.parent.name, config, 'stop', force, async () => {
+        const client = status.client;
+        if (client && !force) {
+          const fields = { uuid, parent: status.parent, client: { pid: client.pid, uid: client.uid, gid: client.gid }, timeoutMs: timeoutMs ?? DEFAULT_RELEASE_TIMEOUT_MS };
+          audit(this.#logger, AuditEvent.RELEASE_REQUESTED, fields, `${uuid}: asking its client, pid ${client.pid}, to release it`);
+        }
+        const done = await this.#parts.instances.stop(record, { force, timeoutMs: timeoutMs ?? DEFAULT_RELEASE_TIMEOUT_MS });
+        outcome = { release: done.release, requests: done.requests, waitedMs: done.waitedMs, ...(done.delivered === undefined ? {} : { delivered: done.delivered }) };
+      });
+      return { ...status, state: InstanceState.STOPPING, ...outcome };
     });
+  }
+
+  /**
+   * The isolation groups: every group with a running or defined member, its viability, owner and members
+   * (state, claimed), sorted by id. Never fails.
+   */
+  async groups(): Promise<GroupView[]> {
+    return this.#groups.views();
+  }
+
+  /** Runs a definition operation, then recounts the groups' members (a definition is one). */
+  async #definitionsChange<T>(op: Promise<T>): Promise<T> {
+    try {
+      return await op;
+    } finally {
+      this.#groups.reloadDefinitions();
+    }
   }
 
   async #startLocked(checked: ReturnType<typeof checkDefine>): Promise<InstanceStatus> {
@@ -317,7 +360,9 @@ export class DeviceHost implements HostApi {
     } catch {
       defined = true; // a definition file that no longer parses
     }
-    return this.#parts.instances.status(record, config ? { defined, start: config.start } : { defined });
+    const status = await this.#parts.instances.status(record, config ? { defined, start: config.start } : { defined });
+    const group = this.#groups.groupOf(record.uuid);
+    return group === undefined ? status : { ...status, group };
   }
 
   /** Runs `task` after every earlier task of `uuid` settled (the empty key serializes nothing in particular). */

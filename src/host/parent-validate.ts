@@ -16,6 +16,7 @@
  * - a type is bounded: it has `maxInstances` or a positive cost (otherwise
  *   `available_instances` would be infinite);
  * - `create` and every attribute's `apply` are functions;
+ * - `group` is `'instance'`, `'type'`, `'parent'` or `{ attr: NAME }` naming one of the type's attributes;
  * - no property outside the contract (a misspelt `maxInstance` is refused,
  *   not silently ignored).
  */
@@ -31,7 +32,8 @@ const TYPE_NAME = /^[A-Za-z0-9_.:+-]{1,64}$/;
 const RESERVED_PARENT_NAMES = new Set(['.', '..', 'scripts.d']);
 
 const PARENT_KEYS = new Set(['name', 'resources', 'types']);
-const TYPE_KEYS = new Set(['name', 'label', 'description', 'cost', 'maxInstances', 'attributes', 'create']);
+const TYPE_KEYS = new Set(['name', 'label', 'description', 'cost', 'maxInstances', 'attributes', 'group', 'create']);
+const GROUP_WORDS = new Set(['instance', 'type', 'parent']);
 const ATTRIBUTE_KEYS = new Set(['description', 'apply']);
 
 /** A refusal of the parent module `where`: one line, EINVAL. */
@@ -111,6 +113,20 @@ function checkAttributes(where: string, context: string, value: unknown): void {
   }
 }
 
+/** A type's `group` (types.ts `GroupSharing`): a word, or `{ attr }` naming one of the type's own attributes. */
+function checkGroup(where: string, context: string, value: unknown, attributes: unknown): void {
+  if (value === undefined) return;
+  if (typeof value === 'string' && GROUP_WORDS.has(value)) return;
+  const expected = `expected 'instance', 'type', 'parent' or { attr: NAME }`;
+  if (!isRecord(value)) throw invalid(where, `${context}group is ${show(value)}; ${expected}`);
+  checkKeys(where, `${context}group `, value, new Set(['attr']));
+  const attr = value.attr;
+  const names = isRecord(attributes) ? Object.keys(attributes) : [];
+  if (typeof attr !== 'string' || !names.includes(attr)) {
+    throw invalid(where, `${context}group.attr is ${show(attr)}; it must name one of the type's attributes (${names.length === 0 ? 'it has none' : names.join(', ')})`);
+  }
+}
+
 function checkType(where: string, index: number, value: unknown, resources: ReadonlyMap<string, number>, seen: Set<string>): void {
   if (!isRecord(value)) throw invalid(where, `types[${index}] is ${show(value)}; expected an object with name and create`);
   const name = value.name;
@@ -129,6 +145,7 @@ function checkType(where: string, index: number, value: unknown, resources: Read
   if (bounded) checkCount(where, `${context}maxInstances `, value.maxInstances);
   if (!costly && !bounded) throw invalid(where, `${context}is unbounded: give it maxInstances or a positive cost in one of the parent's resources`);
   checkAttributes(where, context, value.attributes);
+  checkGroup(where, context, value.group, value.attributes);
 }
 
 /**

@@ -12,8 +12,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
-import type { DefinitionEntry, HostApi, TypeInfo } from '../../src/host/api.js';
-import type { InstanceStatus } from '../../src/host/types.js';
+import type { DefinitionEntry, HostApi, StopResult, TypeInfo } from '../../src/host/api.js';
+import type { GroupView, InstanceStatus } from '../../src/host/types.js';
 import { VfioUserError } from '../../src/errors.js';
 import { registerMdev } from '../../src/cli/commands/mdev.js';
 import { formatStatusLines } from '../../src/cli/commands/mdev-format.js';
@@ -71,8 +71,13 @@ class FakeHost implements HostApi {
   start(request: { uuid?: string }) {
     return this.#call('start', request, instance(request.uuid === undefined ? {} : { uuid: request.uuid }));
   }
+  stopResult: StopResult = { ...instance(), release: 'idle', requests: 0, waitedMs: 0 };
+  groups_: GroupView[] = [];
   stop(request: unknown) {
-    return this.#call('stop', request, instance());
+    return this.#call('stop', request, this.stopResult);
+  }
+  groups() {
+    return this.#call('groups', undefined, this.groups_);
   }
   modify(request: unknown) {
     return this.#call('modify', request, DEFINITIONS[0] as DefinitionEntry);

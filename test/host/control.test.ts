@@ -17,7 +17,7 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { VfioUserError } from '../../src/errors.js';
 import { Errno } from '../../src/protocol/errno.js';
-import type { HostApi, HostStatus } from '../../src/host/api.js';
+import type { HostApi, HostStatus, StopResult } from '../../src/host/api.js';
 import { ControlServer, type ControlReply } from '../../src/host/control.js';
 import { connectHost } from '../../src/host/control-client.js';
 import type { InstanceStatus } from '../../src/host/types.js';
@@ -55,8 +55,9 @@ function scriptedApi(): HostApi & { calls: string[]; release(): void } {
     },
     stop: async (r) => {
       await held;
-      return { uuid: r.uuid } as InstanceStatus;
+      return { uuid: r.uuid } as StopResult;
     },
+    groups: async () => (calls.push('groups'), []),
     modify: async () => {
       throw new VfioUserError('not defined', { errno: Errno.ENOENT });
     },

@@ -239,6 +239,20 @@ describe('buildInstance: built-in parents', () => {
     await refusal(buildInstance(parent, '16', context, [{ inputs: 'high' }]), 'EINVAL', /must be a mask of input levels/);
   });
 
+  it('gpio-bank: the 4-line card is a function of a named card (one isolation group per card); the 16-line card is not', async () => {
+    const { parent } = await import('../../src/host/parents/gpio-bank.js');
+    const { groupIdOf } = await import('../../src/host/groups.js');
+    const narrow = parent.types.find((t) => t.name === '4');
+    const wide = parent.types.find((t) => t.name === '16');
+    assert.deepEqual(narrow?.group, { attr: 'card' });
+    assert.equal(wide?.group, undefined);
+    assert.equal(groupIdOf(parent.name, narrow, context.uuid, [{ card: 'c1' }, { inputs: '1' }]), 'gpio-bank/card=c1');
+    const built = await buildInstance(parent, '4', context, [{ card: 'c1' }]);
+    await built.dispose();
+    await refusal(buildInstance(parent, '4', context, [{ card: 'a b' }]), 'EINVAL', /card "a b" must be 1–32 characters/);
+    await refusal(buildInstance(parent, '16', context, [{ card: 'c1' }]), 'EINVAL', /attribute 0 "card" is unknown/);
+  });
+
   it('the example parent: initial sets the counter and where a reset puts it back', async () => {
     const { default: parent } = await import('../../examples/my-parent.js');
     const built = await buildInstance(parent, 'counter', { ...context, parent: 'counters', type: 'counter' }, [{ initial: '100' }]);

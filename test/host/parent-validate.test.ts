@@ -170,4 +170,16 @@ describe('validateParent', () => {
     refuses(parentWith((_p, t) => (t.attributes = { 'a b': { apply } })), /type "small" attribute name "a b" must be 1–64 characters/);
     refuses(parentWith((_p, t) => (t.attributes = { fill: { apply, description: 3 } })), /attribute "fill" description is 3; expected a string/);
   });
+
+  it('accepts a group shared by instance, type, parent or one of the type’s attributes, and refuses any other', () => {
+    for (const group of ['instance', 'type', 'parent', { attr: 'fill' }]) assert.ok(validateParent(parentWith((_p, t) => (t.group = group)), 'p'));
+    refuses(parentWith((_p, t) => (t.group = 'card')), /type "small" group is "card"; expected 'instance', 'type', 'parent' or \{ attr: NAME \}/);
+    refuses(parentWith((_p, t) => (t.group = 3)), /type "small" group is 3; expected/);
+    refuses(parentWith((_p, t) => (t.group = { attr: 'slot' })), /type "small" group\.attr is "slot"; it must name one of the type's attributes \(fill\)/);
+    refuses(parentWith((_p, t) => {
+      delete t.attributes;
+      t.group = { attr: 'fill' };
+    }), /group\.attr is "fill"; it must name one of the type's attributes \(it has none\)/);
+    refuses(parentWith((_p, t) => (t.group = { attr: 'fill', by: 'x' })), /type "small" group has an unknown property "by" \(expected attr\)/);
+  });
 });

@@ -9,6 +9,7 @@
  *     @{0}: {"fill":"0xff"}
  *   State: active
  *   Socket: /run/user/1000/vfio-user/83b8f4f2-509f-382f-3c1e-e6bfe0fa1001.sock
+ *   Group: memory-pool/83b8f4f2-509f-382f-3c1e-e6bfe0fa1001
  *   Client: pid 4242, uid 1000, gid 1000, since 2026-12-07T15:30:00.000Z
  *   Migration: RUNNING
  * ```
@@ -16,10 +17,12 @@
  * `Client: none` when nobody is connected; `Migration:` only for a device that
  * supports migration; `Restarts:` when its worker was restarted; `Failure:` for
  * a failed instance; a definition that is not running shows `State: inactive`.
+ * `Group:` is the instance's isolation group (`mdev groups` shows them all).
  */
 import type { DefinitionEntry, TypeInfo } from '../../host/api.js';
 import { formatListRow, formatListText, listJson, rowsOfDefinitions, rowsOfInstances, sortRows, typesJson, formatTypesText, type ListRow } from '../../host/mdev-json.js';
-import type { InstanceStatus } from '../../host/types.js';
+import type { GroupView, InstanceStatus } from '../../host/types.js';
+import { table } from '../common.js';
 
 /** How `list` prints. */
 export interface ListingOptions {
@@ -44,6 +47,7 @@ export interface Listing {
 export function formatStatusLines(instance: InstanceStatus | undefined): string {
   if (instance === undefined) return '  State: inactive\n';
   const lines = [`State: ${instance.state}`, `Socket: ${instance.socket}`];
+  if (instance.group !== undefined) lines.push(`Group: ${instance.group}`);
   const client = instance.client;
   lines.push(client === undefined ? 'Client: none' : `Client: pid ${client.pid}, uid ${client.uid}, gid ${client.gid}, since ${new Date(client.since).toISOString()}`);
   if (instance.migrationState !== undefined) lines.push(`Migration: ${instance.migrationState}`);
@@ -76,4 +80,28 @@ export function formatListing(listing: Listing, options: ListingOptions): string
 /** `types`' output: mdevctl's text or `--dumpjson` (no trailing newline). Never throws. */
 export function formatTypeListing(types: readonly TypeInfo[], options: { dumpjson: boolean }): string {
   return options.dumpjson ? typesJson(types) : formatTypesText(types);
+}
+
+/**
+ * `groups`' text: a table, one row per member (the group's columns on its first row only):
+ *
+ * ```text
+ * GROUP              PARENT     VIABLE  OWNER                 MEMBER                                STATE     CLAIMED
+ * gpio-bank/card=c1  gpio-bank  yes     pid 4242, uid 1000    0c0ffee0-0000-4000-8000-000000000001  active    yes
+ *                                                             0c0ffee0-0000-4000-8000-000000000002  active    yes
+ * ```
+ *
+ * `OWNER` is `-` for a group nobody owns. `''` when there is no group. Never throws.
+ */
+export function formatGroups(groups: readonly GroupView[]): string {
+  if (groups.length === 0) return '';
+  const rows: string[][] = [['GROUP', 'PARENT', 'VIABLE', 'OWNER', 'MEMBER', 'STATE', 'CLAIMED']];
+  for (const g of groups) {
+    const owner = g.owner === null ? '-' : `pid ${g.owner.pid}, uid ${g.owner.uid}`;
+    g.members.forEach((m, i) => {
+      const head = i === 0 ? [g.group, g.parent, g.viable ? 'yes' : 'no', owner] : ['', '', '', ''];
+      rows.push([...head, m.uuid, m.state, m.claimed ? 'yes' : 'no']);
+    });
+  }
+  return table(rows).map((line) => `${line}\n`).join('');
 }

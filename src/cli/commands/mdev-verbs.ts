@@ -11,13 +11,13 @@
  * the host is asked; every other failure is the host's one line and errno.
  */
 import { readFileSync } from 'node:fs';
-import type { DefineRequest, HostApi, ModifyRequest, StartRequest } from '../../host/api.js';
+import type { DefineRequest, HostApi, ModifyRequest, StartRequest, StopResult } from '../../host/api.js';
 import { parseMdevConfig } from '../../host/mdev-config.js';
 import type { MdevConfig } from '../../host/types.js';
 import { InvalidArgumentError, VfioUserError } from '../../errors.js';
 import { Errno } from '../../protocol/errno.js';
 import { CliError, describeError, toJson } from '../common.js';
-import { formatListing, formatTypeListing, type ListingOptions } from './mdev-format.js';
+import { formatGroups, formatListing, formatTypeListing, type ListingOptions } from './mdev-format.js';
 
 /** Where the verbs write their results (stdout, or a test's buffer). */
 export interface MdevOutput {
@@ -76,7 +76,12 @@ export interface StartOptions extends JsonOption {
 /** Options of `stop`. */
 export interface StopOptions extends JsonOption {
   uuid: string;
+  /** `--timeout`: how long a connected client is given to release the instance, ms. */
+  timeout?: number;
 }
+
+/** Options of `groups`. */
+export type GroupsOptions = JsonOption;
 
 /** Options of `modify`. */
 export interface ModifyOptions extends JsonOption {
@@ -228,14 +233,41 @@ export async function mdevStart(api: HostApi, options: StartOptions, out: MdevOu
   report(out, options, await api.start(startRequest(options)), true);
 }
 
+/** The line `stop` prints when a client was connected: how it went (nothing for an idle instance, as mdevctl). */
+export function describeRelease(result: StopResult): string {
+  const requests = `${result.requests} release request${result.requests === 1 ? '' : 's'}`;
+  if (result.release === 'released') return `${result.uuid}: released by its client after ${requests} (${result.waitedMs} ms)\n`;
+  if (result.release === 'forced') {
+    return result.requests === 0 && result.waitedMs === 0
+      ? `${result.uuid}: forced: its client's session was closed\n`
+      : `${result.uuid}: forced: its client did not release it within ${result.waitedMs} ms (${requests}${result.delivered === false ? '; no REQ channel registered by the client' : ''})\n`;
+  }
+  return '';
+}
+
 /**
- * `stop -u UUID [-f]`: stops a running instance; refused while a client is
- * connected unless `--force` (which closes that client's session). `--json`
- * prints the instance's last `InstanceStatus`.
- * @throws {VfioUserError} the host's: ENOENT (not running), EBUSY (a client is connected, no `--force`), ECANCELED.
+ * `stop -u UUID [-f | --timeout DURATION]`: stops a running instance. A
+ * connected client is asked to release it (its REQ eventfd, repeated) and
+ * given the timeout (default 10 s) to leave, then forced off; `--force` closes
+ * its session at once. Prints one line when a client was connected (released
+ * or forced, after how many requests); `--json` prints the `StopResult`.
+ * @throws {VfioUserError} the host's: ENOENT (not running), EBUSY (another stop of it in progress), ECANCELED.
  */
 export async function mdevStop(api: HostApi, options: StopOptions, out: MdevOutput = stdoutOutput): Promise<void> {
-  report(out, options, await api.stop({ uuid: options.uuid, ...(options.force ? { force: true } : {}) }));
+  const request = { uuid: options.uuid, ...(options.force ? { force: true } : {}), ...(options.timeout === undefined ? {} : { timeoutMs: options.timeout }) };
+  const result = await api.stop(request);
+  if (options.json) report(out, options, result);
+  else out.write(describeRelease(result));
+}
+
+/**
+ * `groups [--json]`: the host's isolation groups, a table (formatGroups) or
+ * `--json` the `GroupView[]`.
+ * @throws {VfioUserError} what the host's `groups` throws (EPERM, ENOTCONN, …).
+ */
+export async function mdevGroups(api: HostApi, options: GroupsOptions, out: MdevOutput = stdoutOutput): Promise<void> {
+  const groups = await api.groups();
+  out.write(options.json ? `${toJson(groups)}\n` : formatGroups(groups));
 }
 
 /** The request of `modify` from its options (mdevctl's argument checks). */

@@ -7,7 +7,8 @@
  *
  * Added: `--json` (the host's own shapes), `--control SOCKET` (or
  * `$VFIO_USER_CONTROL`), `list -vv` (state, socket, client, migration);
- * `stop --force` also stops an instance a client is using. mdevctl's
+ * `stop` asks a connected client to release the instance (`--timeout`, default
+ * 10 s, then forced; `--force` at once); `groups` lists the isolation groups. mdevctl's
  * `modify --live` is refused with one line: the host never changes a running
  * instance's attributes.
  */
@@ -19,11 +20,11 @@ import type { HostApi } from '../../host/api.js';
 import { Errno } from '../../protocol/errno.js';
 import { VERSION } from '../../version.js';
 import { CliError, describeError, siteError } from '../common.js';
-import { countOption } from '../values.js';
+import { countOption, durationOption } from '../values.js';
 import { countFlag } from './lspci.js';
 import {
-  mdevDefine, mdevList, mdevModify, mdevStart, mdevStop, mdevTypes, mdevUndefine, stdoutOutput,
-  type DefineOptions, type ListOptions, type MdevOutput, type ModifyOptions, type StartOptions, type StopOptions, type TypesOptions, type UndefineOptions,
+  mdevDefine, mdevGroups, mdevList, mdevModify, mdevStart, mdevStop, mdevTypes, mdevUndefine, stdoutOutput,
+  type DefineOptions, type GroupsOptions, type ListOptions, type MdevOutput, type ModifyOptions, type StartOptions, type StopOptions, type TypesOptions, type UndefineOptions,
 } from './mdev-verbs.js';
 
 /** The environment variable naming the control socket (`--control` wins). */
@@ -186,11 +187,18 @@ function addVerbs(mdev: Command, deps: MdevDeps): void {
 
   mdev
     .command('stop')
-    .description('stop a mediated device; refused while a client is connected unless -f/--force')
+    .description('stop a mediated device; a connected client is asked to release it (its REQ eventfd) and forced off after --timeout (default 10s), or at once with -f/--force')
     .addOption(uuidOption('UUID of the device to stop').makeOptionMandatory())
-    .option('-f, --force', "stop it even while a client is connected (that client's session is closed), and even if a callout script vetoes it")
+    .addOption(new Option('-f, --force', "close a connected client's session at once, and go on even if a callout script vetoes it").conflicts('timeout'))
+    .addOption(durationOption('--timeout <duration>', 'how long a connected client is given to release the device before it is forced off (e.g. 5s, 500ms; default 10s)'))
     .addOption(json())
     .action((options: StopOptions, command: Command) => run(deps, control(command), 'mdev stop', (api, out) => mdevStop(api, options, out)));
+
+  mdev
+    .command('groups')
+    .description("list the isolation groups: each group's parent, whether it is viable (every member active), its owner (pid, uid) and its members (state, claimed for the owner)")
+    .addOption(json())
+    .action((options: GroupsOptions, command: Command) => run(deps, control(command), 'mdev groups', (api, out) => mdevGroups(api, options, out)));
 }
 
 /** The options of `modify` and clap's rules for them (a required group of one, requires, conflicts). */
@@ -235,7 +243,7 @@ function addModify(mdev: Command, deps: MdevDeps, control: (command: Command) =>
 export function registerMdev(program: Command, deps: MdevDeps = {}): Command {
   const mdev = program
     .command('mdev')
-    .description("manage the mediated devices of a device host (vfio-user host) with mdevctl's command line: list, types, define, undefine, start, stop, modify")
+    .description("manage the mediated devices of a device host (vfio-user host) with mdevctl's command line: list, types, define, undefine, start, stop, modify; and groups")
     .version(VERSION, '-V, --version', 'print the version')
     .addOption(controlOption())
     .exitOverride(usageExit);

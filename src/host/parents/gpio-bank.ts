@@ -16,6 +16,13 @@
  * as a mask (bit n = input n; decimal or `0x` hex, e.g. `0x5`). A
  * `gpio-bank-4` card refuses bits above 3 (those inputs are not wired, so
  * nothing drives them). The card's outputs are the driver's as usual.
+ *
+ * Attribute `card` (`gpio-bank-4` only): the multi-function card this
+ * narrow card is one function of (a name, `[A-Za-z0-9_.:-]`, 1–32
+ * characters). Functions of one card share an isolation group
+ * (`gpio-bank/card=<name>`): one client owns them all, and none can be
+ * attached until every one of them is active. Without it, an instance is a
+ * group of its own.
  */
 import { createGpioDevice, GPIO_CHANNELS, type GpioDevice } from '../../devices/gpio.js';
 import { InvalidArgumentError } from '../../errors.js';
@@ -35,7 +42,13 @@ function parseInputs(value: string, wired: number): number {
   return mask;
 }
 
-function gpioType(wired: number, maxInstances?: number): MdevType {
+/** A `card` name. @throws {InvalidArgumentError} EINVAL for another syntax. */
+function checkCard(value: string): void {
+  if (!/^[A-Za-z0-9_.:-]{1,32}$/.test(value)) throw new InvalidArgumentError(`card ${JSON.stringify(value)} must be 1–32 characters of [A-Za-z0-9_.:-]`);
+}
+
+/** What a type of `wired` lines offers; `multiFunction`: its instances are functions of named cards (attribute `card`, one group per card). */
+function gpioType(wired: number, maxInstances?: number, multiFunction = false): MdevType {
   return {
     name: String(wired),
     label: `gpio ${wired}-line`,
@@ -51,7 +64,11 @@ function gpioType(wired: number, maxInstances?: number): MdevType {
           for (let channel = 0; channel < wired; channel++) gpio.setInput(channel, (mask & (1 << channel)) !== 0);
         },
       },
+      ...(multiFunction
+        ? { card: { description: 'the multi-function card this is a function of: functions of one card share an isolation group', apply: (_instance, value) => checkCard(value) } }
+        : {}),
     },
+    ...(multiFunction ? { group: { attr: 'card' } } : {}),
     create: ({ uuid }) => {
       const gpio = createGpioDevice({ name: `gpio-bank-${wired}/${uuid}` });
       return { device: gpio.device, state: gpio };
@@ -63,7 +80,7 @@ function gpioType(wired: number, maxInstances?: number): MdevType {
 export const parent: MdevParent = {
   name: 'gpio-bank',
   resources: { lines: GPIO_BANK_LINES },
-  types: [gpioType(GPIO_CHANNELS), gpioType(4, 8)],
+  types: [gpioType(GPIO_CHANNELS), gpioType(4, 8, true)],
 };
 
 // A parent module's contract is its default export (types.ts), which the project's lint otherwise forbids.

@@ -1,0 +1,120 @@
+/**
+ * Stopping an instance in use (in process, the `hostfix` fixture parent): the client is asked to release it
+ * (REQ eventfd) and a cooperating one leaves (released), one that ignores the requests is forced off at the
+ * timeout, one without a request channel is forced and reported so, `force` is immediate; the result and the
+ * audit lines say which, after how many requests.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { VfioUserClient } from '../../src/client/client.js';
+import { VfioUserError } from '../../src/errors.js';
+import type { DeviceHost } from '../../src/host/host.js';
+import { hostDirs, recordingLogger, startHost, until, type HostDirs } from './host-support.js';
+
+const U1 = 'b1000000-0000-4000-8000-000000000001';
+const U2 = 'b1000000-0000-4000-8000-000000000002';
+const U3 = 'b1000000-0000-4000-8000-000000000003';
+const U4 = 'b1000000-0000-4000-8000-000000000004';
+
+describe('DeviceHost stop with release', () => {
+  let dirs: HostDirs;
+  let host: DeviceHost;
+  const logger = recordingLogger();
+  const audit = (name: string, uuid: string): Record<string, unknown> | undefined => logger.events.find((e) => e.event === 'audit' && e.audit === name && e.uuid === uuid);
+  const echo = async (uuid: string): Promise<string> => (await host.start({ uuid, parent: 'hostfix', mdevType: 'hostfix-echo' })).socket;
+  /** Connects and waits until the host lists the client (its session started). */
+  const attach = async (uuid: string, socket: string): Promise<VfioUserClient> => {
+    const client = await VfioUserClient.connect(socket);
+    await until(async () => (await host.list({ uuid })).instances[0]?.client, 'the client to show');
+    return client;
+  };
+
+  before(async () => {
+    dirs = hostDirs();
+    host = await startHost(dirs, { logger });
+  });
+  after(async () => {
+    await host.close();
+    dirs.dispose();
+  });
+
+  it('a client that releases the device when asked: stopped without force (released, after N requests)', async () => {
+    const client = await attach(U1, await echo(U1));
+    const counts: number[] = [];
+    try {
+      await client.onReleaseRequest((request) => {
+        counts.push(request.count);
+        client.close();
+      });
+      const result = await host.stop({ uuid: U1, timeoutMs: 60_000 });
+      assert.equal(result.release, 'released');
+      assert.ok(result.requests >= 1);
+      assert.equal(result.delivered, true);
+      assert.deepEqual(counts.slice(0, 1), [1]);
+      const asked = audit('release-requested', U1);
+      assert.equal((asked?.client as { pid: number }).pid, process.pid);
+      assert.equal(asked?.timeoutMs, 60_000);
+      assert.equal(audit('released', U1)?.requests, result.requests);
+      assert.equal(audit('forced', U1), undefined);
+      assert.deepEqual((await host.list({ uuid: U1 })).instances, []);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('a client that ignores the requests is forced off at the timeout (forced, audit line)', async () => {
+    const client = await attach(U2, await echo(U2));
+    try {
+      let asked = 0;
+      await client.onReleaseRequest(() => void asked++);
+      const result = await host.stop({ uuid: U2, timeoutMs: 300 });
+      assert.equal(result.release, 'forced');
+      assert.ok(result.requests >= 1);
+      assert.equal(result.delivered, true);
+      await client.closed; // its session was closed
+      assert.ok(asked >= 1, 'it was asked');
+      const forced = audit('forced', U2);
+      assert.equal(forced?.requests, result.requests);
+      assert.equal(forced?.force, false);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('a client without a request channel cannot be asked: forced at the timeout, reported undelivered', async () => {
+    const client = await attach(U3, await echo(U3));
+    try {
+      const result = await host.stop({ uuid: U3, timeoutMs: 200 });
+      assert.deepEqual([result.release, result.delivered], ['forced', false]);
+      assert.ok(logger.events.some((e) => e.event === 'release-request' && e.uuid === U3 && e.delivered === false && /no REQ channel registered by the client/.test(String(e.msg))));
+      assert.equal(audit('forced', U3)?.delivered, false);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('force is immediate; an idle instance stops idle; a bad timeout or force with a timeout is refused, nothing changed', async () => {
+    const socket = await echo(U4);
+    const client = await attach(U4, socket);
+    try {
+      for (const [request, pattern] of [
+        [{ uuid: U4, force: true, timeoutMs: 5 }, /conflicts with timeoutMs/],
+        [{ uuid: U4, timeoutMs: 0 }, /timeoutMs must be an integer from 1/],
+        [{ uuid: U4, timeoutMs: 1.5 }, /timeoutMs must be an integer/],
+        [{ uuid: U4, timeoutMs: '5s' }, /timeoutMs must be an integer/],
+      ] as const) {
+        await assert.rejects(host.stop(request as never), (e: unknown) => e instanceof VfioUserError && e.code === 'EINVAL' && pattern.test(e.message));
+      }
+      assert.equal((await host.list({ uuid: U4 })).instances[0]?.state, 'active');
+      const result = await host.stop({ uuid: U4, force: true });
+      assert.deepEqual([result.release, result.requests, result.delivered], ['forced', 0, undefined]);
+      assert.equal(audit('forced', U4)?.force, true);
+      assert.equal(audit('release-requested', U4), undefined);
+    } finally {
+      client.close();
+    }
+    await echo(U4);
+    const idle = await host.stop({ uuid: U4 });
+    assert.deepEqual([idle.release, idle.requests, idle.waitedMs], ['idle', 0, 0]);
+  });
+});
