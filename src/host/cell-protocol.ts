@@ -70,6 +70,8 @@ export interface CellStopOutcome {
   release: CellRelease;
   /** Release requests made (REQ eventfd signals attempted). */
   requests: number;
+  /** Whether a request reached the client (false: it registered no REQ eventfd, so it could not be asked). */
+  delivered: boolean;
   /** How long the stop waited for the client to leave (ms). */
   waitedMs: number;
 }

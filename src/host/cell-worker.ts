@@ -23,7 +23,7 @@ import type { AdmitVerdict, DeviceServer } from '../server/server.js';
 import type { PeerCredentials } from '../transport/transport.js';
 import { buildInstance, type BuiltInstance } from './instance-build.js';
 import { loadParent } from './parent-loader.js';
-import type { CellReply, CellRequest, CellStatus, CellStopRequest, CellWorkerData, CellToMain } from './cell-protocol.js';
+import type { CellReply, CellRequest, CellStatus, CellStopOutcome, CellStopRequest, CellWorkerData, CellToMain } from './cell-protocol.js';
 
 /** The served instance, once ready. */
 interface Served {
@@ -144,18 +144,21 @@ async function endsWithin(served: Served, ms: number): Promise<boolean> {
  * Asks the connected client to release the device (REQ eventfd, count 1, 2, 3 … reported to the main thread)
  * every `intervalMs` until it leaves or `timeoutMs` passed. No new client is accepted meanwhile.
  */
-async function requestRelease(port: MessagePort, served: Served, request: CellStopRequest): Promise<{ released: boolean; requests: number; waitedMs: number }> {
+async function requestRelease(port: MessagePort, served: Served, request: CellStopRequest): Promise<{ released: boolean; requests: number; delivered: boolean; waitedMs: number }> {
   const timeoutMs = request.timeoutMs ?? DEFAULT_RELEASE_TIMEOUT_MS;
   const intervalMs = request.intervalMs ?? Math.max(100, Math.floor(timeoutMs / 10));
   served.server.stopListening();
   const started = Date.now();
   const deadline = started + timeoutMs;
   let requests = 0;
+  let reached = false;
   for (;;) {
     requests++;
-    post(port, { type: 'release-requested', count: requests, delivered: served.built.device.requestRelease() });
-    if (await endsWithin(served, Math.min(intervalMs, deadline - Date.now()))) return { released: true, requests, waitedMs: Date.now() - started };
-    if (Date.now() >= deadline) return { released: false, requests, waitedMs: Date.now() - started };
+    const delivered = served.built.device.requestRelease();
+    reached ||= delivered;
+    post(port, { type: 'release-requested', count: requests, delivered });
+    if (await endsWithin(served, Math.min(intervalMs, deadline - Date.now()))) return { released: true, requests, delivered: reached, waitedMs: Date.now() - started };
+    if (Date.now() >= deadline) return { released: false, requests, delivered: reached, waitedMs: Date.now() - started };
   }
 }
 
@@ -164,12 +167,12 @@ async function requestRelease(port: MessagePort, served: Served, request: CellSt
  * timeout, then forced (session closed: DMA dropped, device reset). Then the instance is disposed.
  */
 async function stop(port: MessagePort, served: Served, request: CellStopRequest): Promise<CellReply> {
-  let outcome = { release: 'idle' as 'idle' | 'released' | 'forced', requests: 0, waitedMs: 0 };
+  let outcome: CellStopOutcome = { release: 'idle', requests: 0, delivered: false, waitedMs: 0 };
   if (served.server.client !== undefined) {
     if (request.force) outcome.release = 'forced';
     else {
       const asked = await requestRelease(port, served, request);
-      outcome = { release: asked.released ? 'released' : 'forced', requests: asked.requests, waitedMs: asked.waitedMs };
+      outcome = { release: asked.released ? 'released' : 'forced', requests: asked.requests, delivered: asked.delivered, waitedMs: asked.waitedMs };
     }
   }
   await served.server.close();

@@ -299,7 +299,7 @@ export class InstanceCell extends EventEmitter<CellEvents> {
     this.#stopping = true;
     const force = options.force ?? false;
     const limitMs = this.#stopTimeoutMs + (force ? 0 : timeoutMs);
-    let outcome: CellStopOutcome = { release: 'forced', requests: 0, waitedMs: 0 };
+    let outcome: CellStopOutcome = { release: 'forced', requests: 0, delivered: false, waitedMs: 0 };
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), limitMs)));
     try {
@@ -307,7 +307,7 @@ export class InstanceCell extends EventEmitter<CellEvents> {
       if (reply === 'timeout') this.#logger.warn({ timeoutMs: limitMs }, 'instance stop timed out; terminating its worker');
       else {
         if (reply.ok && reply.warning) this.#logger.warn({ reason: reply.warning }, 'instance stopped with a problem');
-        if (reply.ok && reply.release) outcome = { release: reply.release, requests: reply.requests ?? 0, waitedMs: reply.waitedMs ?? 0 };
+        if (reply.ok && reply.release) outcome = { release: reply.release, requests: reply.requests ?? 0, delivered: reply.delivered ?? false, waitedMs: reply.waitedMs ?? 0 };
       }
     } catch (error) {
       if (this.alive) {
@@ -326,11 +326,17 @@ export class InstanceCell extends EventEmitter<CellEvents> {
 
   /** The audit line of a stop: how a connected client was let go. */
   #logAudit(outcome: CellStopOutcome, force: boolean): void {
-    const { release, requests, waitedMs } = outcome;
+    const { release, requests, delivered, waitedMs } = outcome;
     if (release === 'idle') return this.#logger.info({}, 'instance cell stopped');
     if (release === 'released') return this.#logger.info({ audit: 'released', requests, waitedMs }, 'instance cell stopped: the client released the device');
-    const why = force ? 'forced by request' : requests > 0 ? 'the client did not release the device in time' : 'stop timed out';
-    this.#logger.warn({ audit: 'forced', requests, waitedMs, reason: why }, 'instance cell stopped: client session forced closed');
+    const why = force
+      ? 'forced by request'
+      : requests === 0
+        ? 'the stop timed out'
+        : delivered
+          ? 'the client did not release the device in time'
+          : 'no REQ channel registered by the client';
+    this.#logger.warn({ audit: 'forced', requests, delivered, waitedMs, reason: why }, 'instance cell stopped: client session forced closed');
   }
 
   /** Ends the worker at once, whatever it is doing (no 'exit' event); its fds are closed. Idempotent. */
@@ -422,7 +428,7 @@ export class InstanceCell extends EventEmitter<CellEvents> {
 
   #releaseRequested(count: number, delivered: boolean): void {
     if (delivered || count > 1) this.#logger.info({ audit: 'release-requested', count, delivered }, 'asked the client to release the device');
-    else this.#logger.warn({ audit: 'release-requested', count, delivered }, 'the client has no device request channel (REQ eventfd): it cannot be asked; forced at the timeout unless it leaves');
+    else this.#logger.warn({ audit: 'release-requested', count, delivered }, 'no REQ channel registered by the client: forcing at the timeout');
     this.emit('release-requested', count, delivered);
   }
 

@@ -51,6 +51,7 @@ describe('instance cell: stop with release requests', () => {
     const outcome = await t.cell.stop({ timeoutMs: 20_000, intervalMs: 5_000 });
     assert.equal(outcome.release, 'released');
     assert.equal(outcome.requests, 1);
+    assert.equal(outcome.delivered, true);
     assert.deepEqual(counts, [1]);
     assert.ok(outcome.waitedMs < 20_000);
     assert.equal(t.cell.alive, false);
@@ -73,6 +74,7 @@ describe('instance cell: stop with release requests', () => {
       const outcome = await t.cell.stop({ timeoutMs: 1500, intervalMs: 100 });
       assert.equal(outcome.release, 'forced');
       assert.ok(outcome.requests >= 2, `asked ${outcome.requests} times`);
+      assert.equal(outcome.delivered, true);
       assert.ok(outcome.waitedMs >= 1500, `waited ${outcome.waitedMs} ms`);
       assert.deepEqual(
         counts,
@@ -97,6 +99,7 @@ describe('instance cell: stop with release requests', () => {
     t.cell.on('release-requested', (_count, d) => delivered.push(d));
     const outcome = await t.cell.stop({ timeoutMs: 300, intervalMs: 100 });
     assert.equal(outcome.release, 'forced');
+    assert.equal(outcome.delivered, false);
     assert.ok(outcome.requests >= 1);
     assert.ok(delivered.length >= 1 && delivered.every((d) => !d), 'no request was delivered');
     assert.equal(audits.find((a) => a['audit'] === 'release-requested')?.['delivered'], false);
@@ -107,14 +110,14 @@ describe('instance cell: stop with release requests', () => {
 
   it('no client: the stop is idle, nothing asked; force with a client: forced at once', async () => {
     const idle = await startCell(run.dir, 'echo');
-    assert.deepEqual(await idle.cell.stop({ timeoutMs: 5000 }), { release: 'idle', requests: 0, waitedMs: 0 });
+    assert.deepEqual(await idle.cell.stop({ timeoutMs: 5000 }), { release: 'idle', requests: 0, delivered: false, waitedMs: 0 });
     idle.socket.close();
     const busy = await startCell(run.dir, 'echo');
     const client = await VfioUserClient.connect(busy.socket.path);
     const efd = createEventFd();
     try {
       await registerReq(client, efd);
-      assert.deepEqual(await busy.cell.stop({ force: true, timeoutMs: 60_000 }), { release: 'forced', requests: 0, waitedMs: 0 });
+      assert.deepEqual(await busy.cell.stop({ force: true, timeoutMs: 60_000 }), { release: 'forced', requests: 0, delivered: false, waitedMs: 0 });
       assert.equal(native.eventfdRead(efd), -11, 'never signalled (EAGAIN)');
     } finally {
       native.close(efd);

@@ -59,7 +59,7 @@ describe('instance cell', () => {
     t.cell.on('release-requested', (count) => requests.push(count));
     const stopping = t.cell.stop({ force: true });
     await assert.rejects(t.cell.stop({ force: true }), (e: VfioUserError) => e.errno === Errno.EBUSY && /already stopping/.test(e.message));
-    assert.deepEqual(await stopping, { release: 'forced', requests: 0, waitedMs: 0 });
+    assert.deepEqual(await stopping, { release: 'forced', requests: 0, delivered: false, waitedMs: 0 });
     assert.deepEqual(requests, []);
     assert.equal(t.cell.alive, false);
     await client.closed; // the client sees its connection end
@@ -70,7 +70,7 @@ describe('instance cell', () => {
 
   it('keeps the socket across a stop: a client connecting meanwhile is served by the next cell', async () => {
     const first = await startCell(run.dir, 'echo');
-    assert.deepEqual(await first.cell.stop(), { release: 'idle', requests: 0, waitedMs: 0 }); // no client: nothing to ask
+    assert.deepEqual(await first.cell.stop(), { release: 'idle', requests: 0, delivered: false, waitedMs: 0 }); // no client: nothing to ask
     // Nobody accepts now, but the host's listening fd keeps the socket: the connection waits in the backlog.
     const connecting = VfioUserClient.connect(first.socket.path);
     const { InstanceCell } = await import('../../src/host/cell.js');
