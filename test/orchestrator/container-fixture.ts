@@ -48,11 +48,15 @@ export interface ServerEvent {
   to: string;
 }
 
-/** A one-shot fault: the next `op` on `device` in a state (and for a target) `when` accepts throws. */
+/**
+ * A one-shot fault: the next `op` on `device` in a state (and for a target)
+ * `when` accepts throws — or, with `run`, runs it instead (and goes on).
+ */
 export interface Fault {
   device: string;
   op: 'set' | 'read';
   when(state: number, target: number | undefined): boolean;
+  run?: () => void;
 }
 
 /** A container of the three sample devices, on one side. */
@@ -78,7 +82,8 @@ export function hookController(host: string, device: string, controller: Migrati
   const fire = (op: Fault['op'], target?: number): void => {
     const i = faults.findIndex((f) => f.device === device && f.op === op && f.when(controller.state, target));
     if (i < 0) return;
-    faults.splice(i, 1);
+    const [fault] = faults.splice(i, 1);
+    if (fault?.run) return fault.run();
     events.push({ host, device, event: 'fault', from: stateName(controller.state), to: target === undefined ? 'read' : stateName(target) });
     throw new Error(`injected: ${device} ${op} in ${stateName(controller.state)}${target === undefined ? '' : ` → ${stateName(target)}`}`);
   };

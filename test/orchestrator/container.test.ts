@@ -10,8 +10,8 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { migrateContainer, MigrationCompatibilityError } from '../../src/orchestrator/migrate.js';
-import type { ContainerMigrationReport } from '../../src/orchestrator/types.js';
+import { migrate, migrateContainer, MigrationCompatibilityError } from '../../src/orchestrator/migrate.js';
+import type { ContainerMigrationReport, MigrationSide } from '../../src/orchestrator/types.js';
 import {
   assertIntact, clientOf, deviceStates, jobInput, jobOutput, openContainer, openPlainDevice, postJobs, prepareSource, reachedBefore, show, snapshot,
   type ContainerHost, type Fault, GUEST, S,
@@ -96,6 +96,34 @@ describe('migrateContainer()', () => {
         await plainSrc.close();
         await plainDst.close();
       }
+    });
+  });
+
+  it('an abort (the signal) while the sources enter their P2P states: aborted, every source RUNNING, memory and device states intact', async () => {
+    await withContainers(async (src, dst) => {
+      await prepareSource(src);
+      const before = await snapshot(src);
+      const stop = new AbortController();
+      src.faults.push({ device: 'gpio', op: 'set', when: (_s, t) => t === S.RUNNING_P2P, run: () => stop.abort(new Error('SIGTERM')) });
+      const report = await migrateContainer({ source: src.side, destination: dst.side, downtimeBudgetMs: BUDGET_MS, signal: stop.signal });
+      assert.equal(report.outcome, 'aborted', report.reason);
+      assert.match(report.reason ?? '', /interrupted \(SIGTERM\)/);
+      assert.equal(report.phase, 'switchover');
+      assert.equal(report.sourceRecovery, 'running');
+      await assertIntact(src, before);
+      await assertDestinationsRunning(dst);
+    });
+  });
+
+  it('migrate() of one device is a container of one: its report has no per-device part, its arcs no device, and no P2P phase', async () => {
+    await withContainers(async (src, dst) => {
+      await prepareSource(src, 0);
+      const one = (h: ContainerHost): MigrationSide => ({ client: clientOf(h, 'gpio'), memory: h.memory, iova: h.side.iova });
+      const report = await migrate({ source: one(src), destination: one(dst), downtimeBudgetMs: BUDGET_MS });
+      assert.equal(report.outcome, 'migrated', report.reason);
+      assert.deepEqual(['devices', 'p2pMs', 'warnings'].filter((k) => k in report), []);
+      assert.ok(report.arcs.length > 0 && report.arcs.every((a) => !('device' in a)));
+      assert.deepEqual(report.arcs.map((a) => `${a.side} ${a.to}`), ['destination RESUMING', 'source STOP_COPY', 'destination STOP', 'destination RUNNING', 'source STOP']);
     });
   });
 
