@@ -1,6 +1,7 @@
 /** The live-migration orchestrator: {@link migrate}, its destinations (local, remote over TCP) and the receiver. */
 export { migrate, migrateContainer, MigrationCompatibilityError, SWITCHOVER_HEADROOM } from './migrate.js';
 export { localDestination, localContainerDestination, containerOfOne, describeSide } from './destination.js';
+export { containerSide } from './container-side.js';
 export { RemoteDestination, parseChannelAddress } from './remote.js';
 export { MigrationReceiver } from './receiver.js';
 export { MigrationLedger, checkMigrationId, LEDGER_SIZE } from './ledger.js';

@@ -9,6 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { VfioUserClient } from '../../src/client/client.js';
+import { Container } from '../../src/client/container.js';
 import { GuestMemory } from '../../src/client/guest-memory.js';
 import { setCommand, writeConfig } from '../../src/client/pci-config.js';
 import type { VfioUserDevice } from '../../src/device/device.js';
@@ -19,6 +20,7 @@ import { createGpioDevice, GpioReg, type GpioDevice } from '../../src/devices/gp
 import { createMemoryDevice, MemoryReg, type MemoryDevice } from '../../src/devices/memory.js';
 import type { MigrationController } from '../../src/migration/controller.js';
 import { stateName } from '../../src/migration/state-machine.js';
+import { containerSide } from '../../src/orchestrator/container-side.js';
 import type { ContainerSide } from '../../src/orchestrator/types.js';
 import { MigrationState as S, RegionIndex } from '../../src/protocol/constants.js';
 import { PciCommand } from '../../src/pci/registers.js';
@@ -110,15 +112,20 @@ export function hookController(host: string, device: string, controller: Migrati
   });
 }
 
-async function connect(path: string, memory: GuestMemory, closers: Array<() => Promise<void> | void>): Promise<VfioUserClient> {
+async function connect(path: string, memory: GuestMemory | Container, closers: Array<() => Promise<void> | void>): Promise<VfioUserClient> {
   const client = await VfioUserClient.connect(path);
   closers.push(() => client.close());
-  await memory.attach(client, { iova: IOVA, mode: 'fd' });
+  if (memory instanceof Container) await memory.attach(client);
+  else await memory.attach(client, { iova: IOVA, mode: 'fd' });
   return client;
 }
 
-/** Serves the three devices, connects a session to each, all sharing one guest RAM. */
-export async function openContainer(name: string): Promise<ContainerHost> {
+/**
+ * Serves the three devices, connects a session to each, all sharing one
+ * guest RAM: attached to each session, or with `viaContainer` mapped by a
+ * client-library Container (the side is then `containerSide(container)`).
+ */
+export async function openContainer(name: string, options: { viaContainer?: boolean } = {}): Promise<ContainerHost> {
   const closers: Array<() => Promise<void> | void> = [];
   const memory = GuestMemory.create(GUEST);
   const events: ServerEvent[] = [];
@@ -127,21 +134,26 @@ export async function openContainer(name: string): Promise<ContainerHost> {
   const dma = createDmaEngineDevice();
   const gpio = createGpioDevice();
   const devices = new Map<string, VfioUserDevice>([['mem', mem.device], ['dma', dma.device], ['gpio', gpio.device]]);
-  const side: ContainerSide = { memory, iova: IOVA, devices: [] };
+  const container = options.viaContainer ? new Container() : undefined;
+  let side: ContainerSide = { memory, iova: IOVA, devices: [] };
   const list: Array<{ name: string; client: VfioUserClient }> = [];
   try {
     for (const [device, dev] of devices) {
       const served: Served = serve(dev);
       closers.unshift(() => served.close());
       hookController(name, device, dev.migration as MigrationController, events, faults);
-      list.push({ name: device, client: await connect(served.path, memory, closers) });
+      list.push({ name: device, client: await connect(served.path, container ?? memory, closers) });
     }
+    if (container) {
+      await container.map(memory, { iova: IOVA });
+      closers.push(() => container.close().catch(() => undefined)); // detaching a stopped source may be refused: cleanup only
+      side = containerSide(container, list.map((d) => d.name));
+    } else side.devices = list;
   } catch (error) {
-    for (const close of closers) await close();
+    for (const close of closers.reverse()) await close();
     memory.dispose();
     throw error;
   }
-  side.devices = list;
   const close = async (): Promise<void> => {
     for (const c of closers.reverse()) await c();
     memory.dispose();

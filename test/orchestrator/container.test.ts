@@ -10,6 +10,9 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { Container } from '../../src/client/container.js';
+import { containerSide } from '../../src/orchestrator/container-side.js';
+import { Errno } from '../../src/protocol/errno.js';
 import { migrate, migrateContainer, MigrationCompatibilityError } from '../../src/orchestrator/migrate.js';
 import type { ContainerMigrationReport, MigrationSide } from '../../src/orchestrator/types.js';
 import {
@@ -22,10 +25,10 @@ const P2P = ['RUNNING_P2P', 'PRE_COPY_P2P'];
 const STOPPING = ['STOP', 'STOP_COPY'];
 const ALL = ['dma', 'gpio', 'mem'];
 
-async function withContainers(fn: (src: ContainerHost, dst: ContainerHost) => Promise<void>): Promise<void> {
-  const src = await openContainer('source');
+async function withContainers(fn: (src: ContainerHost, dst: ContainerHost) => Promise<void>, options: { viaContainer?: boolean } = {}): Promise<void> {
+  const src = await openContainer('source', options);
   try {
-    const dst = await openContainer('destination');
+    const dst = await openContainer('destination', options);
     try {
       await fn(src, dst);
     } finally {
@@ -42,38 +45,41 @@ async function assertDestinationsRunning(dst: ContainerHost): Promise<void> {
 }
 
 describe('migrateContainer()', () => {
-  it('migrates three devices sharing guest RAM as one: memory and every device state equal, P2P before any stop on both sides', async () => {
-    await withContainers(async (src, dst) => {
-      await prepareSource(src);
-      let posted = false;
-      const report = await migrateContainer({
-        source: src.side,
-        destination: dst.side,
-        downtimeBudgetMs: BUDGET_MS,
-        // The DMA engine writes guest RAM during pre-copy: only its DMA log tells the orchestrator which pages.
-        onProgress: (p) => {
-          if (!posted && p.step === 'dirty-pages') {
-            posted = true;
-            void postJobs(src, 4, 8);
-          }
-        },
-      });
-      assert.equal(report.outcome, 'migrated', report.reason);
-      assert.ok(posted, 'jobs were posted during pre-copy');
-      await src.dma.idle();
-      for (let i = 0; i < 8; i++) assert.deepEqual(jobOutput(src, i), jobInput(i), `job ${i} done on the source`);
-      assert.ok(Buffer.from(dst.memory.read(0n, GUEST)).equals(Buffer.from(src.memory.read(0n, GUEST))), 'guest memory equal');
-      const [srcStates, dstStates] = [await deviceStates(src), await deviceStates(dst)];
-      for (const name of ALL) assert.ok(dstStates.get(name)?.equals(srcStates.get(name) as Buffer), `${name} state equal`);
-      for (const name of ALL) {
-        assert.equal(await clientOf(src, name).migrationState(), S.STOP, `source ${name} STOP`);
-        assert.equal(await clientOf(dst, name).migrationState(), S.RUNNING, `destination ${name} RUNNING`);
-      }
-      assert.deepEqual(reachedBefore(src.events, P2P, STOPPING), ALL, `sources: ${show(src.events)}`);
-      assert.deepEqual(reachedBefore(dst.events, ['RUNNING_P2P'], ['RUNNING']), ALL, `destinations: ${show(dst.events)}`);
-      assertReport(report);
+  for (const viaContainer of [false, true]) {
+    const how = viaContainer ? 'mapped by a client-library Container (containerSide)' : 'attached to each session';
+    it(`migrates three devices sharing guest RAM (${how}) as one: memory and every device state equal, P2P before any stop on both sides`, async () => {
+      await withContainers(async (src, dst) => {
+        await prepareSource(src);
+        let posted = false;
+        const report = await migrateContainer({
+          source: src.side,
+          destination: dst.side,
+          downtimeBudgetMs: BUDGET_MS,
+          // The DMA engine writes guest RAM during pre-copy: only its DMA log tells the orchestrator which pages.
+          onProgress: (p) => {
+            if (!posted && p.step === 'dirty-pages') {
+              posted = true;
+              void postJobs(src, 4, 8);
+            }
+          },
+        });
+        assert.equal(report.outcome, 'migrated', report.reason);
+        assert.ok(posted, 'jobs were posted during pre-copy');
+        await src.dma.idle();
+        for (let i = 0; i < 8; i++) assert.deepEqual(jobOutput(src, i), jobInput(i), `job ${i} done on the source`);
+        assert.ok(Buffer.from(dst.memory.read(0n, GUEST)).equals(Buffer.from(src.memory.read(0n, GUEST))), 'guest memory equal');
+        const [srcStates, dstStates] = [await deviceStates(src), await deviceStates(dst)];
+        for (const name of ALL) assert.ok(dstStates.get(name)?.equals(srcStates.get(name) as Buffer), `${name} state equal`);
+        for (const name of ALL) {
+          assert.equal(await clientOf(src, name).migrationState(), S.STOP, `source ${name} STOP`);
+          assert.equal(await clientOf(dst, name).migrationState(), S.RUNNING, `destination ${name} RUNNING`);
+        }
+        assert.deepEqual(reachedBefore(src.events, P2P, STOPPING), ALL, `sources: ${show(src.events)}`);
+        assert.deepEqual(reachedBefore(dst.events, ['RUNNING_P2P'], ['RUNNING']), ALL, `destinations: ${show(dst.events)}`);
+        assertReport(report);
+      }, { viaContainer });
     });
-  });
+  }
 
   it('a 2-device container with a device lacking P2P is refused before anything changes; withoutP2P: warn migrates it with a warning', async () => {
     await withContainers(async (src, dst) => {
@@ -127,13 +133,14 @@ describe('migrateContainer()', () => {
     });
   });
 
-  it('refuses sides with different device counts, and duplicate names, before anything changes', async () => {
+  it('refuses sides with different device counts, duplicate names, and a Container without devices, before anything changes', async () => {
     await withContainers(async (src, dst) => {
       const two = { ...dst.side, devices: dst.side.devices.slice(0, 2) };
       await assert.rejects(migrateContainer({ source: src.side, destination: two, downtimeBudgetMs: BUDGET_MS }), /the source has 3 device\(s\), the destination 2/);
       const twice = { ...src.side, devices: [src.side.devices[0], { ...src.side.devices[1], name: src.side.devices[0]?.name }] as typeof src.side.devices };
       await assert.rejects(migrateContainer({ source: twice, destination: two, downtimeBudgetMs: BUDGET_MS }), /given twice/);
       assert.deepEqual([...src.events, ...dst.events], []);
+      assert.throws(() => containerSide(new Container()), (e: Error & { errno?: number }) => e.errno === Errno.EINVAL && /no device/.test(e.message));
     });
   });
 });
