@@ -51,6 +51,8 @@ interface Device {
   client: VfioUserClient;
   /** The group id, or undefined for a device without the extension (its own group). */
   group: string | undefined;
+  /** The member it is (the group's `self`). */
+  self: string | undefined;
   logging: DeviceLogging | undefined;
 }
 
@@ -102,7 +104,8 @@ export class Container {
    * Attaches every member of one or more isolation groups: each connection's
    * group is read (`client.isolationGroup()`; a server without the extension
    * is a group of one), every member of every group involved must be among
-   * `clients`, and every group must be viable. Then the container's mappings
+   * `clients` or already attached here (a member hot-added into a group this
+   * container holds joins alone), and every group must be viable. Then the container's mappings
    * are DMA_MAPped into each new device (and its DMA logging started while the
    * container logs). All or nothing: on any failure the new devices are
    * unmapped again and none is attached.
@@ -215,11 +218,11 @@ export class Container {
   async #attachGroup(clients: readonly VfioUserClient[]): Promise<void> {
     checkNewClients(clients, this);
     const views = await Promise.all(clients.map((c) => c.isolationGroup()));
-    checkGroups(views);
+    checkGroups(views, [...this.#devices.values()]);
     const added: Device[] = [];
     try {
       for (const [i, client] of clients.entries()) {
-        const device: Device = { client, group: views[i]?.group, logging: undefined };
+        const device: Device = { client, group: views[i]?.group, self: views[i]?.self, logging: undefined };
         added.push(device);
         for (const record of this.#mappings) record.attachments.set(client, await record.memory.attach(client, optionsOf(record)));
         if (this.#logging) device.logging = await startDeviceLogging(client);
@@ -400,16 +403,16 @@ function checkNewClients(clients: readonly VfioUserClient[], container: Containe
 }
 
 /**
- * Every group involved must be viable and wholly given.
+ * Every group involved must be viable, and each of its members given or already `attached`.
  * @throws {StateError} EPERM for a non-viable group; {@link InvalidArgumentError} EINVAL naming missing members.
  */
-function checkGroups(views: ReadonlyArray<IsolationGroupView | undefined>): void {
+function checkGroups(views: ReadonlyArray<IsolationGroupView | undefined>, attached: readonly Device[]): void {
   const groups = new Map<string, { view: IsolationGroupView; given: Set<string> }>();
   for (const view of views) {
     if (!view) continue;
     const entry = groups.get(view.group);
     const latest = !entry || view.generation > entry.view.generation ? view : entry.view;
-    const given = entry?.given ?? new Set<string>();
+    const given = entry?.given ?? new Set(attached.filter((d) => d.group === view.group && d.self !== undefined).map((d) => d.self as string));
     if (view.self !== undefined) given.add(view.self);
     groups.set(view.group, { view: latest, given });
   }

@@ -19,7 +19,7 @@ import { silentLogger } from '../../src/log.js';
 import { hostDirs, startHost, until, type HostDirs } from '../host/host-support.js';
 
 const GROUP_PARENT = fileURLToPath(new URL('../host/fixtures/host/group-parent.js', import.meta.url));
-const [F1, F2, SOLO] = ['c0000000-0000-4000-8000-000000000001', 'c0000000-0000-4000-8000-000000000002', 'c0000000-0000-4000-8000-000000000003'] as const;
+const [F1, F2, SOLO, F4] = ['c0000000-0000-4000-8000-000000000001', 'c0000000-0000-4000-8000-000000000002', 'c0000000-0000-4000-8000-000000000003', 'c0000000-0000-4000-8000-000000000004'] as const;
 
 describe('Container over a device host', () => {
   let dirs: HostDirs;
@@ -34,11 +34,11 @@ describe('Container over a device host', () => {
     dirs.dispose();
   });
 
-  it('attaches a group only whole, maps into every member, and gives a member back on its release request', async () => {
+  it('attaches a group only whole, maps into every member, takes a hot-added member alone, gives a member back on its release request', async () => {
     const f1 = (await host.start({ uuid: F1, parent: 'groupfix', mdevType: 'groupfix-fn', attrs: [{ card: 'c7' }] })).socket;
     const f2 = (await host.start({ uuid: F2, parent: 'groupfix', mdevType: 'groupfix-fn', attrs: [{ card: 'c7' }] })).socket;
     const solo = (await host.start({ uuid: SOLO, parent: 'groupfix', mdevType: 'groupfix-solo' })).socket;
-    const clients = await Promise.all([f1, f2, solo].map((path) => VfioUserClient.connect(path, { logger: silentLogger() })));
+    const clients: VfioUserClient[] = await Promise.all([f1, f2, solo].map((path) => VfioUserClient.connect(path, { logger: silentLogger() })));
     const [c1, c2, c3] = clients as [VfioUserClient, VfioUserClient, VfioUserClient];
     const memory = GuestMemory.create(0x10000);
     const container = new Container();
@@ -49,6 +49,18 @@ describe('Container over a device host', () => {
       await container.attach(c3); // its own group
       await container.map(memory, { iova: 0x100000n });
       assert.deepEqual(memory.attachments.map((a) => a.client), clients, 'mapped into every member');
+
+      // A function hot-added into the card's (owned) group is claimed for us, and joins the container alone.
+      const f4 = (await host.start({ uuid: F4, parent: 'groupfix', mdevType: 'groupfix-fn', attrs: [{ card: 'c7' }] })).socket;
+      const c4 = await VfioUserClient.connect(f4, { logger: silentLogger() });
+      clients.push(c4);
+      assert.deepEqual((await c4.isolationGroup())?.members.map((m) => [m.uuid, m.claimed]), [[F1, true], [F2, true], [F4, true]]);
+      await container.attach(c4);
+      assert.deepEqual(memory.attachments.map((a) => a.client), clients, 'the late member received the mapping');
+      c4.close();
+      assert.equal((await host.stop({ uuid: F4, timeoutMs: 60_000 })).release, 'idle');
+      await until(() => container.devices.length === 3, 'the container to forget the closed member');
+      assert.deepEqual(container.devices, [c1, c2, c3]);
 
       const asked: number[] = [];
       await c2.onReleaseRequest(({ count }) => {
@@ -69,7 +81,7 @@ describe('Container over a device host', () => {
     } finally {
       for (const c of clients) c.close();
       memory.dispose();
-      for (const uuid of [F1, F2, SOLO]) await host.stop({ uuid, force: true }).catch(() => undefined);
+      for (const uuid of [F1, F2, SOLO, F4]) await host.stop({ uuid, force: true }).catch(() => undefined);
     }
   });
 });
