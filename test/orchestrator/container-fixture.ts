@@ -52,13 +52,13 @@ export interface ServerEvent {
 
 /**
  * A one-shot fault: the next `op` on `device` in a state (and for a target)
- * `when` accepts throws — or, with `run`, runs it instead (and goes on).
+ * `when` accepts throws — or, with `run`, runs (and awaits) it instead, then goes on.
  */
 export interface Fault {
   device: string;
   op: 'set' | 'read';
   when(state: number, target: number | undefined): boolean;
-  run?: () => void;
+  run?: () => void | Promise<void>;
 }
 
 /** A container of the three sample devices, on one side. */
@@ -81,17 +81,17 @@ export interface ContainerHost {
  * fault of `faults` (consumed), from inside its migration controller.
  */
 export function hookController(host: string, device: string, controller: MigrationController, events: ServerEvent[], faults: Fault[]): void {
-  const fire = (op: Fault['op'], target?: number): void => {
+  const fire = async (op: Fault['op'], target?: number): Promise<void> => {
     const i = faults.findIndex((f) => f.device === device && f.op === op && f.when(controller.state, target));
     if (i < 0) return;
     const [fault] = faults.splice(i, 1);
-    if (fault?.run) return fault.run();
+    if (fault?.run) return await fault.run();
     events.push({ host, device, event: 'fault', from: stateName(controller.state), to: target === undefined ? 'read' : stateName(target) });
     throw new Error(`injected: ${device} ${op} in ${stateName(controller.state)}${target === undefined ? '' : ` → ${stateName(target)}`}`);
   };
   const logged = async <T>(target: number, run: () => Promise<T>): Promise<T> => {
     const from = stateName(controller.state);
-    fire('set', target);
+    await fire('set', target);
     events.push({ host, device, event: 'begin', from, to: stateName(target) });
     try {
       return await run();
@@ -106,7 +106,7 @@ export function hookController(host: string, device: string, controller: Migrati
     setState: (target: number) => logged(target, () => setState(target)),
     setStateWithDeadline: (target: number, ...rest: [bigint]) => logged(target, () => setStateWithDeadline(target, ...rest)),
     read: async (max: number) => {
-      fire('read');
+      await fire('read');
       return read(max);
     },
   });

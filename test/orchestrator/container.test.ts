@@ -121,6 +121,23 @@ describe('migrateContainer()', () => {
     });
   });
 
+  it('one downtime budget for the container: a device slow to enter STOP_COPY aborts the switch-over, every source RUNNING, intact', async (t) => {
+    await withContainers(async (src, dst) => {
+      await prepareSource(src);
+      const before = await snapshot(src);
+      // A budget with room for a loaded machine's projection, one device's stop arc four times longer (as faults.test.ts).
+      src.faults.push({ device: 'dma', op: 'set', when: (_s, target) => target === S.STOP_COPY, run: () => new Promise((resolve) => setTimeout(resolve, 1600)) });
+      const report = await migrateContainer({ source: src.side, destination: dst.side, downtimeBudgetMs: 400 });
+      t.diagnostic(`${report.outcome}: ${report.reason}; downtime ${report.downtimeMs.toFixed(1)} ms, projected ${report.projectedDowntimeMs.toFixed(1)} ms`);
+      assert.equal(report.outcome, 'aborted', report.reason);
+      assert.match(report.reason ?? '', /budget|deadline/);
+      assert.equal(report.phase, 'switchover');
+      assert.equal(report.sourceRecovery, 'running');
+      await assertIntact(src, before);
+      await assertDestinationsRunning(dst);
+    });
+  });
+
   it('migrate() of one device is a container of one: its report has no per-device part, its arcs no device, and no P2P phase', async () => {
     await withContainers(async (src, dst) => {
       await prepareSource(src, 0);
