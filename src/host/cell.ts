@@ -34,18 +34,13 @@ import { silentLogger, type Logger } from '../log.js';
 import { native } from '../native/addon.js';
 import { bindListening } from '../transport/unix-listener.js';
 import { checkIsolationGroupView, type IsolationGroupView } from '../protocol/isolation-group.js';
-import { checkVerdict, DEFAULT_ADMIT_TIMEOUT_MS, type AdmitVerdict } from '../server/server.js';
+import { DEFAULT_ADMIT_TIMEOUT_MS } from '../server/server.js';
+import { CellAdmissions, type CellAdmission } from './cell-admission.js';
 import type { CellPeer, CellReply, CellRequest, CellSpec, CellStatus, CellStopOutcome, CellToMain, CellWorkerData } from './cell-protocol.js';
 import type { InstanceClient } from './types.js';
 
 export type { AdmitVerdict, CellPeer, CellRelease, CellSpec, CellStatus, CellStopOutcome } from './cell-protocol.js';
-
-/**
- * Decides, in the host's main thread, whether a client may attach the instance (e.g. its isolation group's
- * owner and viability). May be async; bounded by {@link CellOptions.admitTimeoutMs} (then EAGAIN). A hook that
- * throws or rejects refuses the client with EPERM.
- */
-export type CellAdmission = (client: CellPeer) => AdmitVerdict | Promise<AdmitVerdict>;
+export type { CellAdmission } from './cell-admission.js';
 
 /** Options of {@link InstanceCell.stop}. */
 export interface CellStopOptions {
@@ -56,9 +51,6 @@ export interface CellStopOptions {
   /** Time between release requests (default max(100, timeoutMs / 10) ms). */
   intervalMs?: number;
 }
-
-/** Admissions remembered for a late `admit-cancel` (bounded). */
-const MAX_ADMISSIONS = 256;
 
 /** Default {@link CellOptions.watchdogMs}. */
 export const DEFAULT_WATCHDOG_MS = 5000;
@@ -102,13 +94,6 @@ export interface CellEvents {
   'admission-abandoned': [client: CellPeer];
   /** A stop asked the client to release the device, the `count`th time; `delivered`: its REQ eventfd was signalled. */
   'release-requested': [count: number, delivered: boolean];
-}
-
-/** One admission the worker asked for. */
-interface Admission {
-  client: CellPeer;
-  verdict?: AdmitVerdict;
-  cancelled: boolean;
 }
 
 /** What a worker's death is reported as. */
@@ -159,8 +144,7 @@ export class InstanceCell extends EventEmitter<CellEvents> {
   readonly #logger: Logger;
   readonly #pending = new Map<number, { resolve(reply: CellReply): void; reject(error: Error): void }>();
   readonly #exited: Promise<void>;
-  readonly #admissions = new Map<number, Admission>();
-  #admission: CellAdmission | undefined;
+  readonly #admissions: CellAdmissions;
   #nextId = 1;
   #watchdog: NodeJS.Timeout | undefined;
   /** Why the worker died or is being ended; undefined while it runs. */
@@ -179,7 +163,16 @@ export class InstanceCell extends EventEmitter<CellEvents> {
     const heartbeatMs = positive('heartbeatMs', options.heartbeatMs, Math.max(10, Math.floor(watchdogMs / 4)));
     const heartbeat = new SharedArrayBuffer(4);
     if (spec.group !== undefined) checkIsolationGroupView(spec.group);
-    this.#admission = options.admit;
+    this.#admissions = new CellAdmissions(
+      {
+        logger: this.#logger,
+        answer: (id, verdict) => {
+          if (this.#ending === undefined) this.#worker.postMessage({ op: 'admit-verdict', id, verdict } satisfies CellRequest);
+        },
+        abandoned: (client) => this.emit('admission-abandoned', client),
+      },
+      options.admit,
+    );
     const admitTimeoutMs = positive('admitTimeoutMs', options.admitTimeoutMs, DEFAULT_ADMIT_TIMEOUT_MS);
     const data: CellWorkerData = { spec, heartbeat, heartbeatMs, admitTimeoutMs, ...(options.allowedUids ? { allowedUids: [...options.allowedUids] } : {}) };
     this.#worker = new Worker(new URL('./cell-worker.js', import.meta.url), {
@@ -263,7 +256,7 @@ export class InstanceCell extends EventEmitter<CellEvents> {
    * verdict get the hook that was set when they connected.
    */
   setAdmission(admit: CellAdmission | undefined): void {
-    this.#admission = admit;
+    this.#admissions.hook = admit;
   }
 
   /**
@@ -365,9 +358,9 @@ export class InstanceCell extends EventEmitter<CellEvents> {
     } else if (m.type === 'client') {
       this.emit('client', m.client);
     } else if (m.type === 'admit') {
-      this.#admit(m.id, m.client);
+      this.#admissions.ask(m.id, m.client);
     } else if (m.type === 'admit-cancel') {
-      this.#cancelAdmission(m.id);
+      this.#admissions.cancel(m.id);
     } else if (m.type === 'release-requested') {
       this.#releaseRequested(m.count, m.delivered);
     } else if (m.type === 'failed') {
@@ -379,51 +372,6 @@ export class InstanceCell extends EventEmitter<CellEvents> {
       this.#pending.delete(m.id);
       waiter?.resolve(m.reply);
     }
-  }
-
-  /** Asks the admission hook about a client the worker accepted and posts the verdict back. */
-  #admit(id: number, client: CellPeer): void {
-    const admission: Admission = { client: { pid: client.pid, uid: client.uid, gid: client.gid }, cancelled: false };
-    this.#admissions.set(id, admission);
-    for (const old of this.#admissions.keys()) {
-      if (this.#admissions.size <= MAX_ADMISSIONS) break;
-      this.#admissions.delete(old);
-    }
-    void this.#verdict(this.#admission, admission.client).then((verdict) => {
-      admission.verdict = verdict;
-      if (admission.cancelled) return this.#abandoned(id, admission);
-      if (verdict.ok) this.#admissions.set(id, admission);
-      else this.#admissions.delete(id);
-      if (this.#ending === undefined) this.#worker.postMessage({ op: 'admit-verdict', id, verdict } satisfies CellRequest);
-    });
-  }
-
-  /** The hook's verdict as a plain object; EPERM if it throws, rejects or answers nonsense. */
-  async #verdict(hook: CellAdmission | undefined, client: CellPeer): Promise<AdmitVerdict> {
-    if (!hook) return { ok: true };
-    try {
-      return checkVerdict(await hook({ ...client }));
-    } catch (error) {
-      const message = `admission failed: ${String((error as Error)?.message ?? error).split('\n')[0]}`;
-      this.#logger.error({ err: error, pid: client.pid }, 'admission hook failed; client refused');
-      return { ok: false, errno: Errno.EPERM, message };
-    }
-  }
-
-  /** The worker stopped waiting for admission `id`. */
-  #cancelAdmission(id: number): void {
-    const admission = this.#admissions.get(id);
-    if (!admission) return;
-    admission.cancelled = true;
-    if (admission.verdict) this.#abandoned(id, admission);
-  }
-
-  /** A cancelled admission whose verdict is known: an `ok` started no session; tell whoever gave it. */
-  #abandoned(id: number, admission: Admission): void {
-    this.#admissions.delete(id);
-    if (!admission.verdict?.ok) return;
-    this.#logger.warn({ pid: admission.client.pid }, 'an admitted client got no session (the cell stopped waiting for the verdict)');
-    this.emit('admission-abandoned', admission.client);
   }
 
   #releaseRequested(count: number, delivered: boolean): void {
