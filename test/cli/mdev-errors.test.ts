@@ -66,6 +66,7 @@ describe('vfio-user mdev error paths end to end', () => {
       [['list', '-u', 'not-a-uuid'], /^vfio-user: option '-u, --uuid <uuid>' argument 'not-a-uuid' is invalid/],
       [['list', '--dumpjson', '--json'], /cannot be used with/],
       [['stop'], /required option '-u, --uuid <uuid>' not specified/],
+      [['stop', '-u', U1, '-f', '--timeout', '1s'], /option '-f, --force' cannot be used with option '--timeout <duration>'/],
       [['undefine'], /required option/],
       [['define', '-t', 'memory-pool-64M'], /-u\/--uuid or -p\/--parent is required/],
       [['start'], /-u\/--uuid or -p\/--parent is required/],

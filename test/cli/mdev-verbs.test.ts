@@ -165,6 +165,50 @@ describe('mdev verbs against a fake host', () => {
     assert.doesNotMatch(formatStatusLines(instance()), /Restarts|Failure|Migration/);
   });
 
+  it('list -vv shows the group after the socket; the plain, -v and --dumpjson forms do not change', async () => {
+    const host = new FakeHost();
+    host.instances = [instance({ group: 'gpio-bank/card=c1', defined: true })];
+    const vv = await mdev(host, 'list', '-vv');
+    assert.deepEqual(vv.split('\n').slice(1, 4), ['  State: active', `  Socket: ${host.instances[0]?.socket}`, '  Group: gpio-bank/card=c1']);
+    assert.equal(await mdev(host, 'list'), '976d8cc2-4bfc-43b9-b9f9-f4af2de91ab9 0000:00:02.0 arbitrary_type1 manual (defined)\n');
+    assert.doesNotMatch(await mdev(host, 'list', '--dumpjson'), /group/);
+    assert.equal((JSON.parse(await mdev(host, 'list', '--json')) as InstanceStatus[])[0]?.group, 'gpio-bank/card=c1');
+  });
+
+  it('stop --timeout reaches the host in ms; the line says released or forced, after how many requests', async () => {
+    const host = new FakeHost();
+    const uuid = instance().uuid;
+    host.stopResult = { ...instance(), release: 'released', requests: 2, waitedMs: 350, delivered: true };
+    assert.equal(await mdev(host, 'stop', '-u', U1, '--timeout', '5s'), `${uuid}: released by its client after 2 release requests (350 ms)\n`);
+    host.stopResult = { ...instance(), release: 'forced', requests: 1, waitedMs: 5000, delivered: false };
+    assert.equal(await mdev(host, 'stop', '-u', U1), `${uuid}: forced: its client did not release it within 5000 ms (1 release request; no REQ channel registered by the client)\n`);
+    host.stopResult = { ...instance(), release: 'forced', requests: 0, waitedMs: 0 };
+    assert.equal(await mdev(host, 'stop', '-u', U1, '-f'), `${uuid}: forced: its client's session was closed\n`);
+    assert.deepEqual(JSON.parse(await mdev(host, 'stop', '-u', U1, '--json')), host.stopResult);
+    assert.deepEqual(host.calls.map((c) => c[1]), [{ uuid: U1, timeoutMs: 5000 }, { uuid: U1 }, { uuid: U1, force: true }, { uuid: U1 }]);
+  });
+
+  it('groups: a table, one row per member (the group on its first), or --json the host’s GroupView[]', async () => {
+    const host = new FakeHost();
+    assert.equal(await mdev(host, 'groups'), '', 'no group: nothing printed');
+    host.groups_ = [
+      { group: 'gpio-bank/card=c1', parent: 'gpio-bank', generation: 3, viable: true, owner: { pid: 4242, uid: 1000, gid: 1000 }, members: [
+        { uuid: U1, socket: '/r/1.sock', state: 'active', claimed: true },
+        { uuid: U2, socket: '/r/2.sock', state: 'active', claimed: true },
+      ] },
+      { group: `memory-pool/${U2}`, parent: 'memory-pool', generation: 1, viable: false, owner: null, members: [{ uuid: U2, socket: '/r/2.sock', state: 'failed', claimed: false }] },
+    ];
+    const text = await mdev(host, 'groups');
+    assert.deepEqual(text.split('\n'), [
+      'GROUP                                             PARENT       VIABLE  OWNER               MEMBER                                STATE   CLAIMED',
+      `gpio-bank/card=c1                                 gpio-bank    yes     pid 4242, uid 1000  ${U1}  active  yes`,
+      `                                                                                           ${U2}  active  yes`,
+      `memory-pool/${U2}  memory-pool  no      -                   ${U2}  failed  no`,
+      '',
+    ]);
+    assert.deepEqual(JSON.parse(await mdev(host, 'groups', '--json')), host.groups_);
+  });
+
   it("types prints mdevctl's text and JSON from the host's TypeInfo", async () => {
     const host = new FakeHost();
     host.types_ = [
@@ -242,7 +286,7 @@ describe('mdev verbs against a fake host', () => {
   it('start, stop --force, undefine: requests, --json output, failures named by verb with the host’s errno', async () => {
     const host = new FakeHost();
     assert.equal(await mdev(host, 'start', '-u', U1), '', 'UUID given: nothing printed');
-    assert.equal(await mdev(host, 'stop', '-u', U1, '--force'), '');
+    assert.equal(await mdev(host, 'stop', '-u', U1, '--force'), '', 'no client: nothing printed');
     assert.equal(await mdev(host, 'stop', '-u', U1), '');
     assert.deepEqual(JSON.parse(await mdev(host, 'undefine', '-u', U1, '-p', 'memory-pool', '--json')), { removed: [] });
     assert.deepEqual(JSON.parse(await mdev(host, 'start', '-p', 'memory-pool', '-t', 'memory-pool-64M', '--json')), instance());

@@ -2,9 +2,10 @@
  * `vfio-user mdev` and `lsmdev` end to end: the real binaries against a real
  * `vfio-user host` (one for this file) in temporary run and config directories,
  * every verb in the order an operator uses them — types, define, modify, start
- * (the attributes reach the device), list in each form, stop (refused while a
- * client uses the instance, accepted with --force), transient instances,
- * mdevctl JSON files with --jsonfile, undefine. Error paths: mdev-errors.test.ts.
+ * (the attributes reach the device), list in each form, stop (a client is
+ * asked to release the instance, then forced; released by a cooperating one;
+ * --force at once), isolation groups, transient instances, mdevctl JSON files
+ * with --jsonfile, undefine. Error paths: mdev-errors.test.ts.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -19,6 +20,8 @@ import type { CliResult } from './support.js';
 const U1 = '0b6f2a35-8f4e-4c6a-9d2e-6a1b2c3d4e01';
 const U2 = '0b6f2a35-8f4e-4c6a-9d2e-6a1b2c3d4e02';
 const U3 = '0b6f2a35-8f4e-4c6a-9d2e-6a1b2c3d4e03';
+const G1 = '0b6f2a35-8f4e-4c6a-9d2e-6a1b2c3d4e11';
+const G2 = '0b6f2a35-8f4e-4c6a-9d2e-6a1b2c3d4e12';
 const UUID_LINE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\n$/;
 
 /** Exit 0 and nothing on stderr; returns stdout. */
@@ -103,7 +106,7 @@ describe('vfio-user mdev end to end', () => {
     assert.equal(ok(await host.mdev('list', '-d', '-u', U1, '--dumpjson'), 'dumpjson -u'), mdevctlFile('memory-pool-64M', 'manual', [['fill', '5a'], ['write', '0x10:cafe']]));
   });
 
-  it('start: the attributes reach the device in order; list shows it, -vv and --json its client; stop refused while in use, accepted with --force', async () => {
+  it('start: the attributes reach the device in order; list shows it, -vv and --json its client and group; stop forces a client that cannot be asked at the timeout', async () => {
     assert.equal(ok(await host.mdev('start', '-u', U1), 'start'), '', 'nothing printed for a given UUID');
     const socket = join(host.runDir, `${U1}.sock`);
     assert.ok(existsSync(socket), 'served on <run dir>/<uuid>.sock');
@@ -115,20 +118,55 @@ describe('vfio-user mdev end to end', () => {
       assert.deepEqual([...bytes], [0x5a, 0x5a, 0xca, 0xfe], 'fill 5a, then write 0x10:cafe over it');
       const vv = ok(await host.mdev('list', '-vv'), 'list -vv');
       assert.equal(vv.split('\n')[0], `${U1} memory-pool memory-pool-64M manual (defined)`);
-      assert.match(vv, new RegExp(`\n {2}State: active\n {2}Socket: ${socket}\n {2}Client: pid ${process.pid}, uid ${process.getuid?.()}, gid \\d+, since \\d{4}-`));
-      const [status] = JSON.parse(ok(await host.mdev('list', '--json'), 'list --json')) as Array<{ uuid: string; state: string; socket: string; client?: { pid: number } }>;
-      assert.deepEqual([status?.uuid, status?.state, status?.socket, status?.client?.pid], [U1, 'active', socket, process.pid]);
-      const refused = await host.mdev('stop', '-u', U1);
-      assert.equal(refused.code, 1, `stop while in use: ${refused.stderr}`);
-      assert.match(refused.stderr, /^vfio-user: mdev stop: .+\n$/);
-      assert.equal(ok(await host.mdev('list'), 'still running'), `${U1} memory-pool memory-pool-64M manual (defined)\n`);
-      ok(await host.mdev('stop', '-u', U1, '--force'), 'stop --force');
+      assert.match(vv, new RegExp(`\n {2}State: active\n {2}Socket: ${socket}\n {2}Group: memory-pool/${U1}\n {2}Client: pid ${process.pid}, uid ${process.getuid?.()}, gid \\d+, since \\d{4}-`));
+      const [status] = JSON.parse(ok(await host.mdev('list', '--json'), 'list --json')) as Array<{ uuid: string; state: string; socket: string; group: string; client?: { pid: number } }>;
+      assert.deepEqual([status?.uuid, status?.state, status?.socket, status?.group, status?.client?.pid], [U1, 'active', socket, `memory-pool/${U1}`, process.pid]);
+      // This client registered no REQ eventfd: it cannot be asked, so it is forced off at the timeout.
+      const forced = ok(await host.mdev('stop', '-u', U1, '--timeout', '300ms'), 'stop --timeout');
+      assert.match(forced, new RegExp(`^${U1}: forced: its client did not release it within \\d+ ms \\(\\d+ release requests?; no REQ channel registered by the client\\)\n$`));
       await assert.rejects(client.regionRead(RegionIndex.BAR0, 0n, 4), 'the session was closed');
+      const asked = host.stderr().split('\n').find((l) => l.includes('"audit":"release-requested"') && l.includes(U1));
+      assert.match(asked ?? '', /"timeoutMs":300\b/, 'the host waited the --timeout given');
+      assert.match(host.stderr(), new RegExp(`"audit":"forced"[^\n]*"uuid":"${U1}"`));
     } finally {
       client.close();
     }
     assert.equal(ok(await host.mdev('list'), 'list after stop'), '');
     assert.equal(existsSync(socket), false, 'its socket is removed');
+  });
+
+  it('groups: functions of one card share a group (viable once all run, owned by the first client); stop asks the owner to release, --force at once', async () => {
+    ok(await host.mdev('start', '-u', G1, '-p', 'gpio-bank', '-t', 'gpio-bank-4'), 'start G1');
+    ok(await host.mdev('stop', '-u', G1), 'stop G1 (idle: nothing printed)');
+    const file = join(host.dir, 'card.json');
+    writeFileSync(file, JSON.stringify({ mdev_type: 'gpio-bank-4', start: 'manual', attrs: [{ card: 'c1' }] }));
+    ok(await host.mdev('start', '-u', G1, '-p', 'gpio-bank', '--jsonfile', file), 'start G1 on card c1');
+    ok(await host.mdev('define', '-u', G2, '-p', 'gpio-bank', '--jsonfile', file), 'define G2 on card c1');
+    const row = (uuid: string, state: string, claimed: string): RegExp => new RegExp(`${uuid}\\s+${state}\\s+${claimed}\n`);
+    const before = ok(await host.mdev('groups'), 'groups');
+    assert.match(before, /^GROUP\s+PARENT\s+VIABLE\s+OWNER\s+MEMBER\s+STATE\s+CLAIMED\n/);
+    assert.match(before, new RegExp(`\ngpio-bank/card=c1\\s+gpio-bank\\s+no\\s+-\\s+${G1}\\s+active\\s+no\n\\s+${G2}\\s+inactive\\s+no\n`));
+    ok(await host.mdev('start', '-u', G2), 'start G2');
+    const client = await VfioUserClient.connect(join(host.runDir, `${G1}.sock`));
+    const second = await VfioUserClient.connect(join(host.runDir, `${G2}.sock`));
+    try {
+      const [group] = (JSON.parse(ok(await host.mdev('groups', '--json'), 'groups --json')) as Array<{ group: string; viable: boolean; owner: { pid: number } | null; members: { uuid: string }[] }>).filter((g) => g.group === 'gpio-bank/card=c1');
+      assert.deepEqual([group?.viable, group?.owner?.pid, group?.members.map((m) => m.uuid)], [true, process.pid, [G1, G2]]);
+      const owned = ok(await host.mdev('groups'), 'groups');
+      assert.match(owned, new RegExp(`gpio-bank/card=c1\\s+gpio-bank\\s+yes\\s+pid ${process.pid}, uid ${process.getuid?.()}\\s+`));
+      assert.match(owned, row(G2, 'active', 'yes'));
+      assert.match(ok(await host.mdev('list', '-vv', '-u', G1), 'list -vv'), /\n {2}Group: gpio-bank\/card=c1\n/);
+      const conflict = await host.mdev('stop', '-u', G1, '--force', '--timeout', '1s');
+      assert.equal(conflict.code, 2, conflict.stderr);
+      await client.onReleaseRequest(() => client.close());
+      assert.match(ok(await host.mdev('stop', '-u', G1, '--timeout', '60s'), 'stop G1'), new RegExp(`^${G1}: released by its client after \\d+ release requests? \\(\\d+ ms\\)\n$`));
+      assert.equal(ok(await host.mdev('stop', '-u', G2, '--force'), 'stop G2 --force'), `${G2}: forced: its client's session was closed\n`);
+    } finally {
+      client.close();
+      second.close();
+    }
+    ok(await host.mdev('undefine', '-u', G2), 'undefine G2');
+    assert.doesNotMatch(ok(await host.mdev('groups'), 'groups'), /card=c1/);
   });
 
   it('a transient start prints its UUID; define -u promotes it; undefine leaves it running', async () => {

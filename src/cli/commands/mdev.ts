@@ -189,16 +189,34 @@ function addVerbs(mdev: Command, deps: MdevDeps): void {
     .command('stop')
     .description('stop a mediated device; a connected client is asked to release it (its REQ eventfd) and forced off after --timeout (default 10s), or at once with -f/--force')
     .addOption(uuidOption('UUID of the device to stop').makeOptionMandatory())
-    .addOption(new Option('-f, --force', "close a connected client's session at once, and go on even if a callout script vetoes it").conflicts('timeout'))
+    .option('-f, --force', "close a connected client's session at once, and go on even if a callout script vetoes it")
     .addOption(durationOption('--timeout <duration>', 'how long a connected client is given to release the device before it is forced off (e.g. 5s, 500ms; default 10s)'))
     .addOption(json())
-    .action((options: StopOptions, command: Command) => run(deps, control(command), 'mdev stop', (api, out) => mdevStop(api, options, out)));
+    .action((options: StopOptions, command: Command) => {
+      const timeout = releaseTimeout(command, options);
+      if (options.force && timeout !== undefined) usage(command, "stop: option '-f, --force' cannot be used with option '--timeout <duration>'");
+      const request = { ...options, ...(timeout === undefined ? {} : { timeout }) };
+      return run(deps, control(command), 'mdev stop', (api, out) => mdevStop(api, request, out));
+    });
 
   mdev
     .command('groups')
     .description("list the isolation groups: each group's parent, whether it is viable (every member active), its owner (pid, uid) and its members (state, claimed for the owner)")
     .addOption(json())
     .action((options: GroupsOptions, command: Command) => run(deps, control(command), 'mdev groups', (api, out) => mdevGroups(api, options, out)));
+}
+
+/**
+ * `stop --timeout`: its own option, or — under `vfio-user`, whose global `--timeout` (a per-request timeout the
+ * mdev verbs do not use) takes that option wherever it appears — the global one when given on the command line.
+ */
+function releaseTimeout(command: Command, options: StopOptions): number | undefined {
+  if (options.timeout !== undefined) return options.timeout;
+  let root = command;
+  while (root.parent) root = root.parent;
+  if (root === command || root.getOptionValueSource('timeout') !== 'cli') return undefined;
+  const value: unknown = root.opts().timeout;
+  return typeof value === 'number' ? value : undefined;
 }
 
 /** The options of `modify` and clap's rules for them (a required group of one, requires, conflicts). */
