@@ -113,7 +113,8 @@ function viewAfterSignal(client: VfioUserClient, channel: GroupChannel): Promise
  * The first listener of a client registers an eventfd (DEVICE_FEATURE SET of
  * the advertised index with the fd); later ones share it and its GET. Changes
  * that come faster than they are read arrive as one call with the latest view.
- * A GET that fails is logged (`logger`, warn); the connection closing ends the watch.
+ * A GET that fails is logged (`logger`, warn), as is a listener that throws
+ * (error; the others still run); the connection closing ends the watch.
  * @returns a disposer: removes the listener; the last one unregisters (SET
  *   without fd) and closes the eventfd.
  * @throws {ProtocolError} ENOTSUP when the server did not advertise the extension.
@@ -129,7 +130,12 @@ export async function watchIsolationGroup(client: VfioUserClient, listener: (gro
   const dispose = await channel.shared.add(() => {
     viewAfterSignal(client, channel).then(
       (view) => {
-        if (active && view) listener(view);
+        if (!active || !view) return;
+        try {
+          listener(view);
+        } catch (err) {
+          logger.error({ err }, `${ISOLATION_GROUP_CAPABILITY}: a group change listener failed`);
+        }
       },
       (err: unknown) => {
         if (!(err instanceof ConnectionClosedError)) logger.warn({ err }, `${ISOLATION_GROUP_CAPABILITY}: reading the group after a change failed`);

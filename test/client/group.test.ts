@@ -11,7 +11,7 @@ import { VfioUserClient } from '../../src/client/client.js';
 import { Container } from '../../src/client/container.js';
 import type { TraceEvent } from '../../src/client/core.js';
 import { InvalidArgumentError, ProtocolError, RemoteError, StateError } from '../../src/errors.js';
-import { silentLogger } from '../../src/log.js';
+import { silentLogger, type Logger } from '../../src/log.js';
 import type { IsolationGroupMember, IsolationGroupView } from '../../src/protocol/isolation-group.js';
 import { IsolationGroupState } from '../../src/server/isolation-group.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
@@ -129,6 +129,28 @@ describe('client: x-isolation-group', () => {
         }
       }),
     ));
+
+  it('a change listener that throws is logged; the others still hear the change', () =>
+    withGroup(groupOf(1), async ([served], [state]) => {
+      assert.ok(served && state);
+      const errors: unknown[] = [];
+      const logger: Logger = { ...silentLogger(), error: (o: object) => void errors.push(o) };
+      const client = await VfioUserClient.connect(served.path, { logger });
+      try {
+        let heard: (v: IsolationGroupView) => void = () => undefined;
+        const seen = new Promise<IsolationGroupView>((resolve) => (heard = resolve));
+        await client.onGroupChange(() => {
+          throw new Error('listener bug');
+        });
+        await client.onGroupChange((v) => heard(v));
+        state.set(asMember({ ...groupOf(1), generation: 7 }, 0));
+        assert.equal((await seen).generation, 7);
+        await new Promise((resolve) => setImmediate(resolve));
+        assert.equal(errors.length, 1, 'the failing listener was logged');
+      } finally {
+        client.close();
+      }
+    }));
 
   it('turns refusals at VERSION into errors that say why (EBUSY owned, EPERM not viable)', async () => {
     for (const [errno, pattern] of [
