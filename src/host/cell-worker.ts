@@ -129,12 +129,26 @@ function status(served: Served): CellStatus {
   };
 }
 
-/** True if the server's session ends (and its cleanup is done) within `ms`. */
-async function endsWithin(served: Served, ms: number): Promise<boolean> {
+/** A release wait in progress can be cut short by a forced stop. */
+interface ReleaseWait {
+  /** Resolves when the wait is cut short. */
+  readonly cut: Promise<'cut'>;
+  /** Cuts it short (idempotent). */
+  force(): void;
+}
+
+function releaseWait(): ReleaseWait {
+  let force!: () => void;
+  const cut = new Promise<'cut'>((resolve) => (force = () => resolve('cut')));
+  return { cut, force };
+}
+
+/** Whether the server's session ends (and its cleanup is done) within `ms`, or the wait was cut short. */
+async function endsWithin(served: Served, ms: number, wait: ReleaseWait): Promise<'ended' | 'waiting' | 'cut'> {
   let timer: NodeJS.Timeout | undefined;
-  const expired = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), Math.max(0, ms))));
+  const expired = new Promise<'waiting'>((resolve) => (timer = setTimeout(() => resolve('waiting'), Math.max(0, ms))));
   try {
-    return await Promise.race([served.server.idle().then(() => true as const), expired]);
+    return await Promise.race([served.server.idle().then(() => 'ended' as const), expired, wait.cut]);
   } finally {
     clearTimeout(timer);
   }
@@ -144,7 +158,12 @@ async function endsWithin(served: Served, ms: number): Promise<boolean> {
  * Asks the connected client to release the device (REQ eventfd, count 1, 2, 3 … reported to the main thread)
  * every `intervalMs` until it leaves or `timeoutMs` passed. No new client is accepted meanwhile.
  */
-async function requestRelease(port: MessagePort, served: Served, request: CellStopRequest): Promise<{ released: boolean; requests: number; delivered: boolean; waitedMs: number }> {
+async function requestRelease(
+  port: MessagePort,
+  served: Served,
+  request: CellStopRequest,
+  wait: ReleaseWait,
+): Promise<{ released: boolean; requests: number; delivered: boolean; waitedMs: number }> {
   const timeoutMs = request.timeoutMs ?? DEFAULT_RELEASE_TIMEOUT_MS;
   const intervalMs = request.intervalMs ?? Math.max(100, Math.floor(timeoutMs / 10));
   served.server.stopListening();
@@ -157,8 +176,9 @@ async function requestRelease(port: MessagePort, served: Served, request: CellSt
     const delivered = served.built.device.requestRelease();
     reached ||= delivered;
     post(port, { type: 'release-requested', count: requests, delivered });
-    if (await endsWithin(served, Math.min(intervalMs, deadline - Date.now()))) return { released: true, requests, delivered: reached, waitedMs: Date.now() - started };
-    if (Date.now() >= deadline) return { released: false, requests, delivered: reached, waitedMs: Date.now() - started };
+    const now = await endsWithin(served, Math.min(intervalMs, deadline - Date.now()), wait);
+    if (now === 'ended') return { released: true, requests, delivered: reached, waitedMs: Date.now() - started };
+    if (now === 'cut' || Date.now() >= deadline) return { released: false, requests, delivered: reached, waitedMs: Date.now() - started };
   }
 }
 
@@ -166,12 +186,12 @@ async function requestRelease(port: MessagePort, served: Served, request: CellSt
  * Stops serving: with no client, or `force`, at once; else release requests until the client leaves or the
  * timeout, then forced (session closed: DMA dropped, device reset). Then the instance is disposed.
  */
-async function stop(port: MessagePort, served: Served, request: CellStopRequest): Promise<CellReply> {
+async function stop(port: MessagePort, served: Served, request: CellStopRequest, wait: ReleaseWait): Promise<CellReply> {
   let outcome: CellStopOutcome = { release: 'idle', requests: 0, delivered: false, waitedMs: 0 };
   if (served.server.client !== undefined) {
     if (request.force) outcome.release = 'forced';
     else {
-      const asked = await requestRelease(port, served, request);
+      const asked = await requestRelease(port, served, request, wait);
       outcome = { release: asked.released ? 'released' : 'forced', requests: asked.requests, delivered: asked.delivered, waitedMs: asked.waitedMs };
     }
   }
@@ -184,14 +204,14 @@ async function stop(port: MessagePort, served: Served, request: CellStopRequest)
   return { ok: true, ...outcome };
 }
 
-async function answer(port: MessagePort, served: Served, group: IsolationGroupState, uuid: string, request: CellRequest): Promise<CellReply> {
+async function answer(port: MessagePort, served: Served, group: IsolationGroupState, uuid: string, request: CellRequest, wait: ReleaseWait): Promise<CellReply> {
   try {
     if (request.op === 'status') return { ok: true, status: status(served) };
     if (request.op === 'group') {
       group.set(ownView(request.group, uuid)); // the sessions signal their eventfds if the generation moved
       return { ok: true };
     }
-    if (request.op === 'stop') return await stop(port, served, request);
+    if (request.op === 'stop') return await stop(port, served, request, wait);
     return { ok: false, errno: Errno.EINVAL, message: `unknown request ${String(request.op)}` };
   } catch (error) {
     return { ok: false, errno: errnoOf(error), message: messageOf(error) };
@@ -207,18 +227,23 @@ async function main(port: MessagePort, data: CellWorkerData): Promise<void> {
   const admissions = new Admissions(port);
   let served: Served | undefined;
   let group: IsolationGroupState;
-  let stopping = false;
+  let stopping: ReleaseWait | undefined;
   // Verdicts may come before the device is served; requests come only once it is ('ready').
   port.on('message', (request: CellRequest) => {
     if (request.op === 'admit-verdict') return admissions.settle(request.id, request.verdict);
     if (!served) return post(port, { type: 'reply', id: request.id, reply: { ok: false, errno: Errno.ENODEV, message: 'instance not served yet' } });
-    // One stop at a time (status and group are answered meanwhile); once stopped, the main thread ends this thread.
+    // One stop at a time (status and group are answered meanwhile; a forced stop cuts a release wait short, the
+    // stop in progress then answers for both); once stopped, the main thread ends this thread.
     if (request.op === 'stop') {
+      if (stopping && request.force) {
+        stopping.force();
+        return post(port, { type: 'reply', id: request.id, reply: { ok: true } });
+      }
       if (stopping) return post(port, { type: 'reply', id: request.id, reply: { ok: false, errno: Errno.EBUSY, message: 'instance is already stopping' } });
-      stopping = true;
+      stopping = releaseWait();
     }
-    void answer(port, served, group, data.spec.uuid, request).then((reply) => {
-      if (request.op === 'stop' && !reply.ok) stopping = false;
+    void answer(port, served, group, data.spec.uuid, request, stopping ?? releaseWait()).then((reply) => {
+      if (request.op === 'stop' && !reply.ok) stopping = undefined;
       post(port, { type: 'reply', id: request.id, reply });
     });
   });

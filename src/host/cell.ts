@@ -279,18 +279,42 @@ export class InstanceCell extends EventEmitter<CellEvents> {
    * its session is closed (forced). No new client is accepted meanwhile (they wait in the socket's backlog).
    * A stop that takes longer than `timeoutMs` + `stopTimeoutMs` terminates the worker (its fds are closed all the
    * same); a worker that dies during the stop (its reset hook threw or stalled) is stopped too: no 'exit' event then.
+   * A `force` stop while another stop waits for the client to release cuts that wait short: both resolve with
+   * the same outcome (`forced`).
    * @returns what happened to the client: `idle` (none), `released` (it left when asked), `forced`.
-   * @throws {VfioUserError} EBUSY while another stop is in progress; EINVAL for a bad option.
+   * @throws {VfioUserError} EBUSY while another stop is in progress (unless `force`); EINVAL for a bad option.
    * @throws {StateError} ENODEV if the cell is not running.
    */
   async stop(options: CellStopOptions = {}): Promise<CellStopOutcome> {
     const timeoutMs = options.timeoutMs ?? 10_000;
     if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 0) throw new VfioUserError(`stop timeoutMs: ${timeoutMs} is not a non-negative integer`, { errno: Errno.EINVAL });
     const intervalMs = positive('intervalMs', options.intervalMs, Math.max(100, Math.floor(timeoutMs / 10)));
-    if (this.#stopping) throw new VfioUserError(`instance ${this.spec.uuid} is already stopping`, { errno: Errno.EBUSY });
+    const force = options.force ?? false;
+    if (this.#stopping) {
+      if (!force || this.#stopped === undefined) throw new VfioUserError(`instance ${this.spec.uuid} is already stopping`, { errno: Errno.EBUSY });
+      // A forced stop during a release wait cuts it short: the stop in progress ends 'forced' at once, for both callers.
+      this.#forceRequested = true;
+      await this.#request({ op: 'stop', force: true }).catch(() => undefined); // a worker already gone: the stop in progress handles it
+      return this.#stopped;
+    }
     if (!this.alive) throw new StateError(`instance ${this.spec.uuid} is not running`, { errno: Errno.ENODEV });
     this.#stopping = true;
-    const force = options.force ?? false;
+    this.#forceRequested = force;
+    this.#stopped = this.#stop(force, timeoutMs, intervalMs);
+    this.#stopped.catch(() => undefined); // awaited below; an escalating caller awaits it too
+    try {
+      return await this.#stopped;
+    } catch (error) {
+      this.#stopped = undefined;
+      throw error;
+    }
+  }
+
+  #stopped: Promise<CellStopOutcome> | undefined;
+  /** The stop in progress was forced (from the start, or cut short by a forced stop). */
+  #forceRequested = false;
+
+  async #stop(force: boolean, timeoutMs: number, intervalMs: number): Promise<CellStopOutcome> {
     const limitMs = this.#stopTimeoutMs + (force ? 0 : timeoutMs);
     let outcome: CellStopOutcome = { release: 'forced', requests: 0, delivered: false, waitedMs: 0 };
     let timer: NodeJS.Timeout | undefined;
@@ -313,7 +337,7 @@ export class InstanceCell extends EventEmitter<CellEvents> {
     }
     this.#expected = true;
     await this.#kill('stopped');
-    this.#logAudit(outcome, force);
+    this.#logAudit(outcome, this.#forceRequested);
     return outcome;
   }
 

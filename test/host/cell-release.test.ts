@@ -144,6 +144,29 @@ describe('instance cell: stop with release requests', () => {
     t.socket.close();
   });
 
+  it('a forced stop during the release wait cuts it short: both stops end "forced"', async () => {
+    const { logger, audits } = auditLogger();
+    const t = await startCell(run.dir, 'echo', { logger });
+    const client = await VfioUserClient.connect(t.socket.path);
+    const efd = createEventFd();
+    try {
+      await registerReq(client, efd);
+      const patient = t.cell.stop({ timeoutMs: 600_000, intervalMs: 60_000 });
+      await new Promise<void>((resolve) => t.cell.once('release-requested', () => resolve()));
+      const [first, second] = await Promise.all([patient, t.cell.stop({ force: true })]);
+      assert.deepEqual(first, second);
+      assert.equal(first.release, 'forced');
+      assert.equal(first.requests, 1);
+      assert.ok(first.waitedMs < 600_000);
+      await client.closed;
+      assert.equal(audits.find((a) => a['audit'] === 'forced')?.['reason'], 'forced by request');
+    } finally {
+      native.close(efd);
+      client.close();
+    }
+    t.socket.close();
+  });
+
   it('rejects bad stop options with EINVAL and keeps serving', async () => {
     const t = await startCell(run.dir, 'echo');
     await assert.rejects(t.cell.stop({ timeoutMs: -1 }), { errno: 22 });
