@@ -17,7 +17,7 @@ import { ProgressReporter } from './progress.js';
 import { Projector } from './projector.js';
 import type { AutoConverge, RateLimiter } from './throttle.js';
 import { DirtyTracker, type Meter, copyAllMemory, copyPages, moveDeviceData, type CopyControl, type MemorySink, type Pacer } from './transfer.js';
-import type { ArcTiming, ContainerMigrationReport, ContainerSide, MigrateContainerOptions, MigrationBytes, MigrationPhase, MigrationStep, Progress } from './types.js';
+import type { ArcTiming, ContainerMigrationReport, MigrateContainerOptions, MigrationBytes, MigrationPhase, MigrationStep, Progress } from './types.js';
 
 /** The longest a pre-copy round reads one device's data (a device that keeps producing deltas never reads empty). */
 const PRECOPY_DEVICE_SLICE_MS = 200;
@@ -41,7 +41,7 @@ export interface Pacing {
 
 /** What a run is given: its options, the destination, and each device's migration flags. */
 export interface RunSetup {
-  options: MigrateContainerOptions & { source: ContainerSide };
+  options: MigrateContainerOptions;
   destination: ContainerDestination;
   names: readonly string[];
   flags: ReadonlyArray<{ preCopy: boolean; p2p: boolean }>;
