@@ -10,7 +10,7 @@ import { VfioUserError } from '../errors.js';
 import { MigrationState } from '../protocol/constants.js';
 import { stateName } from '../migration/state-machine.js';
 import { MigIdentityFlags, type MigrationIdentity } from '../protocol/migration-extensions.js';
-import { describeSide, type ContainerDestination, type DeviceDescription, type DeviceDestination, type MigrationDestination } from './destination.js';
+import { containerOfOne, describeSide, type ContainerDestination, type DeviceDescription, type DeviceDestination, type MigrationDestination } from './destination.js';
 import type { ContainerSide, MigrationSide } from './types.js';
 
 /** The two sides cannot be migrated between (the message says why); nothing was changed. */
@@ -102,10 +102,8 @@ function checkPair(s: DeviceDescription, d: DeviceDescription): bigint {
  * @throws {MigrationCompatibilityError} when they differ, or the source is not RUNNING.
  */
 export async function checkCompatibility(source: MigrationSide, destination: MigrationDestination): Promise<DeviceProfile> {
-  const s = await describeSide(source);
-  const d = await destination.describe();
-  checkMemory(s.memory, d.memory);
-  return { migrationFlags: checkDevice(s, d, '') };
+  const [profile] = await checkContainerCompatibility({ memory: source.memory, iova: source.iova, devices: [{ client: source.client }] }, containerOfOne(destination), ['dev0']);
+  return profile as DeviceProfile;
 }
 
 /**
