@@ -217,10 +217,11 @@ export class Container {
 
   async #attachGroup(clients: readonly VfioUserClient[]): Promise<void> {
     checkNewClients(clients, this);
-    const views = await Promise.all(clients.map((c) => c.isolationGroup()));
-    checkGroups(views, [...this.#devices.values()]);
+    for (const client of clients) owners.set(client, this); // reserved: no other container takes them meanwhile
     const added: Device[] = [];
     try {
+      const views = await Promise.all(clients.map((c) => c.isolationGroup()));
+      checkGroups(views, [...this.#devices.values()]);
       for (const [i, client] of clients.entries()) {
         const device: Device = { client, group: views[i]?.group, self: views[i]?.self, logging: undefined };
         added.push(device);
@@ -229,6 +230,7 @@ export class Container {
       }
     } catch (error) {
       await Promise.allSettled(added.map((d) => this.#release(d)));
+      for (const client of clients) owners.delete(client);
       throw error;
     }
     for (const device of added) this.#adopt(device);
@@ -242,7 +244,11 @@ export class Container {
       if (this.#devices.get(device.client) !== device) return;
       this.#devices.delete(device.client);
       owners.delete(device.client);
-      for (const record of this.#mappings) record.attachments.delete(device.client);
+      for (const record of this.#mappings) {
+        // What it logged and nobody took is gone with it: count every page it could write.
+        if (this.#logging && record.writable && record.attachments.has(device.client)) addAllPages(record, this.#pendingOf(record.memory));
+        record.attachments.delete(device.client);
+      }
     });
   }
 
@@ -386,6 +392,12 @@ export class Container {
     if (mapped.length !== 1) throw new InvalidArgumentError(`Container.takeDirty: ${mapped.length} memories are mapped; name one`);
     return mapped[0] as GuestMemory;
   }
+}
+
+/** Adds every memory page of `mapping` to `pages`. */
+function addAllPages(mapping: ContainerMapping, pages: Set<number>): void {
+  const first = Number(mapping.offset / PAGE);
+  for (let p = 0; p < Number(mapping.size / PAGE); p++) pages.add(first + p);
 }
 
 function optionsOf(record: MappingRecord): { iova: bigint; offset: bigint; size: bigint; mode: GuestMemoryMode; writable: boolean } {

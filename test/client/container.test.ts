@@ -74,6 +74,21 @@ describe('Container: mappings', () => {
       }
     }));
 
+  it('two containers racing for one connection: exactly one gets it', () =>
+    withDevices(['dma-engine'], async ([client]) => {
+      const [one, two] = [new Container(), new Container()];
+      const results = await Promise.allSettled([one.attach(client as VfioUserClient), two.attach(client as VfioUserClient)]);
+      assert.deepEqual(results.map((r) => r.status).sort(), ['fulfilled', 'rejected']);
+      assert.equal(one.devices.length + two.devices.length, 1);
+      const refused = results.find((r) => r.status === 'rejected');
+      assert.ok(refused?.status === 'rejected' && refused.reason instanceof InvalidArgumentError && /another container/.test(refused.reason.message));
+      await one.close();
+      await two.close();
+      await two.attach(client as VfioUserClient); // free again once closed
+      assert.deepEqual(two.devices, [client]);
+      await two.close();
+    }));
+
   it('a device attached later receives the current mappings and can DMA through them', () =>
     withDevices(['memory', 'dma-engine'], async ([early, late], served) => {
       const memory = GuestMemory.create(0x20000);
@@ -186,6 +201,26 @@ describe('Container: dirty pages', () => {
         assert.deepEqual([...bitmap], [0b10, 0, 0, 0, 0, 0b1, 0, 0]);
         await container.stopDirtyLogging();
         await assert.rejects(container.takeDirty(), (e) => e instanceof StateError);
+        await container.close();
+      } finally {
+        memory.dispose();
+      }
+    }));
+
+  it('a logging device whose connection closes counts every page it could write (what it logged is gone with it)', () =>
+    withDevices(['dma-engine', 'memory'], async ([a, b]) => {
+      const memory = GuestMemory.create(0x20000);
+      const container = new Container();
+      try {
+        await container.attachGroup([a, b] as VfioUserClient[]);
+        await container.map(memory, { iova: MiB, size: 0x8000n }); // pages 0-7, writable
+        await container.map(memory, { iova: 2n * MiB, offset: 0x10000n, size: 0x4000n, writable: false }); // pages 16-19
+        await container.startDirtyLogging();
+        assert.deepEqual(await container.takeDirty(), [], 'nothing written yet');
+        (b as VfioUserClient).close();
+        await (b as VfioUserClient).closed;
+        assert.deepEqual(await container.takeDirty(), [0, 1, 2, 3, 4, 5, 6, 7]);
+        assert.deepEqual(await container.takeDirty(), []);
         await container.close();
       } finally {
         memory.dispose();
