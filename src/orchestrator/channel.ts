@@ -22,6 +22,15 @@
  * (feature `zero-pages`); DEVICE_DATA = the stream bytes; REQUEST/RESPONSE/NOTICE = a
  * u32 JSON length, the JSON (64-bit values as `{"$bigint":"…"}`), then binary
  * bytes. Everything little-endian.
+ *
+ * Several devices migrated as one VM (a container: one guest memory, N device
+ * sessions) share one channel: the hello says `channelVersion` 2
+ * ({@link HelloVersion}) and names the devices; a DEVICE_DATA frame's `id`
+ * field is then its device's index (0 for the only device of a version-1
+ * hello, so the frames of one device are the same in both), and the
+ * per-device requests carry `device` (the index) in their arguments. The
+ * frame header's version stays 1: an older receiver reads the frames and
+ * refuses the version-2 hello (EPROTO), before it prepares anything.
  */
 import { ProtocolError } from '../errors.js';
 import { crc32 } from '../migration/crc32.js';
@@ -34,13 +43,25 @@ export const FRAME_HEADER_SIZE = 24;
 /** The largest payload a frame may carry (a guest-memory chunk of 16 MiB plus its address). */
 export const MAX_FRAME_PAYLOAD = (16 << 20) + 8;
 
+/** The hello's `channelVersion`: one device (1), or several named devices with indexed DEVICE_DATA frames and requests (2). */
+export const HelloVersion = {
+  SINGLE: 1,
+  MULTI: 2,
+} as const;
+
+/** The most devices one migration carries. */
+export const MAX_CHANNEL_DEVICES = 32;
+
+/** A device's name on the channel: 1..64 of `A-Z a-z 0-9 . _ : -`. */
+export const CHANNEL_DEVICE_NAME = /^[A-Za-z0-9._:-]{1,64}$/;
+
 /** Frame types. */
 export const ChannelFrame = {
   REQUEST: 1,
   RESPONSE: 2,
   MEMORY: 3,
   DEVICE_DATA: 4,
-  /** Unsolicited: the receiver failed to apply a streamed frame (JSON {errno, message}). */
+  /** Unsolicited: the receiver failed to apply a streamed frame (JSON {errno, message}, and `device` for a device's stream). */
   NOTICE: 5,
   /** Guest memory that is all zero: gpa (u64 LE) + length (u64 LE); sent only to a receiver whose hello answer lists `zero-pages`. */
   ZERO: 6,

@@ -6,6 +6,9 @@
  * the sender commits. A channel that breaks, a corrupted frame, a stream the
  * device refuses or an abandon before the commit all end the same way: the
  * destination device is reset to RUNNING and the prepared side released.
+ * A container's migration (several devices of one VM, one guest memory:
+ * channel.ts, `channelVersion` 2) is received the same way with a session per
+ * device: all of them commit together, or all are reset.
  * Every migration has an id (the sender's hello names it); the receiver keeps
  * each one's outcome in a {@link MigrationLedger} and answers `outcome`
  * requests for it on any connection, so a sender that lost the commit's reply
@@ -14,14 +17,13 @@
 import { randomUUID } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
-import { MigrationState as S } from '../protocol/constants.js';
+import type { VfioUserClient } from '../client/client.js';
 import { Errno } from '../protocol/errno.js';
-import { ChannelFeature, ChannelFrame, decodeMessage, decodeZero, encodeMessage, memoryParts, type Frame } from './channel.js';
-import { writeParts, zeroFill } from './memory-copy.js';
-import { ChannelSocket, errnoOf, MigrationChannelError, type WireError } from './channel-socket.js';
-import { describeSide, resetToRunning } from './destination.js';
+import { ChannelFrame, decodeMessage, type Frame } from './channel.js';
+import { ChannelSocket, errnoOf, MigrationChannelError } from './channel-socket.js';
 import { serverTlsOptions, type ChannelTlsCredentials } from './channel-tls.js';
 import { checkMigrationId, MigrationLedger, type ChannelPhase, type LedgerEntry } from './ledger.js';
+import { Session } from './receiver-session.js';
 import type { MigrationSide } from './types.js';
 
 /** What a sender offers in its hello. */
@@ -29,13 +31,33 @@ export interface MigrationOffer {
   memory: { size: bigint; iova: bigint };
   /** The sender's address, `host:port`. */
   peer: string;
+  /**
+   * The devices migrated, in the sender's order, by name: one for a
+   * single-device migration (named `dev0` unless the sender named it),
+   * several for a container (one VM: all share the guest memory).
+   */
+  devices: ReadonlyArray<{ name: string }>;
 }
 
 /** The destination a receiver prepared for an offer. */
 export interface PreparedDestination {
+  /** The guest memory and the first (or only) device's session. */
   side: MigrationSide;
-  /** Releases the side when the migration was abandoned (after the receiver reset the device). */
+  /**
+   * With several devices: every device's session in the offer's order (the
+   * first is `side.client`), each with `side.memory` attached at `side.iova`.
+   * Absent: one device, `side.client`.
+   */
+  clients?: readonly VfioUserClient[];
+  /** Releases the side when the migration was abandoned (after the receiver reset the devices). */
   release(): Promise<void>;
+}
+
+/** One device's share of a received migration. */
+export interface ReceivedDevice {
+  name: string;
+  /** Device-stream bytes applied to it. */
+  deviceBytes: bigint;
 }
 
 /** How one incoming migration ended. */
@@ -47,9 +69,11 @@ export interface ReceiveOutcome {
   phase: ChannelPhase;
   peer: string;
   reason?: string;
-  /** Frames and bytes applied. */
+  /** Frames and bytes applied (`deviceBytes`: all devices'). */
   memoryBytes: bigint;
   deviceBytes: bigint;
+  /** Each device's share, in the offer's order (empty when refused before a hello was taken). */
+  devices: ReceivedDevice[];
   /** The committed destination (the application owns it from here on). */
   destination?: PreparedDestination;
   vmState?: Uint8Array;
@@ -72,7 +96,12 @@ export interface ReceiverOptions {
   onTlsRefused?(peer: string, error: Error): void;
   /** A connection that has not said hello by then is closed, freeing the receiver (default 10 000 ms). */
   helloTimeoutMs?: number;
-  /** Creates the destination for an offer (guest memory of the offered size, attached at its IOVA). Throw to refuse. */
+  /**
+   * Creates the destination for an offer: guest memory of the offered size and
+   * a session with each offered device, the memory attached to every one at the
+   * offered IOVA. Throw to refuse (the sender gets the error's errno). Returning
+   * a different number of sessions than devices offered refuses the offer (EINVAL).
+   */
   prepare(offer: MigrationOffer): Promise<PreparedDestination>;
   /** Every migration's end, committed (at the commit) or not. */
   onOutcome?(outcome: ReceiveOutcome): void;
@@ -85,11 +114,6 @@ export interface ReceiverOptions {
   /** Application messages after the commit (`RemoteDestination.message`). */
   onMessage?(head: unknown, body: Uint8Array, destination: PreparedDestination): Promise<{ result: unknown; body?: Uint8Array }>;
 }
-
-/** States the sender may ask the destination for. */
-const SETTABLE = new Set<number>([S.RESUMING, S.STOP, S.RUNNING_P2P, S.RUNNING]);
-/** Stop reading while this much is queued to apply. */
-const QUEUE_HIGH = 64 << 20;
 
 /** A TCP listener receiving migrations, one at a time. */
 export class MigrationReceiver {
@@ -185,7 +209,7 @@ export class MigrationReceiver {
         if (session) void session.closed(error);
         else if (!quiet) {
           const reason = refusal ?? (error ? error.message : 'closed before a hello');
-          this.#options.onOutcome?.({ outcome: 'refused', phase: 'connect', peer, reason, memoryBytes: 0n, deviceBytes: 0n });
+          this.#options.onOutcome?.({ outcome: 'refused', phase: 'connect', peer, reason, memoryBytes: 0n, deviceBytes: 0n, devices: [] });
         }
       },
     });
@@ -240,248 +264,5 @@ export class MigrationReceiver {
     const session = this.#current;
     if (session !== undefined && session.migrationId === migrationId) session.abandon('the sender lost the link and asked for the outcome before the commit');
     return this.#ledger.lookup(migrationId);
-  }
-}
-
-/** One incoming migration. */
-class Session {
-  readonly migrationId: string;
-  readonly #channel: ChannelSocket;
-  readonly #options: ReceiverOptions;
-  readonly #ledger: MigrationLedger;
-  readonly #done: (outcome: ReceiveOutcome) => void;
-  readonly #queue: Frame[] = [];
-  #queued = 0;
-  #working = false;
-  #prepared: PreparedDestination | undefined;
-  #committed = false;
-  #finished = false;
-  #phase: ChannelPhase = 'connect';
-  /** The first streamed frame that could not be applied: everything after it is dropped, every request fails with it. */
-  #streamError: WireError | undefined;
-  #memoryBytes = 0n;
-  #deviceBytes = 0n;
-  #vmState: Uint8Array | undefined;
-  #commitOutcome: ReceiveOutcome | undefined;
-  readonly #peer: string;
-
-  constructor(channel: ChannelSocket, peer: string, migrationId: string, options: ReceiverOptions, ledger: MigrationLedger, done: (outcome: ReceiveOutcome) => void) {
-    this.migrationId = migrationId;
-    this.#channel = channel;
-    this.#peer = peer;
-    this.#options = options;
-    this.#ledger = ledger;
-    this.#done = done;
-    this.#enter('connect');
-  }
-
-  enqueue(frame: Frame): void {
-    this.#queue.push(frame);
-    this.#queued += frame.length;
-    if (this.#queued > QUEUE_HIGH) this.#channel.pauseReading(true);
-    if (!this.#working) void this.#work();
-  }
-
-  /**
-   * Abandons the migration now unless it committed (SIGTERM, or its sender
-   * asking for the outcome): recorded at once, the sender told by a NOTICE,
-   * then the device reset and the side released.
-   */
-  abandon(reason: string): void {
-    if (this.#committed || this.#finished) return;
-    void this.#finish(reason, true);
-  }
-
-  #enter(phase: ChannelPhase): void {
-    this.#phase = phase;
-    this.#ledger.record({ migrationId: this.migrationId, outcome: 'in-progress', phase });
-  }
-
-  async #work(): Promise<void> {
-    this.#working = true;
-    for (let frame = this.#queue.shift(); frame !== undefined && !this.#finished; frame = this.#queue.shift()) {
-      this.#queued -= frame.length;
-      if (this.#queued <= QUEUE_HIGH / 2) this.#channel.pauseReading(false);
-      await this.#handle(frame);
-    }
-    this.#working = false;
-  }
-
-  async #handle(frame: Frame): Promise<void> {
-    switch (frame.type) {
-      case ChannelFrame.MEMORY:
-      case ChannelFrame.ZERO:
-      case ChannelFrame.DEVICE_DATA:
-        return this.#apply(frame);
-      case ChannelFrame.REQUEST:
-        return this.#request(frame);
-      default:
-        return this.#fail({ errno: Errno.EPROTO, message: `unexpected frame type ${frame.type}` });
-    }
-  }
-
-  /** A streamed frame: applied, or the first failure reported (NOTICE) and the rest dropped. */
-  async #apply(frame: Frame): Promise<void> {
-    if (this.#streamError) return;
-    const side = this.#prepared?.side;
-    try {
-      if (side === undefined || this.#committed) throw new MigrationChannelError('data outside a migration', Errno.EPROTO);
-      if (frame.type === ChannelFrame.MEMORY) {
-        const { gpa, parts, length } = memoryParts(frame);
-        writeParts(side.memory, gpa, parts, length); // EFAULT outside the guest memory
-        this.#memoryBytes += BigInt(length);
-      } else if (frame.type === ChannelFrame.ZERO) {
-        const { gpa, length } = decodeZero(frame.payload);
-        zeroFill(side.memory, gpa, length); // EFAULT outside the guest memory; writes only where not already zero
-        this.#memoryBytes += BigInt(length);
-      } else {
-        await side.client.migDataWrite(frame.payload);
-        this.#deviceBytes += BigInt(frame.payload.length);
-      }
-    } catch (error) {
-      this.#streamError = { errno: errnoOf(error), message: `${frame.type === ChannelFrame.DEVICE_DATA ? 'device stream' : 'guest memory'} frame ${frame.seq}: ${(error as Error).message}` };
-      await this.#channel.send(ChannelFrame.NOTICE, 0, encodeMessage(this.#streamError)).catch(() => undefined);
-    }
-  }
-
-  async #request(frame: Frame): Promise<void> {
-    let outcome: { result: unknown; body?: Uint8Array } | { error: WireError };
-    let op = '?';
-    try {
-      const { head, body } = decodeMessage(frame.payload);
-      const h = head as { op?: unknown; args?: unknown };
-      op = typeof h.op === 'string' ? h.op : '?';
-      outcome = await this.#op(op, (h.args ?? {}) as Record<string, unknown>, body);
-    } catch (error) {
-      outcome = { error: { errno: errnoOf(error), message: `${op}: ${(error as Error).message}` } };
-    }
-    if (this.#finished && !this.#committed) return; // abandoned meanwhile: the NOTICE said so
-    await this.#channel.respond(frame.id, outcome).catch(() => undefined);
-    if (op === 'abandon') await this.#finish('the sender abandoned the migration');
-    else if (op === 'hello' && 'error' in outcome) await this.#finish(`refused: ${outcome.error.message}`);
-  }
-
-  async #op(op: string, args: Record<string, unknown>, body: Uint8Array): Promise<{ result: unknown; body?: Uint8Array }> {
-    if (op === 'hello') return { result: await this.#hello(args) };
-    const prepared = this.#prepared;
-    if (prepared === undefined) throw new MigrationChannelError(`'${op}' before hello`, Errno.EPROTO);
-    const { client } = prepared.side;
-    if (op === 'message') return this.#message(args, body, prepared);
-    if (op === 'abandon') return { result: null };
-    if (this.#streamError && op !== 'state') throw new MigrationChannelError(this.#streamError.message, this.#streamError.errno);
-    if (this.#committed) throw new MigrationChannelError(`'${op}' after the commit`, Errno.EINVAL);
-    switch (op) {
-      case 'describe':
-        return { result: await describeSide(prepared.side) };
-      case 'state':
-        return { result: await client.migrationState() };
-      case 'arcs':
-        return { result: client.migrationExtensions.arcLatency === undefined ? [] : await client.arcLatencies() };
-      case 'set':
-        return this.#set(args.state, prepared);
-      case 'flush':
-        return { result: null };
-      case 'vmstate':
-        this.#vmState = new Uint8Array(body);
-        return { result: null };
-      case 'complete':
-        return this.#commit(prepared);
-      default:
-        throw new MigrationChannelError(`unknown request '${op}'`, Errno.ENOSYS);
-    }
-  }
-
-  async #set(state: unknown, prepared: PreparedDestination): Promise<{ result: null }> {
-    if (typeof state !== 'number' || !SETTABLE.has(state)) throw new MigrationChannelError(`state ${String(state)} may not be requested of a destination`, Errno.EINVAL);
-    await prepared.side.client.setMigrationState(state);
-    if (!this.#finished) {
-      if (state === S.STOP) this.#enter('switchover');
-      else if (state === S.RUNNING && this.#phase === 'switchover') this.#enter('commit');
-    }
-    return { result: null };
-  }
-
-  /** The commit: decided in one turn of the event loop after the checks, so an abandon (SIGTERM, a fence) is either before it or after it. */
-  async #commit(prepared: PreparedDestination): Promise<{ result: null }> {
-    await this.#options.beforeCommit?.(this.migrationId);
-    const state = await prepared.side.client.migrationState();
-    if (this.#finished) throw new MigrationChannelError('the migration was abandoned before the commit', Errno.ECANCELED);
-    if (state !== S.RUNNING) throw new MigrationChannelError('the destination device is not RUNNING', Errno.EINVAL);
-    this.#committed = true;
-    this.#phase = 'done';
-    this.#ledger.record({ migrationId: this.migrationId, outcome: 'committed', phase: 'done' });
-    this.#commitOutcome = {
-      outcome: 'committed', migrationId: this.migrationId, phase: 'done', peer: this.#peer, memoryBytes: this.#memoryBytes, deviceBytes: this.#deviceBytes, destination: prepared,
-      ...(this.#vmState ? { vmState: this.#vmState } : {}),
-    };
-    this.#done(this.#commitOutcome);
-    await this.#options.afterCommit?.(this.migrationId);
-    return { result: null };
-  }
-
-  async #hello(args: Record<string, unknown>): Promise<unknown> {
-    if (this.#prepared !== undefined) throw new MigrationChannelError('hello twice', Errno.EPROTO);
-    const memory = args.memory as { size?: unknown; iova?: unknown } | undefined;
-    const max = this.#options.maxMemoryBytes ?? 64n << 30n;
-    if (args.channelVersion !== 1) throw new MigrationChannelError(`channel version ${String(args.channelVersion)} is not spoken here (1)`, Errno.EPROTO);
-    if (typeof memory?.size !== 'bigint' || typeof memory.iova !== 'bigint' || memory.size <= 0n || memory.size % 4096n !== 0n || memory.iova < 0n || memory.iova % 4096n !== 0n || memory.iova + memory.size > 1n << 64n) {
-      throw new MigrationChannelError('guest memory must be a positive number of 4 KiB pages at a page-aligned 64-bit IOVA', Errno.EINVAL);
-    }
-    if (memory.size > max) throw new MigrationChannelError(`guest memory of ${memory.size} bytes exceeds this receiver's ${max}`, Errno.ENOMEM);
-    const prepared = await this.#options.prepare({ memory: { size: memory.size, iova: memory.iova }, peer: this.#peer });
-    if (this.#finished) {
-      // abandoned while preparing (SIGTERM): nothing will use it
-      await prepared.release().catch(() => undefined);
-      throw new MigrationChannelError('the migration was abandoned', Errno.ECANCELED);
-    }
-    this.#prepared = prepared;
-    this.#enter('precopy');
-    const offered = Array.isArray(args.features) ? args.features : [];
-    const features = Object.values(ChannelFeature).filter((f) => offered.includes(f));
-    return { channelVersion: 1, maxTransferSize: prepared.side.client.maxTransferSize, migrationId: this.migrationId, features };
-  }
-
-  async #message(args: Record<string, unknown>, body: Uint8Array, prepared: PreparedDestination): Promise<{ result: unknown; body?: Uint8Array }> {
-    if (!this.#committed) throw new MigrationChannelError('messages are for a committed migration', Errno.EINVAL);
-    if (this.#options.onMessage === undefined) throw new MigrationChannelError('this receiver takes no messages', Errno.ENOSYS);
-    return this.#options.onMessage(args, body, prepared);
-  }
-
-  async #fail(error: WireError): Promise<void> {
-    await this.#channel.send(ChannelFrame.NOTICE, 0, encodeMessage(error)).catch(() => undefined);
-    this.#channel.destroy(new MigrationChannelError(error.message, error.errno));
-  }
-
-  async closed(error: Error | undefined): Promise<void> {
-    if (this.#committed || this.#finished) {
-      const first = !this.#finished;
-      this.#finished = true;
-      if (first && this.#commitOutcome) this.#options.onCommittedClosed?.(this.#commitOutcome);
-      return;
-    }
-    await this.#finish(error ? `channel lost: ${error.message}` : 'the sender closed the channel before the commit');
-  }
-
-  /**
-   * The end of an uncommitted migration: recorded as abandoned at once; the
-   * sender told (`notify`: the receiver decided it), then the device reset to RUNNING and the side released.
-   */
-  async #finish(reason: string, notify = false): Promise<void> {
-    if (this.#finished || this.#committed) return;
-    this.#finished = true;
-    const phase = this.#phase;
-    this.#ledger.record({ migrationId: this.migrationId, outcome: 'abandoned', phase, reason });
-    if (notify) {
-      const notice = { errno: Errno.ECANCELED, message: `the receiver abandoned migration ${this.migrationId}: ${reason}`, outcome: 'abandoned', migrationId: this.migrationId, phase };
-      void this.#channel.send(ChannelFrame.NOTICE, 0, encodeMessage(notice)).catch(() => undefined);
-      this.#channel.end();
-      setTimeout(() => this.#channel.destroy(), 1000).unref();
-    } else this.#channel.destroy();
-    const prepared = this.#prepared;
-    if (prepared !== undefined) {
-      await resetToRunning(prepared.side.client);
-      await prepared.release().catch(() => undefined);
-    }
-    this.#done({ outcome: prepared ? 'abandoned' : 'refused', migrationId: this.migrationId, phase, peer: this.#peer, reason, memoryBytes: this.#memoryBytes, deviceBytes: this.#deviceBytes });
   }
 }

@@ -11,8 +11,8 @@ import { connect as connectTcp, type Socket } from 'node:net';
 import { ConnectionClosedError, InvalidArgumentError, VfioUserError } from '../errors.js';
 import { Errno } from '../protocol/errno.js';
 import type { ArcLatency } from '../protocol/migration-extensions.js';
-import { CHANNEL_VERSION, ChannelFeature, ChannelFrame, decodeMessage, memoryPrefix, zeroPayload, type Frame } from './channel.js';
-import { ChannelSocket, fromWire, type ChannelReply } from './channel-socket.js';
+import { CHANNEL_DEVICE_NAME, ChannelFeature, ChannelFrame, HelloVersion, MAX_CHANNEL_DEVICES, decodeMessage, memoryPrefix, zeroPayload, type Frame } from './channel.js';
+import { ChannelSocket, fromWire, MigrationChannelError, type ChannelReply } from './channel-socket.js';
 import type { DeviceDescription, MigrationDestination } from './destination.js';
 import { COPY_CHUNK } from './memory-copy.js';
 import { checkMigrationId, type LedgerEntry } from './ledger.js';
@@ -54,6 +54,12 @@ export interface RemoteDestinationOptions {
   resolveTimeoutMs?: number;
   /** TLS with mutual authentication (channel-tls.ts): the sender's certificate and the CA the receiver's must chain to. */
   tls?: ChannelTlsCredentials;
+  /**
+   * The devices migrated, by name (1..{@link MAX_CHANNEL_DEVICES}, unique; a
+   * container's, sharing the guest memory). Default: one device, unnamed.
+   * Several need a receiver that speaks channel version 2.
+   */
+  devices?: readonly string[];
 }
 
 /** What the receiver answers to `hello`. */
@@ -62,6 +68,8 @@ interface Welcome {
   maxTransferSize: number;
   /** The optional features the receiver takes (absent from older receivers). */
   features?: unknown;
+  /** Each device's name and largest transfer (absent from older receivers). */
+  devices?: unknown;
 }
 
 const now = (): number => performance.now();
@@ -83,11 +91,20 @@ export class RemoteDestination implements MigrationDestination {
   /** The receiver said it abandoned the migration (NOTICE with `outcome: 'abandoned'`). */
   #abandonedByPeer: LedgerEntry | undefined;
   readonly #pool = new CopyPool();
+  /** The devices' names, in the hello's order (one `dev0` for an unnamed single device). */
+  readonly deviceNames: readonly string[];
+  readonly #maxTransfer: readonly number[];
+  /** Requests carry a device index (a hello of several named devices). */
+  readonly #indexed: boolean;
 
   private constructor(address: string, channel: ChannelSocket, welcome: Welcome, migrationId: string, options: RemoteDestinationOptions) {
     this.address = address;
     this.#channel = channel;
     this.maxTransferSize = welcome.maxTransferSize;
+    this.deviceNames = options.devices ?? ['dev0'];
+    this.#indexed = options.devices !== undefined && options.devices.length > 1;
+    const sizes = Array.isArray(welcome.devices) ? welcome.devices.map((d) => (d as { maxTransferSize?: unknown }).maxTransferSize) : [];
+    this.#maxTransfer = this.deviceNames.map((_n, i) => (typeof sizes[i] === 'number' && sizes[i] >= 4096 ? sizes[i] : welcome.maxTransferSize));
     this.migrationId = migrationId;
     this.zeroPages = Array.isArray(welcome.features) && welcome.features.includes(ChannelFeature.ZERO_PAGES);
     this.#timeoutMs = options.timeoutMs ?? 10_000;
@@ -96,15 +113,18 @@ export class RemoteDestination implements MigrationDestination {
   }
 
   /**
-   * Connects to a receiver and offers it the migration of `options.memory`.
-   * @throws {InvalidArgumentError} EINVAL for a bad address; {@link ConnectionClosedError} /
+   * Connects to a receiver and offers it the migration of `options.memory`
+   * and its device (or, with `options.devices`, several: a container).
+   * @throws {InvalidArgumentError} EINVAL for a bad address or device names; {@link ConnectionClosedError} /
    *   a connect error (ECONNREFUSED…) when it cannot be reached; {@link MigrationChannelError}
-   *   with the receiver's errno when it refuses (EBUSY: another migration; ENOMEM…).
+   *   with the receiver's errno when it refuses (EBUSY: another migration; ENOMEM…), EPROTO from a receiver
+   *   that takes one device per migration when several are offered.
    */
   static async connect(url: string, options: RemoteDestinationOptions): Promise<RemoteDestination> {
     const { host, port } = parseChannelAddress(url);
     const timeoutMs = options.timeoutMs ?? 10_000;
     const migrationId = checkMigrationId(options.migrationId ?? randomUUID());
+    const devices = options.devices === undefined ? undefined : checkDeviceNames(options.devices);
     const socket = await connectSocket(url, timeoutMs, options.tls);
     let self: RemoteDestination | undefined;
     const channel = new ChannelSocket(socket, {
@@ -115,13 +135,17 @@ export class RemoteDestination implements MigrationDestination {
         if (self && error && !self.#streamError) self.#streamError = error;
       },
     });
+    const version = devices !== undefined && devices.length > 1 ? HelloVersion.MULTI : HelloVersion.SINGLE;
     try {
-      const { result } = await channel.request('hello', { channelVersion: CHANNEL_VERSION, memory: options.memory, migrationId, features: [ChannelFeature.ZERO_PAGES] }, undefined, timeoutMs);
+      const hello = { channelVersion: version, memory: options.memory, migrationId, features: [ChannelFeature.ZERO_PAGES], ...(devices ? { devices: devices.map((name) => ({ name })) } : {}) };
+      const { result } = await channel.request('hello', hello, undefined, timeoutMs).catch((error: unknown) => {
+        throw olderReceiver(url, version, error);
+      });
       const welcome = result as Partial<Welcome>;
-      if (welcome.channelVersion !== CHANNEL_VERSION || typeof welcome.maxTransferSize !== 'number' || welcome.maxTransferSize < 4096) {
+      if (welcome.channelVersion !== version || typeof welcome.maxTransferSize !== 'number' || welcome.maxTransferSize < 4096 || !welcomesDevices(welcome, devices)) {
         throw new VfioUserError(`${url}: unexpected hello answer ${JSON.stringify(result)}`, { errno: Errno.EPROTO });
       }
-      self = new RemoteDestination(`tcp://${host.includes(':') ? `[${host}]` : host}:${port}`, channel, welcome as Welcome, migrationId, options);
+      self = new RemoteDestination(`tcp://${host.includes(':') ? `[${host}]` : host}:${port}`, channel, welcome as Welcome, migrationId, { ...options, ...(devices ? { devices } : {}) });
       return self;
     } catch (error) {
       channel.destroy();
@@ -175,20 +199,26 @@ export class RemoteDestination implements MigrationDestination {
     }
   }
 
-  async describe(): Promise<DeviceDescription> {
-    return (await this.#request('describe')).result as DeviceDescription;
+  /** Device `device`'s description (default the first). @throws {MigrationChannelError} EINVAL for no such device. */
+  async describe(device = 0): Promise<DeviceDescription> {
+    return (await this.#request('describe', this.#at(device))).result as DeviceDescription;
   }
 
-  async migrationState(): Promise<number> {
-    return Number((await this.#request('state')).result);
+  async migrationState(device = 0): Promise<number> {
+    return Number((await this.#request('state', this.#at(device))).result);
   }
 
-  async setMigrationState(state: number): Promise<void> {
-    await this.#request('set', { state }, undefined, Math.max(this.#timeoutMs, 60_000));
+  async setMigrationState(state: number, device = 0): Promise<void> {
+    await this.#request('set', { state, ...this.#at(device) }, undefined, Math.max(this.#timeoutMs, 60_000));
   }
 
-  async arcLatencies(): Promise<ArcLatency[]> {
-    return (await this.#request('arcs')).result as ArcLatency[];
+  async arcLatencies(device = 0): Promise<ArcLatency[]> {
+    return (await this.#request('arcs', this.#at(device))).result as ArcLatency[];
+  }
+
+  /** The largest device-data chunk for device `device` (its session's). */
+  maxTransferSizeOf(device: number): number {
+    return this.#maxTransfer[device] ?? this.maxTransferSize;
   }
 
   /** `writeMemory` copies the bytes (into a buffer of its own, reused once the socket took them) before it returns. */
@@ -214,9 +244,11 @@ export class RemoteDestination implements MigrationDestination {
     }
   }
 
-  async writeDeviceData(data: Uint8Array): Promise<void> {
+  /** The next piece of device `device`'s stream (a DEVICE_DATA frame whose id is the device's index). */
+  async writeDeviceData(data: Uint8Array, device = 0): Promise<void> {
     this.#check();
-    await this.#channel.send(ChannelFrame.DEVICE_DATA, 0, [data]);
+    this.#at(device);
+    await this.#channel.send(ChannelFrame.DEVICE_DATA, device, [data]);
   }
 
   async flush(): Promise<void> {
@@ -278,6 +310,12 @@ export class RemoteDestination implements MigrationDestination {
     return this.#channel.request(op, args, body, timeoutMs);
   }
 
+  /** A request's device argument: none for device 0 of a single-device hello (as older receivers expect). @throws {InvalidArgumentError} EINVAL for no such device. */
+  #at(device: number): { device?: number } {
+    if (!Number.isInteger(device) || device < 0 || device >= this.deviceNames.length) throw new InvalidArgumentError(`no device ${device}: this migration has ${this.deviceNames.length}`);
+    return this.#indexed ? { device } : {};
+  }
+
   #check(): void {
     if (this.#streamError) throw this.#streamError;
     if (this.#channel.closedBy) throw this.#channel.closedBy;
@@ -299,6 +337,31 @@ export class RemoteDestination implements MigrationDestination {
       this.#streamError ??= error as Error;
     }
   }
+}
+
+/** @throws {InvalidArgumentError} EINVAL for no names, too many, a malformed or a repeated one. */
+function checkDeviceNames(names: readonly string[]): string[] {
+  if (names.length === 0 || names.length > MAX_CHANNEL_DEVICES) throw new InvalidArgumentError(`${names.length} devices: a migration carries 1..${MAX_CHANNEL_DEVICES}`);
+  for (const [i, name] of names.entries()) {
+    if (!CHANNEL_DEVICE_NAME.test(name)) throw new InvalidArgumentError(`'${name}' is not a device name (1..64 of A-Z a-z 0-9 . _ : -)`);
+    if (names.indexOf(name) !== i) throw new InvalidArgumentError(`device name '${name}' is given twice`);
+  }
+  return [...names];
+}
+
+/** Whether the hello's answer lists the offered devices (an older receiver lists none: one device, as offered). */
+function welcomesDevices(welcome: Partial<Welcome>, devices: readonly string[] | undefined): boolean {
+  if (welcome.devices === undefined) return devices === undefined || devices.length === 1;
+  if (!Array.isArray(welcome.devices)) return false;
+  const names = welcome.devices.map((d) => (d as { name?: unknown }).name);
+  return devices === undefined ? names.length === 1 : names.length === devices.length && devices.every((n, i) => names[i] === n);
+}
+
+/** A hello of several devices refused by a receiver that speaks channel version 1 only: said plainly. */
+function olderReceiver(url: string, version: number, error: unknown): unknown {
+  const refused = error instanceof MigrationChannelError && error.errno === Errno.EPROTO && /channel version/.test(error.message);
+  if (version !== HelloVersion.MULTI || !refused) return error;
+  return new MigrationChannelError(`${url}: the receiver takes one device per migration (channel version 1), not a container of several: upgrade it (${error.message})`, Errno.EPROTO);
 }
 
 /** Buffers guest memory is copied into for sending: reused once the socket handed them to the kernel (fresh 1 MiB allocations cost page faults). */

@@ -80,8 +80,18 @@ function refused(error: MigrationCompatibilityError, from: string, to: string): 
   return new CliError(`migrate ${from} → ${to}: ${error.message}${hint}`, { errno: Errno.EINVAL, cause: error });
 }
 
-/** Resolves at the first SIGINT/SIGTERM after `armed` (or already received). */
-function signalWatch(): { controller: AbortController; next(): Promise<string>; dispose(): void } {
+/** SIGINT/SIGTERM while a migration runs and while its destination is held. */
+export interface SignalWatch {
+  /** Aborted (with an Error named after the signal) at the first signal: the migration's abort signal. */
+  controller: AbortController;
+  /** The next signal's name (at once if one already came). */
+  next(): Promise<string>;
+  /** Stops watching. */
+  dispose(): void;
+}
+
+/** Watches SIGINT/SIGTERM from now on (the handlers replace the default exit until {@link SignalWatch.dispose}). */
+export function signalWatch(): SignalWatch {
   const controller = new AbortController();
   const waiters: Array<(name: string) => void> = [];
   const on = (name: NodeJS.Signals): void => {
@@ -108,7 +118,7 @@ function signalWatch(): { controller: AbortController; next(): Promise<string>; 
  */
 export async function runMigrateFrom(options: MigrateCommandOptions, global: GlobalOptions = {}, out: Output = stdio): Promise<void> {
   const from = options.from as string;
-  const to = options.to;
+  const to = options.to as string | undefined; // one target (runMigrate passes several --from to migrate-container.ts)
   if (to === undefined) throw new CliError('migrate --from: --to SOCKET or --to tcp://HOST:PORT is required (where the device goes)', { errno: Errno.EINVAL });
   if (options.autoConverge) throw new CliError('migrate --from: --auto-converge throttles a guest workload; this VMM runs none (it applies to --demo)', { errno: Errno.EINVAL });
   if (options.shell && options.hold === false) throw new CliError('migrate --from: --shell and --no-hold exclude each other', { errno: Errno.EINVAL });

@@ -8,6 +8,13 @@
  * the channel. An uncommitted migration (link lost, corrupt frame, abort)
  * resets the device and frees the memory.
  *
+ * Several devices of one VM (a container, sent by `vfio-user migrate --from
+ * A --from B … --to tcp://…`): `--socket NAME=PATH` once per device (the
+ * sender's names; unnamed sockets are paired by order). The receiver opens a
+ * session with each, maps one guest RAM for all of them, and commits them all
+ * or resets them all; the offer is refused (EINVAL) unless it names exactly
+ * these devices.
+ *
  * After the commit the device runs here and this process holds its session:
  * - a migration sent by `vfio-user migrate --from … --to tcp://…` (any device):
  *   once the sender is gone, the receiver keeps holding the device and its
@@ -21,17 +28,15 @@
  *   guest memory matched the source's snapshot, and releases the device once
  *   its sender is done (the demo's destination has no use beyond the demo).
  */
-import { GuestMemory } from '../../client/guest-memory.js';
-import { VfioUserClient } from '../../client/client.js';
-import { RemoteError } from '../../errors.js';
 import { MigrationReceiver, type MigrationOffer, type PreparedDestination, type ReceiveOutcome } from '../../orchestrator/receiver.js';
 import { Errno } from '../../protocol/errno.js';
-import { CliError, errorReason, parseInteger, parseTimeout, socketPathProblem, stdio, toJson, type GlobalOptions, type Output } from '../common.js';
+import { CliError, parseInteger, parseTimeout, socketPathProblem, stdio, toJson, type GlobalOptions, type Output } from '../common.js';
 import { JOB_WAIT_MS, JobStream, digestOutside, driverFor, holesOf, waitJobs, type WorkloadState } from '../migrate-workload.js';
 import { startServer, type ServerProcess } from '../serve-child.js';
 import { faultPause } from '../fault-pause.js';
 import { runShellOnSession } from './shell.js';
 import { channelTls, GUEST_RAM_DIGEST_REQUEST, guestRamDigest, guestRamPath } from '../vmm-session.js';
+import { describeSpecs, matchOffer, optionList, parseDeviceSpecs, prepareDevices, releasePrepared, type DeviceSpec } from './migrate-devices.js';
 
 export { channelTls } from '../vmm-session.js';
 
@@ -39,7 +44,8 @@ export { channelTls } from '../vmm-session.js';
 export interface MigrateListenOptions {
   port?: string;
   host?: string;
-  socket?: string;
+  /** The destination device(s): `[NAME=]PATH`, repeated for a container (`--socket <path...>`). */
+  socket?: string | string[];
   once?: boolean;
   json?: boolean;
   /** A QEMU tls-creds-x509 directory (ca-cert.pem, server-cert.pem, server-key.pem): mutual TLS. */
@@ -81,23 +87,12 @@ async function verifyAndContinue(request: { snapshotDigest?: unknown; unfinished
   return { memoryVerified, doneOnDestination: Math.max(0, stream.finished - before), failures };
 }
 
-/** Connects to the device, retrying (until `timeoutMs`) only while it still serves a previous session (EBUSY). */
-async function connectDevice(socket: string, timeoutMs: number): Promise<VfioUserClient> {
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await VfioUserClient.connect(socket, { timeoutMs, connectTimeoutMs: timeoutMs });
-    } catch (error) {
-      const busy = error instanceof RemoteError && error.errno === Errno.EBUSY;
-      if (!busy || performance.now() > deadline) throw new CliError(`destination device ${socket}: ${socketPathProblem(socket) ?? errorReason(error)}`, { cause: error });
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  }
-}
-
 /** What the receiver holds of a committed destination it keeps (a user's device, its sender gone). */
 interface Holding {
+  /** The device's socket (several: `NAME=PATH, …`). */
   socket: string;
+  /** A container's devices. */
+  devices?: Array<{ name: string; socket: string }>;
   guestRamPath: string;
   guestRamBytes: bigint;
   iova: bigint;
@@ -109,13 +104,14 @@ function report(o: ReceiveOutcome, out: Output, json: boolean, extra: { verdict?
   const { verdict, held, note } = extra;
   const doc = {
     outcome: o.outcome, phase: o.phase, ...(o.migrationId ? { migrationId: o.migrationId } : {}), peer: o.peer, ...(o.reason ? { reason: o.reason } : {}),
-    memoryBytes: o.memoryBytes, deviceBytes: o.deviceBytes, ...(verdict ? { demo: verdict } : {}), ...(held ? { held } : {}), ...(note ? { note } : {}),
+    memoryBytes: o.memoryBytes, deviceBytes: o.deviceBytes, ...(o.devices.length > 1 ? { devices: o.devices } : {}), ...(verdict ? { demo: verdict } : {}), ...(held ? { held } : {}), ...(note ? { note } : {}),
   };
   if (json) return out.line(toJson(doc));
   const demo = verdict ? `; demo: ${verdict.doneOnDestination} jobs done here, memory ${verdict.memoryVerified ? 'equals' : 'DIFFERS from'} the snapshot, errors ${verdict.failures.length}` : '';
   const hold = held ? `; guest RAM sha256 ${held.sha256}, readable at ${held.guestRamPath}` : '';
   const id = o.migrationId ? ` migration ${o.migrationId}` : '';
-  out.line(`${o.outcome}${id} from ${o.peer} in phase ${o.phase}${o.reason ? ` (${o.reason})` : ''}: ${(Number(o.memoryBytes) / 1e6).toFixed(1)} MB memory, ${(Number(o.deviceBytes) / 1e6).toFixed(1)} MB device${demo}${hold}${note ? `; ${note}` : ''}`);
+  const each = o.devices.length > 1 ? ` (${o.devices.map((d) => `${d.name} ${(Number(d.deviceBytes) / 1e6).toFixed(1)}`).join(', ')})` : '';
+  out.line(`${o.outcome}${id} from ${o.peer} in phase ${o.phase}${o.reason ? ` (${o.reason})` : ''}: ${(Number(o.memoryBytes) / 1e6).toFixed(1)} MB memory, ${(Number(o.deviceBytes) / 1e6).toFixed(1)} MB device${each}${demo}${hold}${note ? `; ${note}` : ''}`);
 }
 
 /** A committed migration: its destination runs here. */
@@ -129,7 +125,9 @@ interface Committed {
 
 /** Settings of one `migrate-listen` run. */
 interface ListenSettings {
+  /** The destination device(s), as messages name them. */
   socket: string;
+  devices: DeviceSpec[];
   once: boolean;
   shell: boolean;
   global: GlobalOptions;
@@ -172,17 +170,7 @@ class Listening {
   }
 
   async prepare(offer: MigrationOffer): Promise<PreparedDestination> {
-    const client = await connectDevice(this.#s.socket, this.#s.timeoutMs);
-    const memory = GuestMemory.create(offer.memory.size, { name: 'migrate-listen-ram' });
-    try {
-      await memory.attach(client, { iova: offer.memory.iova, mode: 'fd' });
-    } catch (error) {
-      memory.dispose();
-      client.close();
-      throw error;
-    }
-    const side = { client, memory, iova: offer.memory.iova };
-    return { side, release: () => release(side) };
+    return prepareDevices(offer, matchOffer(offer, this.#s.devices), this.#s.timeoutMs);
   }
 
   async message(head: unknown, destination: PreparedDestination): Promise<{ result: unknown }> {
@@ -199,7 +187,7 @@ class Listening {
     if (o.outcome === 'committed') {
       this.#lastVmState = o.vmState;
       this.#committed.set(o.migrationId ?? '?', { outcome: o, senderGone: false });
-      this.#s.say(`migration ${o.migrationId ?? '?'} committed: the destination device (${this.#s.socket}) runs here`);
+      this.#s.say(`migration ${o.migrationId ?? '?'} committed: the destination device${this.#s.devices.length > 1 ? 's' : ''} (${this.#s.socket}) ${this.#s.devices.length > 1 ? 'run' : 'runs'} here`);
       return;
     }
     report(o, this.#s.out, this.#s.json, this.#stopping ? { note: `stopped by ${this.#stopping}` } : {});
@@ -216,27 +204,30 @@ class Listening {
     if (!this.#committed.delete(id)) return;
     report(o, this.#s.out, this.#s.json, { ...(verdict ? { verdict } : {}), note: 'the sender is done; the destination was released after its workload' });
     const ok = verdict === undefined || (verdict.memoryVerified && verdict.failures.length === 0);
-    if (o.destination) await release(o.destination.side);
+    if (o.destination) await releasePrepared(o.destination);
     if (this.#s.once || (this.#stopping && !this.#anySenderConnected())) this.#finish(ok);
   }
 
   #hold(entry: Committed, o: ReceiveOutcome): void {
     entry.senderGone = true;
-    const side = o.destination?.side;
-    if (side === undefined) return;
+    const prepared = o.destination;
+    if (prepared === undefined) return;
+    const side = prepared.side;
     this.#receiver?.close(); // the device is taken: no further migration can be received
-    const held: Holding = { socket: this.#s.socket, guestRamPath: guestRamPath(side.memory), guestRamBytes: side.memory.size, iova: side.iova, sha256: guestRamDigest(side.memory) };
+    const matched = o.devices.length > 1 ? matchOffer({ memory: { size: side.memory.size, iova: side.iova }, peer: o.peer, devices: o.devices }, this.#s.devices) : [];
+    const devices = matched.length > 0 ? { devices: o.devices.map((d, i) => ({ name: d.name, socket: matched[i]?.socket ?? '?' })) } : {};
+    const held: Holding = { socket: this.#s.socket, ...devices, guestRamPath: guestRamPath(side.memory), guestRamBytes: side.memory.size, iova: side.iova, sha256: guestRamDigest(side.memory) };
     report(o, this.#s.out, this.#s.json, { held, note: 'the sender is done; this process holds the running device and its guest RAM until SIGINT/SIGTERM' });
-    this.#s.say(`holding the migrated device on ${this.#s.socket} with ${side.memory.size} bytes of guest RAM at IOVA 0x${side.iova.toString(16)} (${held.guestRamPath}); no more migrations are received; SIGINT/SIGTERM releases it (the device then resets)`);
-    void side.client.closed.then(() => this.#lost(o.migrationId ?? '?', side));
+    this.#s.say(`holding the migrated device${this.#s.devices.length > 1 ? 's' : ''} on ${this.#s.socket} with ${side.memory.size} bytes of guest RAM at IOVA 0x${side.iova.toString(16)} (${held.guestRamPath}); no more migrations are received; SIGINT/SIGTERM releases it (the device then resets)`);
+    for (const client of prepared.clients ?? [side.client]) void client.closed.then(() => this.#lost(o.migrationId ?? '?', prepared));
     if (this.#stopping) void this.#releaseHeld(this.#stopping).then(() => this.#finish(true));
     else if (this.#s.shell) void this.#shell(side);
   }
 
   /** The held device's session ended without us (its server exited): nothing is held any more. */
-  #lost(id: string, side: PreparedDestination['side']): void {
+  #lost(id: string, prepared: PreparedDestination): void {
     if (!this.#committed.delete(id)) return; // released by us
-    side.memory.dispose();
+    void releasePrepared(prepared); // a container's other devices are let go with it
     this.#lostDevice = true;
     this.#s.say(`the held device's session on ${this.#s.socket} ended (its server closed it): nothing is held any more`);
     this.#finish(false);
@@ -266,7 +257,7 @@ class Listening {
       if (!c.senderGone) continue;
       this.#committed.delete(id);
       this.#s.say(`${signal}: releasing the device of migration ${id} (it resets: its session ends)`);
-      if (c.outcome.destination) await release(c.outcome.destination.side);
+      if (c.outcome.destination) await releasePrepared(c.outcome.destination);
     }
   }
 
@@ -293,17 +284,10 @@ class Listening {
     for (const [id, c] of this.#committed) {
       this.#committed.delete(id);
       report(c.outcome, this.#s.out, this.#s.json, { note: `the committed destination was stopped by a second ${name} while it ran` });
-      if (c.outcome.destination) void release(c.outcome.destination.side);
+      if (c.outcome.destination) void releasePrepared(c.outcome.destination);
     }
     this.#finish(false);
   }
-}
-
-/** Releases a destination: its session ends (the device resets), its guest RAM is freed. */
-async function release(side: PreparedDestination['side']): Promise<void> {
-  side.client.close();
-  side.memory.dispose();
-  await new Promise((resolve) => setTimeout(resolve, 20));
 }
 
 /**
@@ -325,16 +309,21 @@ export async function runMigrateListen(options: MigrateListenOptions = {}, globa
   const host = options.host ?? '127.0.0.1';
   const timeoutMs = parseTimeout(global.timeout);
   const tls = channelTls(host, options, 'server', 'migrate-listen: listening on');
-  const problem = options.socket === undefined ? undefined : socketPathProblem(options.socket);
-  if (problem !== undefined) throw new CliError(`migrate-listen: --socket ${options.socket}: ${problem}`, { errno: Errno.ENOENT });
+  const specs = parseDeviceSpecs(optionList(options.socket), 'migrate-listen: --socket');
+  if (specs.length > 1 && options.shell) throw new CliError('migrate-listen: --shell drives one device; several --socket receive a container', { errno: Errno.EINVAL });
+  for (const spec of specs) {
+    const problem = socketPathProblem(spec.socket);
+    if (problem !== undefined) throw new CliError(`migrate-listen: --socket ${spec.socket}: ${problem}`, { errno: Errno.ENOENT });
+  }
   let server: ServerProcess | undefined;
   const say = (line: string): void => void process.stderr.write(`migrate-listen: ${line}\n`);
   let onSignal: ((name: NodeJS.Signals) => void) | undefined;
   try {
     // The child owns its socket's directory and dies with this process (serve-child.ts): nothing to remove here.
-    if (options.socket === undefined) server = await startServer('destination.sock', options.serve ?? 'dma-engine', args);
-    const socket = options.socket ?? (server as ServerProcess).socket;
-    const l = new Listening({ socket, once: options.once === true, shell: options.shell === true, global, json: options.json === true, timeoutMs, out, say });
+    if (specs.length === 0) server = await startServer('destination.sock', options.serve ?? 'dma-engine', args);
+    const devices = specs.length > 0 ? specs : [{ name: undefined, socket: (server as ServerProcess).socket }];
+    const socket = describeSpecs(devices);
+    const l = new Listening({ socket, devices, once: options.once === true, shell: options.shell === true, global, json: options.json === true, timeoutMs, out, say });
     const receiver = await MigrationReceiver.listen({
       host,
       port,
@@ -348,7 +337,7 @@ export async function runMigrateListen(options: MigrateListenOptions = {}, globa
     });
     l.receiver = receiver;
     const security = tls ? 'TLS 1.3, client certificates required' : 'plaintext';
-    process.stderr.write(`listening tcp://${host.includes(':') ? `[${host}]` : host}:${receiver.port} (${security}; destination device ${options.socket ?? `${options.serve ?? 'dma-engine'}, pid ${server?.child.pid}`})\n`);
+    process.stderr.write(`listening tcp://${host.includes(':') ? `[${host}]` : host}:${receiver.port} (${security}; destination device${specs.length > 1 ? 's' : ''} ${specs.length > 0 ? socket : `${options.serve ?? 'dma-engine'}, pid ${server?.child.pid}`})\n`);
     onSignal = (name) => l.signal(name);
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);

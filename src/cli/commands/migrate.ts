@@ -30,6 +30,8 @@ import {
 import type { DemoVerdict } from './migrate-listen.js';
 import { channelTls } from '../vmm-session.js';
 import { runMigrateFrom } from './migrate-from.js';
+import { runMigrateContainer } from './migrate-container.js';
+import { optionList } from './migrate-devices.js';
 import { Errno } from '../../protocol/errno.js';
 import { parseChannelAddress } from '../../orchestrator/remote.js';
 import type { ChannelTlsCredentials } from '../../orchestrator/channel-tls.js';
@@ -38,9 +40,15 @@ import { faultArmed, faultPause } from '../fault-pause.js';
 /** Options of `migrate` (as commander parses them: durations in ms, sizes in bytes). */
 export interface MigrateCommandOptions {
   demo?: boolean;
-  /** The source device's socket (`--from`): this process becomes its VMM and migrates it to `--to`. */
-  from?: string;
-  to?: string;
+  /**
+   * The source device's socket (`--from`): this process becomes its VMM and migrates it to `--to`.
+   * Repeated (`[NAME=]SOCKET` each): the devices of one VM, migrated as a container (migrate-container.ts).
+   */
+  from?: string | string[];
+  /** Where to: a socket or `tcp://HOST:PORT`; for a container, `tcp://` or one `[NAME=]SOCKET` per device. */
+  to?: string | string[];
+  /** A container of 2+ devices where one lacks P2P: migrate anyway (warned) instead of refusing. */
+  allowWithoutP2p?: boolean;
   /** Downtime budget, ms. */
   downtime?: number;
   jobs?: number;
@@ -300,7 +308,13 @@ export function formatMigrateSummary(s: MigrateSummary): string[] {
  * Runs `migrate --demo [--to tcp://HOST:PORT]`.
  * @throws {CliError} when the migration did not complete (after printing the summary), or verification failed.
  */
-export async function runMigrate(options: MigrateCommandOptions = {}, global: GlobalOptions = {}, out: Output = stdio): Promise<void> {
+export async function runMigrate(given: MigrateCommandOptions = {}, global: GlobalOptions = {}, out: Output = stdio): Promise<void> {
+  const from = optionList(given.from);
+  const to = optionList(given.to);
+  if (from.length > 1) return runMigrateContainer(from, to, given, global, out);
+  if (to.length > 1) throw new CliError(`migrate: ${to.length} --to targets for ${from.length === 0 ? 'no --from' : 'one --from'} (several --to pair with several --from)`, { errno: Errno.EINVAL });
+  if (given.allowWithoutP2p) throw new CliError('migrate: --allow-without-p2p is for several --from (a container)', { errno: Errno.EINVAL });
+  const options: Omit<MigrateCommandOptions, 'from' | 'to'> & { from?: string; to?: string } = { ...given, from: from[0], to: to[0] };
   if (options.from !== undefined) {
     if (options.demo) throw new CliError('migrate: --demo and --from exclude each other (the demo serves its own DMA engine)', { errno: Errno.EINVAL });
     return runMigrateFrom(options, global, out);

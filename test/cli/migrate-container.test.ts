@@ -1,0 +1,119 @@
+/**
+ * Two devices of one VM migrated as a container by the real binaries: two
+ * scratch cards (user-device.ts: they print their registers and the SHA-256
+ * of the guest RAM they see at the switch-over) served by `vfio-user serve
+ * ./dev.js`, `vfio-user migrate --from a=A --from b=B` — this process their
+ * VMM, one guest RAM mapped for both — to `vfio-user migrate-listen --socket
+ * a=C --socket b=D` over TCP, and to two sockets on this host. The scratch
+ * card has no P2P states: the container is refused until
+ * `--allow-without-p2p` (then warned). Each destination must get its own
+ * source's registers (paired by name, not order) and the shared guest RAM.
+ */
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import { createProject, paddedSha256, seededRegs, serveModule, startCli, switchover, type Project } from './user-device.js';
+
+const RAM = 256 << 10;
+
+interface DeviceSummary {
+  name: string;
+  source: string;
+  bytes: { precopy: string | number; stopCopy: string | number };
+  arcs: Array<{ side: string; from: string; to: string }>;
+}
+
+interface Summary {
+  outcome: string;
+  reason?: string;
+  destination: string;
+  warnings: string[];
+  devices: DeviceSummary[];
+  guestRam: { bytes: number; sourceSha256?: string; destinationSha256?: string; equal?: boolean };
+  held?: { pid: number; guestRamPath: string };
+}
+
+interface Received {
+  outcome: string;
+  devices?: Array<{ name: string; deviceBytes: string | number }>;
+  held?: { socket: string; devices?: Array<{ name: string; socket: string }>; sha256: string };
+}
+
+const sha = (data: Uint8Array): string => createHash('sha256').update(data).digest('hex');
+
+describe('vfio-user migrate with several --from (a container)', { concurrency: 2 }, () => {
+  let project: Project;
+  before(() => (project = createProject()));
+  after(() => project.remove());
+
+  it('to migrate-listen over TCP: one channel, each device’s registers to its namesake, the shared guest RAM once; the receiver holds both until SIGTERM', async () => {
+    const init = randomBytes(RAM - 300);
+    project.write('init-tcp.img', init);
+    const [a, b, c, d] = await Promise.all([
+      serveModule(project, './dev.js', 'ta.sock', ['--seed', '7']), serveModule(project, './dev.js', 'tb.sock', ['--seed', '9']),
+      serveModule(project, './dev.js', 'tc.sock'), serveModule(project, './dev.js', 'td.sock'),
+    ]);
+    // The receiver's devices are listed in the other order: they are paired by name.
+    const listen = startCli(['migrate-listen', '--port', '0', '--socket', `b=${d.socket}`, '--socket', `a=${c.socket}`, '--once', '--json'], project.dir);
+    try {
+      const url = (await listen.waitFor(/listening (tcp:\/\/\S+) .*destination devices b=/, 'err'))[1] as string;
+      const m = startCli(['migrate', '--from', `a=${a.socket}`, '--from', `b=${b.socket}`, '--to', url, '--allow-without-p2p', '--guest-ram-file', 'init-tcp.img', '--downtime', '10s', '--json'], project.dir);
+      assert.equal(await m.exited, 0, m.err());
+      const s = JSON.parse(m.out()) as Summary;
+      const expected = paddedSha256(init, RAM);
+      assert.equal(s.outcome, 'migrated', s.reason);
+      assert.equal(s.destination, url);
+      assert.deepEqual(s.devices.map((x) => [x.name, x.source]), [['a', a.socket], ['b', b.socket]]);
+      for (const x of s.devices) assert.ok(BigInt(x.bytes.stopCopy) > 0n, `${x.name} sent its state`);
+      assert.equal(s.warnings.length, 1, 'the devices without P2P were migrated with a warning');
+      assert.deepEqual([s.guestRam.sourceSha256, s.guestRam.destinationSha256, s.guestRam.equal], [expected, expected, true]);
+      assert.equal(s.held, undefined, 'the receiver holds the devices');
+      // What each device saw at the switch-over, printed by the devices themselves.
+      assert.deepEqual(switchover(a, 'source'), { regs: seededRegs(7), ram: expected });
+      assert.deepEqual(switchover(b, 'source'), { regs: seededRegs(9), ram: expected });
+      assert.deepEqual(switchover(c, 'destination'), { regs: seededRegs(7), ram: expected }, 'a → C');
+      assert.deepEqual(switchover(d, 'destination'), { regs: seededRegs(9), ram: expected }, 'b → D');
+      await listen.waitFor(/holding the migrated devices on/, 'err');
+      const r = JSON.parse(listen.out()) as Received;
+      assert.equal(r.outcome, 'committed');
+      assert.deepEqual(r.held?.devices, [{ name: 'a', socket: c.socket }, { name: 'b', socket: d.socket }]);
+      assert.equal(r.held?.sha256, expected);
+      assert.deepEqual(r.devices?.map((x) => [x.name, String(x.deviceBytes)]), s.devices.map((x) => [x.name, String(BigInt(x.bytes.precopy) + BigInt(x.bytes.stopCopy))]));
+      assert.deepEqual([...c.lines(/^reset /), ...d.lines(/^reset /)], [], 'held: no reset');
+      assert.equal(await listen.kill('SIGTERM'), 0, listen.err());
+      await Promise.all([c.waitFor(/^reset lost-connection$/m), d.waitFor(/^reset lost-connection$/m)]);
+    } finally {
+      await Promise.all([listen.kill('SIGKILL'), a.kill(), b.kill(), c.kill(), d.kill()]);
+    }
+  });
+
+  it('to two sockets on this host: refused without --allow-without-p2p (nothing changed), migrated with it; --no-hold releases both', async () => {
+    const [a, b, c, d] = await Promise.all([
+      serveModule(project, './dev.js', 'la.sock', ['--seed', '3']), serveModule(project, './dev.js', 'lb.sock', ['--seed', '5']),
+      serveModule(project, './dev.js', 'lc.sock'), serveModule(project, './dev.js', 'ld.sock'),
+    ]);
+    try {
+      const args = ['migrate', '--from', a.socket, '--from', b.socket, '--to', c.socket, '--to', d.socket, '--guest-ram', '64K', '--downtime', '10s'];
+      const refused = startCli(args, project.dir);
+      assert.equal(await refused.exited, 1);
+      assert.match(refused.err(), /lack the P2P .*--allow-without-p2p migrates anyway/);
+      assert.deepEqual([a, b, c, d].flatMap((p) => p.lines(/^arc /)), [], 'no device changed state');
+      const m = startCli([...args, '--allow-without-p2p', '--no-hold', '--json'], project.dir);
+      assert.equal(await m.exited, 0, m.err());
+      const s = JSON.parse(m.out()) as Summary;
+      assert.equal(s.outcome, 'migrated', s.reason);
+      assert.deepEqual(s.devices.map((x) => x.name), ['dev0', 'dev1'], 'unnamed devices are paired by order');
+      const zeros = sha(new Uint8Array(64 << 10));
+      assert.deepEqual(switchover(c, 'destination'), { regs: seededRegs(3), ram: zeros });
+      assert.deepEqual(switchover(d, 'destination'), { regs: seededRegs(5), ram: zeros });
+      assert.match(m.err(), /--no-hold: releasing the destination devices/);
+      await Promise.all([c.waitFor(/^reset lost-connection$/m), d.waitFor(/^reset lost-connection$/m)]);
+      for (const p of [a, b]) assert.deepEqual(p.lines(/^arc /).at(-1), 'arc 3>1', 'the source stays stopped (STOP_COPY → STOP)');
+      const bad = startCli(['migrate', '--from', a.socket, '--from', b.socket, '--to', c.socket], project.dir);
+      assert.equal(await bad.exited, 1);
+      assert.match(bad.err(), /2 --from devices need 2 --to sockets \(or one --to tcp:\/\/HOST:PORT\), not 1/);
+    } finally {
+      await Promise.all([a.kill(), b.kill(), c.kill(), d.kill()]);
+    }
+  });
+});
