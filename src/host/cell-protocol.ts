@@ -70,8 +70,11 @@ export interface CellStopOutcome {
   release: CellRelease;
   /** Release requests made (REQ eventfd signals attempted). */
   requests: number;
-  /** Whether a request reached the client (false: it registered no REQ eventfd, so it could not be asked). */
-  delivered: boolean;
+  /**
+   * Whether a request reached the client (false: it registered no REQ eventfd, so it could not be asked).
+   * Always set by `InstanceCell.stop`; optional for outcomes built elsewhere.
+   */
+  delivered?: boolean;
   /** How long the stop waited for the client to leave (ms). */
   waitedMs: number;
 }
