@@ -246,7 +246,10 @@ export class InstanceManager {
     record.socket?.close();
     this.#changed();
     const base = { uuid: record.uuid, parent: record.loaded.parent.name };
-    if (record.releaseDelivered !== undefined) outcome = { ...outcome, delivered: record.releaseDelivered };
+    // Whether the requests reached the client: said only when some were made.
+    const reached = outcome.requests > 0 ? (outcome.delivered ?? record.releaseDelivered) : undefined;
+    const { delivered: _, ...rest } = outcome;
+    outcome = reached === undefined ? rest : { ...rest, delivered: reached };
     const { release, requests, waitedMs } = outcome;
     const delivered = outcome.delivered === undefined ? {} : { delivered: outcome.delivered };
     if (release === 'forced') audit(this.#options.logger, AuditEvent.FORCED, { ...base, requests, waitedMs, force: options.force, ...delivered }, `${record.uuid}: client forced off after ${requests} release requests (${waitedMs} ms)`, 'warn');
