@@ -17,8 +17,9 @@
  *   serves it to its client, whose notify eventfd fires).
  *
  * Every decision is logged as an audit line: `{event: 'audit', audit: NAME, group, …}`
- * with NAME one of claim, release, refuse, hot-add-claim, member-failed (and,
- * from the host's stop: release-requested, released, forced).
+ * with NAME one of claim, release, refuse, hot-add-claim, member-failed (the
+ * cells log the others of the trail during a stop: release-requested,
+ * released, forced).
  *
  * Pure bookkeeping in the host's main thread: the host feeds it the members
  * ({@link GroupRegistry.update}), the cells' admissions and session ends.
@@ -27,7 +28,7 @@ import { Errno } from '../protocol/errno.js';
 import type { Logger } from '../log.js';
 import type { GroupMemberState, GroupOwner, GroupView, MdevAttr, MdevType } from './types.js';
 
-/** The audit events of groups and of stopping instances. */
+/** The audit events of groups (logged here) and of stopping instances (logged by the cells). */
 export const AuditEvent = {
   CLAIM: 'claim',
   RELEASE: 'release',

@@ -16,7 +16,6 @@ import { Errno } from '../protocol/errno.js';
 import type { Logger } from '../log.js';
 import { bindInstanceSocket, InstanceCell, type CellOptions, type InstanceSocket } from './cell.js';
 import type { CellStopOutcome } from './cell-protocol.js';
-import { audit, AuditEvent } from './groups.js';
 import type { InstanceGroupHooks } from './host-groups.js';
 import type { LoadedParent } from './parent-loader.js';
 import { InstanceState, type InstanceStatus, type MdevAttr } from './types.js';
@@ -205,11 +204,8 @@ export class InstanceManager {
       }
     });
     cell.on('admission-abandoned', () => groups?.sessionEnded(record.uuid));
-    cell.on('release-requested', (count, delivered) => {
-      record.releaseDelivered = (record.releaseDelivered ?? false) || delivered;
-      if (delivered) logger.info({ event: 'release-request', ...base, count, delivered }, `release request ${count} signalled to the client`);
-      else logger.warn({ event: 'release-request', ...base, count, delivered }, `release request ${count}: no REQ channel registered by the client: forcing at the timeout`);
-    });
+    // The cell logs each request (audit release-requested); the stop reports whether any reached the client.
+    cell.on('release-requested', (_count, delivered) => void (record.releaseDelivered = (record.releaseDelivered ?? false) || delivered));
   }
 
   /** The type id of a record. */
@@ -221,7 +217,7 @@ export class InstanceManager {
    * Stops an instance: a connected client is asked to release the device (its REQ eventfd) until it leaves or
    * `timeoutMs` passes, then forced (or forced at once with `force`); its session is closed (the device reset), its
    * worker ends, its socket file is removed. A failed instance waiting for a restart is just forgotten.
-   * A forced client is logged (audit `forced`), so is one that left when asked (audit `released`).
+   * The cell logs the audit lines: each request (`release-requested`), then `released` or `forced`.
    * @throws {VfioUserError} EBUSY while another stop of it is in progress (nothing changed).
    */
   async stop(record: InstanceRecord, options: StopOptions): Promise<StopOutcome> {
@@ -251,10 +247,7 @@ export class InstanceManager {
     const { delivered: _, ...rest } = outcome;
     outcome = reached === undefined ? rest : { ...rest, delivered: reached };
     const { release, requests, waitedMs } = outcome;
-    const delivered = outcome.delivered === undefined ? {} : { delivered: outcome.delivered };
-    if (release === 'forced') audit(this.#options.logger, AuditEvent.FORCED, { ...base, requests, waitedMs, force: options.force, ...delivered }, `${record.uuid}: client forced off after ${requests} release requests (${waitedMs} ms)`, 'warn');
-    if (release === 'released') audit(this.#options.logger, AuditEvent.RELEASED, { ...base, requests, waitedMs }, `${record.uuid}: released by its client after ${requests} release requests (${waitedMs} ms)`);
-    this.#options.logger.info({ event: 'instance-stopped', ...base, force: options.force, release }, 'instance stopped');
+    this.#options.logger.info({ event: 'instance-stopped', ...base, force: options.force, release, requests, waitedMs }, 'instance stopped');
     return outcome;
   }
 

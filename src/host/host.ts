@@ -16,9 +16,9 @@
  * `instance-started`, `instance-stopped`, `instance-failed`,
  * `instance-restarted`, `instance-restart-failed`, `instance-restart-abandoned`,
  * `client-connected`, `client-disconnected`, `autostart-failed`, `callout-vetoed`, `stale-socket-removed`,
- * `release-request`, `definition-*`, and the store's definition problems; and the audit trail of isolation
- * groups and stops, `event: 'audit'` with `audit` one of claim, release, refuse, hot-add-claim, member-failed,
- * release-requested, released, forced (groups.ts).
+ * `instance-stopping` (a stop with a client connected: its pid, the timeout), `definition-*`, and the store's
+ * definition problems; and the audit trail: lines with `audit` one of claim, release, refuse, hot-add-claim,
+ * member-failed (groups.ts), release-requested, released, forced (the cell's, during a stop).
  */
 import { lstatSync, readdirSync, unlinkSync } from 'node:fs';
 import { createConnection } from 'node:net';
@@ -32,7 +32,6 @@ import type { InvokeOptions } from './callouts.js';
 import type { CellOptions } from './cell.js';
 import { ControlServer, type ControlLimits } from './control.js';
 import { compareBytes, DefinitionStore } from './definitions.js';
-import { audit, AuditEvent } from './groups.js';
 import { defineOp, modifyOp, planStart, undefineOp, withCallouts, type HostParts } from './host-definitions.js';
 import { HostGroups } from './host-groups.js';
 import { InstanceManager, type InstanceRecord, type RestartPolicy } from './host-instances.js';
@@ -298,11 +297,11 @@ export class DeviceHost implements HostApi {
       let outcome: Pick<StopResult, 'release' | 'requests' | 'waitedMs' | 'delivered'> = { release: 'idle', requests: 0, waitedMs: 0 };
       await this.#withCallouts(uuid, record.loaded.parent.name, config, 'stop', force, async () => {
         const client = status.client;
-        if (client && !force) {
-          const fields = { uuid, parent: status.parent, client: { pid: client.pid, uid: client.uid, gid: client.gid }, timeoutMs: timeoutMs ?? DEFAULT_RELEASE_TIMEOUT_MS };
-          audit(this.#logger, AuditEvent.RELEASE_REQUESTED, fields, `${uuid}: asking its client, pid ${client.pid}, to release it`);
+        if (client) {
+          const fields = { event: 'instance-stopping', uuid, parent: status.parent, client: { pid: client.pid, uid: client.uid, gid: client.gid }, force, ...(force ? {} : { timeoutMs: timeoutMs ?? DEFAULT_RELEASE_TIMEOUT_MS }) };
+          this.#logger.info(fields, force ? `${uuid}: forcing its client, pid ${client.pid}, off` : `${uuid}: asking its client, pid ${client.pid}, to release it`);
         }
-        const done = await this.#parts.instances.stop(record, { force, timeoutMs: timeoutMs ?? DEFAULT_RELEASE_TIMEOUT_MS });
+        const done = await this.#parts.instances.stop(record, force ? { force } : { force, timeoutMs: timeoutMs ?? DEFAULT_RELEASE_TIMEOUT_MS });
         outcome = { release: done.release, requests: done.requests, waitedMs: done.waitedMs, ...(done.delivered === undefined ? {} : { delivered: done.delivered }) };
       });
       return { ...status, state: InstanceState.STOPPING, ...outcome };

@@ -20,7 +20,9 @@ describe('DeviceHost stop with release', () => {
   let dirs: HostDirs;
   let host: DeviceHost;
   const logger = recordingLogger();
-  const audit = (name: string, uuid: string): Record<string, unknown> | undefined => logger.events.find((e) => e.event === 'audit' && e.audit === name && e.uuid === uuid);
+  const audit = (name: string, uuid: string): Record<string, unknown> | undefined => logger.events.find((e) => e.audit === name && e.uuid === uuid);
+  const audits = (name: string, uuid: string): Record<string, unknown>[] => logger.events.filter((e) => e.audit === name && e.uuid === uuid);
+  const stopping = (uuid: string): Record<string, unknown> | undefined => logger.events.find((e) => e.event === 'instance-stopping' && e.uuid === uuid);
   const echo = async (uuid: string): Promise<string> => (await host.start({ uuid, parent: 'hostfix', mdevType: 'hostfix-echo' })).socket;
   /** Connects and waits until the host lists the client (its session started). */
   const attach = async (uuid: string, socket: string): Promise<VfioUserClient> => {
@@ -51,9 +53,11 @@ describe('DeviceHost stop with release', () => {
       assert.ok(result.requests >= 1);
       assert.equal(result.delivered, true);
       assert.deepEqual(counts.slice(0, 1), [1]);
-      const asked = audit('release-requested', U1);
-      assert.equal((asked?.client as { pid: number }).pid, process.pid);
-      assert.equal(asked?.timeoutMs, 60_000);
+      assert.equal((stopping(U1)?.client as { pid: number }).pid, process.pid);
+      assert.equal(stopping(U1)?.timeoutMs, 60_000);
+      assert.deepEqual(audits('release-requested', U1).map((e) => [e.count, e.delivered]).slice(0, 1), [[1, true]]);
+      assert.equal(audits('release-requested', U1).length, result.requests, 'one audit line per request');
+      assert.equal(audits('released', U1).length, 1);
       assert.equal(audit('released', U1)?.requests, result.requests);
       assert.equal(audit('forced', U1), undefined);
       assert.deepEqual((await host.list({ uuid: U1 })).instances, []);
@@ -73,9 +77,10 @@ describe('DeviceHost stop with release', () => {
       assert.equal(result.delivered, true);
       await client.closed; // its session was closed
       assert.ok(asked >= 1, 'it was asked');
+      assert.equal(audits('forced', U2).length, 1);
       const forced = audit('forced', U2);
       assert.equal(forced?.requests, result.requests);
-      assert.equal(forced?.force, false);
+      assert.match(String(forced?.reason), /did not release the device in time/);
     } finally {
       client.close();
     }
@@ -86,8 +91,9 @@ describe('DeviceHost stop with release', () => {
     try {
       const result = await host.stop({ uuid: U3, timeoutMs: 200 });
       assert.deepEqual([result.release, result.delivered], ['forced', false]);
-      assert.ok(logger.events.some((e) => e.event === 'release-request' && e.uuid === U3 && e.delivered === false && /no REQ channel registered by the client/.test(String(e.msg))));
+      assert.ok(audits('release-requested', U3).some((e) => e.delivered === false && /no REQ channel registered by the client/.test(String(e.msg))));
       assert.equal(audit('forced', U3)?.delivered, false);
+      assert.match(String(audit('forced', U3)?.reason), /no REQ channel registered by the client/);
     } finally {
       client.close();
     }
@@ -108,7 +114,8 @@ describe('DeviceHost stop with release', () => {
       assert.equal((await host.list({ uuid: U4 })).instances[0]?.state, 'active');
       const result = await host.stop({ uuid: U4, force: true });
       assert.deepEqual([result.release, result.requests, result.delivered], ['forced', 0, undefined]);
-      assert.equal(audit('forced', U4)?.force, true);
+      assert.match(String(audit('forced', U4)?.reason), /forced by request/);
+      assert.equal(stopping(U4)?.force, true);
       assert.equal(audit('release-requested', U4), undefined);
     } finally {
       client.close();
