@@ -115,11 +115,6 @@ export class IsolationGroupSession {
     return new Map([[IsolationGroupFeature.INDEX, feature]]);
   }
 
-  /** Whether a notification eventfd is registered. */
-  get registered(): boolean {
-    return this.#fd >= 0;
-  }
-
   /** The session ended: stop listening, close the eventfd. Idempotent. */
   close(): void {
     if (this.#closed) return;
