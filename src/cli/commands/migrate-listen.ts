@@ -218,7 +218,7 @@ class Listening {
     const devices = matched.length > 0 ? { devices: o.devices.map((d, i) => ({ name: d.name, socket: matched[i]?.socket ?? '?' })) } : {};
     const held: Holding = { socket: this.#s.socket, ...devices, guestRamPath: guestRamPath(side.memory), guestRamBytes: side.memory.size, iova: side.iova, sha256: guestRamDigest(side.memory) };
     report(o, this.#s.out, this.#s.json, { held, note: 'the sender is done; this process holds the running device and its guest RAM until SIGINT/SIGTERM' });
-    this.#s.say(`holding the migrated device${this.#s.devices.length > 1 ? 's' : ''} on ${this.#s.socket} with ${side.memory.size} bytes of guest RAM at IOVA 0x${side.iova.toString(16)} (${held.guestRamPath}); no more migrations are received; SIGINT/SIGTERM releases it (the device then resets)`);
+    this.#s.say(`holding the migrated device${this.#s.devices.length > 1 ? 's' : ''} on ${this.#s.socket} with ${side.memory.size} bytes of guest RAM at IOVA 0x${side.iova.toString(16)} (${held.guestRamPath}); no more migrations are received; SIGINT/SIGTERM releases ${this.#s.devices.length > 1 ? 'them (the devices then reset)' : 'it (the device then resets)'}`);
     for (const client of prepared.clients ?? [side.client]) void client.closed.then(() => this.#lost(o.migrationId ?? '?', prepared));
     if (this.#stopping) void this.#releaseHeld(this.#stopping).then(() => this.#finish(true));
     else if (this.#s.shell) void this.#shell(side);
