@@ -108,6 +108,25 @@ describe('instance cell: admission and the isolation group', () => {
     }
   });
 
+  it('a stop while the verdict is pending closes the waiting client; a late ok is reported as abandoned', async () => {
+    let release!: () => void;
+    let asked!: () => void;
+    const late = new Promise<void>((resolve) => (release = resolve));
+    const waiting = new Promise<void>((resolve) => (asked = resolve));
+    const t = await startCell(run.dir, 'echo', { admit: () => (asked(), late.then(() => ({ ok: true }) as const)) });
+    const abandoned = new Promise<CellPeer>((resolve) => t.cell.once('admission-abandoned', resolve));
+    const connecting = VfioUserClient.connect(t.socket.path).then(
+      (client) => (client.close(), 'served'),
+      (error: Error) => error.message,
+    );
+    await waiting;
+    assert.equal((await t.cell.stop()).release, 'idle', 'an admission in progress is no client');
+    assert.match(await connecting, /closed/);
+    release();
+    assert.equal((await abandoned).pid, process.pid);
+    t.socket.close();
+  });
+
   it('serves its group with x-isolation-group: advertised, GET with self, generation pushed with setGroup signals the eventfd', async () => {
     const t = await startCell(run.dir, 'echo', {}, [], (uuid) => groupOf(uuid, 1));
     const uuid = t.cell.spec.uuid;
