@@ -93,6 +93,8 @@ interface Group {
   members: Map<string, GroupMemberSource>;
   /** The last view's JSON without its generation (a change bumps the generation). */
   shape: string;
+  /** Something that shows in the view may have changed since it was last published. */
+  dirty: boolean;
 }
 
 /** Options of {@link GroupRegistry}. */
@@ -162,6 +164,7 @@ export class GroupRegistry {
       return { ok: true };
     }
     group.owner = { ...who, sessions: new Map([[uuid, 1]]) };
+    group.dirty = true;
     audit(this.#options.logger, AuditEvent.CLAIM, { group: group.id, uuid, owner: who }, `isolation group ${group.id} claimed by pid ${who.pid} (uid ${who.uid})`);
     this.#publish(group);
     return { ok: true };
@@ -206,12 +209,13 @@ export class GroupRegistry {
     const first = byUuid.values().next().value as GroupMemberSource;
     let group = this.#groups.get(id);
     if (group === undefined) {
-      group = { id, parent: first.parent, generation: 0, owner: undefined, members: new Map(), shape: '' };
+      group = { id, parent: first.parent, generation: 0, owner: undefined, members: new Map(), shape: '', dirty: true };
       this.#groups.set(id, group);
     }
     const { logger } = this.#options;
     for (const [uuid, member] of byUuid) {
       const before = group.members.get(uuid);
+      if (before?.state !== member.state || before.socket !== member.socket) group.dirty = true;
       if (before === undefined && group.owner) {
         audit(logger, AuditEvent.HOT_ADD_CLAIM, { group: id, uuid, owner: ownerOf(group.owner) }, `${uuid} added to isolation group ${id}: claimed for its owner, pid ${group.owner.pid}`);
       }
@@ -221,7 +225,11 @@ export class GroupRegistry {
       }
       if (member.state !== 'active') this.#dropSession(group, uuid);
     }
-    for (const uuid of group.members.keys()) if (!byUuid.has(uuid)) this.#dropSession(group, uuid);
+    for (const uuid of group.members.keys()) {
+      if (byUuid.has(uuid)) continue;
+      group.dirty = true;
+      this.#dropSession(group, uuid);
+    }
     group.members = byUuid;
   }
 
@@ -239,6 +247,7 @@ export class GroupRegistry {
     const owner = group.owner;
     if (owner === undefined) return;
     group.owner = undefined;
+    group.dirty = true;
     audit(this.#options.logger, AuditEvent.RELEASE, { group: group.id, owner: ownerOf(owner), reason: why }, `isolation group ${group.id} released by pid ${owner.pid}: ${why}`);
   }
 
@@ -265,6 +274,8 @@ export class GroupRegistry {
 
   /** Bumps the generation if the view changed, and pushes it to the active members. */
   #publish(group: Group): void {
+    if (!group.dirty) return;
+    group.dirty = false;
     const { generation: _, ...rest } = this.#view(group);
     const shape = JSON.stringify(rest);
     if (shape === group.shape) return;

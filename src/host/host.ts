@@ -289,6 +289,8 @@ export class DeviceHost implements HostApi {
    */
   async stop(request: StopRequest): Promise<StopResult> {
     const { uuid, force, timeoutMs } = checkStop(request);
+    const pending = this.#parts.instances.get(uuid);
+    if (force && pending?.state === InstanceState.STOPPING && pending.cell?.alive) return this.#forcePending(pending);
     return this.#serialize(uuid, async () => {
       const record = this.#parts.instances.get(uuid);
       if (record === undefined) throw new VfioUserError(`${uuid} is not running`, { errno: Errno.ENOENT });
@@ -306,6 +308,19 @@ export class DeviceHost implements HostApi {
       });
       return { ...status, state: InstanceState.STOPPING, ...outcome };
     });
+  }
+
+  /**
+   * `force` while a stop of the instance waits for its client to release it: the wait is cut short and the client
+   * forced off now; both stops report the same outcome.
+   */
+  async #forcePending(record: InstanceRecord): Promise<StopResult> {
+    const status = await this.#statusOf(record);
+    this.#logger.info({ event: 'instance-stopping', uuid: record.uuid, parent: status.parent, force: true }, `${record.uuid}: forcing its client off (a stop was waiting for it)`);
+    const done = await (record.cell as NonNullable<InstanceRecord['cell']>).stop({ force: true });
+    await this.#locks.get(record.uuid); // the pending stop finishes (socket removed, record gone)
+    const delivered = done.requests > 0 && done.delivered !== undefined ? { delivered: done.delivered } : {};
+    return { ...status, state: InstanceState.STOPPING, release: done.release, requests: done.requests, waitedMs: done.waitedMs, ...delivered };
   }
 
   /**

@@ -86,6 +86,24 @@ describe('DeviceHost stop with release', () => {
     }
   });
 
+  it('force while a stop waits for the client cuts the wait short: both stops report the client forced', async () => {
+    const U5 = 'b1000000-0000-4000-8000-000000000005';
+    const client = await attach(U5, await echo(U5));
+    try {
+      await client.onReleaseRequest(() => undefined); // asked, never leaves
+      const waiting = host.stop({ uuid: U5, timeoutMs: 600_000 });
+      await until(() => audit('release-requested', U5), 'the first release request');
+      const forced = await host.stop({ uuid: U5, force: true });
+      const first = await waiting;
+      assert.deepEqual([forced.release, first.release], ['forced', 'forced']);
+      assert.ok(first.waitedMs < 600_000, 'cut short');
+      assert.match(String(audit('forced', U5)?.reason), /forced by request/);
+      assert.deepEqual((await host.list({ uuid: U5 })).instances, []);
+    } finally {
+      client.close();
+    }
+  });
+
   it('a client without a request channel cannot be asked: forced at the timeout, reported undelivered', async () => {
     const client = await attach(U3, await echo(U3));
     try {
