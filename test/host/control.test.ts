@@ -174,6 +174,29 @@ describe('control socket', () => {
     assert.deepEqual(replies.map((r) => r.id), ['a', 'b']);
   });
 
+  it("carries groups; waits for a stop's release timeout beyond the client's op timeout", async () => {
+    const slowPath = join(dir, 'slow.sock');
+    const base = scriptedApi();
+    const slowApi: HostApi & { calls: string[] } = {
+      ...base,
+      stop: async (r) => {
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        return { uuid: r.uuid, release: 'released', requests: 1, waitedMs: 300 } as StopResult;
+      },
+    };
+    const slow = await ControlServer.listen(slowPath, slowApi);
+    const host = await connectHost(slowPath, { timeoutMs: 100 });
+    try {
+      assert.deepEqual(await host.groups(), []);
+      assert.ok(base.calls.includes('groups'));
+      assert.equal((await host.stop({ uuid: 'u', timeoutMs: 60_000 })).release, 'released', 'the op timeout grows by the release timeout');
+      await assert.rejects(host.stop({ uuid: 'u' }), (e: VfioUserError) => e.code === 'ETIMEDOUT', 'without a release timeout: the op timeout alone');
+    } finally {
+      host.close();
+      await slow.close();
+    }
+  });
+
   it('refuses to start on a path another host answers on (EADDRINUSE), and on a non-socket (EEXIST)', async () => {
     await assert.rejects(ControlServer.listen(path, api), (e: VfioUserError) => e.code === 'EADDRINUSE');
     const file = join(dir, 'file.sock');
