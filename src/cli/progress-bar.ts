@@ -33,7 +33,7 @@ const MB = 1e6;
 
 /** The bar's fields for one progress event. */
 export interface BarFields {
-  /** `phase/step`. */
+  /** `phase/step`, and the device a container's step works on (`switchover/device-data dma`). */
   label: string;
   /** Bytes migrated so far, and the total known now (migrated + left). */
   moved: number;
@@ -54,7 +54,7 @@ export function barFields(p: Progress, memoryBytes: number): BarFields {
   const total = ended ? moved : moved + left;
   const stopped = p.stoppedMs > 0 && !ended;
   return {
-    label: `${p.phase}/${p.step}`,
+    label: `${p.phase}/${p.step}${p.device === undefined ? '' : ` ${p.device}`}`,
     moved,
     total,
     rate: `${(p.bytesPerSecond / MB).toFixed(1)} MB/s`,

@@ -12,6 +12,8 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
+import { barFields } from '../../src/cli/progress-bar.js';
+import type { Progress } from '../../src/orchestrator/types.js';
 import { createProject, paddedSha256, seededRegs, serveModule, startCli, switchover, type Project } from './user-device.js';
 
 const RAM = 256 << 10;
@@ -112,8 +114,24 @@ describe('vfio-user migrate with several --from (a container)', { concurrency: 2
       const bad = startCli(['migrate', '--from', a.socket, '--from', b.socket, '--to', c.socket], project.dir);
       assert.equal(await bad.exited, 1);
       assert.match(bad.err(), /2 --from devices need 2 --to sockets \(or one --to tcp:\/\/HOST:PORT\), not 1/);
+      const mixed = startCli(['migrate', '--from', a.socket, '--from', b.socket, '--to', 'tcp://127.0.0.1:1', '--to', c.socket], project.dir);
+      assert.equal(await mixed.exited, 1);
+      assert.match(mixed.err(), /one --to tcp:\/\/HOST:PORT carries every device; give it alone/);
     } finally {
       await Promise.all([a.kill(), b.kill(), c.kill(), d.kill()]);
     }
+  });
+});
+
+describe('the progress bar of a container migration', () => {
+  it('names the device whose data the step moves', () => {
+    const p: Progress = {
+      phase: 'switchover', step: 'device-data', device: 'dma', bytes: { precopyMemory: 0n, precopyDevice: 0n, stopCopyMemory: 0n, stopCopyDevice: 0n }, zeroBytes: 0n,
+      bytesPerSecond: 0, dirtyPages: 0, stepBytes: 0, stepTotalBytes: 0, stoppedMs: 1, budgetMs: 300, timeLimitMs: 60_000, iteration: 1, remainingBytes: 0n,
+      memoryBandwidth: 0, deviceBandwidth: 0, projectedDowntimeMs: 0, elapsedMs: 5,
+    };
+    assert.equal(barFields(p, 1 << 20).label, 'switchover/device-data dma');
+    const { device: _device, ...one } = p;
+    assert.equal(barFields(one, 1 << 20).label, 'switchover/device-data', 'one device: no name');
   });
 });

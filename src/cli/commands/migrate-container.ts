@@ -109,6 +109,7 @@ export async function runMigrateContainer(fromValues: readonly string[], toValue
   checkOptions(options);
   const from = parseDeviceSpecs(fromValues, 'migrate: --from');
   if (toValues.length === 0) throw new CliError('migrate --from: --to tcp://HOST:PORT or one --to SOCKET per device is required (where the devices go)', { errno: Errno.EINVAL });
+  if (toValues.length > 1 && toValues.some(isChannelTarget)) throw new CliError('migrate: one --to tcp://HOST:PORT carries every device; give it alone', { errno: Errno.EINVAL });
   const remote = toValues.length === 1 && isChannelTarget(toValues[0] as string) ? (toValues[0] as string) : undefined;
   const to = remote === undefined ? pairTargets(from, parseDeviceSpecs(toValues, 'migrate: --to')) : undefined;
   const iova = options.iova === undefined ? undefined : parseInteger(options.iova, '--iova');
