@@ -48,12 +48,12 @@ describe('instance cell: stop with release requests', () => {
     req.once('interrupt', () => client.close()); // a cooperating VMM: unplug, close
     const counts: number[] = [];
     t.cell.on('release-requested', (count, delivered) => void (delivered && counts.push(count)));
-    const outcome = await t.cell.stop({ timeoutMs: 20_000, intervalMs: 5_000 });
+    const outcome = await t.cell.stop({ timeoutMs: 30_000, intervalMs: 20_000 });
     assert.equal(outcome.release, 'released');
     assert.equal(outcome.requests, 1);
     assert.equal(outcome.delivered, true);
     assert.deepEqual(counts, [1]);
-    assert.ok(outcome.waitedMs < 20_000);
+    assert.ok(outcome.waitedMs < 30_000);
     assert.equal(t.cell.alive, false);
     assert.deepEqual(
       audits.map((a) => a['audit']),
@@ -129,10 +129,12 @@ describe('instance cell: stop with release requests', () => {
   it('while the release wait runs, status is answered and a new client waits in the backlog for the next cell', async () => {
     const t = await startCell(run.dir, 'echo', {}, [{ value: '5' }]);
     const client = await VfioUserClient.connect(t.socket.path);
-    const stopping = t.cell.stop({ timeoutMs: 400, intervalMs: 100 });
+    const stopping = t.cell.stop({ timeoutMs: 60_000, intervalMs: 100 });
     await new Promise<void>((resolve) => t.cell.once('release-requested', () => resolve()));
     assert.equal((await t.cell.status()).client?.pid, process.pid);
-    const waiting = VfioUserClient.connect(t.socket.path); // not accepted by the stopping cell
+    const waiting = VfioUserClient.connect(t.socket.path, { connectTimeoutMs: 30_000, timeoutMs: 30_000 }); // not accepted by the stopping cell
+    await new Promise<void>((resolve) => t.cell.on('release-requested', (count) => count === 3 && resolve())); // still asking
+    await t.cell.stop({ force: true });
     assert.equal((await stopping).release, 'forced');
     client.close();
     const { InstanceCell } = await import('../../src/host/cell.js');
