@@ -43,6 +43,18 @@ interface Received {
 
 const sha = (data: Uint8Array): string => createHash('sha256').update(data).digest('hex');
 
+/** `start()` with VFIO_USER_FAULT_PAUSE=`point` in its environment only (set and restored around the synchronous spawn). */
+function withFaultPause<T>(point: string, start: () => T): T {
+  const before = process.env.VFIO_USER_FAULT_PAUSE;
+  process.env.VFIO_USER_FAULT_PAUSE = point;
+  try {
+    return start();
+  } finally {
+    if (before === undefined) delete process.env.VFIO_USER_FAULT_PAUSE;
+    else process.env.VFIO_USER_FAULT_PAUSE = before;
+  }
+}
+
 describe('vfio-user migrate with several --from (a container)', { concurrency: 2 }, () => {
   let project: Project;
   before(() => (project = createProject()));
@@ -84,6 +96,35 @@ describe('vfio-user migrate with several --from (a container)', { concurrency: 2
       assert.deepEqual([...c.lines(/^reset /), ...d.lines(/^reset /)], [], 'held: no reset');
       assert.equal(await listen.kill('SIGTERM'), 0, listen.err());
       await Promise.all([c.waitFor(/^reset lost-connection$/m), d.waitFor(/^reset lost-connection$/m)]);
+    } finally {
+      await Promise.all([listen.kill('SIGKILL'), a.kill(), b.kill(), c.kill(), d.kill()]);
+    }
+  });
+
+  it('the receiver stopped (SIGTERM) with the commit arrived, not decided: every source runs again, every destination is reset', async () => {
+    const [a, b, c, d] = await Promise.all([
+      serveModule(project, './dev.js', 'fa.sock', ['--seed', '4']), serveModule(project, './dev.js', 'fb.sock', ['--seed', '6']),
+      serveModule(project, './dev.js', 'fc.sock'), serveModule(project, './dev.js', 'fd.sock'),
+    ]);
+    const listen = withFaultPause('receiver:commit', () => startCli(['migrate-listen', '--port', '0', '--socket', `a=${c.socket}`, '--socket', `b=${d.socket}`, '--once', '--json'], project.dir));
+    try {
+      const url = (await listen.waitFor(/listening (tcp:\/\/\S+)/, 'err'))[1] as string;
+      const m = startCli(['migrate', '--from', `a=${a.socket}`, '--from', `b=${b.socket}`, '--to', url, '--allow-without-p2p', '--guest-ram', '64K', '--downtime', '10s', '--json'], project.dir);
+      const id = (await listen.waitFor(/fault-pause receiver:commit pid \d+ migration (\S+)/, 'err'))[1];
+      assert.equal(await listen.kill('SIGTERM'), 1, listen.err());
+      assert.equal(await m.exited, 1, m.err());
+      const s = JSON.parse(m.out()) as Summary & { phase: string; sourceRecovery?: string; migrationId?: string };
+      assert.deepEqual([s.outcome, s.phase, s.sourceRecovery, s.migrationId], ['failed', 'commit', 'running', id], s.reason);
+      assert.match(s.reason ?? '', new RegExp(`the receiver abandoned migration ${id}`));
+      for (const p of [a, b]) assert.match(p.lines(/^arc /).at(-1) ?? '', /^arc \d+>2$/, 'the source runs again (→ RUNNING)');
+      const r = JSON.parse(listen.out()) as Received & { phase: string };
+      assert.deepEqual([r.outcome, r.phase, r.devices?.map((x) => x.name)], ['abandoned', 'commit', ['a', 'b']]);
+      // Both destinations ran (the commit was awaited) and were reset: DEVICE_RESET, then the session's end.
+      for (const p of [c, d]) {
+        assert.ok(switchover(p, 'destination'), 'the destination had been resumed');
+        await p.waitFor(/^reset lost-connection$/m);
+        assert.ok(p.lines(/^reset client$/).length > 0, 'DEVICE_RESET discarded the loaded state');
+      }
     } finally {
       await Promise.all([listen.kill('SIGKILL'), a.kill(), b.kill(), c.kill(), d.kill()]);
     }
