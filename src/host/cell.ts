@@ -345,7 +345,7 @@ export class InstanceCell extends EventEmitter<CellEvents> {
   #logAudit(outcome: CellStopOutcome, force: boolean): void {
     const { release, requests, delivered, waitedMs } = outcome;
     if (release === 'idle') return this.#logger.info({}, 'instance cell stopped');
-    if (release === 'released') return this.#logger.info({ audit: 'released', requests, waitedMs }, 'instance cell stopped: the client released the device');
+    if (release === 'released') return this.#logger.info({ event: 'audit', audit: 'released', requests, waitedMs }, 'instance cell stopped: the client released the device');
     const why = force
       ? 'forced by request'
       : requests === 0
@@ -353,7 +353,7 @@ export class InstanceCell extends EventEmitter<CellEvents> {
         : delivered
           ? 'the client did not release the device in time'
           : 'no REQ channel registered by the client';
-    this.#logger.warn({ audit: 'forced', requests, delivered, waitedMs, reason: why }, 'instance cell stopped: client session forced closed');
+    this.#logger.warn({ event: 'audit', audit: 'forced', requests, delivered, waitedMs, reason: why }, 'instance cell stopped: client session forced closed');
   }
 
   /** Ends the worker at once, whatever it is doing (no 'exit' event); its fds are closed. Idempotent. */
@@ -399,8 +399,8 @@ export class InstanceCell extends EventEmitter<CellEvents> {
   }
 
   #releaseRequested(count: number, delivered: boolean): void {
-    if (delivered || count > 1) this.#logger.info({ audit: 'release-requested', count, delivered }, 'asked the client to release the device');
-    else this.#logger.warn({ audit: 'release-requested', count, delivered }, 'no REQ channel registered by the client: forcing at the timeout');
+    if (delivered || count > 1) this.#logger.info({ event: 'audit', audit: 'release-requested', count, delivered }, 'asked the client to release the device');
+    else this.#logger.warn({ event: 'audit', audit: 'release-requested', count, delivered }, 'no REQ channel registered by the client: forcing at the timeout');
     this.emit('release-requested', count, delivered);
   }
 

@@ -56,8 +56,11 @@ describe('instance cell: stop with release requests', () => {
     assert.ok(outcome.waitedMs < 30_000);
     assert.equal(t.cell.alive, false);
     assert.deepEqual(
-      audits.map((a) => a['audit']),
-      ['release-requested', 'released'],
+      audits.map((a) => [a['event'], a['audit']]),
+      [
+        ['audit', 'release-requested'],
+        ['audit', 'released'],
+      ],
     );
     t.socket.close();
   });
