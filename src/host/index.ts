@@ -4,7 +4,8 @@
  * they keep their files ({@link defaultPaths}). The vocabulary (parents,
  * types, instances) is in types.ts, the operations in api.ts.
  */
-export { DeviceHost, type DeviceHostOptions } from './host.js';
+export { DeviceHost, DEFAULT_RELEASE_TIMEOUT_MS, type DeviceHostOptions } from './host.js';
+export { AuditEvent, groupIdOf } from './groups.js';
 export { DEFAULT_RESTART_POLICY, type RestartPolicy } from './host-instances.js';
 export { connectHost, type ConnectHostOptions, type HostConnection } from './control-client.js';
 export { ControlServer, DEFAULT_CONTROL_LIMITS, HOST_OPS, type ControlLimits, type ControlReply, type ControlRequest, type ControlServerOptions, type HostOp } from './control.js';
