@@ -65,6 +65,15 @@ export async function unplug(g: Guest, port: PciFunction, id: string): Promise<v
  */
 export async function ejectOnButton(g: Guest, port: PciFunction, id: string, from: number, stepMs = STEP_MS): Promise<void> {
   await waitForButton(port, id, stepMs);
+  await powerOff(g, port, id, from, stepMs);
+}
+
+/**
+ * The guest powers the slot off (an unplug QEMU started is pending); resolves
+ * on DEVICE_DELETED for `id` (looked for from QMP event index `from`).
+ * @throws Error if no DEVICE_DELETED arrives in time.
+ */
+export async function powerOff(g: Guest, port: PciFunction, id: string, from: number, stepMs = STEP_MS): Promise<void> {
   await setSlotPower(port, false);
   await g.qemu.qmp.waitEvent((e) => e.event === 'DEVICE_DELETED' && e.data?.['device'] === id, from, stepMs);
 }
