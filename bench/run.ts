@@ -5,7 +5,8 @@
  *   --json         print one JSON document instead of tables
  *   --quick        fewer iterations (for a smoke run)
  *   --only NAMES   only these sections (comma separated: transport, codec,
- *                  server, client, migration, orchestrator, qemu, host, cells)
+ *                  server, client, migration, orchestrator, qemu, host, cells,
+ *                  container, unplug)
  *   --help         this text
  * LIBVFIO_USER_BUILD=DIR adds libvfio-user's samples/gpio-pci-idio-16 (built
  * in DIR) to the server section, measured against the same C client, and to
@@ -27,6 +28,8 @@ import { runOrchestratorBench, type OrchestratorResult } from './orchestrator.js
 import { runQemuBench, type QemuResult } from './qemu.js';
 import { runHostBench, type HostResult } from './host.js';
 import { runHostCellsBench, type CellsResult } from './host-cells.js';
+import { runContainerBench, type ContainerResult } from './container.js';
+import { runUnplugBench, type UnplugResult } from './unplug.js';
 
 interface Report {
   pinnedCpu: string | null;
@@ -39,9 +42,11 @@ interface Report {
   qemu?: QemuResult;
   host?: HostResult;
   cells?: CellsResult;
+  container?: ContainerResult;
+  unplug?: UnplugResult;
 }
 
-const SECTIONS = ['transport', 'codec', 'server', 'client', 'migration', 'orchestrator', 'qemu', 'host', 'cells'] as const;
+const SECTIONS = ['transport', 'codec', 'server', 'client', 'migration', 'orchestrator', 'qemu', 'host', 'cells', 'container', 'unplug'] as const;
 type Section = (typeof SECTIONS)[number];
 
 function sections(): Set<Section> {
@@ -110,6 +115,8 @@ async function main(): Promise<void> {
     }
     if (only.has('host')) report.host = await runHostBench({ dir, echo, pin, instances: quick ? 100 : 1000, iterations: quick ? 20_000 : 100_000, log: !json });
     if (only.has('cells')) report.cells = await runHostCellsBench({ counts: quick ? [1, 10] : [1, 10, 100], log: !json });
+    if (only.has('container')) report.container = await runContainerBench({ dir, guestBytes: (quick ? 64 : 256) << 20, runs: quick ? 1 : 3, log: !json });
+    if (only.has('unplug')) report.unplug = await runUnplugBench({ dir, pin, iterations: quick ? 5 : 30, timeoutsMs: [100, 1000], log: !json });
     if (json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
