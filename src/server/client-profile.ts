@@ -21,6 +21,10 @@
  * `qemu`, docs/interop.md). QEMU only builds REGION_WRITE_MULTI past 1,024
  * queued posted writes, so it loses nothing without it.
  *
+ * Nor about top-level extension members (`x-isolation-group`): QEMU's
+ * `caps_parse` prints a "spurious capabilities" warning for every member it
+ * does not know, on every attach, and would never use them.
+ *
  * QEMU is recognised by its VERSION: minor 0 and `migration.max_bitmap_size`,
  * a member only QEMU's client sends (the specification dropped it with
  * migration v1; libvfio-user and this library never send it). A server can
@@ -40,6 +44,8 @@ export interface ClientProfile {
   readonly dmaChunkLimit: number;
   /** Whether `write_multiple` may be advertised (false for QEMU, whatever the DMA layout option). */
   readonly writeMultiple: boolean;
+  /** Whether top-level extension members (`x-isolation-group`) may be advertised (false for QEMU). */
+  readonly extensions: boolean;
   /** Short name for logs. */
   readonly name: 'qemu' | 'vfio-user';
 }
@@ -63,5 +69,5 @@ export function looksLikeQemu(version: Version): boolean {
 export function clientProfile(version: Version, option: DmaLayoutOption = 'auto'): ClientProfile {
   const qemu = looksLikeQemu(version);
   const layout = option === 'auto' ? (qemu ? 'qemu' : 'vfio-user') : option;
-  return { ...(layout === 'qemu' ? QEMU : SPEC), writeMultiple: !qemu };
+  return { ...(layout === 'qemu' ? QEMU : SPEC), writeMultiple: !qemu, extensions: !qemu };
 }

@@ -78,8 +78,9 @@ export function negotiate(
   // members and receives the reply into its request's buffer.
   if (migratable) caps.migration = { pgsize: MIGRATION_PGSIZE, extra: migrationExtensionMembers(version.capabilities?.migration?.extra) };
   if (client.twinSocket.supported && client.maxMsgFds > 0) caps.twinSocket = { supported: true, fdIndex: 0 };
-  // Top-level extension members (x-isolation-group), after the standard ones; the first given up when the reply must shrink.
-  if (extensions !== undefined) caps.extra = { ...extensions };
+  // Top-level extension members (x-isolation-group), after the standard ones; the first given up when the reply must
+  // shrink. Not to QEMU, which warns about every member it does not know (client-profile.ts).
+  if (extensions !== undefined && profile.extensions) caps.extra = { ...extensions };
   const fitted = fitVersionReply(PROTOCOL_MAJOR, minor, caps, m.payload.length);
   if (fitted.omitted.length > 0) logger.info({ omitted: fitted.omitted }, 'VERSION reply shortened to fit the client\'s request');
   const kept = extensions !== undefined && fitted.capabilities.extra !== undefined;

@@ -17,11 +17,12 @@ import {
   isolationGroupFeatureOf,
   type IsolationGroupView,
 } from '../../src/protocol/isolation-group.js';
-import { encodeVersion } from '../../src/protocol/version.js';
+import { decodeVersion, encodeVersion } from '../../src/protocol/version.js';
 import { IsolationGroupState } from '../../src/server/isolation-group.js';
 import type { ServeOptions } from '../../src/server/server.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
 import { serveTestDevice, type ServedDevice } from '../support/server-fixture.js';
+import { qemuVersionRequest } from '../support/qemu-version.js';
 import { StepClient } from '../support/step-client.js';
 
 const { GET, SET } = DeviceFeatureFlags;
@@ -176,6 +177,19 @@ describe('x-isolation-group', () => {
     const client = await StepClient.connect(served.path);
     try {
       await client.ok(Command.VERSION, encodeVersion({ major: 0, minor: 2, capabilities: { maxMsgFds: 8 } }));
+      await client.fails(Command.DEVICE_FEATURE, encodeDeviceFeature({ argsz: 4096, flags: INDEX | GET, data: new Uint8Array(0) }), Errno.EINVAL);
+    } finally {
+      client.close();
+      await served.close();
+    }
+  });
+
+  it('QEMU (recognised by its VERSION) is not told: it would print "spurious capabilities" on every attach', async () => {
+    const served = serveTestDevice(undefined, { isolationGroup: new IsolationGroupState(view(1)) });
+    const client = await StepClient.connect(served.path);
+    try {
+      const reply = await client.ok(Command.VERSION, qemuVersionRequest());
+      assert.equal(decodeVersion(reply.payload).capabilities?.extra, undefined);
       await client.fails(Command.DEVICE_FEATURE, encodeDeviceFeature({ argsz: 4096, flags: INDEX | GET, data: new Uint8Array(0) }), Errno.EINVAL);
     } finally {
       client.close();
