@@ -44,6 +44,8 @@ export class Session {
   readonly #queue: Frame[] = [];
   #queued = 0;
   #working = false;
+  /** `set` requests running side by side, by device index (#work). */
+  readonly #setting = new Map<number, Promise<void>>();
   #prepared: PreparedDestination | undefined;
   #slots: Slot[] = [];
   #committed = false;
@@ -98,14 +100,39 @@ export class Session {
     this.#ledger.record({ migrationId: this.migrationId, outcome: 'in-progress', phase });
   }
 
+  /**
+   * Applies the queued frames in order. Consecutive `set` requests of a
+   * container's different devices (the orchestrator sends one per device at
+   * once) run side by side: each still follows every frame before it, and any
+   * other frame waits for them — so a round of N state changes costs the
+   * slowest device's, not the sum.
+   */
   async #work(): Promise<void> {
     this.#working = true;
     for (let frame = this.#queue.shift(); frame !== undefined && !this.#finished; frame = this.#queue.shift()) {
       this.#queued -= frame.length;
       if (this.#queued <= QUEUE_HIGH / 2) this.#channel.pauseReading(false);
+      const device = this.#setOfDevice(frame);
+      if (device !== undefined && !this.#setting.has(device)) {
+        this.#setting.set(device, this.#request(frame).finally(() => this.#setting.delete(device)));
+        continue;
+      }
+      await Promise.all(this.#setting.values());
       await this.#handle(frame);
     }
     this.#working = false;
+  }
+
+  /** The device index of a `set` request that may run beside others (a container's, the stream intact), else undefined. */
+  #setOfDevice(frame: Frame): number | undefined {
+    if (frame.type !== ChannelFrame.REQUEST || this.#slots.length < 2 || this.#streamError || this.#committed) return undefined;
+    try {
+      const h = decodeMessage(frame.payload).head as { op?: unknown; args?: { device?: unknown } };
+      const device = h.op === 'set' ? h.args?.device : undefined;
+      return typeof device === 'number' && this.#slots[device] !== undefined ? device : undefined;
+    } catch {
+      return undefined; // answered (refused) in order by #request
+    }
   }
 
   async #handle(frame: Frame): Promise<void> {

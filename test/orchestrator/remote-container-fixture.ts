@@ -44,15 +44,30 @@ export interface ReceivingContainer {
   close(): Promise<void>;
 }
 
+/** Options of {@link openReceivingContainer}. */
+export interface ReceivingOptions {
+  /** Every device's change into RUNNING_P2P takes this long (ms) inside its server: a slow arc, to see whether they overlap. */
+  slowP2PMs?: number;
+}
+
 /** Serves mem, dma and gpio, and listens; `hooks`: extra receiver options (beforeCommit…). */
-export async function openReceivingContainer(hooks: Partial<ReceiverOptions> = {}): Promise<ReceivingContainer> {
+export async function openReceivingContainer(hooks: Partial<ReceiverOptions> = {}, options: ReceivingOptions = {}): Promise<ReceivingContainer> {
   const devices = new Map<string, VfioUserDevice>([['mem', createMemoryDevice({ size: 64 * 1024 }).device], ['dma', createDmaEngineDevice().device], ['gpio', createGpioDevice().device]]);
   const events: ServerEvent[] = [];
   const faults: Fault[] = [];
   const served = new Map<string, Served>();
   for (const [name, device] of devices) {
     served.set(name, serve(device));
-    hookController('destination', name, device.migration as MigrationController, events, faults);
+    const controller = device.migration as MigrationController;
+    const slow = options.slowP2PMs;
+    if (slow !== undefined) {
+      const setState = controller.setState.bind(controller);
+      controller.setState = async (target: number) => {
+        if (target === S.RUNNING_P2P) await new Promise((resolve) => setTimeout(resolve, slow));
+        return setState(target);
+      };
+    }
+    hookController('destination', name, controller, events, faults); // logs around the slowed change
   }
   const outcomes: ReceiveOutcome[] = [];
   const waiters: Array<(o: ReceiveOutcome) => void> = [];
@@ -140,10 +155,10 @@ export async function assertNothingLeft(rx: ReceivingContainer, outcome: Receive
 }
 
 /** The source container (container-fixture.ts) and a receiving host, closed after `fn`. */
-export async function withRemote(fn: (src: ContainerHost, rx: ReceivingContainer) => Promise<void>, hooks: Parameters<typeof openReceivingContainer>[0] = {}): Promise<void> {
+export async function withRemote(fn: (src: ContainerHost, rx: ReceivingContainer) => Promise<void>, hooks: Partial<ReceiverOptions> = {}, options: ReceivingOptions = {}): Promise<void> {
   const src = await openContainer('source');
   try {
-    const rx = await openReceivingContainer(hooks);
+    const rx = await openReceivingContainer(hooks, options);
     try {
       await fn(src, rx);
     } finally {

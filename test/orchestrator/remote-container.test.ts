@@ -97,11 +97,14 @@ describe('container migration over TCP', () => {
         assert.equal(received.deviceBytes, report.bytes.precopyDevice + report.bytes.stopCopyDevice);
         assert.deepEqual(reachedBefore(src.events, ['RUNNING_P2P', 'PRE_COPY_P2P'], ['STOP', 'STOP_COPY']), ALL, `sources: ${show(src.events)}`);
         assert.deepEqual(reachedBefore(rx.events, ['RUNNING_P2P'], ['RUNNING']), ALL, `destinations: ${show(rx.events)}`);
+        // The receiver ran the devices' (slow) changes into RUNNING_P2P side by side: all three began before the first ended.
+        const p2p = rx.events.filter((e) => e.to === 'RUNNING_P2P' || (e.event === 'end' && e.from === 'STOP'));
+        assert.deepEqual(p2p.slice(0, 3).map((e) => e.event), ['begin', 'begin', 'begin'], `destinations: ${show(p2p)}`);
         assert.equal(rx.receiver.outcomeOf(destination.migrationId).outcome, 'committed');
       } finally {
         destination.close();
       }
-    }));
+    }, {}, { slowP2PMs: 40 }));
 
   it('an older receiver (channel version 1) refuses a container before preparing anything: said plainly, EPROTO', async () => {
     const old = await versionOneReceiver();
