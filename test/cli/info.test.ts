@@ -5,6 +5,11 @@ import { createDmaEngineDevice } from '../../src/devices/dma-engine.js';
 import { createMemoryDevice } from '../../src/devices/memory.js';
 import { fileURLToPath } from 'node:url';
 import { createRichDevice, runCli, serve, type Served } from './support.js';
+import { createGpioDevice } from '../../src/devices/gpio.js';
+import { IsolationGroupState } from '../../src/server/isolation-group.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 const PCI_IDS = fileURLToPath(new URL('../../../test/fixtures/pci/pci.ids', import.meta.url));
 
@@ -112,6 +117,28 @@ describe('vfio-user info', () => {
       assert.equal(info.regions[7]?.size, 4096);
     } finally {
       await dma.close();
+    }
+  });
+  it("shows the device's isolation group when the server advertises x-isolation-group (and nothing when it does not)", async () => {
+    const plain = await runCli(['info', memory.path]);
+    assert.equal(plain.code, 0, plain.stderr);
+    assert.doesNotMatch(plain.stdout, /^group/m);
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-user-info-group-'));
+    const gpio = createGpioDevice();
+    const member = (uuid: string, state: 'active' | 'inactive') => ({ uuid, socket: join(dir, `${uuid}.sock`), state, claimed: false });
+    const group = new IsolationGroupState({ group: 'bank/card=c1', generation: 7, viable: false, owner: null, members: [member('a1', 'active'), member('b2', 'inactive')], self: 'a1' });
+    const server = gpio.device.serve({ path: join(dir, 'a1.sock'), isolationGroup: group });
+    try {
+      const text = await runCli(['info', join(dir, 'a1.sock')]);
+      assert.equal(text.code, 0, text.stderr);
+      assert.match(text.stdout, /^group +bank\/card=c1: NOT viable, no owner, generation 7; members a1\* active, b2 inactive$/m);
+      const json = JSON.parse((await runCli(['info', join(dir, 'a1.sock'), '--json'])).stdout) as { isolationGroup?: { group: string; members: unknown[] } };
+      assert.equal(json.isolationGroup?.group, 'bank/card=c1');
+      assert.equal(json.isolationGroup?.members.length, 2);
+    } finally {
+      await server.close();
+      gpio.device.dispose();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

@@ -10,6 +10,7 @@ import { RemoteError } from '../../errors.js';
 import { DeviceInfoFlags, IrqInfoFlags, RegionIndex, RegionInfoFlags } from '../../protocol/constants.js';
 import { formatCapabilitiesJson, type Capabilities, type ResolvedCapabilities } from '../../protocol/capabilities.js';
 import type { RegionCap } from '../../protocol/region.js';
+import type { IsolationGroupView } from '../../protocol/isolation-group.js';
 import { native } from '../../native/addon.js';
 import { formatDeviceSections, readMigrationInfo, readPciIdentity, type MigrationInfo, type PciIdentity } from '../info-device.js';
 import { loadPciIds, type PciIds } from '../pci-ids.js';
@@ -59,6 +60,8 @@ export interface InfoReport {
   /** PCI ids and class (`null`: no config space; `error`: the server refused the read). */
   pci: PciIdentity | null | { error: string };
   migration: MigrationInfo;
+  /** The device's isolation group (`x-isolation-group`; absent when the server does not advertise it; `error`: refused). */
+  isolationGroup?: IsolationGroupView | { error: string };
   regions: RegionReport[];
   irqs: IrqReport[];
 }
@@ -117,6 +120,24 @@ async function pciReport(client: VfioUserClient, ids: PciIds, regions: readonly 
   }
 }
 
+async function groupReport(client: VfioUserClient): Promise<InfoReport['isolationGroup']> {
+  try {
+    return await client.isolationGroup();
+  } catch (error) {
+    if (!(error instanceof RemoteError)) throw error;
+    return { error: error.code ?? `errno ${error.errno}` };
+  }
+}
+
+/** The `group` line: id, viability, owner, members (this connection's marked `*`). */
+function formatGroup(g: InfoReport['isolationGroup']): string[] {
+  if (g === undefined) return [];
+  if ('error' in g) return [`group         refused: ${g.error}`];
+  const owner = g.owner === null ? 'no owner' : `owner pid ${g.owner.pid} uid ${g.owner.uid}`;
+  const members = g.members.map((m) => `${m.uuid}${m.uuid === g.self ? '*' : ''} ${m.state}${m.claimed ? ' claimed' : ''}`);
+  return [`group         ${g.group}: ${g.viable ? 'viable' : 'NOT viable'}, ${owner}, generation ${g.generation}; members ${members.join(', ')}`];
+}
+
 /**
  * Gathers the report over a connected client (a region or IRQ index the server refuses is reported, not fatal).
  * @param ids - names for the PCI ids (default: the system's `pci.ids`, see {@link loadPciIds}).
@@ -127,6 +148,7 @@ export async function gatherInfo(client: VfioUserClient, socket: string, ids: Pc
   for (let i = 0; i < device.numRegions; i++) regions.push(await regionReport(client, i));
   const pci = await pciReport(client, ids, regions);
   const migration = await readMigrationInfo(client);
+  const isolationGroup = await groupReport(client);
   const irqs: IrqReport[] = [];
   for (let i = 0; i < device.numIrqs; i++) irqs.push(await irqReport(client, i));
   return {
@@ -142,6 +164,7 @@ export async function gatherInfo(client: VfioUserClient, socket: string, ids: Pc
     },
     pci,
     migration,
+    ...(isolationGroup === undefined ? {} : { isolationGroup }),
     regions,
     irqs,
   };
@@ -170,6 +193,7 @@ export function formatInfo(r: InfoReport): string[] {
     `server caps   ${effectiveCaps(r.server)}`,
     `device        flags ${hex(r.device.rawFlags)} (${r.device.flags.join(' ') || 'none'}), ${r.device.numRegions} regions, ${r.device.numIrqs} IRQ indexes`,
     ...formatDeviceSections(r.pci, r.migration),
+    ...formatGroup(r.isolationGroup),
     '',
     'regions:',
   ];
