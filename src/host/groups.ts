@@ -140,7 +140,7 @@ export class GroupRegistry {
   }
 
   /**
-   * Decides whether `client` may attach member `uuid` (a cell asks when a client sends VERSION). The first
+   * Decides whether `client` may attach member `uuid` (its cell asks when a client connects, before its session). The first
    * client admitted to a group's member owns the group; its later sessions to any member are admitted.
    * @returns `{ok: true}`; or EPERM (the group is not viable, or `uuid` is in no group), EBUSY (another pid owns it).
    */
