@@ -251,6 +251,15 @@ export class InstanceManager {
     return outcome;
   }
 
+  /**
+   * Cuts short every stop that waits for a client to release its instance (host shutdown): those clients are
+   * forced off now, and those stops end. Never throws.
+   */
+  async forceWaitingStops(): Promise<void> {
+    const waiting = this.all().filter((r) => r.state === InstanceState.STOPPING && r.cell?.alive);
+    await Promise.all(waiting.map((r) => r.cell?.stop({ force: true }).catch(() => undefined)));
+  }
+
   /** Stops everything (host shutdown): clients disconnected, devices reset, sockets removed; no restart afterwards. */
   async closeAll(): Promise<void> {
     this.#closing = true;

@@ -173,13 +173,15 @@ export class DeviceHost implements HostApi {
   }
 
   /**
-   * Shuts down: stops accepting control requests, kills running callout scripts, stops every instance (clients
-   * disconnected, devices reset, sockets removed) and removes the control socket. Idempotent; never throws.
+   * Shuts down: stops accepting control requests, kills running callout scripts, forces off the clients that stops
+   * are waiting for, stops every instance (clients disconnected, devices reset, sockets removed) and removes the
+   * control socket. Idempotent; never throws.
    */
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#shutdown.abort(); // running callout scripts are killed (a pre-callout then vetoes)
       await this.#control?.close();
+      await this.#parts.instances.forceWaitingStops(); // a stop waiting for its client does not hold the shutdown up
       await Promise.all(this.#locks.values()); // operations in progress finish (a start within the cell's start timeout)
       await this.#parts.instances.closeAll();
       this.#logger.info({ event: 'host-stopped' }, 'host stopped');

@@ -117,6 +117,28 @@ describe('DeviceHost stop with release', () => {
     }
   });
 
+  it('the host shutting down does not wait for a client a stop is asking: it is forced off', async () => {
+    const dirs2 = hostDirs();
+    const other = await startHost(dirs2);
+    const U6 = 'b1000000-0000-4000-8000-000000000006';
+    const client = await VfioUserClient.connect((await other.start({ uuid: U6, parent: 'hostfix', mdevType: 'hostfix-echo' })).socket);
+    try {
+      await client.onReleaseRequest(() => undefined);
+      await until(async () => (await other.list({ uuid: U6 })).instances[0]?.client, 'the client to show');
+      const waiting = other.stop({ uuid: U6, timeoutMs: 600_000 });
+      await until(async () => (await other.list({ uuid: U6 })).instances[0]?.state === 'stopping', 'the stop to wait');
+      await other.close();
+      const result = await waiting;
+      assert.equal(result.release, 'forced');
+      assert.ok(result.waitedMs < 600_000, 'cut short');
+      await client.closed;
+    } finally {
+      client.close();
+      await other.close();
+      dirs2.dispose();
+    }
+  });
+
   it('force is immediate; an idle instance stops idle; a bad timeout or force with a timeout is refused, nothing changed', async () => {
     const socket = await echo(U4);
     const client = await attach(U4, socket);
