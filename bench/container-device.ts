@@ -76,6 +76,7 @@ const device = createDevice({
         if (offset !== 0 || data.length < 4) return;
         walk.rate = new DataView(data.buffer, data.byteOffset, 4).getUint32(0, true);
         walk.last = performance.now();
+        setTicking(walk.rate > 0);
       },
     },
   },
@@ -97,7 +98,15 @@ const device = createDevice({
     stopCopySize: () => state.length,
   },
 });
-setInterval(tick, 1);
+let ticker: NodeJS.Timeout | undefined;
+/** The 1 ms walk runs only while a rate is set (idle devices cost no CPU, the benchmark runs many). */
+function setTicking(on: boolean): void {
+  if (on && !ticker) ticker = setInterval(tick, 1);
+  if (!on && ticker) {
+    clearInterval(ticker);
+    ticker = undefined;
+  }
+}
 const server = device.serve(path);
 process.on('SIGTERM', () => void server.close().then(() => process.exit(0)));
 process.stdout.write('ready\n');

@@ -5,7 +5,7 @@
  * container. Every device runs in its own process (bench/container-device.ts;
  * sources and destinations), the guest RAM of each side is one memfd in this
  * process attached to every device of that side.
- * Per device count, 3 migrations after a warm-up:
+ * Per device count, 5 migrations per case after a warm-up, the cases' runs interleaved:
  * - idle devices, then devices whose DMA dirties guest memory (disjoint
  *   slices) at 10 % of the guest-memory copy bandwidth in total (measured in
  *   the same run): outcome, total time, downtime against the budget, the P2P
@@ -34,7 +34,7 @@ export interface ContainerBenchOptions {
   guestBytes: number;
   /** Device counts (default 1, 2, 4). */
   counts?: number[];
-  /** Migrations per case after the warm-up (default 3). */
+  /** Migrations per case after the warm-up (default 5). */
   runs?: number;
   /** Downtime budget (default 300 ms). */
   budgetMs?: number;
@@ -80,7 +80,7 @@ export interface ContainerResult {
   guestBytes: number;
   budgetMs: number;
   stateBytes: number;
-  /** Reference: guest-memory copy bandwidth, source memfd → destination memfd, 1 MiB chunks (GB/s, best of 3). */
+  /** Reference: guest-memory copy bandwidth, source memfd → destination memfd, 1 MiB chunks (GB/s, best of 5). */
   copyGBps: number;
   cases: ContainerCase[];
   /** Per device count ≥ 2: median downtime with the P2P phase, without it, and the P2P phase's median time. */
@@ -155,19 +155,11 @@ async function counters(side: Side): Promise<{ pages: number; us: number }[]> {
   return out;
 }
 
-/** The devices' summed dirty rate between two readings (bytes per ms). */
-function achievedRate(before: { pages: number; us: number }[], after: { pages: number; us: number }[]): number {
-  return after.reduce((sum, a, i) => {
-    const b = before[i] as { pages: number; us: number };
-    return a.us > b.us ? sum + ((a.pages - b.pages) * PAGE * 1000) / (a.us - b.us) : sum;
-  }, 0);
-}
-
-/** Reference: all guest memory source → destination in 1 MiB chunks, best of 3 (bytes per ms). */
+/** Reference: all guest memory source → destination in 1 MiB chunks, best of 5 (bytes per ms). */
 function copyRate(src: GuestMemory, dst: GuestMemory): number {
   const chunk = 1 << 20;
   let best = Infinity;
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < 5; i++) {
     const t = performance.now();
     for (let gpa = 0n; gpa < src.size; gpa += BigInt(chunk)) dst.write(gpa, src.read(gpa, chunk));
     best = Math.min(best, performance.now() - t);
@@ -193,64 +185,103 @@ async function migrateOnce(src: Side, dst: Side, budgetMs: number, p2p: boolean)
   };
 }
 
-async function runCase(src: Side, dst: Side, c: { devices: number; p2p: boolean; dirtyShare: number; pagesPerMs: number; copyRate: number }, o: { runs: number; budgetMs: number }): Promise<ContainerCase> {
-  await setRates(src, c.pagesPerMs);
-  await new Promise((resolve) => setTimeout(resolve, 20));
+/** A source and a destination container of the same devices. */
+interface Pair {
+  src: Side;
+  dst: Side;
+  p2p: boolean;
+}
+
+/** One case being measured: its runs, and the pages and active µs each source device spent dirtying in them. */
+interface Plan {
+  pair: Pair;
+  devices: number;
+  dirtyShare: number;
+  pagesPerMs: number;
+  runs: ContainerRun[];
+  pages: number[];
+  us: number[];
+}
+
+/** One run of `plan`: its dirty rate set (and settled), one migration, the rate back to 0. */
+async function measure(plan: Plan, budgetMs: number): Promise<void> {
+  const { src, dst, p2p } = plan.pair;
+  await setRates(src, plan.pagesPerMs);
+  if (plan.pagesPerMs > 0) await new Promise((resolve) => setTimeout(resolve, 20));
   const before = await counters(src);
-  const runs: ContainerRun[] = [];
-  for (let i = 0; i < o.runs; i++) runs.push(await migrateOnce(src, dst, o.budgetMs, c.p2p));
-  const achieved = achievedRate(before, await counters(src));
+  plan.runs.push(await migrateOnce(src, dst, budgetMs, p2p));
+  const after = await counters(src);
   await setRates(src, 0);
+  after.forEach((a, i) => {
+    const b = before[i] as { pages: number; us: number };
+    plan.pages[i] = (plan.pages[i] ?? 0) + a.pages - b.pages;
+    plan.us[i] = (plan.us[i] ?? 0) + a.us - b.us;
+  });
+}
+
+function summariseCase(plan: Plan, copyRate: number, budgetMs: number): ContainerCase {
+  const runs = plan.runs;
+  const achieved = plan.pages.reduce((sum, pages, i) => ((plan.us[i] ?? 0) > 0 ? sum + (pages * PAGE * 1000) / (plan.us[i] as number) : sum), 0);
   const switched = runs.filter((r) => r.outcome === 'migrated' || (r.outcome === 'aborted' && r.downtimeMs > 0));
   return {
-    devices: c.devices,
-    p2p: c.p2p,
-    dirtyShare: c.dirtyShare,
-    achievedDirtyShare: round(achieved / c.copyRate),
+    devices: plan.devices,
+    p2p: plan.pair.p2p,
+    dirtyShare: plan.dirtyShare,
+    achievedDirtyShare: round(achieved / copyRate),
     runs,
     switchedOver: switched.length,
-    withinBudget: switched.filter((r) => r.outcome === 'migrated' && r.downtimeMs <= o.budgetMs).length,
+    withinBudget: switched.filter((r) => r.outcome === 'migrated' && r.downtimeMs <= budgetMs).length,
     medianTotalMs: median(runs.map((r) => r.totalMs)),
     medianDowntimeMs: median(runs.map((r) => r.downtimeMs)),
     medianP2pMs: median(runs.map((r) => r.p2pMs)),
   };
 }
 
-/** The cases of one device count with (or without) the P2P flag on its devices. */
-async function runCount(n: number, p2p: boolean, o: ContainerBenchOptions & { stateBytes: number; runs: number; budgetMs: number }, rate: { bytesPerMs?: number }): Promise<ContainerCase[]> {
+async function openPair(n: number, p2p: boolean, o: ContainerBenchOptions & { stateBytes: number; budgetMs: number }): Promise<Pair> {
   const tag = `c${n}${p2p ? '' : 'n'}`;
   const src = await openSide(o.dir, `${tag}-src`, n, p2p, o);
   const dst = await openSide(o.dir, `${tag}-dst`, n, p2p, o);
+  await migrateOnce(src, dst, o.budgetMs, p2p); // warm-up (also faults in both memfds)
+  return { src, dst, p2p };
+}
+
+/**
+ * The cases of one device count, their runs interleaved (so load on the machine falls on every case alike):
+ * idle and dirtying with the P2P flag, and for 2+ devices idle without it.
+ */
+async function runCount(n: number, o: ContainerBenchOptions & { stateBytes: number; runs: number; budgetMs: number }, rate: { bytesPerMs?: number }): Promise<ContainerCase[]> {
+  const pairs: Pair[] = [];
   try {
-    await migrateOnce(src, dst, o.budgetMs, p2p); // warm-up (also faults in both memfds)
-    rate.bytesPerMs ??= copyRate(src.container.memory, dst.container.memory);
-    const shares = p2p ? [0, 0.1] : [0];
-    const cases: ContainerCase[] = [];
-    for (const dirtyShare of shares) {
-      const pagesPerMs = Math.round((dirtyShare * rate.bytesPerMs) / PAGE);
-      cases.push(await runCase(src, dst, { devices: n, p2p, dirtyShare, pagesPerMs, copyRate: rate.bytesPerMs }, o));
-      if (o.log) printCase(cases[cases.length - 1] as ContainerCase, o.budgetMs);
-    }
+    pairs.push(await openPair(n, true, o));
+    if (n >= 2) pairs.push(await openPair(n, false, o));
+    const withP2p = pairs[0] as Pair;
+    const copy = (rate.bytesPerMs ??= copyRate(withP2p.src.container.memory, withP2p.dst.container.memory));
+    const plan = (pair: Pair, dirtyShare: number): Plan => ({ pair, devices: n, dirtyShare, pagesPerMs: Math.round((dirtyShare * copy) / PAGE), runs: [], pages: [], us: [] });
+    const plans = [plan(withP2p, 0), plan(withP2p, 0.1), ...pairs.slice(1).map((p) => plan(p, 0))];
+    for (let i = 0; i < o.runs; i++) for (const p of plans) await measure(p, o.budgetMs);
+    const cases = plans.map((p) => summariseCase(p, copy, o.budgetMs));
+    if (o.log) for (const c of cases) printCase(c, o.budgetMs);
     return cases;
   } finally {
-    await closeSide(src);
-    await closeSide(dst);
+    for (const p of pairs) {
+      await closeSide(p.src);
+      await closeSide(p.dst);
+    }
   }
 }
 
 /** Runs the section. */
 export async function runContainerBench(options: ContainerBenchOptions): Promise<ContainerResult> {
-  const o = { ...options, stateBytes: options.stateBytes ?? 256 << 10, runs: options.runs ?? 3, budgetMs: options.budgetMs ?? 300 };
+  const o = { ...options, stateBytes: options.stateBytes ?? 256 << 10, runs: options.runs ?? 5, budgetMs: options.budgetMs ?? 300 };
   const counts = options.counts ?? [1, 2, 4];
   if (o.log) {
     console.log(`\nContainer migration: 1–${Math.max(...counts)} devices (own processes) sharing ${o.guestBytes >> 20} MiB guest RAM, local destination over UNIX sockets,`);
-    console.log(`  budget ${o.budgetMs} ms, ${o.stateBytes >> 10} KiB device state each, ${o.runs} runs per case after a warm-up; NOT pinned`);
+    console.log(`  budget ${o.budgetMs} ms, ${o.stateBytes >> 10} KiB device state each, ${o.runs} runs per case (interleaved) after a warm-up; NOT pinned`);
     console.log('  devices  P2P  dirty (target/achieved)  outcome (runs)           total ms (median)         downtime ms (median)    P2P ms (median)  iterations');
   }
   const rate: { bytesPerMs?: number } = {};
   const cases: ContainerCase[] = [];
-  for (const n of counts) cases.push(...(await runCount(n, true, o, rate)));
-  for (const n of counts.filter((c) => c >= 2)) cases.push(...(await runCount(n, false, o, rate)));
+  for (const n of counts) cases.push(...(await runCount(n, o, rate)));
   const idle = (n: number, p2p: boolean): ContainerCase | undefined => cases.find((c) => c.devices === n && c.p2p === p2p && c.dirtyShare === 0);
   const p2pCost = counts
     .filter((n) => n >= 2)

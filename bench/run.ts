@@ -115,7 +115,7 @@ async function main(): Promise<void> {
     }
     if (only.has('host')) report.host = await runHostBench({ dir, echo, pin, instances: quick ? 100 : 1000, iterations: quick ? 20_000 : 100_000, log: !json });
     if (only.has('cells')) report.cells = await runHostCellsBench({ counts: quick ? [1, 10] : [1, 10, 100], log: !json });
-    if (only.has('container')) report.container = await runContainerBench({ dir, guestBytes: (quick ? 64 : 256) << 20, runs: quick ? 1 : 3, log: !json });
+    if (only.has('container')) report.container = await runContainerBench({ dir, guestBytes: (quick ? 64 : 256) << 20, runs: quick ? 1 : 5, log: !json });
     if (only.has('unplug')) report.unplug = await runUnplugBench({ dir, pin, iterations: quick ? 5 : 30, timeoutsMs: [100, 1000], log: !json });
     if (json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   } finally {

@@ -3,8 +3,8 @@
  * instance in use, through the host API (what `vfio-user mdev stop` sends):
  * one `vfio-user host` (bench/host-parent.ts: the GPIO card per instance) and
  * a client process (bench/unplug-client.ts), both pinned to CPU 0 when `pin`
- * is given; this process sends the control requests. Per case, a fresh
- * instance per stop:
+ * is given; this process sends the control requests. A fresh instance per
+ * stop, the cases' stops interleaved (after two warm-up stops of each of the first three cases):
  * - idle: no client connected (the reference: stopping the instance's cell);
  * - released: a cooperating client, which closes its connection at the first
  *   release request (`onReleaseRequest`, the REQ eventfd), stop with a 10 s timeout;
@@ -131,36 +131,43 @@ interface CaseSpec {
   iterations: number;
 }
 
-async function runCase(api: HostConnection, client: ClientProcess, spec: CaseSpec): Promise<UnplugCase> {
-  const samples = new Float64Array(spec.iterations);
-  const waited: number[] = [];
-  const requests: number[] = [];
-  let unexpected = 0;
-  for (let i = 0; i < spec.iterations; i++) {
-    const instance = await api.start({ parent: 'bench', mdevType: 'bench-gpio' });
-    if (spec.client) await client.attach(spec.client, instance.socket);
-    const t0 = process.hrtime.bigint();
-    const r = await api.stop({ uuid: instance.uuid, ...spec.stop });
-    samples[i] = Number(process.hrtime.bigint() - t0);
-    if (spec.client) await client.next(); // `gone <n>`: the client saw its connection end
-    if (r.release !== spec.expected) unexpected++;
-    waited.push(r.waitedMs);
-    requests.push(r.requests);
-  }
-  const stop = summarise(samples);
-  const timeoutMs = spec.stop.timeoutMs;
+/** A case's stops so far. */
+interface Tally {
+  spec: CaseSpec;
+  samples: number[];
+  waited: number[];
+  requests: number[];
+  unexpected: number;
+}
+
+/** One stop of a fresh instance (with the case's client attached), timed from the control request to its answer. */
+async function stopOnce(api: HostConnection, client: ClientProcess, t: Tally): Promise<void> {
+  const instance = await api.start({ parent: 'bench', mdevType: 'bench-gpio' });
+  if (t.spec.client) await client.attach(t.spec.client, instance.socket);
+  const t0 = process.hrtime.bigint();
+  const r = await api.stop({ uuid: instance.uuid, ...t.spec.stop });
+  t.samples.push(Number(process.hrtime.bigint() - t0));
+  if (t.spec.client) await client.next(); // `gone <n>`: the client saw its connection end
+  if (r.release !== t.spec.expected) t.unexpected++;
+  t.waited.push(r.waitedMs);
+  t.requests.push(r.requests);
+}
+
+function summariseCase(t: Tally): UnplugCase {
+  const stop = summarise(Float64Array.from(t.samples));
+  const timeoutMs = t.spec.stop.timeoutMs;
   return {
-    name: spec.name,
-    expected: spec.expected,
-    unexpected,
-    ...(spec.client === 'ignore' && timeoutMs !== undefined ? { timeoutMs, overMs: round(stop.p50Ns / 1e6 - timeoutMs) } : {}),
+    name: t.spec.name,
+    expected: t.spec.expected,
+    unexpected: t.unexpected,
+    ...(t.spec.client === 'ignore' && timeoutMs !== undefined ? { timeoutMs, overMs: round(stop.p50Ns / 1e6 - timeoutMs) } : {}),
     stop,
-    waitedMs: round(median(waited)),
-    requests: median(requests),
+    waitedMs: round(median(t.waited)),
+    requests: median(t.requests),
   };
 }
 
-/** Runs the section. */
+/** Runs the section: the cases' stops interleaved (round-robin), so load on the machine falls on every case alike. */
 export async function runUnplugBench(o: UnplugBenchOptions): Promise<UnplugResult> {
   const host = await startHost(o.dir);
   const api = await connectHost(join(o.dir, 'unplug-run', 'control.sock'));
@@ -173,10 +180,12 @@ export async function runUnplugBench(o: UnplugBenchOptions): Promise<UnplugResul
       { name: 'forced at once (--force)', expected: 'forced', client: 'ignore', stop: { force: true }, iterations: o.iterations },
       ...o.timeoutsMs.map((t): CaseSpec => ({ name: `forced at the timeout (${t} ms, client ignores)`, expected: 'forced', client: 'ignore', stop: { timeoutMs: t }, iterations: timeoutIterations(o.iterations, t) })),
     ];
-    await runCase(api, client, { ...(specs[1] as CaseSpec), iterations: 3 }); // warm-up
-    const cases: UnplugCase[] = [];
-    for (const spec of specs) cases.push(await runCase(api, client, spec));
-    const result: UnplugResult = { pinned: o.pin.length > 0, cases };
+    const tallies = specs.map((spec): Tally => ({ spec, samples: [], waited: [], requests: [], unexpected: 0 }));
+    for (const t of tallies.slice(0, 3)) for (let i = 0; i < 2; i++) await stopOnce(api, client, { ...t, samples: [], waited: [], requests: [] }); // warm-up
+    for (let i = 0; i < o.iterations; i++) {
+      for (const t of tallies) if (i < t.spec.iterations) await stopOnce(api, client, t);
+    }
+    const result: UnplugResult = { pinned: o.pin.length > 0, cases: tallies.map(summariseCase) };
     if (o.log) print(result);
     return result;
   } finally {
