@@ -155,6 +155,9 @@ describe('vfio-user migrate with several --from (a container)', { concurrency: 2
       const bad = startCli(['migrate', '--from', a.socket, '--from', b.socket, '--to', c.socket], project.dir);
       assert.equal(await bad.exited, 1);
       assert.match(bad.err(), /2 --from devices need 2 --to sockets \(or one --to tcp:\/\/HOST:PORT\), not 1/);
+      const named = startCli(['migrate', '--from', 'nic=/nonexistent/x.sock', '--to', c.socket], project.dir);
+      assert.equal(await named.exited, 1);
+      assert.match(named.err(), /connect \/nonexistent\/x\.sock: /, 'one named --from: the name is not part of the socket path');
       const mixed = startCli(['migrate', '--from', a.socket, '--from', b.socket, '--to', 'tcp://127.0.0.1:1', '--to', c.socket], project.dir);
       assert.equal(await mixed.exited, 1);
       assert.match(mixed.err(), /one --to tcp:\/\/HOST:PORT carries every device; give it alone/);

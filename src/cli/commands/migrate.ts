@@ -31,7 +31,8 @@ import type { DemoVerdict } from './migrate-listen.js';
 import { channelTls } from '../vmm-session.js';
 import { runMigrateFrom } from './migrate-from.js';
 import { runMigrateContainer } from './migrate-container.js';
-import { optionList } from './migrate-devices.js';
+import { optionList, parseDeviceSpecs } from './migrate-devices.js';
+import { isChannelTarget } from '../vmm-session.js';
 import { Errno } from '../../protocol/errno.js';
 import { parseChannelAddress } from '../../orchestrator/remote.js';
 import type { ChannelTlsCredentials } from '../../orchestrator/channel-tls.js';
@@ -314,7 +315,12 @@ export async function runMigrate(given: MigrateCommandOptions = {}, global: Glob
   if (from.length > 1) return runMigrateContainer(from, to, given, global, out);
   if (to.length > 1) throw new CliError(`migrate: ${to.length} --to targets for ${from.length === 0 ? 'no --from' : 'one --from'} (several --to pair with several --from)`, { errno: Errno.EINVAL });
   if (given.allowWithoutP2p) throw new CliError('migrate: --allow-without-p2p is for several --from (a container)', { errno: Errno.EINVAL });
-  const options: Omit<MigrateCommandOptions, 'from' | 'to'> & { from?: string; to?: string } = { ...given, from: from[0], to: to[0] };
+  // One device: a NAME= prefix only names it (a receiver pairs one device with its one device whatever the names).
+  const one = (values: string[], option: string): string | undefined => {
+    const [spec] = parseDeviceSpecs(values, option);
+    return spec === undefined || isChannelTarget(values[0] as string) ? values[0] : spec.socket;
+  };
+  const options: Omit<MigrateCommandOptions, 'from' | 'to'> & { from?: string; to?: string } = { ...given, from: one(from, 'migrate: --from'), to: one(to, 'migrate: --to') };
   if (options.from !== undefined) {
     if (options.demo) throw new CliError('migrate: --demo and --from exclude each other (the demo serves its own DMA engine)', { errno: Errno.EINVAL });
     return runMigrateFrom(options, global, out);
