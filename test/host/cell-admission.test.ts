@@ -178,6 +178,13 @@ describe('instance cell: admission and the isolation group', () => {
     }
   });
 
+  it('refuses a malformed initial group with EINVAL before starting anything', async () => {
+    await assert.rejects(
+      startCell(run.dir, 'echo', {}, [], (uuid) => ({ ...groupOf(uuid, 1), owner: { pid: 'me' } }) as never),
+      (e: Error & { errno?: number }) => e.errno === Errno.EINVAL && /owner\.pid/.test(e.message),
+    );
+  });
+
   it('leaves no fd behind', async () => {
     assert.equal(await settledCount(openFds, baselineFds), baselineFds);
   });
