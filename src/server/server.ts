@@ -126,6 +126,10 @@ export class DeviceServer {
       ...options.limits,
     };
     checkLimits(this.#limits);
+    const admitTimeoutMs = options.admitTimeoutMs;
+    if (admitTimeoutMs !== undefined && (!Number.isSafeInteger(admitTimeoutMs) || admitTimeoutMs <= 0)) {
+      throw new InvalidArgumentError(`admitTimeoutMs: ${admitTimeoutMs} is not a positive integer`);
+    }
     const onConnection = (t: Transport): void => this.#onConnection(t);
     this.#listener =
       options.listenFd === undefined
@@ -135,7 +139,8 @@ export class DeviceServer {
 
   /**
    * Starts serving `device` on `options.path`.
-   * @throws {InvalidArgumentError} EINVAL for limits out of range (`maxMsgFds` 0–253, `maxDmaMaps` 1–65535, others positive integers).
+   * @throws {InvalidArgumentError} EINVAL for limits out of range (`maxMsgFds` 0–253, `maxDmaMaps` 1–65535, others positive
+   *   integers) or an `admitTimeoutMs` that is not a positive integer.
    * @throws {SystemError} EADDRINUSE if another server owns the path; EACCES/ENOENT from bind;
    *   with `listenFd`: EINVAL (not listening), ENOTSOCK, EBADF.
    */

@@ -11,7 +11,8 @@ import { Errno } from '../../src/protocol/errno.js';
 import type { AdmitVerdict, ServeOptions } from '../../src/server/server.js';
 import type { PeerCredentials } from '../../src/transport/transport.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
-import { serveTestDevice, type ServedDevice } from '../support/server-fixture.js';
+import { createDevice } from '../../src/device/device.js';
+import { serveTestDevice, testDeviceDefinition, type ServedDevice } from '../support/server-fixture.js';
 
 const refusedWith =
   (errno: number) =>
@@ -95,6 +96,15 @@ describe('ServeOptions.admit', () => {
       await assert.rejects(connecting);
       assert.equal(signal?.aborted, true);
     });
+  });
+
+  it('refuses an admitTimeoutMs that is not a positive integer (EINVAL), before listening', () => {
+    for (const admitTimeoutMs of [0, -1, 1.5, Number.NaN]) {
+      const device = createDevice(testDeviceDefinition());
+      // The path's directory does not exist: the option is refused before any listening is tried.
+      assert.throws(() => device.serve({ path: '/nonexistent-dir/x.sock', admitTimeoutMs }), (e: Error & { errno?: number }) => e.errno === Errno.EINVAL && /admitTimeoutMs/.test(e.message));
+      device.dispose();
+    }
   });
 
   it('an admitted verdict that is used leaves the signal alone', async () => {
