@@ -129,7 +129,7 @@ export function readJsonFile(path: string): MdevConfig {
  * `list [-d] [-u UUID] [-p PARENT] [-v[v]] [--dumpjson | --json]`: running
  * instances (with `-d`, definitions), mdevctl's text or `--dumpjson`; `--json`
  * prints the host's `InstanceStatus[]` (with `-d`, `DefinitionEntry[]`);
- * `-vv` adds each instance's state, socket, client and migration state.
+ * `-vv` adds each instance's state, socket, group, client and migration state.
  * An empty result is not an error (nothing printed, or `[]`).
  * @throws {VfioUserError} what the host's `list` throws (EPERM, ENOTCONN, …).
  */

@@ -6,7 +6,7 @@
  * 2 a usage error (unknown or conflicting options, a bad UUID), as clap exits.
  *
  * Added: `--json` (the host's own shapes), `--control SOCKET` (or
- * `$VFIO_USER_CONTROL`), `list -vv` (state, socket, client, migration);
+ * `$VFIO_USER_CONTROL`), `list -vv` (state, socket, group, client, migration);
  * `stop` asks a connected client to release the instance (`--timeout`, default
  * 10 s, then forced; `--force` at once); `groups` lists the isolation groups. mdevctl's
  * `modify --live` is refused with one line: the host never changes a running
@@ -62,7 +62,7 @@ function uuidValue(text: string): string {
 }
 
 const uuidOption = (description: string): Option => new Option('-u, --uuid <uuid>', description).argParser(uuidValue);
-const json = (): Option => new Option('--json', "machine-readable output: the host's own JSON (state, socket, client, migration)");
+const json = (): Option => new Option('--json', "machine-readable output: the host's own JSON (state, socket, group, client, migration)");
 const forceOption = (): Option => new Option('-f, --force', 'force command execution even if a callout script vetoes it (as mdevctl: only if you know what you are doing)');
 
 /** clap's exit statuses: 0 for --help/--version, 2 for any usage error (commander would exit 1). */
@@ -100,7 +100,7 @@ function addListOptions(command: Command): Command {
   return command
     .option('-d, --defined', 'show defined devices')
     .addOption(new Option('--dumpjson', "output device list in mdevctl's JSON format").conflicts('json'))
-    .option('-v, --verbose', "print additional information about the devices: -v their attributes (as mdevctl), -vv also each instance's state, socket, connected client and migration state", countFlag, 0)
+    .option('-v, --verbose', "print additional information about the devices: -v their attributes (as mdevctl), -vv also each instance's state, socket, isolation group, connected client and migration state", countFlag, 0)
     .addOption(uuidOption('list devices matching the specified UUID'))
     .option('-p, --parent <parent>', 'list devices associated with the specified parent')
     .addOption(json());
