@@ -211,8 +211,12 @@ export class DeviceServer {
       return this.#refuse(t, Errno.EBUSY);
     }
     if (this.#options.admit) {
-      const verdict = await this.#askAdmission(creds);
-      if (this.#closed) return t.close();
+      const controller = new AbortController();
+      const verdict = await this.#askAdmission(creds, controller);
+      if (this.#closed) {
+        if (!controller.signal.aborted) controller.abort(new Error('the server is closing')); // an ok that started no session
+        return t.close();
+      }
       if (!verdict.ok) {
         this.#device.logger.warn({ pid: creds?.pid, uid: creds?.uid, gid: creds?.gid, errno: verdict.errno, reason: verdict.message }, 'client refused by admission');
         return this.#refuse(t, verdict.errno);
@@ -224,10 +228,9 @@ export class DeviceServer {
   }
 
   /** The admission hook's verdict, bounded in time; EPERM for a hook that fails or answers nonsense. */
-  async #askAdmission(creds: PeerCredentials | undefined): Promise<AdmitVerdict> {
+  async #askAdmission(creds: PeerCredentials | undefined, controller: AbortController): Promise<AdmitVerdict> {
     const hook = this.#options.admit as NonNullable<ServeOptions['admit']>;
     if (!creds) return { ok: false, errno: Errno.EPERM, message: 'the peer has no credentials (SO_PEERCRED failed)' };
-    const controller = new AbortController();
     this.#admitting = controller;
     const timeoutMs = this.#options.admitTimeoutMs ?? DEFAULT_ADMIT_TIMEOUT_MS;
     let timer: NodeJS.Timeout | undefined;
