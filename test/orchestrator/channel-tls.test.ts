@@ -3,7 +3,8 @@
  * authentication. Certificates are made at test time with the `openssl` CLI
  * (skipped, with the reason, when it is absent): a CA, the receiver's
  * certificate (SAN 127.0.0.1), a sender's, and a sender's from another CA. A
- * migration over TLS commits; a sender with no certificate, one from another
+ * migration over TLS commits, and so does a container of three devices on
+ * one channel; a sender with no certificate, one from another
  * CA, or a plaintext sender is refused at the handshake and the receiver
  * takes the next; a receiver whose certificate the sender's CA did not sign is
  * refused by the sender. Plaintext beyond loopback is refused by the CLI.
@@ -22,6 +23,10 @@ import { spawn } from 'node:child_process';
 import { createDmaEngineDevice } from '../../src/devices/dma-engine.js';
 import { MAIN, runCli, serve } from '../cli/support.js';
 import { GUEST, IOVA, program, saveState, withSetup } from './remote-fixture.js';
+import { migrateContainer } from '../../src/orchestrator/migrate.js';
+import { RemoteContainerDestination } from '../../src/orchestrator/remote-container.js';
+import { deviceStates, prepareSource } from './container-fixture.js';
+import { statesOf, withRemote } from './remote-container-fixture.js';
 
 const hasOpenssl = ((): boolean => {
   try {
@@ -79,6 +84,25 @@ describe('migration channel over TLS (mutual authentication)', { skip }, () => {
       assert.deepEqual(refused, []);
     }, { tls: good.server, onTlsRefused: (peer) => void refused.push(peer) });
   });
+
+  it('a container of three devices over TLS: one authenticated channel carries them all; guest memory and every state arrive', () =>
+    withRemote(async (src, rx) => {
+      await prepareSource(src);
+      const destination = await RemoteContainerDestination.connect(rx.url, { memory: { size: src.memory.size, iova: src.side.iova }, devices: src.side.devices.map((d) => d.name as string), tls: good.client });
+      const outcome = rx.nextOutcome();
+      try {
+        const report = await migrateContainer({ source: src.side, destination, downtimeBudgetMs: 5000 });
+        assert.equal(report.outcome, 'migrated', report.reason);
+        assert.equal((await outcome).outcome, 'committed');
+        const prepared = rx.prepared[0];
+        assert.ok(prepared);
+        assert.ok(Buffer.from(prepared.memory.read(0n, Number(src.memory.size))).equals(Buffer.from(src.memory.read(0n, Number(src.memory.size)))), 'guest memory arrived intact');
+        const [sent, received] = [await deviceStates(src), await statesOf(rx.devices)];
+        for (const [name, state] of sent) assert.ok(received.get(name)?.equals(state), `${name} state arrived intact`);
+      } finally {
+        destination.close();
+      }
+    }, { tls: good.server }));
 
   it('no client certificate, one from another CA, or plaintext: refused at the handshake; the receiver serves the next sender', () => {
     const refused: string[] = [];
