@@ -9,6 +9,8 @@
  * - released: a cooperating client, which closes its connection at the first
  *   release request (`onReleaseRequest`, the REQ eventfd), stop with a 10 s timeout;
  * - forced at once: a client connected, `force`;
+ * - released through the CLI: as released, each stop a `vfio-user mdev stop`
+ *   process (Node's start-up included; at most 10 stops);
  * - forced at the timeout: a client that ignores the requests, for each
  *   timeout: the stop's time over the timeout is the overhead.
  * Reported: the stop's wall time (control request to answer), the host's own
@@ -16,11 +18,12 @@
  * against the case's.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdirSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { connectHost, type HostConnection } from '../src/host/control-client.js';
-import type { ReleaseOutcome, StopRequest } from '../src/host/api.js';
+import type { ReleaseOutcome, StopRequest, StopResult } from '../src/host/api.js';
 import { summarise, type LatencySummary } from './stats.js';
 import { median, round } from './orchestrator-matrix.js';
 
@@ -129,6 +132,8 @@ interface CaseSpec {
   client?: 'coop' | 'ignore';
   stop: Omit<StopRequest, 'uuid'>;
   iterations: number;
+  /** Stop with `vfio-user mdev stop --json` (a Node process per stop) instead of the API. */
+  cli?: boolean;
 }
 
 /** A case's stops so far. */
@@ -140,12 +145,24 @@ interface Tally {
   unexpected: number;
 }
 
-/** One stop of a fresh instance (with the case's client attached), timed from the control request to its answer. */
+/** `vfio-user mdev stop --json -u UUID [--timeout Nms]`: its StopResult. */
+async function cliStop(control: string, request: StopRequest): Promise<StopResult> {
+  const args = [CLI, 'mdev', 'stop', '--json', '-u', request.uuid, ...(request.timeoutMs === undefined ? [] : ['--timeout', `${request.timeoutMs}ms`])];
+  const child = spawn(process.execPath, args, { env: { ...process.env, VFIO_USER_CONTROL: control }, stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  const [code] = (await once(child, 'exit')) as [number | null];
+  if (code !== 0) throw new Error(`vfio-user mdev stop exited ${code}: ${out}`);
+  return JSON.parse(out) as StopResult;
+}
+
+/** One stop of a fresh instance (with the case's client attached), timed from the control request (or the CLI's start) to its answer. */
 async function stopOnce(api: HostConnection, client: ClientProcess, t: Tally): Promise<void> {
   const instance = await api.start({ parent: 'bench', mdevType: 'bench-gpio' });
   if (t.spec.client) await client.attach(t.spec.client, instance.socket);
+  const request = { uuid: instance.uuid, ...t.spec.stop };
   const t0 = process.hrtime.bigint();
-  const r = await api.stop({ uuid: instance.uuid, ...t.spec.stop });
+  const r = t.spec.cli ? await cliStop(api.socket, request) : await api.stop(request);
   t.samples.push(Number(process.hrtime.bigint() - t0));
   if (t.spec.client) await client.next(); // `gone <n>`: the client saw its connection end
   if (r.release !== t.spec.expected) t.unexpected++;
@@ -178,6 +195,7 @@ export async function runUnplugBench(o: UnplugBenchOptions): Promise<UnplugResul
       { name: 'idle (no client)', expected: 'idle', stop: {}, iterations: o.iterations },
       { name: 'released (cooperating client, timeout 10 s)', expected: 'released', client: 'coop', stop: { timeoutMs: 10_000 }, iterations: o.iterations },
       { name: 'forced at once (--force)', expected: 'forced', client: 'ignore', stop: { force: true }, iterations: o.iterations },
+      { name: 'released, through `vfio-user mdev stop` (a process)', expected: 'released', client: 'coop', stop: { timeoutMs: 10_000 }, iterations: Math.min(o.iterations, 10), cli: true },
       ...o.timeoutsMs.map((t): CaseSpec => ({ name: `forced at the timeout (${t} ms, client ignores)`, expected: 'forced', client: 'ignore', stop: { timeoutMs: t }, iterations: timeoutIterations(o.iterations, t) })),
     ];
     const tallies = specs.map((spec): Tally => ({ spec, samples: [], waited: [], requests: [], unexpected: 0 }));
