@@ -130,6 +130,33 @@ describe('vfio-user migrate with several --from (a container)', { concurrency: 2
     }
   });
 
+  it('the sender stopped (SIGTERM) in pre-copy: both sources run again, the receiver abandons and resets both destinations', async () => {
+    const [a, b, c, d] = await Promise.all([
+      serveModule(project, './dev.js', 'sa.sock', ['--seed', '8']), serveModule(project, './dev.js', 'sb.sock', ['--seed', '10']),
+      serveModule(project, './dev.js', 'sc.sock'), serveModule(project, './dev.js', 'sd.sock'),
+    ]);
+    const listen = startCli(['migrate-listen', '--port', '0', '--socket', `a=${c.socket}`, '--socket', `b=${d.socket}`, '--once', '--json'], project.dir);
+    let m: ReturnType<typeof startCli> | undefined;
+    try {
+      const url = (await listen.waitFor(/listening (tcp:\/\/\S+)/, 'err'))[1] as string;
+      m = withFaultPause('sender:precopy', () => startCli(['migrate', '--from', `a=${a.socket}`, '--from', `b=${b.socket}`, '--to', url, '--allow-without-p2p', '--guest-ram', '64K', '--downtime', '10s', '--json'], project.dir));
+      await m.waitFor(/fault-pause sender:precopy pid \d+/, 'err');
+      assert.equal(await m.kill('SIGTERM'), 1, m.err());
+      const s = JSON.parse(m.out()) as Summary & { phase: string; sourceRecovery?: string; interrupted?: string };
+      assert.deepEqual([s.outcome, s.phase, s.sourceRecovery, s.interrupted], ['aborted', 'precopy', 'running', 'SIGTERM'], s.reason);
+      for (const p of [a, b]) assert.deepEqual(p.lines(/^arc /), [], 'the sources (no PRE_COPY) never left RUNNING');
+      assert.equal(await listen.exited, 1, 'the receiver (--once) saw the migration abandoned');
+      const r = JSON.parse(listen.out()) as Received & { phase: string };
+      assert.deepEqual([r.outcome, r.phase, r.devices?.map((x) => x.name)], ['abandoned', 'precopy', ['a', 'b']]);
+      for (const p of [c, d]) {
+        assert.equal(switchover(p, 'destination'), undefined, 'no destination was resumed');
+        await p.waitFor(/^reset lost-connection$/m);
+      }
+    } finally {
+      await Promise.all([listen.kill('SIGKILL'), m?.kill('SIGKILL'), a.kill(), b.kill(), c.kill(), d.kill()]);
+    }
+  });
+
   it('to two sockets on this host: refused without --allow-without-p2p (nothing changed), migrated with it; --no-hold releases both', async () => {
     const [a, b, c, d] = await Promise.all([
       serveModule(project, './dev.js', 'la.sock', ['--seed', '3']), serveModule(project, './dev.js', 'lb.sock', ['--seed', '5']),

@@ -19,6 +19,7 @@ import type { ContainerDestination } from '../../orchestrator/destination.js';
 import type { ContainerMigrationReport, ContainerSide, MigrateContainerOptions } from '../../orchestrator/types.js';
 import { parseChannelAddress } from '../../orchestrator/remote.js';
 import { Errno } from '../../protocol/errno.js';
+import { faultArmed, faultPause } from '../fault-pause.js';
 import { createProgressBar } from '../progress-bar.js';
 import { CliError, connectFailure, errorReason, parseInteger, parseTimeout, stdio, toJson, type GlobalOptions, type Output } from '../common.js';
 import { channelTls, GUEST_RAM_DIGEST_REQUEST, guestRamDigest, guestRamPath, isChannelTarget, openVmmSession, type OwnedVmmSession } from '../vmm-session.js';
@@ -180,6 +181,7 @@ async function toReceiver(source: OwnedContainer, url: string, run: Run): Promis
   } catch (error) {
     throw new CliError(`migrate: ${url}: ${(error as Error).message}`, { cause: error });
   }
+  armFaultPoint(destination, run.signals);
   try {
     const report = await migrateWith(source, destination, run, url);
     const digests: { source?: string; destination?: string } = {};
@@ -193,6 +195,19 @@ async function toReceiver(source: OwnedContainer, url: string, run: Run): Promis
   } finally {
     destination.close();
   }
+}
+
+/** `VFIO_USER_FAULT_PAUSE=sender:precopy` (fault-pause.ts): a pause after the first full copy, released by a signal. */
+function armFaultPoint(destination: RemoteContainerDestination, signals: SignalWatch): void {
+  if (!faultArmed('sender:precopy')) return;
+  const link = destination.link;
+  const flush = link.flush.bind(link);
+  let first = true;
+  link.flush = async () => {
+    await flush();
+    if (first) await faultPause('sender:precopy', signals.next());
+    first = false;
+  };
 }
 
 /** To sockets on this host: this process opens the destination container, and holds it once migrated. */
