@@ -110,7 +110,9 @@ describe('vfio-user migrate with several --from (a container)', { concurrency: 2
     try {
       const url = (await listen.waitFor(/listening (tcp:\/\/\S+)/, 'err'))[1] as string;
       const m = startCli(['migrate', '--from', `a=${a.socket}`, '--from', `b=${b.socket}`, '--to', url, '--allow-without-p2p', '--guest-ram', '64K', '--downtime', '10s', '--json'], project.dir);
-      const id = (await listen.waitFor(/fault-pause receiver:commit pid \d+ migration (\S+)/, 'err'))[1];
+      const id = (await listen.waitFor(/fault-pause receiver:commit pid \d+ migration (\S+)/, 'err').catch((e: Error) => {
+        throw new Error(`${e.message}\nsender: ${m.err()}${m.out()}`);
+      }))[1];
       assert.equal(await listen.kill('SIGTERM'), 1, listen.err());
       assert.equal(await m.exited, 1, m.err());
       const s = JSON.parse(m.out()) as Summary & { phase: string; sourceRecovery?: string; migrationId?: string };
@@ -140,7 +142,10 @@ describe('vfio-user migrate with several --from (a container)', { concurrency: 2
     try {
       const url = (await listen.waitFor(/listening (tcp:\/\/\S+)/, 'err'))[1] as string;
       m = withFaultPause('sender:precopy', () => startCli(['migrate', '--from', `a=${a.socket}`, '--from', `b=${b.socket}`, '--to', url, '--allow-without-p2p', '--guest-ram', '64K', '--downtime', '10s', '--json'], project.dir));
-      await m.waitFor(/fault-pause sender:precopy pid \d+/, 'err');
+      const sender = m;
+      await sender.waitFor(/fault-pause sender:precopy pid \d+/, 'err').catch((e: Error) => {
+        throw new Error(`${e.message}\nreceiver: ${listen.err()}${listen.out()}`);
+      });
       assert.equal(await m.kill('SIGTERM'), 1, m.err());
       const s = JSON.parse(m.out()) as Summary & { phase: string; sourceRecovery?: string; interrupted?: string };
       assert.deepEqual([s.outcome, s.phase, s.sourceRecovery, s.interrupted], ['aborted', 'precopy', 'running', 'SIGTERM'], s.reason);
