@@ -7,6 +7,7 @@
 import type { ContainerMigrationReport } from '../../orchestrator/types.js';
 import type { DeviceSpec } from './migrate-devices.js';
 import type { MigrateCommandOptions, MigrationRunSummary } from './migrate.js';
+import { mb, summaryBytesLine, summaryPhaseLine } from './migrate-from.js';
 
 /** One device of the summary. */
 export interface ContainerDeviceSummary {
@@ -64,17 +65,15 @@ export function summarizeContainer(
   };
 }
 
-const mb = (n: bigint): string => (Number(n) / 1e6).toFixed(1);
-
 /** The human-readable summary: the container's lines, then one per device. */
 export function formatContainerSummary(s: MigrateContainerSummary): string[] {
   const g = s.guestRam;
   const lines = [
     `outcome    ${s.outcome}${s.reason ? `: ${s.reason}` : ''}${s.sourceRecovery ? ` (sources ${s.sourceRecovery})` : ''}`,
-    `phase      ${s.phase}${s.interrupted ? ` (${s.interrupted})` : ''}${s.migrationId ? `; migration id ${s.migrationId}` : ''}${s.resolution ? `; ${s.resolution}` : ''}`,
+    summaryPhaseLine(s),
     `container  ${s.devices.length} devices → ${s.destination}`,
     `downtime   ${s.downtimeMs.toFixed(2)} ms of a ${s.budgetMs} ms budget (projected ${s.projectedDowntimeMs === null ? '-' : s.projectedDowntimeMs.toFixed(2)} ms, P2P ${s.p2pMs.toFixed(2)} ms); total ${s.totalMs.toFixed(1)} ms, ${s.iterations} pre-copy iterations`,
-    `bytes      pre-copy ${mb(s.bytes.precopyMemory)} MB memory + ${mb(s.bytes.precopyDevice)} MB device; stop-copy ${mb(s.bytes.stopCopyMemory)} MB memory + ${mb(s.bytes.stopCopyDevice)} MB device`,
+    summaryBytesLine(s),
     `guest RAM  ${g.bytes} bytes at IOVA 0x${g.iova.toString(16)}, shared by every device${g.file ? `, from ${g.file}` : ''}`,
   ];
   for (const d of s.devices) {

@@ -32,17 +32,28 @@ export interface MigrateFromSummary extends MigrationRunSummary {
   held?: { pid: number; guestRamPath: string };
 }
 
-const mb = (n: bigint): string => (Number(n) / 1e6).toFixed(1);
+/** Bytes as MB with one decimal (summary lines). */
+export const mb = (n: bigint): string => (Number(n) / 1e6).toFixed(1);
+
+/** The summary's `phase` line: where it ended, the interruption, the migration id, how a lost commit was resolved. */
+export function summaryPhaseLine(s: MigrationRunSummary): string {
+  return `phase      ${s.phase}${s.interrupted ? ` (${s.interrupted})` : ''}${s.migrationId ? `; migration id ${s.migrationId}` : ''}${s.resolution ? `; ${s.resolution}` : ''}`;
+}
+
+/** The summary's `bytes` line: pre-copy and stop-copy, memory and device. */
+export function summaryBytesLine(s: MigrationRunSummary): string {
+  return `bytes      pre-copy ${mb(s.bytes.precopyMemory)} MB memory + ${mb(s.bytes.precopyDevice)} MB device; stop-copy ${mb(s.bytes.stopCopyMemory)} MB memory + ${mb(s.bytes.stopCopyDevice)} MB device`;
+}
 
 /** The human-readable summary. */
 export function formatMigrateFromSummary(s: MigrateFromSummary): string[] {
   const g = s.guestRam;
   const lines = [
     `outcome    ${s.outcome}${s.reason ? `: ${s.reason}` : ''}${s.sourceRecovery ? ` (source ${s.sourceRecovery})` : ''}`,
-    `phase      ${s.phase}${s.interrupted ? ` (${s.interrupted})` : ''}${s.migrationId ? `; migration id ${s.migrationId}` : ''}${s.resolution ? `; ${s.resolution}` : ''}`,
+    summaryPhaseLine(s),
     `devices    ${s.source} → ${s.destination}`,
     `downtime   ${s.downtimeMs.toFixed(2)} ms of a ${s.budgetMs} ms budget (projected ${s.projectedDowntimeMs === null ? '-' : s.projectedDowntimeMs.toFixed(2)} ms); total ${s.totalMs.toFixed(1)} ms, ${s.iterations} pre-copy iterations`,
-    `bytes      pre-copy ${mb(s.bytes.precopyMemory)} MB memory + ${mb(s.bytes.precopyDevice)} MB device; stop-copy ${mb(s.bytes.stopCopyMemory)} MB memory + ${mb(s.bytes.stopCopyDevice)} MB device`,
+    summaryBytesLine(s),
     `arcs       ${s.arcs.map((a) => `${a.side} ${a.from}>${a.to} ${a.ms.toFixed(2)} ms`).join(', ') || '-'}`,
     `guest RAM  ${g.bytes} bytes at IOVA 0x${g.iova.toString(16)}${g.file ? ` from ${g.file}` : ''}`,
   ];
