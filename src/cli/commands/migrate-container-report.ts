@@ -7,7 +7,7 @@
 import type { ContainerMigrationReport } from '../../orchestrator/types.js';
 import type { DeviceSpec } from './migrate-devices.js';
 import type { MigrateCommandOptions, MigrationRunSummary } from './migrate.js';
-import { mb, summaryBytesLine, summaryPhaseLine } from './migrate-from.js';
+import { mb, reportFields, summaryBytesLine, summaryPhaseLine } from './migrate-from.js';
 
 /** One device of the summary. */
 export interface ContainerDeviceSummary {
@@ -45,14 +45,8 @@ export function summarizeContainer(
   r: ContainerMigrationReport, source: SourceView, target: string, options: MigrateCommandOptions, digests: { source?: string; destination?: string },
 ): MigrateContainerSummary {
   return {
-    outcome: r.outcome, phase: r.phase,
-    ...(r.migrationId === undefined ? {} : { migrationId: r.migrationId }),
-    ...(r.resolution === undefined ? {} : { resolution: r.resolution }),
-    ...(r.reason === undefined ? {} : { reason: r.reason }),
-    ...(r.sourceRecovery === undefined ? {} : { sourceRecovery: r.sourceRecovery }),
-    destination: target, totalMs: r.totalMs, downtimeMs: r.downtimeMs, budgetMs: options.downtime ?? 300,
-    projectedDowntimeMs: Number.isFinite(r.projectedDowntimeMs) ? r.projectedDowntimeMs : null,
-    bytes: r.bytes, iterations: r.iterations, arcs: r.arcs, p2pMs: r.p2pMs, warnings: r.warnings,
+    ...reportFields(r),
+    destination: target, budgetMs: options.downtime ?? 300, p2pMs: r.p2pMs, warnings: r.warnings,
     devices: r.devices.map((d, i) => ({
       name: d.name, source: source.specs[i]?.socket ?? '?', bytes: d.bytes, p2pMs: d.p2pMs, arcs: d.arcs,
       ...(d.sourceRecovery === undefined ? {} : { sourceRecovery: d.sourceRecovery }),

@@ -17,6 +17,7 @@
  * it: the source runs again unless the destination committed.
  */
 import { MigrationCompatibilityError } from '../../orchestrator/compat.js';
+import type { MigrationReport } from '../../orchestrator/types.js';
 import { createProgressBar } from '../progress-bar.js';
 import { Errno } from '../../protocol/errno.js';
 import { CliError, parseInteger, parseTimeout, stdio, toJson, type GlobalOptions, type Output } from '../common.js';
@@ -30,6 +31,20 @@ export interface MigrateFromSummary extends MigrationRunSummary {
   guestRam: { bytes: bigint; iova: bigint; file?: string; sourceSha256?: string; destinationSha256?: string; equal?: boolean };
   /** A local destination held by this process after the commit. */
   held?: { pid: number; guestRamPath: string };
+}
+
+/** The fields of a summary taken from the orchestrator's report as they are (a projection that never ran: null). */
+export function reportFields(r: MigrationReport) {
+  return {
+    outcome: r.outcome, phase: r.phase,
+    ...(r.migrationId === undefined ? {} : { migrationId: r.migrationId }),
+    ...(r.resolution === undefined ? {} : { resolution: r.resolution }),
+    ...(r.reason === undefined ? {} : { reason: r.reason }),
+    ...(r.sourceRecovery === undefined ? {} : { sourceRecovery: r.sourceRecovery }),
+    totalMs: r.totalMs, downtimeMs: r.downtimeMs,
+    projectedDowntimeMs: Number.isFinite(r.projectedDowntimeMs) ? r.projectedDowntimeMs : null,
+    bytes: r.bytes, iterations: r.iterations, arcs: r.arcs,
+  };
 }
 
 /** Bytes as MB with one decimal (summary lines). */
@@ -69,14 +84,8 @@ function summarize(result: SessionMigration, source: OwnedVmmSession, to: string
   const r = result.report;
   const g = { sourceSha256: result.sourceRamDigest, destinationSha256: result.destinationRamDigest };
   return {
-    outcome: r.outcome, phase: r.phase,
-    ...(r.migrationId === undefined ? {} : { migrationId: r.migrationId }),
-    ...(r.resolution === undefined ? {} : { resolution: r.resolution }),
-    ...(r.reason === undefined ? {} : { reason: r.reason }),
-    ...(r.sourceRecovery === undefined ? {} : { sourceRecovery: r.sourceRecovery }),
-    source: source.socket, destination: to, totalMs: r.totalMs, downtimeMs: r.downtimeMs, budgetMs,
-    projectedDowntimeMs: Number.isFinite(r.projectedDowntimeMs) ? r.projectedDowntimeMs : null,
-    bytes: r.bytes, iterations: r.iterations, arcs: r.arcs,
+    ...reportFields(r),
+    source: source.socket, destination: to, budgetMs,
     guestRam: {
       bytes: source.memory.size, iova: source.iova, ...(file === undefined ? {} : { file }),
       ...(g.sourceSha256 === undefined ? {} : { sourceSha256: g.sourceSha256 }),
