@@ -58,6 +58,8 @@ describe('Container over a device host', () => {
       await container.attach(c4);
       assert.deepEqual(memory.attachments.map((a) => a.client), clients, 'the late member received the mapping');
       c4.close();
+      // The host sees the close before the stop (else the stop would find the session still there and end 'released').
+      await until(async () => (await host.list()).instances.find((i) => i.uuid === F4)?.client === undefined, 'the host to see the member closed');
       assert.equal((await host.stop({ uuid: F4, timeoutMs: 60_000 })).release, 'idle');
       await until(() => container.devices.length === 3, 'the container to forget the closed member');
       assert.deepEqual(container.devices, [c1, c2, c3]);
