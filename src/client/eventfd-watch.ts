@@ -23,8 +23,11 @@ export interface EventFdChannel {
   uninstall(): Promise<void>;
 }
 
-/** An eventfd and its poller; `onSignal` gets the counts read. */
-class EventFdWatch {
+/**
+ * An eventfd and its native poller; `onSignal` gets the counts read.
+ * @throws {SystemError} from eventfd(2) (EMFILE, ENFILE) or the poller's start (the fd is then closed).
+ */
+export class EventFdWatch {
   readonly fd: number;
   readonly #poller: NativePoller;
   #closed = false;

@@ -24,11 +24,10 @@
  */
 import { EventEmitter } from 'node:events';
 import { ConnectionClosedError, InvalidArgumentError, StateError, TimeoutError } from '../errors.js';
-import { createEventFd, native } from '../native/addon.js';
-import type { NativePoller } from '../native/types.js';
 import { IrqSetFlags } from '../protocol/constants.js';
 import { Errno } from '../protocol/errno.js';
 import type { VfioUserClient } from './client.js';
+import { EventFdWatch } from './eventfd-watch.js';
 
 /** One delivery: `count` signals of `vector` of IRQ `index` since the previous one. */
 export interface InterruptEvent {
@@ -106,8 +105,7 @@ class VectorQueue implements AsyncIterableIterator<bigint> {
 }
 
 interface VectorState {
-  fd: number;
-  poller: NativePoller | undefined;
+  watch: EventFdWatch;
   total: bigint;
   /** Signals delivered while no iterator or waiter was there to take them; handed to the next iterator. */
   backlog: bigint;
@@ -182,7 +180,7 @@ export class Interrupts extends EventEmitter<InterruptsEvents> {
 
   /** The eventfds, vector `start + i` at `i` (owned by this object; empty once closed). */
   get fds(): readonly number[] {
-    return this.#closed ? [] : this.#vectors.map((v) => v.fd);
+    return this.#closed ? [] : this.#vectors.map((v) => v.watch.fd);
   }
 
   /** Signals seen so far on `vector`. @throws {InvalidArgumentError} EINVAL for a vector outside the range. */
@@ -299,19 +297,8 @@ export class Interrupts extends EventEmitter<InterruptsEvents> {
   }
 
   #watch(vector: number): VectorState {
-    const state: VectorState = { fd: createEventFd(), poller: undefined, total: 0n, backlog: 0n, queues: new Set(), waiters: new Set() };
-    try {
-      const poller = new native.Poller(state.fd, (status) => {
-        if (status < 0) return poller.stop(); // libuv: stop polling after an error
-        const value = native.eventfdRead(state.fd);
-        if (typeof value === 'bigint') this.#deliver(state, vector, value);
-      });
-      poller.start(native.constants.UV_READABLE);
-      state.poller = poller;
-    } catch (error) {
-      native.close(state.fd);
-      throw error;
-    }
+    const state = { total: 0n, backlog: 0n, queues: new Set(), waiters: new Set() } as Omit<VectorState, 'watch'> as VectorState;
+    state.watch = new EventFdWatch((count) => this.#deliver(state, vector, count));
     return state;
   }
 
@@ -338,8 +325,7 @@ export class Interrupts extends EventEmitter<InterruptsEvents> {
     this.#closed = true;
     const error = reason ?? new StateError(`Interrupts: IRQ index ${this.index} was disabled`, { errno: Errno.EBADF });
     for (const v of this.#vectors) {
-      v.poller?.close();
-      native.close(v.fd);
+      v.watch.close();
       for (const q of v.queues) q.end();
       v.queues.clear();
       for (const w of v.waiters) w.reject(error);

@@ -26,6 +26,7 @@
  */
 import { Errno } from '../protocol/errno.js';
 import type { Logger } from '../log.js';
+import type { AdmitVerdict } from '../server/server.js';
 import type { GroupMemberState, GroupOwner, GroupView, MdevAttr, MdevType } from './types.js';
 
 /** The audit events of groups (logged here) and of stopping instances (logged by the cells). */
@@ -77,8 +78,8 @@ export interface GroupMemberSource {
 /** A client asking to attach a member (SO_PEERCRED of its connection). */
 export type AdmitClient = GroupOwner;
 
-/** The answer to an admission: attach, or refuse with an errno (EBUSY, EPERM) and one line. */
-export type AdmitVerdict = { ok: true } | { ok: false; errno: number; message: string };
+/** The answer to an admission: the server's {@link AdmitVerdict} (here: attach, or refuse EBUSY / EPERM with one line). */
+export type { AdmitVerdict };
 
 interface Owner extends GroupOwner {
   /** Member UUID → admitted connections of this pid to it (a session, or one admitted and about to start). */
