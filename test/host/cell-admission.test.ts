@@ -11,7 +11,7 @@ import { Command, DeviceFeatureFlags } from '../../src/protocol/constants.js';
 import { Errno } from '../../src/protocol/errno.js';
 import { decodeIsolationGroupData, isolationGroupFeatureOf, type IsolationGroupView } from '../../src/protocol/isolation-group.js';
 import type { CellPeer } from '../../src/host/cell.js';
-import { baseline, openFds, runDir, settledCount, startCell, u32 } from './cell-support.js';
+import { openFds, runDir, settledCount, startCell, u32, warmFdBaseline } from './cell-support.js';
 
 const BAR0 = 0;
 const { GET, SET } = DeviceFeatureFlags;
@@ -40,9 +40,7 @@ describe('instance cell: admission and the isolation group', () => {
   let baselineFds = 0;
 
   before(async () => {
-    const warm = await startCell(run.dir, 'echo');
-    await warm.close();
-    baselineFds = await baseline(openFds);
+    baselineFds = await warmFdBaseline(run.dir);
   });
   after(() => run.dispose());
 

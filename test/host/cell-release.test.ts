@@ -9,7 +9,7 @@ import { Interrupts } from '../../src/client/interrupts.js';
 import { createEventFd, native } from '../../src/native/addon.js';
 import { IrqIndex, IrqSetFlags } from '../../src/protocol/constants.js';
 import type { Logger } from '../../src/log.js';
-import { baseline, openFds, runDir, settledCount, startCell, u32 } from './cell-support.js';
+import { openFds, runDir, settledCount, startCell, u32, warmFdBaseline } from './cell-support.js';
 
 const BAR0 = 0;
 const TRIGGER_EVENTFD = IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER;
@@ -34,9 +34,7 @@ describe('instance cell: stop with release requests', () => {
   let baselineFds = 0;
 
   before(async () => {
-    const warm = await startCell(run.dir, 'echo');
-    await warm.close();
-    baselineFds = await baseline(openFds);
+    baselineFds = await warmFdBaseline(run.dir);
   });
   after(() => run.dispose());
 

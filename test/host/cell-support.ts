@@ -41,6 +41,16 @@ export async function baseline(count: () => number): Promise<number> {
   return low;
 }
 
+/**
+ * This process's settled fd count after one cell was started and stopped in `dir` (the first cell loads modules
+ * and libuv's thread pool in this thread too): the baseline a suite's leak checks compare with.
+ */
+export async function warmFdBaseline(dir: string): Promise<number> {
+  const warm = await startCell(dir, 'echo');
+  await warm.close();
+  return baseline(openFds);
+}
+
 /** A 0700 temp run dir, removed by `dispose`. */
 export function runDir(): { dir: string; dispose(): void } {
   const dir = mkdtempSync(join(tmpdir(), 'vfio-user-cells-'));
