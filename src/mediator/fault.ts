@@ -104,11 +104,11 @@ function isError(reply: MediatedMessage): boolean {
 function stateAfter(reply: MediatedMessage, request: MediatedMessage, current: MigrationState): MigrationState {
   if (isError(reply)) return current;
   if (request.header.cmd === Command.DEVICE_RESET) return MigrationState.RUNNING;
-  if (request.header.cmd !== Command.DEVICE_FEATURE || request.payload.length < 16) return current;
+  if (request.header.cmd !== Command.DEVICE_FEATURE || request.payload.length < 8) return current;
   const view = new DataView(request.payload.buffer, request.payload.byteOffset, request.payload.byteLength);
   const flags = view.getUint32(4, true);
   if ((flags & DeviceFeatureFlags.MASK) !== DeviceFeature.MIG_DEVICE_STATE) return current;
-  if (flags & DeviceFeatureFlags.SET) return view.getUint32(8, true) as MigrationState;
+  if (flags & DeviceFeatureFlags.SET) return request.payload.length >= 12 ? (view.getUint32(8, true) as MigrationState) : current;
   if (flags & DeviceFeatureFlags.GET && reply.payload.length >= 16) {
     return new DataView(reply.payload.buffer, reply.payload.byteOffset, reply.payload.byteLength).getUint32(8, true) as MigrationState;
   }
