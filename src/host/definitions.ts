@@ -362,7 +362,7 @@ export class DefinitionStore {
 
   private problem(result: LoadResult, file: string, reason: string): void {
     result.problems.push({ file, reason });
-    this.logger.warn({ file, reason }, 'definition skipped');
+    this.logger.warn({ event: 'definition-skipped', file, reason }, 'definition skipped');
   }
 }
 

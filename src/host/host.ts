@@ -14,7 +14,8 @@
  * Structured logs (one JSON line per event with `VFIO_USER_LOG` or an
  * injected logger; `event` names it): `host-started`, `host-stopped`,
  * `instance-started`, `instance-stopped`, `instance-failed`,
- * `instance-restarted`, `instance-restart-failed`, `instance-restart-abandoned`,
+ * `instance-start-failed` (a start rolled back: its errno and reason), `instance-restarted`, `instance-restart-failed`,
+ * `instance-restart-abandoned`,
  * `client-connected`, `client-disconnected`, `autostart-failed`, `callout-vetoed`, `stale-socket-removed`,
  * `instance-stopping` (a stop with a client connected: its pid, the timeout), `definition-*`, and the store's
  * definition problems; and the audit trail: lines with `audit` one of claim, release, refuse, hot-add-claim,
@@ -354,6 +355,8 @@ export class DeviceHost implements HostApi {
       await this.#withCallouts(plan.uuid, plan.parent, plan.config, 'start', checked.force ?? false, () => instances.launch(record));
     } catch (error) {
       instances.release(record);
+      const { code, message } = error as VfioUserError;
+      this.#logger.warn({ event: 'instance-start-failed', uuid: plan.uuid, parent: plan.parent, mdevType: plan.config.mdev_type, errno: code, reason: message }, `${plan.uuid}: start failed, nothing left`);
       throw error;
     }
     return this.#statusOf(record);

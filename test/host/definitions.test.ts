@@ -224,7 +224,7 @@ describe('DefinitionStore.load: bad entries are reported and skipped', () => {
     };
     const { problems } = new DefinitionStore(dir, logger).load();
     assert.equal(problems.length, 1);
-    assert.deepEqual(warnings, [{ file: join(dir, P1, U1), reason: problems[0]?.reason, msg: 'definition skipped' }]);
+    assert.deepEqual(warnings, [{ event: 'definition-skipped', file: join(dir, P1, U1), reason: problems[0]?.reason, msg: 'definition skipped' }]);
   });
 
   it('reports an unreadable file (EACCES)', { skip: process.getuid?.() === 0 ? 'root reads every file' : false }, () => {

@@ -101,6 +101,10 @@ describe('DeviceHost', () => {
     assert.deepEqual((await host.list()).instances, []);
     assert.equal(await available('hostfix-echo'), 3);
     await until(() => openFds() <= fds, 'the failed workers\' fds to be closed');
+    // Each rollback leaves one structured line for the operator: which instance, the errno, the reason.
+    const failed = logger.named('instance-start-failed').filter((e) => e.uuid === U2);
+    assert.deepEqual(failed.map((e) => [e.level, e.parent, e.mdevType, e.errno]), [['warn', 'hostfix', 'hostfix-echo', 'ERANGE'], ['warn', 'hostfix', 'hostfix-echo', 'EINVAL']]);
+    assert.match(String(failed[0]?.reason), /attribute 1.*fail.*refused on purpose/);
   });
 
   it('refuses bad requests before any side effect, each with one line and its errno', async () => {
