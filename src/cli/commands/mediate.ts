@@ -1,0 +1,107 @@
+/**
+ * `vfio-user mediate --upstream SOCK --listen SOCK [--plugin MODULE]...
+ * [--record FILE] [--fault SPEC]... [--fault-seed N] [--allow-uid UID]...
+ * [--json] [-- ARGS...]`: a transparent vfio-user proxy in front of a device
+ * (src/mediator/, docs/mediation.md) until SIGINT or SIGTERM, then closes
+ * every session and removes its socket.
+ *
+ * Plugins load from ES modules (src/mediator/plugin-loader.ts; the arguments
+ * after `--` go to each module's `createPlugin`). `--fault` rules
+ * (docs/fault-injection.md) run first, before the plugins; `--record` writes
+ * the client side of every session to FILE (docs/record-replay.md). Prints one
+ * ready line on stdout once listening: `mediating <upstream> on <listen>
+ * (plugins: …)`, or with `--json` one JSON object with the same facts. Events
+ * are logged as JSON lines on stderr (level `warn` unless `VFIO_USER_LOG`
+ * says otherwise).
+ */
+import { createJsonLogger, getDefaultLogger, type Logger } from '../../log.js';
+import { Mediator } from '../../mediator/mediator.js';
+import { loadPlugins } from '../../mediator/plugin-loader.js';
+import { createRecorder, type Recorder } from '../../mediator/record.js';
+import { createFaultPlugin, parseFaultSpec, type FaultPlugin } from '../../mediator/fault.js';
+import type { MediatorPlugin } from '../../mediator/types.js';
+import { untilSignal } from '../signals.js';
+import { parseCount } from '../values.js';
+
+/** Options of {@link runMediate} (as commander parses them). */
+export interface MediateCommandOptions {
+  upstream: string;
+  listen: string;
+  plugin?: string[];
+  record?: string;
+  fault?: string[];
+  faultSeed?: string;
+  allowUid?: string[];
+  json?: boolean;
+}
+
+/** What {@link runMediate} uses from its environment (tests inject their own). */
+export interface MediateIo {
+  /** Prints one line on stdout. */
+  log(line: string): void;
+  /** Resolves when the process is asked to stop (default: SIGINT or SIGTERM). */
+  stopped(): Promise<string>;
+  /** Where the mediator logs (default: JSON lines on stderr, level warn unless VFIO_USER_LOG). */
+  logger: Logger;
+}
+
+function defaultIo(): MediateIo {
+  return {
+    log: (line) => void process.stdout.write(`${line}\n`),
+    stopped: untilSignal,
+    logger: process.env.VFIO_USER_LOG ? getDefaultLogger() : createJsonLogger({ level: 'warn', name: 'vfio-user-mediate' }),
+  };
+}
+
+/**
+ * Mediates between `options.upstream` and clients on `options.listen` until stopped.
+ * @param args - the arguments after `--`, for the plugin modules' factories.
+ * @throws {InvalidArgumentError} EINVAL for a bad fault spec, seed or uid, a plugin module that exports no plugin;
+ *   ENOENT for a plugin module not found (plugin-loader.ts).
+ * @throws {SystemError} EADDRINUSE when someone serves the listen path; EACCES, ENOENT from bind;
+ *   the file system's error when the record file cannot be created.
+ */
+export async function runMediate(options: MediateCommandOptions, io: MediateIo = defaultIo(), args: readonly string[] = []): Promise<void> {
+  const stopped = io.stopped(); // listen for signals first: loading plugins takes a while
+  const fault = faultPlugin(options, io.logger);
+  const plugins: MediatorPlugin[] = fault ? [fault] : [];
+  for (const spec of options.plugin ?? []) plugins.push(...(await loadPlugins(spec, args)));
+  const recorder: Recorder | undefined = options.record === undefined ? undefined : createRecorder(options.record, { upstreamPath: options.upstream, log: io.logger });
+  let mediator: Mediator;
+  try {
+    mediator = await Mediator.listen({
+      upstream: options.upstream,
+      listen: options.listen,
+      plugins,
+      taps: recorder ? [recorder] : [],
+      log: io.logger,
+      ...(options.allowUid ? { allowedUids: options.allowUid.map((u) => parseCount(u, '--allow-uid', { min: 0, max: 0xffff_ffff })) } : {}),
+    });
+  } catch (error) {
+    await recorder?.close().catch(() => undefined);
+    throw error;
+  }
+  const names = plugins.map((p) => p.name);
+  if (options.json) {
+    io.log(JSON.stringify({ ready: true, pid: process.pid, upstream: options.upstream, listen: mediator.path, plugins: names, record: options.record ?? null, faultSeed: fault?.seed ?? null }));
+  } else {
+    const extras = [names.length > 0 ? `plugins: ${names.join(', ')}` : '', options.record ? `recording to ${options.record}` : '', fault ? `fault seed ${fault.seed}` : ''].filter(Boolean);
+    io.log(`mediating ${options.upstream} on ${mediator.path}${extras.length > 0 ? ` (${extras.join('; ')})` : ''}`);
+  }
+  const signal = await stopped;
+  io.logger.info({ event: 'mediator-stopping', signal }, `${signal}: closing every session`);
+  await mediator.close();
+  if (fault) io.logger.info({ event: 'fault-stats', stats: fault.stats() }, 'faults injected');
+  await recorder?.close();
+}
+
+function faultPlugin(options: MediateCommandOptions, log: Logger): FaultPlugin | undefined {
+  const specs = options.fault ?? [];
+  if (specs.length === 0) {
+    if (options.faultSeed !== undefined) parseCount(options.faultSeed, '--fault-seed', { min: 0, max: 0xffff_ffff });
+    return undefined;
+  }
+  const rules = specs.map((s) => parseFaultSpec(s));
+  const seed = options.faultSeed === undefined ? undefined : parseCount(options.faultSeed, '--fault-seed', { min: 0, max: 0xffff_ffff });
+  return createFaultPlugin(rules, { log, ...(seed === undefined ? {} : { seed }) });
+}
