@@ -74,4 +74,5 @@ export type { ServerLimits } from './server/types.js';
 export type { ConfigSpaceEvent, ConfigSpaceOptions, InterruptMode } from './pci/index.js';
 export type { Logger } from './log.js';
 export * from './host/index.js';
+export * from './mediator/public.js';
 export { DEVICE_API, StartMode, InstanceState } from './host/types.js';

@@ -220,3 +220,4 @@ export { decodeRequest, checkRequestFds } from './request.js';
 export type { DecodedRequest, RequestBodies, RequestCommand, FdRule } from './request.js';
 export * from './migration-extensions.js';
 export * from './isolation-group.js';
+export * from './mmap-saving.js';
