@@ -31,6 +31,8 @@ export interface FaultRig {
   connect(options?: ClientOptions): Promise<VfioUserClient>;
   /** Output values the device reported, in order (the card's onOutputChange). */
   outputs: number[];
+  /** Closes the rig's clients and resolves once neither the mediator nor the device has a session left (the card takes one client at a time). */
+  idle(): Promise<void>;
 }
 
 /** Options of {@link withFaults}. */
@@ -59,7 +61,13 @@ export async function withFaults(specs: readonly string[], fn: (rig: FaultRig) =
       clients.push(c);
       return c;
     };
-    await fn({ gpio, devicePath, path, mediator, faults, connect, outputs });
+    const m = mediator;
+    const s = server;
+    const idle = async (): Promise<void> => {
+      for (const c of clients) c.close();
+      await waitFor(() => m.sessionCount === 0 && s.session === undefined, 'the mediator and the device to be idle');
+    };
+    await fn({ gpio, devicePath, path, mediator, faults, connect, outputs, idle });
   } finally {
     for (const c of clients) c.close();
     await mediator?.close();

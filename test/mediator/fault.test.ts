@@ -143,13 +143,13 @@ describe('fault: corrupt (payload bytes only)', () => {
 describe('fault: disconnect', () => {
   it('on=request: ConnectionClosedError (ENOTCONN) for the pending command and later ones; the device serves a new client', () =>
     assertNoFdLeak(() =>
-      withFaults(['REGION_READ:disconnect:count=1'], async ({ connect, mediator }) => {
+      withFaults(['REGION_READ:disconnect:count=1'], async ({ connect, idle }) => {
         const client = await connect();
         await writeOutput(client, 0x99);
         await assert.rejects(readOutput(client), closed);
         await client.closed;
         await assert.rejects(client.deviceInfo(), closed);
-        await waitFor(() => mediator.sessionCount === 0, 'the session to end');
+        await idle();
         const next = await connect();
         assert.equal(await readOutput(next), 0, 'the card was reset when its client went away');
         await writeOutput(next, 0x42);
@@ -158,10 +158,11 @@ describe('fault: disconnect', () => {
     ));
 
   it('on=reply: the device did the write, then the session is cut before its reply', () =>
-    withFaults(['REGION_WRITE:disconnect:on=reply:count=1'], async ({ connect, outputs }) => {
+    withFaults(['REGION_WRITE:disconnect:on=reply:count=1'], async ({ connect, outputs, idle }) => {
       const client = await connect();
       await assert.rejects(writeOutput(client, 0x3c), closed);
       assert.equal(outputs[0], 0x3c, 'the device took the write');
+      await idle();
       const next = await connect();
       assert.equal((await next.deviceInfo()).numRegions, 9);
     }));
