@@ -1,0 +1,223 @@
+/**
+ * Typed plugins end to end: a real Mediator in front of our sample devices,
+ * driven by VfioUserClient. Each hook kind observed from the client's side:
+ * a trapped register read emulated, sparse areas rewritten (the client maps
+ * only what is left), a DMA_MAP refused with EPERM, a DEVICE_FEATURE answered
+ * locally, MIG_DEVICE_STATE through migState, a throwing hook turned into an
+ * error reply with the session surviving, interrupts interposed and counted,
+ * and a DMA_MAP stripped of its fd so the device's DMA crosses the mediator.
+ */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { VfioUserClient } from '../../src/client/client.js';
+import { MappedRegion } from '../../src/client/regions.js';
+import { GuestMemory } from '../../src/client/guest-memory.js';
+import { Interrupts } from '../../src/client/interrupts.js';
+import { createGpioDevice } from '../../src/devices/gpio.js';
+import { createMemoryDevice } from '../../src/devices/memory.js';
+import { createDmaEngineDevice, DmaEngineControl, DmaEngineReg } from '../../src/devices/dma-engine.js';
+import { DESCRIPTOR_SIZE, DescriptorFlags, DescriptorStatus, decodeResult, encodeDescriptor } from '../../src/devices/dma-descriptor.js';
+import { DeviceFeatureFlags, IrqIndex, MigrationState, RegionIndex } from '../../src/protocol/constants.js';
+import { Errno } from '../../src/protocol/errno.js';
+import { RemoteError } from '../../src/errors.js';
+import { definePlugin, interposeInterrupts, sparseAreasOf, subtractRange, withSparseAreas } from '../../src/mediator/typed.js';
+import type { MediatorPlugin } from '../../src/mediator/types.js';
+import { assertNoFdLeak } from '../support/fd-count.js';
+import { mediate, waitFor, type MediatedDevice } from './support.js';
+import type { VfioUserDevice } from '../../src/device/device.js';
+
+const GPIO_BAR = RegionIndex.BAR2;
+const GPIO_OUTPUT = 0x10n;
+const GPIO_INPUT = 0x14n;
+const GPIO_IRQ_ENABLE = 0x18n;
+const u32 = (v: number): Uint8Array => new Uint8Array(new Uint32Array([v >>> 0]).buffer);
+const le32 = (b: Uint8Array): number => new DataView(b.buffer, b.byteOffset, 4).getUint32(0, true);
+
+/** Runs `fn` with a client connected through a mediator carrying `plugins`; checks that no fd leaks and the session ends. */
+async function through(device: VfioUserDevice, plugins: MediatorPlugin[], fn: (client: VfioUserClient, m: MediatedDevice) => Promise<void>): Promise<void> {
+  await assertNoFdLeak(async () => {
+    const m = await mediate(device, { plugins });
+    try {
+      const client = await VfioUserClient.connect(m.path);
+      try {
+        await fn(client, m);
+      } finally {
+        await client.close();
+      }
+      await waitFor(() => m.mediator.sessionCount === 0, 'the mediated session to end');
+    } finally {
+      await m.close();
+    }
+  });
+}
+
+describe('typed plugins through a real mediator', () => {
+  it('traps a register read and emulates it; other registers reach the device', async () => {
+    const seen: bigint[] = [];
+    const trap = definePlugin({
+      name: 'trap-input',
+      regionRead: (e) => {
+        seen.push(e.offset);
+        return e.region === GPIO_BAR && e.offset === GPIO_INPUT ? { reply: u32(0xcafe) } : undefined;
+      },
+    });
+    const gpio = createGpioDevice();
+    gpio.setInput(0, true);
+    await through(gpio.device, [trap], async (client) => {
+      assert.equal(le32(await client.regionRead(GPIO_BAR, GPIO_INPUT, 4)), 0xcafe, 'emulated');
+      await client.regionWrite(GPIO_BAR, GPIO_OUTPUT, u32(0x1234));
+      assert.equal(le32(await client.regionRead(GPIO_BAR, GPIO_OUTPUT, 4)), 0x1234, 'forwarded to the device');
+      assert.equal(gpio.outputs, 0x1234);
+      assert.deepEqual(seen, [GPIO_INPUT, GPIO_OUTPUT]);
+    });
+  });
+
+  it('rewrites the sparse areas: the client maps only what is left, and the trapped page crosses the mediator', async () => {
+    const trapped: bigint[] = [];
+    const plugin = definePlugin({
+      name: 'trap-page',
+      regionInfo: (e) => (e.index === 0 ? { reply: { info: withSparseAreas(e.info, subtractRange(sparseAreasOf(e.info), 0x1000n, 0x1000n)) } } : undefined),
+      regionWrite: (e) => void (e.region === 0 && trapped.push(e.offset)),
+    });
+    const memory = createMemoryDevice({ size: 64 * 1024 });
+    await through(memory.device, [plugin], async (client) => {
+      const region = await MappedRegion.open(client, 0);
+      try {
+        assert.deepEqual(region.areas.map((a) => [a.offset, a.size]), [[0n, 0x1000n], [0x2000n, 0xe000n]]);
+        assert.equal(region.pathOf(0x1000n, 4, 'write'), 'message');
+        assert.equal(region.pathOf(0x2000n, 4, 'write'), 'mmap');
+        await region.write(0x1800n, u32(0xdeadbeef));
+        await region.write(0x2800n, u32(0x0badf00d));
+        assert.deepEqual(trapped, [0x1800n], 'only the trapped page\'s write was seen');
+        assert.equal(le32(await client.regionRead(0, 0x1800n, 4)), 0xdeadbeef, 'the trapped write reached the device');
+        assert.equal(le32(await client.regionRead(0, 0x2800n, 4)), 0x0badf00d, 'the mapped page is the device memory');
+      } finally {
+        region.close();
+      }
+    });
+  });
+
+  it('refuses a DMA_MAP with EPERM; the session goes on', async () => {
+    const maps: unknown[] = [];
+    const plugin = definePlugin({ name: 'no-dma', dmaMap: (e) => (maps.push({ addr: e.addr, size: e.size, fd: e.fd !== undefined }), { error: Errno.EPERM }) });
+    const guest = GuestMemory.create(1 << 20, { windowSize: 1 << 20 });
+    try {
+      await through(createDmaEngineDevice().device, [plugin], async (client) => {
+        await assert.rejects(guest.attach(client, { iova: 0x10_0000n }), (e: unknown) => e instanceof RemoteError && e.errno === Errno.EPERM);
+        assert.deepEqual(maps, [{ addr: 0x10_0000n, size: 1n << 20n, fd: true }]);
+        assert.equal((await client.deviceInfo()).numRegions, 9);
+      });
+    } finally {
+      guest.dispose();
+    }
+  });
+
+  it('answers a DEVICE_FEATURE the device does not have, GET and PROBE', async () => {
+    const FEATURE = 0x7e01;
+    const plugin = definePlugin({
+      name: 'feature',
+      feature: (e) => (e.feature !== FEATURE ? undefined : e.op === 'get' ? { reply: u32(42) } : e.op === 'probe' && !e.probe.set ? { reply: true } : { error: Errno.ENOTSUP }),
+    });
+    const gpio = createGpioDevice();
+    await through(gpio.device, [plugin], async (client) => {
+      const reply = await client.deviceFeature(FEATURE | DeviceFeatureFlags.GET);
+      assert.equal(le32(reply.data), 42);
+      assert.equal(await client.probeFeature(FEATURE, DeviceFeatureFlags.GET), true);
+      await assert.rejects(client.probeFeature(FEATURE, DeviceFeatureFlags.SET).then((ok) => assert.fail(`probe SET answered ${ok}`)), (e: unknown) => e instanceof RemoteError && e.errno === Errno.ENOTSUP);
+    });
+    await through(createGpioDevice().device, [], async (client) => {
+      await assert.rejects(client.deviceFeature(FEATURE | DeviceFeatureFlags.GET), (e: unknown) => e instanceof RemoteError && e.errno === Errno.EINVAL, 'without the plugin: the device has no such feature');
+    });
+  });
+
+  it('gives MIG_DEVICE_STATE to migState: observed, and a transition refused with EBUSY', async () => {
+    const seen: string[] = [];
+    const plugin = definePlugin({
+      name: 'mig',
+      migState: (e) => {
+        seen.push(e.op === 'get' ? 'get' : `set ${e.state}`);
+        return e.op === 'set' && e.state === MigrationState.STOP_COPY ? { error: Errno.EBUSY } : undefined;
+      },
+    });
+    await through(createGpioDevice().device, [plugin], async (client) => {
+      assert.equal(await client.migrationState(), MigrationState.RUNNING);
+      await client.setMigrationState(MigrationState.STOP);
+      await assert.rejects(client.setMigrationState(MigrationState.STOP_COPY), (e: unknown) => e instanceof RemoteError && e.errno === Errno.EBUSY);
+      assert.equal(await client.migrationState(), MigrationState.STOP, 'the refused arc did not reach the device');
+      await client.setMigrationState(MigrationState.RUNNING);
+      assert.deepEqual(seen.slice(0, 4), ['get', `set ${MigrationState.STOP}`, `set ${MigrationState.STOP_COPY}`, 'get']);
+    });
+  });
+
+  it('a hook that throws becomes an error reply with its errno (EIO without one); the session survives', async () => {
+    let calls = 0;
+    const plugin = definePlugin({
+      name: 'thrower',
+      regionRead: (e) => {
+        calls++;
+        if (e.offset === 0x14n) throw Object.assign(new Error('no reading INPUT today'), { errno: Errno.EACCES });
+        if (e.offset === 0x18n) throw new Error('a plain bug');
+        return undefined;
+      },
+    });
+    await through(createGpioDevice().device, [plugin], async (client) => {
+      await assert.rejects(client.regionRead(GPIO_BAR, 0x14n, 4), (e: unknown) => e instanceof RemoteError && e.errno === Errno.EACCES);
+      await assert.rejects(client.regionRead(GPIO_BAR, 0x18n, 4), (e: unknown) => e instanceof RemoteError && e.errno === Errno.EIO);
+      assert.equal(le32(await client.regionRead(GPIO_BAR, GPIO_OUTPUT, 4)), 0, 'the session still works');
+      assert.equal(calls, 3);
+    });
+  });
+
+  it('interposes on the interrupt eventfds: each interrupt counted, then delivered to the client', async () => {
+    const counted: number[] = [];
+    const plugin = definePlugin({ name: 'count-irqs', setIrqs: (e, ctx) => interposeInterrupts(e, ctx, (s) => void counted.push(s.vector)) });
+    const gpio = createGpioDevice();
+    await through(gpio.device, [plugin], async (client) => {
+      const irqs = await Interrupts.enable(client, IrqIndex.INTX);
+      try {
+        await client.regionWrite(GPIO_BAR, GPIO_IRQ_ENABLE, u32(0xffff));
+        const fired = irqs.waitFor(0, 10_000);
+        gpio.setInput(3, true);
+        assert.ok((await fired) >= 1n);
+        assert.deepEqual(counted, [0]);
+      } finally {
+        await irqs.disable();
+      }
+    });
+  });
+
+  it('strips the fd of a DMA_MAP: the device\'s DMA then arrives as messages the plugin sees, and the copy is right', async () => {
+    const dma = { reads: 0, writes: 0, bytes: 0 };
+    const plugin = definePlugin({
+      name: 'steer-dma',
+      dmaMap: () => ({ forward: { fd: null } }),
+      dmaRead: (e) => void ((dma.reads += 1), (dma.bytes += Number(e.count))),
+      dmaWrite: (e) => void ((dma.writes += 1), (dma.bytes += e.data.length)),
+    });
+    const guest = GuestMemory.create(1 << 20, { windowSize: 1 << 20 });
+    try {
+      await through(createDmaEngineDevice().device, [plugin], async (client) => {
+        const iova = 0x10_0000n;
+        await guest.attach(client, { iova });
+        const src = new Uint8Array(64 * 1024).map((_, i) => (i * 7 + 3) & 0xff);
+        guest.write(0x1_0000n, src);
+        guest.write(0n, encodeDescriptor({ src: iova + 0x1_0000n, dst: iova + 0x4_0000n, length: src.length, flags: DescriptorFlags.COPY }));
+        const reg = (offset: number, v: number): Promise<void> => client.regionWrite(RegionIndex.BAR0, BigInt(offset), u32(v));
+        await reg(DmaEngineReg.RING_BASE_LO, Number(iova & 0xffff_ffffn));
+        await reg(DmaEngineReg.RING_BASE_HI, Number(iova >> 32n));
+        await reg(DmaEngineReg.RING_SIZE, 4);
+        await reg(DmaEngineReg.CONTROL, DmaEngineControl.ENABLE);
+        await reg(DmaEngineReg.TAIL, 1);
+        await waitFor(() => (decodeResult(guest.read(0n, DESCRIPTOR_SIZE)).status & 0xffff) !== DescriptorStatus.PENDING, 'the descriptor to complete');
+        assert.equal(decodeResult(guest.read(0n, DESCRIPTOR_SIZE)).status & 0xffff, DescriptorStatus.DONE);
+        assert.deepEqual(guest.read(0x4_0000n, src.length), src);
+        assert.ok(dma.reads >= 2 && dma.writes >= 2, `DMA crossed the mediator (${dma.reads} reads, ${dma.writes} writes)`);
+        assert.ok(dma.bytes >= 2 * src.length);
+        await reg(DmaEngineReg.CONTROL, 0);
+        await guest.detach(client);
+      });
+    } finally {
+      guest.dispose();
+    }
+  });
+});
