@@ -154,13 +154,13 @@ export interface MediatedSide {
   close(): Promise<void>;
 }
 
-/** Opens one side (guest memory of `size` bytes attached at {@link IOVA} with its fd). */
-export async function openSide(size: number, spec: MediatedMigrationSpec = TICKER_SPEC): Promise<MediatedSide> {
+/** Opens one side (guest memory of `size` bytes attached at {@link IOVA} with its fd), with the plugin of `spec` (or this plugin). */
+export async function openSide(size: number, spec: MediatedMigrationSpec | MigrationPlugin = TICKER_SPEC): Promise<MediatedSide> {
   const dir = mkdtempSync(join(tmpdir(), 'vfio-user-medmig-'));
   const upstreamPath = join(dir, 'device.sock');
   const ticker = createTicker();
   const server = ticker.device.serve(upstreamPath);
-  const plugin = createMigrationPlugin(spec);
+  const plugin = 'stats' in spec ? spec : createMigrationPlugin(spec);
   const mediator = await Mediator.listen({ upstream: upstreamPath, listen: join(dir, 'mediator.sock'), plugins: [plugin], log: silentLogger() });
   const client = await VfioUserClient.connect(mediator.path);
   const memory = GuestMemory.create(size);

@@ -11,6 +11,7 @@ import { RemoteError } from '../../src/errors.js';
 import { migrate } from '../../src/orchestrator/migrate.js';
 import { DeviceFeature, DeviceFeatureFlags, MigrationFlags, MigrationState as S, RegionIndex } from '../../src/protocol/constants.js';
 import { encodeMigDeviceState } from '../../src/protocol/feature.js';
+import { assertNoFdLeak } from '../support/fd-count.js';
 import { waitFor } from './support.js';
 import { BAR2_SIZE, RECORD, TickerReg, openSide, readReg, startTicker, tickerRecord, type MediatedSide } from './migration-support.js';
 
@@ -157,6 +158,24 @@ describe('mediated migration', () => {
       await setState(S.RUNNING);
       await src.client.regionWrite(RegionIndex.BAR2, 0x100n, new Uint8Array([1, 2, 3, 4]));
       assert.equal(src.plugin.stats()[0]?.trappedAccesses, 2, 'not trapped once running');
+    });
+  });
+
+  it('leaves no fd behind: a session closed while its DMA is steered (kept fds, mirror mappings, region mappings)', async () => {
+    await withPair(async (src) => {
+      await src.client.migrationFlags(); // warm-up: the plugin's first use
+    });
+    await assertNoFdLeak(async () => {
+      const side = await openSide(GUEST);
+      try {
+        await startTicker(side, RING, SEED);
+        await side.client.migrationFlags();
+        await side.client.startDirtyLogging(4096n, []);
+        await waitFor(() => (side.plugin.stats()[0]?.steeredWrites ?? 0) > 3, 'steered writes');
+      } finally {
+        await side.close();
+      }
+      await waitFor(() => side.plugin.stats().length === 0, 'the plugin session to end');
     });
   });
 });
