@@ -11,7 +11,9 @@ import type { ConfigSpace } from '../pci/config-space.js';
 import type { BarOptions, ConfigSpaceOptions, MsiOptions } from '../pci/types.js';
 import type { InterruptState } from './irqs.js';
 import type { MsixWindow } from './regions.js';
-import type { BarDefinition, DeviceDefinition, RegionSpan } from './types.js';
+import type { BarDefinition, DeviceDefinition, RegionDefinition, RegionSpan } from './types.js';
+import { native } from '../native/addon.js';
+import { savingLayoutProblem } from '../protocol/mmap-saving.js';
 
 const MSIX_ENTRY = 16;
 
@@ -49,6 +51,7 @@ export function msixCarveOut(def: DeviceDefinition, bar: number): RegionSpan[] {
  * @throws {InvalidArgumentError} EINVAL for MSI-X without a placement BAR, bad MSI counts, etc.
  */
 export function configSpaceOptions(def: DeviceDefinition, logger?: Logger): ConfigSpaceOptions {
+  checkSavingMmaps(def);
   const r = def.regions ?? {};
   const bars = [r.bar0, r.bar1, r.bar2, r.bar3, r.bar4, r.bar5].map(barOptions);
   const caps = def.capabilities ?? {};
@@ -78,6 +81,32 @@ export function configSpaceOptions(def: DeviceDefinition, logger?: Logger): Conf
   if (caps.vendorExtended) options.vsecs = caps.vendorExtended.map((v) => ({ id: v.id, rev: v.revision, payload: v.data }));
   if (def.configVendorArea) options.vendorArea = vendorArea(def, logger);
   return options;
+}
+
+/**
+ * Each region's `savingMmap` (SPARSE_MMAP_SAVING): a shared region of a migratable device, at most
+ * MAX_SAVING_AREAS page-aligned areas, sorted and not overlapping, inside the region (that they lie inside its
+ * runtime sparse areas is checked with the region, regions.ts).
+ * @throws {InvalidArgumentError} EINVAL naming the region and the rule.
+ */
+function checkSavingMmaps(def: DeviceDefinition): void {
+  for (const [name, region] of Object.entries(def.regions ?? {}) as [string, RegionDefinition | undefined][]) {
+    const areas = region?.savingMmap;
+    if (areas === undefined) continue;
+    const fail = (rule: string): never => {
+      throw new InvalidArgumentError(`${def.name ?? 'device'}: regions.${name}.savingMmap: ${rule}`);
+    };
+    if (!Array.isArray(areas)) fail('must be an array of {offset, size}');
+    if (!region?.shared) fail('needs a shared region (nothing else can be mmapped)');
+    if (!def.migration) fail('needs a migratable device (`migration`): there is no saving state otherwise');
+    const page = native.constants.PAGE_SIZE;
+    for (const a of areas) {
+      const ok = Number.isSafeInteger(a?.offset) && Number.isSafeInteger(a?.size) && a.offset >= 0 && a.size > 0;
+      if (!ok || a.offset % page !== 0) fail(`area ${JSON.stringify(a)} must have a page-aligned offset and a positive size`);
+    }
+    const problem = savingLayoutProblem(areas.map((a) => ({ offset: BigInt(a.offset), size: BigInt(a.size) })), BigInt(region?.size ?? 0));
+    if (problem !== undefined) fail(problem);
+  }
 }
 
 function barOptions(bar: BarDefinition | undefined): BarOptions | undefined {

@@ -39,6 +39,8 @@ export class Region {
   readonly memory: Uint8Array | undefined;
   readonly fd: number | undefined;
   readonly sparse: readonly RegionSpan[];
+  /** The areas that stay mappable while saving (SPARSE_MMAP_SAVING), when declared. */
+  readonly savingSparse: readonly RegionSpan[] | undefined;
   readonly ioEventFds: readonly IoEventFd[];
   msix: MsixWindow | undefined;
   readonly #logger: Logger | undefined;
@@ -56,16 +58,18 @@ export class Region {
     this.readable = definition.readable ?? true;
     this.writable = index !== RegionIndex.ROM && (definition.writable ?? true);
     if (definition.shared) {
+      const declared = typeof definition.shared === 'object' ? definition.shared.sparse : undefined;
+      this.sparse = declared ? checkSparse(index, declared, this.size) : defaultSparse(this.size, msixCarveOut);
+      this.savingSparse = definition.savingMmap && checkSaving(index, definition.savingMmap, this.sparse);
       const length = roundUp(this.size, PAGE);
       // Sealed before any client sees it: a client's ftruncate fails (EPERM) instead of making our accesses SIGBUS.
       this.fd = createSealedMemfd(`vfio-user-region-${index}`, length);
       this.memory = new Uint8Array(mapFd(this.fd, 0, length, true), 0, this.size);
-      const declared = typeof definition.shared === 'object' ? definition.shared.sparse : undefined;
-      this.sparse = declared ? checkSparse(index, declared, this.size) : defaultSparse(this.size, msixCarveOut);
     } else {
       this.memory = undefined;
       this.fd = undefined;
       this.sparse = [];
+      this.savingSparse = undefined;
     }
     this.ioEventFds = declaredIoFds.map((d) => new IoEventFd(this.size, d, (offset, data) => this.#signalled(offset, data)));
   }
@@ -98,6 +102,7 @@ export class Region {
       fdOffset: 0n,
       fd: this.fd,
       sparse: this.sparse.map((s) => ({ offset: BigInt(s.offset), size: BigInt(s.size) })),
+      ...(this.savingSparse ? { savingSparse: this.savingSparse.map((s) => ({ offset: BigInt(s.offset), size: BigInt(s.size) })) } : {}),
     };
   }
 
@@ -183,6 +188,16 @@ function checkSparse(index: number, areas: readonly RegionSpan[], size: number):
     }
   }
   return [...areas];
+}
+
+/** Saving areas must each lie inside one runtime sparse area (nothing more is mappable while saving). */
+function checkSaving(index: number, areas: readonly RegionSpan[], sparse: readonly RegionSpan[]): RegionSpan[] {
+  for (const a of areas) {
+    if (!sparse.some((s) => a.offset >= s.offset && a.offset + a.size <= s.offset + s.size)) {
+      throw new InvalidArgumentError(`region ${index}: savingMmap area 0x${a.offset.toString(16)}+0x${a.size.toString(16)} is not inside one runtime sparse area`);
+    }
+  }
+  return areas.map((a) => ({ offset: a.offset, size: a.size }));
 }
 
 function overlaps(offset: number, length: number, start: number, size: number): boolean {

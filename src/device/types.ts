@@ -69,6 +69,13 @@ export interface RegionDefinition extends RegionCallbacks {
    * elsewhere go to the callbacks, or to the shared memory when there are none.
    */
   shared?: boolean | { sparse?: readonly RegionSpan[] };
+  /**
+   * The areas that stay mappable while the device is saving (PRE_COPY, PRE_COPY_P2P, STOP_COPY): sent as the
+   * SPARSE_MMAP_SAVING capability (docs/protocol-extensions.md §9). Needs `shared` and `migration`; page aligned,
+   * sorted, not overlapping, each inside one runtime sparse area; `[]` = nothing stays mapped. While a client
+   * declares a mapping outside these areas, a transition into a saving state is refused with EBUSY.
+   */
+  savingMmap?: readonly RegionSpan[];
 }
 
 /** A Base Address Register. */

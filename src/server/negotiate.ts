@@ -12,6 +12,7 @@ import { isReply } from '../protocol/header.js';
 import { checkRequestFds, decodeRequest } from '../protocol/request.js';
 import { resolveCapabilities, type Capabilities, type ExtraMembers, type ResolvedCapabilities } from '../protocol/capabilities.js';
 import { migrationExtensionMembers } from '../protocol/migration-extensions.js';
+import { CLIENT_MMAPS_CAPABILITY, clientMmapsMember, clientMmapsRequested } from '../protocol/mmap-saving.js';
 import { native, socketPair } from '../native/addon.js';
 import { UnixSocketTransport } from '../transport/unix-socket.js';
 import type { Message, Transport } from '../transport/transport.js';
@@ -35,6 +36,8 @@ export interface Negotiated {
   twin: Transport | undefined;
   /** Whether the extension members given to {@link negotiate} were kept in the reply (not dropped to fit it). */
   extensions: boolean;
+  /** Whether `x-client-mmaps` (SPARSE_MMAP_SAVING) was asked for and kept in the reply (src/server/mmap-saving.ts). */
+  clientMmaps: boolean;
 }
 
 /**
@@ -76,7 +79,10 @@ export function negotiate(
   // A migratable device advertises this library's extension features (docs/protocol-extensions.md) as extra
   // members of `migration`, but only those the client named in its own `migration`: QEMU warns about unknown
   // members and receives the reply into its request's buffer.
-  if (migratable) caps.migration = { pgsize: MIGRATION_PGSIZE, extra: migrationExtensionMembers(version.capabilities?.migration?.extra) };
+  if (migratable) {
+    const asked = version.capabilities?.migration?.extra;
+    caps.migration = { pgsize: MIGRATION_PGSIZE, extra: { ...migrationExtensionMembers(asked), ...(clientMmapsRequested(asked) ? clientMmapsMember() : {}) } };
+  }
   if (client.twinSocket.supported && client.maxMsgFds > 0) caps.twinSocket = { supported: true, fdIndex: 0 };
   // Top-level extension members (x-isolation-group), after the standard ones; the first given up when the reply must
   // shrink. Not to QEMU, which warns about every member it does not know (client-profile.ts).
@@ -84,10 +90,11 @@ export function negotiate(
   const fitted = fitVersionReply(PROTOCOL_MAJOR, minor, caps, m.payload.length);
   if (fitted.omitted.length > 0) logger.info({ omitted: fitted.omitted }, 'VERSION reply shortened to fit the client\'s request');
   const kept = extensions !== undefined && fitted.capabilities.extra !== undefined;
-  if (!fitted.capabilities.twinSocket) return { client, profile, minor, twin: undefined, extensions: kept, reply: { payload: fitted.payload } };
+  const clientMmaps = fitted.capabilities.migration?.extra?.[CLIENT_MMAPS_CAPABILITY] !== undefined;
+  if (!fitted.capabilities.twinSocket) return { client, profile, minor, twin: undefined, extensions: kept, clientMmaps, reply: { payload: fitted.payload } };
   const [ours, theirs] = socketPair();
   const twin = openTwin(ours, requests, logger);
-  return { client, profile, minor, twin, extensions: kept, reply: { payload: fitted.payload, fds: [theirs], afterSend: () => native.close(theirs) } };
+  return { client, profile, minor, twin, extensions: kept, clientMmaps, reply: { payload: fitted.payload, fds: [theirs], afterSend: () => native.close(theirs) } };
 }
 
 function openTwin(fd: number, requests: ServerRequests, logger: Logger): Transport {

@@ -24,6 +24,7 @@ import { ServerRequests } from './server-requests.js';
 import type { HandlerContext, HandlerReply, ServerLimits, SessionDevice } from './types.js';
 import { serverTracing, traceRequest, traceSessionEnd } from './trace.js';
 import { IsolationGroupSession, type IsolationGroupSource } from './isolation-group.js';
+import { MmapSavingSession } from './mmap-saving.js';
 
 /** Options of a {@link Session}. */
 export interface SessionOptions {
@@ -223,6 +224,7 @@ export class Session {
         dmaTransport: this.#requests.dmaTransport(() => result),
         logger: this.#device.logger,
         ...(this.#group && result.extensions ? { sessionFeatures: this.#group.features() } : {}),
+        ...(this.#device.migration ? { mmapSaving: new MmapSavingSession(result.clientMmaps) } : {}),
       };
       return result.reply;
     } catch (error) {

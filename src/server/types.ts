@@ -13,6 +13,7 @@ import type { DecodedRequest } from '../protocol/request.js';
 import type { ReceivedFds } from '../transport/fds.js';
 import type { FeatureTable } from './features.js';
 import type { MigrationController } from '../migration/controller.js';
+import type { MmapSavingSession } from './mmap-saving.js';
 
 /** What GET_REGION_INFO reports for one region. */
 export interface RegionDescription {
@@ -25,6 +26,8 @@ export interface RegionDescription {
   fd?: number;
   /** Areas the client may mmap, relative to the region. */
   sparse?: readonly { offset: bigint; size: bigint }[];
+  /** Areas that stay mappable while saving (SPARSE_MMAP_SAVING, src/server/mmap-saving.ts); absent: the runtime layout. */
+  savingSparse?: readonly { offset: bigint; size: bigint }[];
 }
 
 /** One ioeventfd a region offers through GET_REGION_IO_FDS. */
@@ -92,6 +95,8 @@ export interface HandlerContext {
   readonly logger: Logger;
   /** Features of this session rather than of the device (x-isolation-group), looked up first. */
   readonly sessionFeatures?: FeatureTable;
+  /** Declared client mmaps and the saving-layout rules (a migratable device's session; src/server/mmap-saving.ts). */
+  readonly mmapSaving?: MmapSavingSession;
 }
 
 /** Limits this server advertises and enforces. */

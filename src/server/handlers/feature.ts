@@ -12,6 +12,7 @@
 import { ProtocolError } from '../../errors.js';
 import { Command, DeviceFeatureFlags } from '../../protocol/constants.js';
 import { encodeDeviceFeature, type DeviceFeaturePayload } from '../../protocol/feature.js';
+import { ClientMmapsFeature } from '../../protocol/mmap-saving.js';
 import type { DecodedRequest } from '../../protocol/request.js';
 import type { ReceivedFds } from '../../transport/fds.js';
 import { ReplyWithPayload, errnoOf } from '../reply-error.js';
@@ -25,9 +26,13 @@ const { MASK, GET, SET, PROBE } = DeviceFeatureFlags;
 const KNOWN_BITS = MASK | GET | SET | PROBE;
 const LIBRARY_FEATURES: FeatureTable = new Map(DMA_LOGGING_FEATURES);
 
-/** The session's own features (x-isolation-group), the device's (migration), then the library's (DMA logging). */
+/**
+ * The session's own features (x-isolation-group; x-client-mmaps when negotiated), the device's (migration), then
+ * the library's (DMA logging).
+ */
 function featureFor(ctx: HandlerContext, index: number): FeatureHandler | undefined {
-  return ctx.sessionFeatures?.get(index) ?? ctx.device.features?.().get(index) ?? LIBRARY_FEATURES.get(index);
+  const session = ctx.sessionFeatures?.get(index) ?? (index === ClientMmapsFeature.INDEX && ctx.mmapSaving?.negotiated ? ctx.mmapSaving.feature() : undefined);
+  return session ?? ctx.device.features?.().get(index) ?? LIBRARY_FEATURES.get(index);
 }
 
 /** DEVICE_FEATURE. @throws {ReplyWithPayload} for a failed SET/PROBE (the request echoed); {@link ProtocolError} EINVAL otherwise. */

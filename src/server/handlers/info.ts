@@ -5,6 +5,7 @@
  */
 import { ProtocolError } from '../../errors.js';
 import {
+  CAP_HEADER_SIZE,
   SPARSE_MMAP_CAP_SIZE,
   Command,
   DEVICE_INFO_SIZE,
@@ -20,7 +21,7 @@ import {
   IoFdType,
 } from '../../protocol/constants.js';
 import { encodeDeviceInfo } from '../../protocol/device.js';
-import { encodeRegionInfo, type RegionInfo } from '../../protocol/region.js';
+import { encodeRegionInfo, type RegionCap, type RegionInfo } from '../../protocol/region.js';
 import { encodeRegionIoFdsReply, type SubRegionIoFd } from '../../protocol/region-io-fds.js';
 import { encodeIrqInfo } from '../../protocol/irq.js';
 import type { DecodedRequest } from '../../protocol/request.js';
@@ -54,13 +55,18 @@ export const handleGetRegionInfo: Handler<Req<typeof Command.DEVICE_GET_REGION_I
   // A client that takes no fds (max_msg_fds 0) cannot map anything: it gets the region without caps.
   const canSendFd = desc.fd !== undefined && ctx.client.maxMsgFds > 0;
   const areas = canSendFd ? (desc.sparse ?? [{ offset: 0n, size: desc.size }]) : [];
-  const needed = REGION_INFO_SIZE + (areas.length > 0 ? SPARSE_MMAP_CAP_SIZE + SPARSE_MMAP_AREA_SIZE * areas.length : 0);
+  // SPARSE_MMAP_SAVING (src/server/mmap-saving.ts): only next to the sparse-mmap cap, only to a client that negotiated it.
+  const saving = areas.length > 0 ? ctx.mmapSaving?.savingCap(desc) : undefined;
+  const savingSize = saving ? CAP_HEADER_SIZE + saving.data.length : 0;
+  const needed = REGION_INFO_SIZE + (areas.length > 0 ? SPARSE_MMAP_CAP_SIZE + SPARSE_MMAP_AREA_SIZE * areas.length : 0) + savingSize;
   const info: RegionInfo = { ...base, argsz: needed, flags: desc.flags, size: desc.size, offset: desc.fdOffset };
   if (areas.length === 0 || argsz < needed) {
     const flags = desc.flags & ~RegionInfoFlags.CAPS & (canSendFd ? ~0 : ~RegionInfoFlags.MMAP);
     return { payload: padTo(encodeRegionInfo({ ...info, flags }), Math.min(argsz, needed)) };
   }
-  const caps = [{ kind: 'sparse-mmap' as const, version: SPARSE_MMAP_CAP_VERSION, areas: [...areas] }];
+  const caps: RegionCap[] = [{ kind: 'sparse-mmap' as const, version: SPARSE_MMAP_CAP_VERSION, areas: [...areas] }];
+  if (saving) caps.push(saving);
+  ctx.mmapSaving?.fdGiven(index);
   return {
     payload: encodeRegionInfo({ ...info, flags: desc.flags | RegionInfoFlags.CAPS | RegionInfoFlags.MMAP, capOffset: REGION_INFO_SIZE, caps }),
     fds: [desc.fd as number],

@@ -41,8 +41,10 @@ export function migrationFeatures(migration: MigrationController): FeatureTable 
   const state: FeatureHandler = {
     ops: DeviceFeatureFlags.GET | DeviceFeatureFlags.SET,
     get: () => encodeMigDeviceState({ deviceState: migration.state, dataFd: -1 }),
-    async set(_ctx, data) {
-      await migration.setState(decodeMigDeviceState(data).deviceState);
+    async set(ctx, data) {
+      const target = decodeMigDeviceState(data).deviceState;
+      ctx.mmapSaving?.checkTransition(ctx, target); // EBUSY while a client mmap conflicts with a saving layout
+      await migration.setState(target);
     },
   };
   return new Map<number, FeatureHandler>([
@@ -78,6 +80,7 @@ function extensionFeatures(migration: MigrationController): Array<[number, Featu
     // The request is as long as the reply (32 bytes), so the shared "argsz covers the request" rule makes room for it.
     async set(ctx, data) {
       const request = decodeDeadlineStateRequest(data);
+      ctx.mmapSaving?.checkTransition(ctx, request.deviceState);
       const r = await migration.setStateWithDeadline(request.deviceState, request.deadlineNs, {
         predict: (request.flags & DeadlineRequestFlags.PREDICT) !== 0,
       });
