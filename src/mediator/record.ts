@@ -15,7 +15,7 @@ import type { MessageHeader } from '../protocol/header.js';
 import { VERSION } from '../version.js';
 import { describeFd, readContent } from './record-fds.js';
 import {
-  RECORD_FORMAT_VERSION, encodeContentRecord, encodeFilePrefix, encodeMessageRecord, encodeNote, encodeSessionEnd, encodeSessionStart,
+  RECORD_FORMAT_VERSION, RecordLimits, encodeContentRecord, encodeFilePrefix, encodeMessageRecord, encodeNote, encodeSessionEnd, encodeSessionStart,
   type FdMeta, type RecordingHeader,
 } from './record-format.js';
 import type { MediatorSessionContext, MediatorTap, TapSide } from './types.js';
@@ -28,7 +28,7 @@ export interface RecorderOptions {
   maxBytes?: number;
   /** Capture the content of memfds and regular files up to this size that the client passes (DMA memory), so a replay recreates it. Default 0 (none). */
   captureMemory?: number;
-  /** Bytes queued for the disk beyond which records are dropped (default 16 MiB; raised to hold one captured fd). */
+  /** Bytes queued for the disk beyond which records are dropped (default 16 MiB; raised to hold one captured fd and its message). */
   bufferBytes?: number;
   /** The upstream socket, written in the file's header. */
   upstreamPath?: string;
@@ -110,7 +110,9 @@ class FileRecorder implements Recorder {
     this.#log = (o.log ?? getDefaultLogger()).child({ recorder: path });
     this.#maxBytes = checkSize(o.maxBytes, 'maxBytes', Number.MAX_SAFE_INTEGER);
     this.#captureMemory = checkSize(o.captureMemory, 'captureMemory', 0);
-    this.#bufferBytes = Math.max(checkSize(o.bufferBytes, 'bufferBytes', DEFAULT_BUFFER), this.#captureMemory + 2 * 1024 * 1024);
+    // A captured fd's content is queued with its message as one group: the buffer must hold one.
+    const floor = this.#captureMemory > 0 ? this.#captureMemory + 2 * RecordLimits.chunk : 0;
+    this.#bufferBytes = Math.max(checkSize(o.bufferBytes, 'bufferBytes', DEFAULT_BUFFER), floor);
     const header: RecordingHeader = {
       format: 'vfio-user-recording',
       version: RECORD_FORMAT_VERSION,
