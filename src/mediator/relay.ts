@@ -26,6 +26,9 @@ import type { MediatedMessage, MediatorLimits, MediatorPlugin, MediatorSessionCo
 
 const NO_FDS: readonly number[] = Object.freeze([]);
 const EMPTY = new Uint8Array(0);
+/** Client commands held beyond maxPendingRequests (while reading is paused, at most one read's worth). */
+const MAX_HELD = 16_384;
+const MAX_HELD_BYTES = 32 * 1024 * 1024;
 type Hook = 'onClientCommand' | 'onUpstreamReply' | 'onUpstreamCommand' | 'onClientReply';
 
 /** The plugins that have one kind of hook, in registration order. */
@@ -126,6 +129,12 @@ export abstract class Relay {
     this.send(t, side, channel, { msgId, cmd, flags: HeaderFlags.TYPE_REPLY | HeaderFlags.ERROR, errorNo: errno }, EMPTY, NO_FDS);
   }
 
+  /** Fewer requests are pending upstream (a reply came or one timed out): held commands go on, reading may resume. */
+  requestsSettled(): void {
+    if (this.#held.length > 0) this.#releaseHeld();
+    if (this.paused('client')) this.syncReading();
+  }
+
   closeLanes(): void {
     for (const lane of Object.values(this.lanes)) lane.close();
   }
@@ -149,6 +158,45 @@ export abstract class Relay {
       this.log.warn({ cmd: msg.header.cmd }, 'the client sent a command on the twin socket; ignored');
       return;
     }
+    if (this.#held.length > 0 || this.toUpstream.active >= this.limits.maxPendingRequests) {
+      // Over the pending bound: held here (reading is paused, so this queue holds at most one read's worth).
+      this.#held.push(msg);
+      this.#heldBytes += msg.header.msgSize;
+      if (this.#held.length > MAX_HELD || this.#heldBytes > MAX_HELD_BYTES) {
+        // Only possible while the upstream waits for this client's answer to a DMA request (reading cannot pause then).
+        this.log.error({ held: this.#held.length, bytes: this.#heldBytes }, 'the client floods commands beyond every bound: session closed');
+        return this.close('client over the pending bounds');
+      }
+      return this.syncReading();
+    }
+    this.#clientCommand(msg);
+  }
+
+  /** Client commands read while maxPendingRequests were in flight, in order. */
+  readonly #held: MediatedMessage[] = [];
+  #heldBytes = 0;
+
+  /** Messages held beyond the pending bound. */
+  get heldCount(): number {
+    return this.#held.length;
+  }
+
+  /** Passes held commands on while the pending bound allows. */
+  #releaseHeld(): void {
+    while (this.#held.length > 0 && this.toUpstream.active < this.limits.maxPendingRequests && !this.closing) {
+      const msg = this.#held.shift() as MediatedMessage;
+      this.#heldBytes -= msg.header.msgSize;
+      this.#clientCommand(msg);
+    }
+  }
+
+  /** Closes the fds of held commands (the session ended). */
+  dropHeld(): void {
+    for (const msg of this.#held.splice(0)) closeAll(msg.fds);
+    this.#heldBytes = 0;
+  }
+
+  #clientCommand(msg: MediatedMessage): void {
     if (msg.header.cmd === Command.VERSION) this.#clientVersion = msg.payload;
     if (this.#hooks.onClientCommand.plugins.length === 0) {
       this.#forwardCommand(msg.header.msgId, msg);
@@ -288,7 +336,7 @@ export abstract class Relay {
 
   #upstreamReply(msg: MediatedMessage): void {
     const e = this.toUpstream.take(msg.header.msgId);
-    if (this.paused('client')) this.syncReading();
+    this.requestsSettled();
     if (e === undefined || e.expired) {
       closeAll(msg.fds);
       if (e === undefined) this.log.warn({ msgId: msg.header.msgId, cmd: msg.header.cmd }, 'a reply from the upstream matches no request: dropped');

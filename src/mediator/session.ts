@@ -169,7 +169,7 @@ export class MediatorSession extends Relay implements MediatorSessionContext {
     const pauseClient =
       this.closing ||
       upstreamCongested ||
-      (this.toUpstream.active >= max && this.toClient.active === 0) ||
+      ((this.toUpstream.active >= max || this.heldCount > 0) && this.toClient.active === 0) ||
       this.lanes.clientCommand.backlog >= LANE_HIGH_WATER ||
       this.lanes.clientReply.backlog >= LANE_HIGH_WATER;
     const pauseUpstream =
@@ -226,6 +226,7 @@ export class MediatorSession extends Relay implements MediatorSessionContext {
       return;
     }
     this.armTimer(next);
+    this.requestsSettled();
     this.syncReading();
   }
 
@@ -289,6 +290,7 @@ export class MediatorSession extends Relay implements MediatorSessionContext {
     clearTimeout(this.#handshakeTimer);
     clearTimeout(this.#timer);
     this.closeLanes();
+    this.dropHeld();
     const gone = new ConnectionClosedError(`the session ended: ${reason}`);
     for (const e of [...this.toUpstream.drain(), ...this.toClient.drain()]) if (e.kind === 'own' && !e.expired) e.reject?.(gone);
     this.upstream?.close();
