@@ -173,12 +173,14 @@ describe('vfio-user mdev error paths end to end', () => {
     assert.equal((await host.mdev('list', '-d')).stdout, '', 'nothing defined');
     const r = await host.mdev('start', '-u', U1, '-p', 'memory-pool', '-t', 'memory-pool-64M');
     assert.equal(r.code, 0, `another UUID is not vetoed: ${r.stderr}`);
-    assert.equal((await host.mdev('stop', '-u', U1)).code, 0);
+    const stopped = await host.mdev('stop', '-u', U1);
+    assert.equal(stopped.code, 0, `stop: ${stopped.stderr}`);
     const forced = await host.mdev('start', '-u', VETOED, '-p', 'memory-pool', '-t', 'memory-pool-64M', '--force');
     assert.equal(forced.code, 0, `start --force despite the veto: ${forced.stderr}`);
     assert.equal((await host.mdev('list')).stdout, `${VETOED} memory-pool memory-pool-64M manual\n`);
     fails(await host.mdev('stop', '-u', VETOED), /^vfio-user: mdev stop: /, 'vetoed stop');
-    assert.equal((await host.mdev('stop', '-u', VETOED, '-f')).code, 0, 'stop -f despite the veto');
+    const forcedStop = await host.mdev('stop', '-u', VETOED, '-f');
+    assert.equal(forcedStop.code, 0, `stop -f despite the veto: ${forcedStop.stderr}`);
     await nothingLeft('after the forced ones');
   });
 });
