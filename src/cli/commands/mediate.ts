@@ -14,14 +14,36 @@
  * are logged as JSON lines on stderr (level `warn` unless `VFIO_USER_LOG`
  * says otherwise).
  */
+import { Option, type Command } from 'commander';
 import { createJsonLogger, getDefaultLogger, type Logger } from '../../log.js';
-import { Mediator } from '../../mediator/mediator.js';
-import { loadPlugins } from '../../mediator/plugin-loader.js';
-import { createRecorder, type Recorder } from '../../mediator/record.js';
-import { createFaultPlugin, parseFaultSpec, type FaultPlugin } from '../../mediator/fault.js';
+import type { Mediator } from '../../mediator/mediator.js';
+import type { Recorder } from '../../mediator/record.js';
+import type { FaultPlugin } from '../../mediator/fault.js';
 import type { MediatorPlugin } from '../../mediator/types.js';
 import { untilSignal } from '../signals.js';
 import { parseCount } from '../values.js';
+
+/**
+ * Adds `mediate` to `program` (the CLI's command table calls this). The
+ * mediator's modules load when the command runs, not at CLI start-up.
+ */
+export function registerMediate(program: Command): Command {
+  return program
+    .command('mediate')
+    .description('a transparent vfio-user proxy in front of a device until SIGINT/SIGTERM: plugins interpose (--plugin), --record records sessions, --fault injects faults')
+    .argument('[args...]', "after --: arguments for the plugin modules' createPlugin(args)")
+    .requiredOption('--upstream <socket>', 'the device socket to mediate')
+    .requiredOption('--listen <socket>', 'socket path to create for clients (removed on exit)')
+    .option('--plugin <module...>', 'a plugin module exporting `plugin`, `createPlugin(args)` or a default of either (repeatable)')
+    .option('--record <file>', 'record every session to FILE (replay it with `vfio-user replay FILE --to SOCK`)')
+    .option('--fault <spec...>', "inject faults: 'CMD[,CMD]|*:KIND[=V][:p=P][:after=N][:count=N][:on=request|reply]' (repeatable; docs/fault-injection.md)")
+    .option('--fault-seed <n>', 'PRNG seed of --fault (without it a random seed is chosen and printed)')
+    .option('--allow-uid <uid...>', 'also accept clients running as these uids')
+    .addOption(new Option('--json', 'the ready line as one JSON object'))
+    .action(async (args: string[], options: MediateCommandOptions) => {
+      await runMediate(options, undefined, args);
+    });
+}
 
 /** Options of {@link runMediate} (as commander parses them). */
 export interface MediateCommandOptions {
@@ -63,7 +85,12 @@ function defaultIo(): MediateIo {
  */
 export async function runMediate(options: MediateCommandOptions, io: MediateIo = defaultIo(), args: readonly string[] = []): Promise<void> {
   const stopped = io.stopped(); // listen for signals first: loading plugins takes a while
-  const fault = faultPlugin(options, io.logger);
+  const [{ Mediator }, { loadPlugins }, { createRecorder }] = await Promise.all([
+    import('../../mediator/mediator.js'),
+    import('../../mediator/plugin-loader.js'),
+    import('../../mediator/record.js'),
+  ]);
+  const fault = await faultPlugin(options, io.logger);
   const plugins: MediatorPlugin[] = fault ? [fault] : [];
   for (const spec of options.plugin ?? []) plugins.push(...(await loadPlugins(spec, args)));
   const recorder: Recorder | undefined = options.record === undefined ? undefined : createRecorder(options.record, { upstreamPath: options.upstream, log: io.logger });
@@ -95,12 +122,13 @@ export async function runMediate(options: MediateCommandOptions, io: MediateIo =
   await recorder?.close();
 }
 
-function faultPlugin(options: MediateCommandOptions, log: Logger): FaultPlugin | undefined {
+async function faultPlugin(options: MediateCommandOptions, log: Logger): Promise<FaultPlugin | undefined> {
   const specs = options.fault ?? [];
   if (specs.length === 0) {
     if (options.faultSeed !== undefined) parseCount(options.faultSeed, '--fault-seed', { min: 0, max: 0xffff_ffff });
     return undefined;
   }
+  const { createFaultPlugin, parseFaultSpec } = await import('../../mediator/fault.js');
   const rules = specs.map((s) => parseFaultSpec(s));
   const seed = options.faultSeed === undefined ? undefined : parseCount(options.faultSeed, '--fault-seed', { min: 0, max: 0xffff_ffff });
   return createFaultPlugin(rules, { log, ...(seed === undefined ? {} : { seed }) });
