@@ -77,6 +77,7 @@ import type { Message } from '../transport/transport.js';
 import { ClientCore, type ClientOptions } from './core.js';
 import { explainRefusal, isolationGroupFeature, readIsolationGroup, watchIsolationGroup } from './group.js';
 import { onReleaseRequest, type ReleaseRequest } from './release.js';
+import { prepareForSaving, restoreAfterSaving, savingTransition, type SavingPreparation } from './mmap-saving.js';
 
 /** GET_REGION_INFO's answer: the info and, when the region can be mmapped, the fd (the caller owns it). */
 export interface RegionInfoResult {
@@ -368,7 +369,24 @@ export class VfioUserClient extends ClientCore {
    * @throws {RemoteError} EINVAL for a refused target; the device's errno when an arc fails (it may then be in an intermediate state or ERROR).
    */
   async setMigrationState(state: number): Promise<void> {
-    await this.deviceFeature(DeviceFeature.MIG_DEVICE_STATE | DeviceFeatureFlags.SET, encodeMigDeviceState({ deviceState: state, dataFd: -1 }), 16);
+    const set = (): Promise<DeviceFeaturePayload> => this.deviceFeature(DeviceFeature.MIG_DEVICE_STATE | DeviceFeatureFlags.SET, encodeMigDeviceState({ deviceState: state, dataFd: -1 }), 16);
+    await savingTransition(this, this.logger, state, set, () => state); // SPARSE_MMAP_SAVING: mmap-saving.ts
+  }
+
+  /**
+   * SPARSE_MMAP_SAVING (docs/protocol-extensions.md §9): switches every mapped region that has a saving layout to
+   * it (areas outside it are unmapped, their accesses become messages) and declares what stays mapped
+   * (`x-client-mmaps`). {@link setMigrationState} does it before a saving target; nothing is sent when the server
+   * did not offer the extension or nothing changes.
+   * @throws {RemoteError} the server's errno for the declaration (EINVAL).
+   */
+  prepareForSaving(): Promise<SavingPreparation> {
+    return prepareForSaving(this);
+  }
+
+  /** Maps the runtime layout again after {@link prepareForSaving} (declared first); done by {@link setMigrationState} on RUNNING. @throws {RemoteError} EINVAL. */
+  restoreAfterSaving(): Promise<void> {
+    return restoreAfterSaving(this);
   }
 
   /** MIG_DATA_SIZE: the device's estimate of the STOP_COPY data. @throws {RemoteError} EINVAL (libvfio-user has none). */
@@ -416,9 +434,12 @@ export class VfioUserClient extends ClientCore {
     if (index === undefined) throw notAdvertised(ExtensionCapability.MIG_STATE_DEADLINE);
     const data = encodeDeadlineStateRequest({ deviceState: state, flags: options.predict ? DeadlineRequestFlags.PREDICT : 0, deadlineNs: budgetNs });
     const payload = encodeDeviceFeature({ argsz: 8 + DEADLINE_STATE_SIZE, flags: index | DeviceFeatureFlags.SET, data });
-    const m = await this.request(Command.DEVICE_FEATURE, payload, options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs });
-    const reply = decodeReply(m, decodeDeviceFeature);
-    return decodeOrEproto(reply.data, Command.DEVICE_FEATURE, decodeDeadlineStateReply);
+    const set = async (): Promise<DeadlineStateReply> => {
+      const m = await this.request(Command.DEVICE_FEATURE, payload, options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs });
+      const reply = decodeReply(m, decodeDeviceFeature);
+      return decodeOrEproto(reply.data, Command.DEVICE_FEATURE, decodeDeadlineStateReply);
+    };
+    return savingTransition(this, this.logger, state, set, (r) => r.reachedState);
   }
 
   /**

@@ -10,6 +10,7 @@ import { Errno, errnoName } from '../protocol/errno.js';
 import { isError, isReply, replyErrno, type MessageHeader } from '../protocol/header.js';
 import { VERSION_REQUEST_PAD, decodeVersion, encodeVersion, type Version } from '../protocol/version.js';
 import { migrationExtensionRequest } from '../protocol/migration-extensions.js';
+import { clientMmapsRequest } from '../protocol/mmap-saving.js';
 import { resolveCapabilities, type Capabilities, type ResolvedCapabilities } from '../protocol/capabilities.js';
 import { decodeDmaReadRequest, decodeDmaWriteRequest, encodeDmaAccess, encodeDmaAccessWithData } from '../protocol/dma.js';
 import { connectUnix } from '../transport/unix-listener.js';
@@ -113,8 +114,8 @@ export class ClientCore {
   protected async negotiate(): Promise<void> {
     const caps: Capabilities = { maxMsgFds: CLIENT_RECEIVE_FDS, maxDataXferSize: DEFAULT_MAX_DATA_XFER_SIZE, ...this.#options.capabilities };
     if (this.#options.twinSocket) caps.twinSocket = { supported: true };
-    // Ask for this library's migration extensions; a server advertises only those asked for.
-    caps.migration ??= { extra: migrationExtensionRequest() };
+    // Ask for this library's migration extensions (and x-client-mmaps: mmap-saving.ts); a server advertises only those asked for.
+    caps.migration ??= { extra: { ...migrationExtensionRequest(), ...clientMmapsRequest() } };
     this.#maxDataXferSize = caps.maxDataXferSize ?? DEFAULT_MAX_DATA_XFER_SIZE;
     this.advertised = caps;
     const reply = await this.request(Command.VERSION, encodeVersion({ major: PROTOCOL_MAJOR, minor: PROTOCOL_MINOR, capabilities: caps }, VERSION_REQUEST_PAD));

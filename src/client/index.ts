@@ -5,6 +5,7 @@ export { GuestMemory, GUEST_PAGE_SIZE, GUEST_WINDOW_SIZE } from './guest-memory.
 export { Interrupts } from './interrupts.js';
 export { Container } from './container.js';
 export { MappedRegion } from './regions.js';
+export { declaredMmaps, prepareForSaving, restoreAfterSaving } from './mmap-saving.js';
 export { assignBars, barDecodes } from './bar-setup.js';
 export { recoverMigration, type RecoveryResult, type RecoveryStep } from './migration-recovery.js';
 export {
@@ -33,5 +34,6 @@ export type { GuestMemoryAttachment, GuestMemoryAttachOptions, GuestMemoryMode, 
 export type { InterruptEvent, InterruptsEvents, InterruptsOptions } from './interrupts.js';
 export type { ContainerMapOptions, ContainerMapping } from './container.js';
 export type { ReleaseRequest } from './release.js';
+export type { SavingPreparation } from './mmap-saving.js';
 export type { MappedArea, MappedRegionOptions, RegionAccessPath, RegionAccessStats, SkippedArea } from './regions.js';
 export type { BarSize, RomSize, CapabilityListing, CapabilityWalkEnd, ConfigAccess, ConfigCapability, ConfigWidth, MsiInfo, MsixInfo } from './pci-config.js';

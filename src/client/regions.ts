@@ -16,8 +16,10 @@ import { InvalidArgumentError, StateError } from '../errors.js';
 import { mapFd, native, unmap } from '../native/addon.js';
 import { RegionInfoFlags } from '../protocol/constants.js';
 import { Errno } from '../protocol/errno.js';
+import { savingLayoutOf } from '../protocol/mmap-saving.js';
 import type { RegionInfo, SparseMmapArea } from '../protocol/region.js';
 import type { VfioUserClient } from './client.js';
+import { intersectLayout, mmapSavingOf, type SavingParticipant } from './mmap-saving.js';
 
 /** How an access reached the device. */
 export type RegionAccessPath = 'mmap' | 'message' | 'mixed' | 'none';
@@ -60,32 +62,49 @@ interface Segment {
   area: MappedArea | undefined;
 }
 
-/** One region of a device, mmapped where the server allows it. */
-export class MappedRegion {
+/**
+ * One region of a device, mmapped where the server allows it. A region whose info carries a SPARSE_MMAP_SAVING
+ * layout takes part in `x-client-mmaps` (mmap-saving.ts): its mappings are declared to the server, and while the
+ * device saves only the parts inside the saving layout stay mapped (the rest goes through messages; live
+ * {@link view}s of an unmapped area become empty).
+ */
+export class MappedRegion implements SavingParticipant {
   readonly client: VfioUserClient;
   /** Region index (RegionIndex). */
   readonly index: number;
   /** DEVICE_GET_REGION_INFO's answer. */
   readonly info: RegionInfo;
   readonly size: bigint;
-  /** The mapped areas, by offset. */
-  readonly areas: readonly MappedArea[];
-  /** Sparse areas the server offered that are not mapped. */
-  readonly skipped: readonly SkippedArea[];
+  /** The SPARSE_MMAP_SAVING layout (areas mappable while saving), or undefined when the server sent none. */
+  readonly savingLayout: readonly SparseMmapArea[] | undefined;
   /** Path of the last completed access. */
   lastPath: RegionAccessPath = 'none';
   readonly stats: RegionAccessStats = { mmapBytes: 0, messageBytes: 0, mmapAccesses: 0, messageAccesses: 0 };
   #fd: number | undefined;
   #closed = false;
+  #areas: MappedArea[] = [];
+  #skipped: SkippedArea[] = [];
+  /** The sparse areas offered (the runtime layout). */
+  readonly #runtime: readonly SparseMmapArea[];
 
-  private constructor(client: VfioUserClient, index: number, info: RegionInfo, fd: number | undefined, areas: MappedArea[], skipped: SkippedArea[]) {
+  private constructor(client: VfioUserClient, index: number, info: RegionInfo, fd: number | undefined, runtime: readonly SparseMmapArea[]) {
     this.client = client;
     this.index = index;
     this.info = info;
     this.size = info.size;
     this.#fd = fd;
-    this.areas = areas;
-    this.skipped = skipped;
+    this.#runtime = runtime;
+    this.savingLayout = fd === undefined ? undefined : savingLayoutOrEmpty(info);
+  }
+
+  /** The mapped areas, by offset. */
+  get areas(): readonly MappedArea[] {
+    return this.#areas;
+  }
+
+  /** Sparse areas of the current layout that could not be mapped. */
+  get skipped(): readonly SkippedArea[] {
+    return this.#skipped;
   }
 
   /**
@@ -99,19 +118,56 @@ export class MappedRegion {
     const usable = fd !== undefined && !options.messagesOnly && (info.flags & RegionInfoFlags.MMAP) !== 0 && sparse.length > 0;
     if (!usable) {
       if (fd !== undefined) native.close(fd);
-      return new MappedRegion(client, index, info, undefined, [], []);
+      return new MappedRegion(client, index, info, undefined, []);
     }
-    const areas: MappedArea[] = [];
+    const region = new MappedRegion(client, index, info, fd, sparse);
+    const tracker = mmapSavingOf(client);
+    if (region.savingLayout !== undefined && tracker.feature !== undefined) {
+      try {
+        await tracker.admit(region, region.targetAreas(tracker.saving)); // declared before it is mapped
+      } catch (error) {
+        region.#skipped = sparse.map((a) => ({ offset: a.offset, size: a.size, reason: `x-client-mmaps declaration failed: ${(error as Error).message}` }));
+        return region;
+      }
+    }
+    region.remap(tracker.saving);
+    return region;
+  }
+
+  /** The areas mapped now (SavingParticipant). */
+  mappedAreas(): readonly SparseMmapArea[] {
+    return this.#closed ? [] : this.#areas.map((a) => ({ offset: a.offset, size: a.size }));
+  }
+
+  /** The areas of the runtime layout, or (`saving`) their parts inside the saving layout (SavingParticipant). */
+  targetAreas(saving: boolean): readonly SparseMmapArea[] {
+    return saving && this.savingLayout !== undefined ? intersectLayout(this.#runtime, this.savingLayout) : this.#runtime;
+  }
+
+  /**
+   * Unmaps the areas that are not targets of the layout and maps those that are not mapped yet (SavingParticipant;
+   * called by mmap-saving.ts in the order that keeps the server's declaration a superset).
+   */
+  remap(saving: boolean): void {
+    if (this.#closed || this.#fd === undefined) return;
+    const targets = this.targetAreas(saving);
+    const same = (a: SparseMmapArea, b: SparseMmapArea): boolean => a.offset === b.offset && a.size === b.size;
+    const keep: MappedArea[] = [];
+    for (const a of this.#areas) {
+      if (targets.some((t) => same(t, a))) keep.push(a);
+      else unmap(a.bytes.buffer as ArrayBuffer);
+    }
     const skipped: SkippedArea[] = [];
-    const fileSize = fileSizeOf(fd);
-    const writable = (info.flags & RegionInfoFlags.WRITE) !== 0;
-    for (const area of sparse) {
-      const mapped = mapArea(fd, info, area, fileSize, writable, areas);
+    const fileSize = fileSizeOf(this.#fd);
+    const writable = (this.info.flags & RegionInfoFlags.WRITE) !== 0;
+    for (const area of targets) {
+      if (keep.some((k) => same(k, area))) continue;
+      const mapped = mapArea(this.#fd, this.info, area, fileSize, writable, keep);
       if (typeof mapped === 'string') skipped.push({ offset: area.offset, size: area.size, reason: mapped });
-      else areas.push(mapped);
+      else keep.push(mapped);
     }
-    areas.sort((a, b) => (a.offset < b.offset ? -1 : 1));
-    return new MappedRegion(client, index, info, fd, areas, skipped);
+    this.#areas = keep.sort((a, b) => (a.offset < b.offset ? -1 : 1));
+    this.#skipped = skipped;
   }
 
   /** Whether some area is mapped. */
@@ -138,6 +194,7 @@ export class MappedRegion {
     const out = new Uint8Array(length);
     let done = 0;
     for (const s of segments) {
+      if (s.area && !this.#areas.includes(s.area)) s.area = undefined; // unmapped for saving meanwhile: a message
       if (s.area) out.set(s.area.bytes.subarray(Number(s.at - s.area.offset), Number(s.at - s.area.offset) + s.n), done);
       else out.set(await this.client.regionRead(this.index, s.at, s.n), done);
       done += s.n;
@@ -156,6 +213,7 @@ export class MappedRegion {
     let done = 0;
     for (const s of segments) {
       const part = data.subarray(done, done + s.n);
+      if (s.area && !this.#areas.includes(s.area)) s.area = undefined; // unmapped for saving meanwhile: a message
       if (s.area) s.area.bytes.set(part, Number(s.at - s.area.offset));
       else await this.client.regionWrite(this.index, s.at, part);
       done += s.n;
@@ -175,7 +233,8 @@ export class MappedRegion {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    for (const a of this.areas) unmap(a.bytes.buffer as ArrayBuffer);
+    mmapSavingOf(this.client).leave(this);
+    for (const a of this.#areas) unmap(a.bytes.buffer as ArrayBuffer);
     if (this.#fd !== undefined) native.close(this.#fd);
     this.#fd = undefined;
   }
@@ -185,7 +244,7 @@ export class MappedRegion {
     if (!Number.isSafeInteger(length) || length < 0 || offset < 0n || offset + BigInt(length) > this.size) {
       throw new InvalidArgumentError(`MappedRegion.${site}: 0x${offset.toString(16)}+${length} outside region ${this.index} (${this.size} bytes)`);
     }
-    const usable = access === 'read' ? this.areas : this.areas.filter((a) => a.writable);
+    const usable = access === 'read' ? this.#areas : this.#areas.filter((a) => a.writable);
     const out: Segment[] = [];
     const end = offset + BigInt(length);
     for (let at = offset; at < end; ) {
@@ -259,5 +318,14 @@ function mapArea(fd: number, info: RegionInfo, area: SparseMmapArea, fileSize: b
     return attempt(false); // an fd opened read-only: map read-only, write through messages
   } catch (error) {
     return `mmap failed: ${(error as Error).message}`;
+  }
+}
+
+/** The region's saving layout; a malformed capability counts as an empty layout (nothing stays mapped while saving). */
+function savingLayoutOrEmpty(info: RegionInfo): readonly SparseMmapArea[] | undefined {
+  try {
+    return savingLayoutOf(info);
+  } catch {
+    return [];
   }
 }

@@ -87,7 +87,7 @@ describe('vfio-user info', () => {
     assert.equal(r.code, 0, r.stderr);
     const out = r.stdout;
     assert.match(out, /^protocol +vfio-user 0\.2$/m);
-    assert.match(out, /^client sent +\{"max_msg_fds":16,"max_data_xfer_size":1048576,"migration":\{"x-precopy-info":\{\},"x-deadline-state":\{\},"x-arc-latency":\{\},"x-migration-identity":\{\}\}\}$/m);
+    assert.match(out, /^client sent +\{"max_msg_fds":16,"max_data_xfer_size":1048576,"migration":\{"x-precopy-info":\{\},"x-deadline-state":\{\},"x-arc-latency":\{\},"x-migration-identity":\{\},"x-client-mmaps":\{\}\}\}$/m);
     assert.match(out, /^server sent +\{.*"max_data_xfer_size":\d+.*\}$/m);
     assert.match(out, /^server caps +max_msg_fds=\d+ max_data_xfer_size=\d+ max_dma_maps=\d+ pgsizes=0x1000 migration=pgsize 4096 twin_socket=no write_multiple=(yes|no)$/m);
     assert.match(out, /^device +flags 0x3 \(RESET PCI\), 9 regions, 5 IRQ indexes$/m);

@@ -22,7 +22,7 @@ describe('vfio-user --trace', () => {
     assert.equal(r.stdout, '0x0000: 01414d44 00000000\n');
     const lines = r.stderr.trimEnd().split('\n');
     assert.equal(lines.length, 6, r.stderr);
-    assert.match(lines[0] ?? '', new RegExp(`^${TIME} → VERSION #1 0\\.2 \\{"max_msg_fds":16,"max_data_xfer_size":1048576,"migration":\\{"x-precopy-info":\\{\\},"x-deadline-state":\\{\\},"x-arc-latency":\\{\\},"x-migration-identity":\\{\\}\\}\\}$`));
+    assert.match(lines[0] ?? '', new RegExp(`^${TIME} → VERSION #1 0\\.2 \\{"max_msg_fds":16,"max_data_xfer_size":1048576,"migration":\\{"x-precopy-info":\\{\\},"x-deadline-state":\\{\\},"x-arc-latency":\\{\\},"x-migration-identity":\\{\\},"x-client-mmaps":\\{\\}\\}\\}$`));
     assert.match(lines[1] ?? '', new RegExp(`^${TIME} ← VERSION #1 ok 0\\.2 \\{.*\\} \\(\\d+B, [\\d.]+µs\\)$`));
     assert.match(lines[2] ?? '', new RegExp(`^${TIME} → REGION_READ #2 region=0 off=0x0 count=4$`));
     assert.match(lines[3] ?? '', new RegExp(`^${TIME} → REGION_READ #3 region=0 off=0x4 count=4$`));

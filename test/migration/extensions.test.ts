@@ -94,6 +94,7 @@ describe('migration extensions: discovery', () => {
         [ExtensionCapability.MIG_STATE_DEADLINE]: { feature: ExtensionFeature.MIG_STATE_DEADLINE },
         [ExtensionCapability.MIG_ARC_LATENCY]: { feature: ExtensionFeature.MIG_ARC_LATENCY },
         [ExtensionCapability.MIG_IDENTITY]: { feature: ExtensionFeature.MIG_IDENTITY },
+        'x-client-mmaps': { feature: 0x8005 }, // SPARSE_MMAP_SAVING's declarations (§10), also asked for by our client
       });
       assert.equal(client.serverAdvertised?.migration?.pgsize, 4096, 'the standard member is unchanged');
       assert.deepEqual(client.migrationExtensions, { precopyInfo: 0x8000, deadlineState: 0x8001, arcLatency: 0x8002, identity: 0x8003 });
