@@ -115,13 +115,25 @@ function stateAfter(reply: MediatedMessage, request: MediatedMessage, current: M
   return current;
 }
 
+/** `count` distinct positions in 0..length-1 (rejection sampling when few, a partial shuffle when many). */
+function positions(length: number, count: number, random: () => number): Iterable<number> {
+  if (count * 2 <= length) {
+    const chosen = new Set<number>();
+    while (chosen.size < count) chosen.add(random() % length);
+    return chosen;
+  }
+  const all = Uint32Array.from({ length }, (_, i) => i);
+  for (let i = 0; i < count; i++) {
+    const j = i + (random() % (length - i));
+    [all[i], all[j]] = [all[j]!, all[i]!];
+  }
+  return all.subarray(0, count);
+}
+
 /** Flips `n` distinct random bytes of a copy of `payload` (each XORed with a non-zero value, so it changes). */
 function corrupt(payload: Uint8Array, n: number, random: () => number): Uint8Array {
   const out = payload.slice();
-  const count = Math.min(n, out.length);
-  const positions = new Set<number>();
-  while (positions.size < count) positions.add(random() % out.length);
-  for (const p of positions) out[p]! ^= 1 + (random() % 255);
+  for (const p of positions(out.length, Math.min(n, out.length), random)) out[p]! ^= 1 + (random() % 255);
   return out;
 }
 

@@ -115,6 +115,12 @@ describe('fault plugin: verdicts', () => {
     assert.ok(payload.every((b) => b === 0xaa), 'the received payload is never modified');
   });
 
+  it('corrupt=1M of a 1 MiB payload changes every byte (a shuffle, not a slow collection of distinct positions)', () => {
+    const payload = new Uint8Array(1 << 20);
+    const v = plugin(['REGION_WRITE:corrupt=1048576']).onClientCommand!(msg(Cmd.REGION_WRITE, payload), fakeCtx()) as { forward: { payload: Uint8Array } };
+    assert.ok(v.forward.payload.every((b) => b !== 0));
+  });
+
   it('corrupt of an empty payload is not an injection (the header is not corrupted)', () => {
     const ctx = fakeCtx();
     const p = plugin(['DEVICE_RESET:corrupt']);

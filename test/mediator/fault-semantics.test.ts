@@ -86,6 +86,13 @@ describe('fault options through a mediator', () => {
       assert.equal(await pattern(await connect(), 1), '.');
     }));
 
+  it('VERSION named explicitly: the client is refused at connect with that errno; the next client gets in', () =>
+    withFaults(['VERSION:error=EBUSY:count=1'], async ({ connect, idle }) => {
+      await assert.rejects(connect(), (e: unknown) => e instanceof RemoteError && e.errno === 16 && e.command === 1);
+      await idle();
+      assert.equal(await pattern(await connect(), 1), '.');
+    }));
+
   it('several rules: error on the first two reads, then a delay on the next (a later rule sees only what earlier ones let pass)', () =>
     withFaults(['REGION_READ:error=EIO:count=2', 'REGION_READ:delay=100ms:count=1'], async ({ connect, faults }) => {
       const client = await connect();
