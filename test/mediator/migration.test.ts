@@ -8,12 +8,14 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { RemoteError } from '../../src/errors.js';
-import { migrate } from '../../src/orchestrator/migrate.js';
+import { migrate, MigrationCompatibilityError } from '../../src/orchestrator/migrate.js';
+import { closeFd } from '../../src/native/addon.js';
+import { clientMmapsFeatureOf, savingLayoutOf } from '../../src/protocol/mmap-saving.js';
 import { DeviceFeature, DeviceFeatureFlags, MigrationFlags, MigrationState as S, RegionIndex } from '../../src/protocol/constants.js';
 import { encodeMigDeviceState } from '../../src/protocol/feature.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
 import { waitFor } from './support.js';
-import { BAR2_SIZE, RECORD, TickerReg, openSide, readReg, startTicker, tickerRecord, type MediatedSide } from './migration-support.js';
+import { BAR2_SIZE, RECORD, TICKER_SPEC, TickerReg, openSide, readReg, startTicker, tickerRecord, type MediatedSide } from './migration-support.js';
 
 const MiB = 1 << 20;
 const GUEST = 16 * MiB;
@@ -49,7 +51,28 @@ describe('mediated migration', () => {
       assert.ok((await src.client.migrationDataSize()) >= BigInt(BAR2_SIZE));
       // The upstream itself still has none: its own answer is unchanged.
       assert.equal(src.ticker.device.migration, undefined);
+      // VERSION gained the extensions our client asked for; BAR2's region info the saving layout (none: all trapped).
+      assert.equal(clientMmapsFeatureOf(src.client.serverAdvertised), 0x8005);
+      const identity = await src.client.migrationIdentity();
+      assert.equal(identity.deviceType, 'ticker');
+      assert.equal(identity.pciDevice, 0x7e57);
+      const { info, fd } = await src.client.regionInfo(RegionIndex.BAR2);
+      if (fd !== undefined) closeFd(fd);
+      assert.deepEqual(savingLayoutOf(info), []);
+      assert.equal(savingLayoutOf((await src.client.regionInfo(RegionIndex.BAR0)).info), undefined, 'BAR0 is not mmappable: no layout');
     });
+  });
+
+  it('refuses a destination of another device type before anything changes (x-migration-identity)', async () => {
+    const sides: MediatedSide[] = [];
+    try {
+      sides.push(await openSide(GUEST), await openSide(GUEST, { ...TICKER_SPEC, deviceType: 'not-a-ticker' }));
+      const [src, dst] = sides as [MediatedSide, MediatedSide];
+      await assert.rejects(migrate({ source: src, destination: dst, downtimeBudgetMs: 2000 }), (e: unknown) => e instanceof MigrationCompatibilityError && /device types differ/.test(e.message));
+      assert.equal(await src.client.migrationState(), S.RUNNING);
+    } finally {
+      for (const s of sides) await s.close();
+    }
   });
 
   it('live-migrates the running ticker with its guest memory: memory, registers, BAR memory and config equal at the switch-over', async (t) => {

@@ -2,13 +2,16 @@
  * The DEVICE_FEATUREs and migration data commands the plugin answers itself,
  * never forwarding them to the (non-migratable) upstream: MIGRATION (1),
  * MIG_DEVICE_STATE (2), DMA_LOGGING_START/STOP/REPORT (6/7/8), MIG_DATA_SIZE
- * (9), x-client-mmaps (0x8005), MIG_DATA_READ (17) and MIG_DATA_WRITE (18).
+ * (9), x-client-mmaps (0x8005), this library's migration extensions
+ * (x-precopy-info, x-deadline-state, x-arc-latency, x-migration-identity:
+ * 0x8000–0x8003, advertised to a client that asks), MIG_DATA_READ (17) and
+ * MIG_DATA_WRITE (18).
  * The shared DEVICE_FEATURE rules are those of our server
  * (src/server/handlers/feature.ts): only MASK/GET/SET/PROBE bits; PROBE
  * checks the ops and touches nothing; otherwise exactly one of GET and SET;
  * a GET's argsz must hold the reply (checked before a REPORT clears bits).
  */
-import { ProtocolError } from '../../errors.js';
+import { ProtocolError, VfioUserError } from '../../errors.js';
 import { checkMigDataRead, checkMigDataWrite } from '../../migration/gating.js';
 import { DEFAULT_MAX_DATA_XFER_SIZE, DeviceFeature, DeviceFeatureFlags, U64_MAX } from '../../protocol/constants.js';
 import { Errno } from '../../protocol/errno.js';
@@ -27,6 +30,17 @@ import {
   type DeviceFeaturePayload,
 } from '../../protocol/feature.js';
 import { decodeMigDataReadRequest, decodeMigDataWriteRequest, encodeMigData } from '../../protocol/migration-data.js';
+import {
+  DeadlineOutcome,
+  DeadlineRequestFlags,
+  ExtensionFeature,
+  PRECOPY_INFO_SIZE,
+  decodeDeadlineStateRequest,
+  encodeArcLatencies,
+  encodeDeadlineStateReply,
+  encodeMigrationIdentity,
+  encodePrecopyInfo,
+} from '../../protocol/migration-extensions.js';
 import { ClientMmapsFeature, decodeClientMmaps, encodeClientMmaps, isSavingState, savingConflicts } from '../../protocol/mmap-saving.js';
 import { checkLoggingStart } from './dma-steering.js';
 import type { MediatedSession } from './session.js';
@@ -43,6 +57,11 @@ interface Feature {
   replySize?(s: MediatedSession, data: Uint8Array): number;
   get?(s: MediatedSession, data: Uint8Array): Promise<Uint8Array> | Uint8Array;
   set?(s: MediatedSession, data: Uint8Array): Promise<Uint8Array | undefined> | Uint8Array | undefined;
+}
+
+/** The errno of an arc's failure (ours, else EIO). */
+export function errnoOf(error: unknown): number {
+  return error instanceof VfioUserError && error.errno !== undefined && error.errno > 0 ? error.errno : Errno.EIO;
 }
 
 const isPowerOfTwo = (x: bigint): boolean => x > 0n && (x & (x - 1n)) === 0n;
@@ -125,6 +144,23 @@ const FEATURES = new Map<number, Feature>([
       },
     },
   ],
+  [ExtensionFeature.PRECOPY_INFO, { ops: GET, replySize: () => PRECOPY_INFO_SIZE, get: async (s) => encodePrecopyInfo(await (await s.ready()).precopyStatus()) }],
+  [
+    ExtensionFeature.MIG_STATE_DEADLINE,
+    {
+      ops: SET,
+      async set(s, data) {
+        const request = decodeDeadlineStateRequest(data);
+        const controller = await s.ready();
+        s.checkSaving(request.deviceState);
+        const r = await controller.setStateWithDeadline(request.deviceState, request.deadlineNs, { predict: (request.flags & DeadlineRequestFlags.PREDICT) !== 0 });
+        const errno = r.outcome === DeadlineOutcome.FAILED ? errnoOf(r.error) : 0;
+        return encodeDeadlineStateReply({ reachedState: r.reachedState, outcome: r.outcome, elapsedNs: r.elapsedNs, estimateNs: r.estimateNs, errno, flags: r.flags });
+      },
+    },
+  ],
+  [ExtensionFeature.MIG_ARC_LATENCY, { ops: GET, get: async (s) => encodeArcLatencies((await s.ready()).arcLatencyTable()) }],
+  [ExtensionFeature.MIG_IDENTITY, { ops: GET, get: async (s) => encodeMigrationIdentity({ ...(await s.ready()).identity, acceptedVersions: [], flags: 0 }) }],
   [
     ClientMmapsFeature.INDEX,
     {

@@ -13,8 +13,6 @@
  * - upstream commands: DMA_READ / DMA_WRITE into memory the client mapped with
  *   an fd are applied here (the steered DMA, pages marked dirty while logging).
  */
-import { VfioUserError } from '../../errors.js';
-import { Errno } from '../../protocol/errno.js';
 import { CAP_HEADER_SIZE, Command, DmaUnmapFlags, MigrationState, RegionIndex, RegionInfoFlags, REGION_INFO_SIZE } from '../../protocol/constants.js';
 import { decodeDmaMapRequest, decodeDmaReadRequest, decodeDmaUnmapRequest, decodeDmaWriteRequest, encodeDmaAccess, encodeDmaAccessWithData, encodeDmaUnmapReply } from '../../protocol/dma.js';
 import { isError } from '../../protocol/header.js';
@@ -23,7 +21,8 @@ import { decodeRegionInfo, encodeRegionInfo } from '../../protocol/region.js';
 import { decodeRegionReadRequest, decodeRegionWriteRequest } from '../../protocol/region-access.js';
 import { decodeVersion, encodeVersion } from '../../protocol/version.js';
 import type { MediatedMessage, MediatorPlugin, MediatorSessionContext, Verdict } from '../types.js';
-import { answerFeature, answerMigDataRead, answerMigDataWrite, ownsFeature } from './features.js';
+import { answerFeature, answerMigDataRead, answerMigDataWrite, errnoOf, ownsFeature } from './features.js';
+import { migrationExtensionMembers } from '../../protocol/migration-extensions.js';
 import { MediatedSession } from './session.js';
 import { normalizeSpec, type MediatedMigrationSpec } from './spec.js';
 import type { SteeringStats } from './dma-steering.js';
@@ -111,7 +110,9 @@ function clientCommand(s: MediatedSession, msg: MediatedMessage): Verdict | Prom
 /** Whether the client's VERSION asks for x-client-mmaps (a malformed one is the upstream's to refuse). */
 function noteClientVersion(s: MediatedSession, payload: Uint8Array): void {
   try {
-    s.clientAsked = clientMmapsRequested(decodeVersion(payload).capabilities?.migration?.extra);
+    const extra = decodeVersion(payload).capabilities?.migration?.extra;
+    s.clientAsked = clientMmapsRequested(extra);
+    s.clientExtensions = migrationExtensionMembers(extra);
   } catch {
     s.clientAsked = false;
   }
@@ -171,7 +172,11 @@ function upstreamReply(s: MediatedSession, msg: MediatedMessage, request: Mediat
   }
 }
 
-/** VERSION: `migration` with `x-client-mmaps` for a client that asked (the upstream's own migration members dropped). */
+/**
+ * VERSION: `migration` with the extensions the client asked for (x-client-mmaps, this library's migration
+ * extensions); the upstream's own migration members are dropped (the plugin answers migration). A client that
+ * asked for nothing (QEMU) gets the upstream's reply as it was, unless the upstream offered migration itself.
+ */
 function versionReply(s: MediatedSession, msg: MediatedMessage): Verdict {
   let version;
   try {
@@ -179,10 +184,10 @@ function versionReply(s: MediatedSession, msg: MediatedMessage): Verdict {
   } catch {
     return undefined;
   }
-  const asked = s.clientAsked;
+  const extra = { ...s.clientExtensions, ...(s.clientAsked ? clientMmapsMember() : {}) };
   const caps = version.capabilities;
-  if (!caps || (!asked && caps.migration === undefined)) return undefined;
-  caps.migration = { pgsize: MIGRATION_PGSIZE, ...(asked ? { extra: clientMmapsMember() } : {}) };
+  if (!caps || (Object.keys(extra).length === 0 && caps.migration === undefined)) return undefined;
+  caps.migration = { pgsize: MIGRATION_PGSIZE, ...(Object.keys(extra).length > 0 ? { extra } : {}) };
   return { forward: { payload: encodeVersion(version) } };
 }
 
@@ -208,12 +213,6 @@ function regionInfoReply(s: MediatedSession, msg: MediatedMessage, request: Medi
   if (full.length > asked) return head(full.length);
   new DataView(full.buffer, full.byteOffset).setUint32(0, full.length, true);
   return { forward: { payload: full } };
-}
-
-/** The errno of an error (ours, or a SystemError's), EIO otherwise. */
-function errnoOf(error: unknown): number {
-  if (error instanceof VfioUserError && error.errno !== undefined && error.errno > 0) return error.errno;
-  return Errno.EIO;
 }
 
 function upstreamCommand(s: MediatedSession, msg: MediatedMessage): Verdict {

@@ -39,6 +39,8 @@ export class MediatedSession {
   trappedAccesses = 0;
   /** The client named x-client-mmaps in its VERSION (it then gets the saving layouts). */
   clientAsked = false;
+  /** This library's migration extension members the client asked for (advertised back in VERSION). */
+  clientExtensions: Record<string, unknown> = {};
   #init: Promise<MigrationController> | undefined;
   #controller: MigrationController | undefined;
   #memory: DeviceMemory | undefined;
