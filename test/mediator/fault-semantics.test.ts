@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VfioUserClient } from '../../src/client/client.js';
 import { createDevice } from '../../src/device/device.js';
-import { RemoteError } from '../../src/errors.js';
+import { RemoteError, TimeoutError } from '../../src/errors.js';
 import { createFaultPlugin, parseFaultSpec } from '../../src/mediator/fault.js';
 import { Mediator } from '../../src/mediator/mediator.js';
 import { DmaMapFlags, MigrationState as S } from '../../src/protocol/constants.js';
@@ -113,10 +113,10 @@ describe('fault options through a mediator', () => {
 
 describe('fault: the upstream device’s DMA requests', () => {
   /** Serves the test device behind a mediator faulting with `specs`; the client serves DMA from a plain array (no fd). */
-  async function withDma(specs: string[], fn: (x: { dma: { read(a: bigint, n: number): Promise<Uint8Array>; write(a: bigint, d: Uint8Array): Promise<void> }; guest: Uint8Array }) => Promise<void>): Promise<void> {
+  async function withDma(specs: string[], fn: (x: { dma: { read(a: bigint, n: number): Promise<Uint8Array>; write(a: bigint, d: Uint8Array): Promise<void> }; guest: Uint8Array }) => Promise<void>, dmaTimeoutMs?: number): Promise<void> {
     const dir = mkdtempSync(join(tmpdir(), 'vfio-user-fault-dma-'));
     const device = createDevice(testDeviceDefinition());
-    const server = device.serve({ path: join(dir, 'dev.sock') });
+    const server = device.serve({ path: join(dir, 'dev.sock'), ...(dmaTimeoutMs === undefined ? {} : { dmaTimeoutMs }) });
     const mediator = await Mediator.listen({ upstream: join(dir, 'dev.sock'), listen: join(dir, 'm.sock'), plugins: [createFaultPlugin(specs.map(parseFaultSpec), { seed: 3 })] });
     let client: VfioUserClient | undefined;
     try {
@@ -153,4 +153,25 @@ describe('fault: the upstream device’s DMA requests', () => {
       await dma.read(0x10000n, 8);
       assert.ok(performance.now() - started >= 99);
     }));
+
+  it('DMA_READ:drop: the device’s own DMA timeout (ETIMEDOUT); DMA_WRITE:drop:on=reply: written, yet the device times out', async () => {
+    const timedOut = (e: unknown): boolean => e instanceof TimeoutError && e.errno === 110;
+    await withDma(
+      ['DMA_READ:drop:count=1'],
+      async ({ dma, guest }) => {
+        guest.set([5, 6], 0x80);
+        await assert.rejects(dma.read(0x10080n, 2), timedOut);
+        assert.deepEqual([...(await dma.read(0x10080n, 2))], [5, 6]);
+      },
+      500,
+    );
+    await withDma(
+      ['DMA_WRITE:drop:on=reply:count=1'],
+      async ({ dma, guest }) => {
+        await assert.rejects(dma.write(0x100a0n, Uint8Array.of(1, 2)), timedOut);
+        assert.deepEqual([...guest.subarray(0xa0, 0xa2)], [1, 2]);
+      },
+      500,
+    );
+  });
 });
