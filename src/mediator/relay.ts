@@ -9,8 +9,8 @@
  * timeouts are in session.ts.
  */
 import { Errno } from '../protocol/errno.js';
-import { Command, HEADER_SIZE, HeaderFlags, commandName } from '../protocol/constants.js';
-import { isError, isReply, replyErrno, validateCommandHeader, wantsReply, type MessageHeader } from '../protocol/header.js';
+import { Command, HeaderFlags, commandName } from '../protocol/constants.js';
+import { isError, isReply, replyErrno, validateCommandHeader, wantsReply } from '../protocol/header.js';
 import { RemoteError } from '../errors.js';
 import { errnoOf } from '../server/reply-error.js';
 import type { Logger } from '../log.js';
@@ -22,6 +22,7 @@ import { runChain, type Outcome } from './relay-hooks.js';
 import { Lane } from './relay-lane.js';
 import { PendingTable, type Channel, type PendingEntry } from './relay-pending.js';
 import { grantedTwinIndex, versionJson } from './relay-version.js';
+import { SessionTaps } from './relay-taps.js';
 import type { MediatedMessage, MediatorLimits, MediatorPlugin, MediatorSessionContext, MediatorTap, TapSide } from './types.js';
 
 const NO_FDS: readonly number[] = Object.freeze([]);
@@ -61,13 +62,18 @@ export abstract class Relay {
   readonly toClient = new PendingTable();
   readonly lanes: { clientCommand: Lane; clientReply: Lane; upstreamCommand: Lane; upstreamReply: Lane };
   closing = false;
-  #taps: MediatorTap[];
+  readonly taps: SessionTaps;
   readonly #hooks: Record<Hook, HookList>;
+
+  /** This relay as the plugins' context (the session implements it). */
+  get #ctx(): MediatorSessionContext {
+    return this as unknown as MediatorSessionContext;
+  }
 
   constructor(client: Transport, plugins: readonly MediatorPlugin[], taps: readonly MediatorTap[], limits: MediatorLimits, log: Logger) {
     this.clientMain = client;
     this.plugins = plugins;
-    this.#taps = [...taps];
+    this.taps = new SessionTaps(taps, log);
     this.limits = limits;
     this.log = log;
     const idle = (): void => this.syncReading();
@@ -91,10 +97,6 @@ export abstract class Relay {
   abstract clientBroken(reason: string): void;
   abstract close(reason?: string): void;
   abstract transportOptions(): UnixSocketTransportOptions;
-
-  get tapCount(): number {
-    return this.#taps.length;
-  }
 
   /** Starts reading the upstream's main socket. */
   attachUpstream(t: Transport): void {
@@ -143,7 +145,7 @@ export abstract class Relay {
 
   #fromClient(m: Message, channel: Channel): void {
     const msg = mediated(m);
-    if (this.#taps.length > 0) this.#tap('client', 'in', channel, msg.header, msg.payload, msg.fds);
+    if (this.taps.count > 0) this.taps.received(this.#ctx, 'client', channel, msg.header, msg.payload, msg.fds);
     if (this.closing) return closeAll(msg.fds);
     if (isReply(msg.header)) return this.#clientReply(msg);
     const invalid = validateCommandHeader(msg.header, this.limits.maxMessageSize);
@@ -209,7 +211,7 @@ export abstract class Relay {
 
   #hookClientCommand(orig: MediatedMessage): void | Promise<void> {
     const { plugins, names } = this.#hooks.onClientCommand;
-    const ctx = this as unknown as MediatorSessionContext;
+    const ctx = this.#ctx;
     const out = runChain(plugins.length, names, orig, (i, msg) => plugins[i]!.onClientCommand!(msg, ctx));
     if (out instanceof Promise) return out.then((o) => this.#applyClientCommand(orig, o));
     this.#applyClientCommand(orig, out);
@@ -254,7 +256,7 @@ export abstract class Relay {
       return closeAll(msg.fds);
     }
     const { plugins, names } = this.#hooks.onClientReply;
-    const ctx = this as unknown as MediatorSessionContext;
+    const ctx = this.#ctx;
     this.#inLane(this.lanes.clientReply, msg, () => {
       const out = runChain(plugins.length, names, msg, (i, r) => plugins[i]!.onClientReply!(r, e.request, ctx));
       const apply = (o: Outcome): void => {
@@ -287,7 +289,7 @@ export abstract class Relay {
 
   #fromUpstream(m: Message, channel: Channel): void {
     const msg = mediated(m);
-    if (this.#taps.length > 0) this.#tap('upstream', 'in', channel, msg.header, msg.payload, msg.fds);
+    if (this.taps.count > 0) this.taps.received(this.#ctx, 'upstream', channel, msg.header, msg.payload, msg.fds);
     if (this.closing) return closeAll(msg.fds);
     if (isReply(msg.header)) return this.#upstreamReply(msg);
     const invalid = validateCommandHeader(msg.header, this.limits.maxMessageSize);
@@ -301,7 +303,7 @@ export abstract class Relay {
       return closeAll(msg.fds);
     }
     const { plugins, names } = this.#hooks.onUpstreamCommand;
-    const ctx = this as unknown as MediatorSessionContext;
+    const ctx = this.#ctx;
     this.#inLane(this.lanes.upstreamCommand, msg, () => {
       const out = runChain(plugins.length, names, msg, (i, c) => plugins[i]!.onUpstreamCommand!(c, ctx));
       const apply = (o: Outcome): void => {
@@ -349,7 +351,7 @@ export abstract class Relay {
       return closeAll(msg.fds);
     }
     const { plugins, names } = this.#hooks.onUpstreamReply;
-    const ctx = this as unknown as MediatorSessionContext;
+    const ctx = this.#ctx;
     this.#inLane(this.lanes.upstreamReply, msg, () => {
       const out = runChain(plugins.length, names, msg, (i, r) => plugins[i]!.onUpstreamReply!(r, e.request, ctx));
       const apply = (o: Outcome): void => {
@@ -471,35 +473,5 @@ export abstract class Relay {
   #inLane(lane: Lane, msg: MediatedMessage, task: () => void | Promise<void>): void {
     lane.run(task, () => closeAll(msg.fds));
     if (lane.backlog >= 256) this.syncReading();
-  }
-
-  tapOut(side: TapSide, channel: Channel, h: OutgoingHeader, payload: Uint8Array, fds: readonly number[]): void {
-    const header: MessageHeader = { msgId: h.msgId, cmd: h.cmd, msgSize: HEADER_SIZE + payload.length, flags: h.flags, errorNo: h.errorNo ?? 0 };
-    this.#tap(side, 'out', channel, header, payload, fds);
-  }
-
-  #tap(side: TapSide, direction: 'in' | 'out', channel: Channel, header: MessageHeader, payload: Uint8Array, fds: readonly number[]): void {
-    const event = { side, direction, channel, header, payload, fds, timeNs: process.hrtime.bigint() };
-    const ctx = this as unknown as MediatorSessionContext;
-    for (const tap of this.#taps) {
-      if (side === 'upstream' && tap.upstream !== true) continue;
-      try {
-        tap.onMessage(event, ctx);
-      } catch (err) {
-        this.log.error({ err }, 'a tap threw: removed from this session');
-        this.#taps = this.#taps.filter((t) => t !== tap);
-      }
-    }
-  }
-
-  tapsEnd(reason: string): void {
-    const ctx = this as unknown as MediatorSessionContext;
-    for (const tap of this.#taps) {
-      try {
-        tap.onSessionEnd?.(ctx, reason);
-      } catch (err) {
-        this.log.error({ err }, 'a tap failed at session end');
-      }
-    }
   }
 }

@@ -133,7 +133,7 @@ export class MediatorSession extends Relay implements MediatorSessionContext {
 
   /** Sends one message; a refusal (peer gone, EMFILE) ends the session, a full queue pauses the other side. */
   send(t: Transport, side: TapSide, channel: Channel, header: OutgoingHeader, payload: Uint8Array, fds: readonly number[]): void {
-    if (this.tapCount > 0) this.tapOut(side, channel, header, payload, fds);
+    if (this.taps.count > 0) this.taps.sent(this, side, channel, header, payload, fds);
     let flowing: boolean;
     try {
       flowing = t.send(header, payload, fds);
@@ -315,7 +315,7 @@ export class MediatorSession extends Relay implements MediatorSessionContext {
         this.log.error({ err, plugin: p.name }, 'plugin onSessionEnd failed');
       }
     }
-    this.tapsEnd(reason);
+    this.taps.end(this, reason);
   }
 
   #finish(): void {
