@@ -365,26 +365,22 @@ export class VfioUserClient extends ClientCore {
   }
 
   /**
-   * MIG_DEVICE_STATE SET: moves the device to `state` (the server walks the arcs).
-   * @throws {RemoteError} EINVAL for a refused target; the device's errno when an arc fails (it may then be in an intermediate state or ERROR).
+   * MIG_DEVICE_STATE SET: moves the device to `state` (the server walks the arcs). Before a saving target, mapped
+   * regions are switched to their SPARSE_MMAP_SAVING layout; on RUNNING they are mapped again (mmap-saving.ts).
+   * @throws {RemoteError} EINVAL for a refused target; EBUSY while a mapping conflicts with a saving layout; the
+   *   device's errno when an arc fails (it may then be in an intermediate state or ERROR).
    */
   async setMigrationState(state: number): Promise<void> {
     const set = (): Promise<DeviceFeaturePayload> => this.deviceFeature(DeviceFeature.MIG_DEVICE_STATE | DeviceFeatureFlags.SET, encodeMigDeviceState({ deviceState: state, dataFd: -1 }), 16);
     await savingTransition(this, this.logger, state, set, () => state); // SPARSE_MMAP_SAVING: mmap-saving.ts
   }
 
-  /**
-   * SPARSE_MMAP_SAVING (docs/protocol-extensions.md §9): switches every mapped region that has a saving layout to
-   * it (areas outside it are unmapped, their accesses become messages) and declares what stays mapped
-   * (`x-client-mmaps`). {@link setMigrationState} does it before a saving target; nothing is sent when the server
-   * did not offer the extension or nothing changes.
-   * @throws {RemoteError} the server's errno for the declaration (EINVAL).
-   */
+  /** Mapped regions to their SPARSE_MMAP_SAVING layout, declared (done by {@link setMigrationState}; mmap-saving.ts). @throws {RemoteError} EINVAL. */
   prepareForSaving(): Promise<SavingPreparation> {
     return prepareForSaving(this);
   }
 
-  /** Maps the runtime layout again after {@link prepareForSaving} (declared first); done by {@link setMigrationState} on RUNNING. @throws {RemoteError} EINVAL. */
+  /** Maps the runtime layout again (declared first; done by {@link setMigrationState} on RUNNING). @throws {RemoteError} EINVAL. */
   restoreAfterSaving(): Promise<void> {
     return restoreAfterSaving(this);
   }

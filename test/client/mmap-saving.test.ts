@@ -138,6 +138,22 @@ describe('MappedRegion with a saving layout', () => {
       }),
     ));
 
+  it('setMigrationStateWithDeadline prepares too, and restores when the device walks back to RUNNING', () =>
+    withClient(savingDevice(), async (client) => {
+      const region = await MappedRegion.open(client, BAR2);
+      try {
+        const reply = await client.setMigrationStateWithDeadline(S.STOP_COPY, 0n);
+        assert.equal(reply.reachedState, S.STOP_COPY);
+        assert.equal(region.pathOf(BigInt(KEPT), 4), 'message');
+        await client.setMigrationState(S.STOP);
+        const back = await client.setMigrationStateWithDeadline(S.RUNNING, 0n);
+        assert.equal(back.reachedState, S.RUNNING);
+        assert.equal(region.pathOf(0n, BAR_SIZE), 'mmap');
+      } finally {
+        region.close();
+      }
+    }));
+
   it('sends no declaration for a region without a saving layout', () =>
     withClient(savingDevice({ savingMmap: false }), async (client, events) => {
       const region = await MappedRegion.open(client, BAR2);

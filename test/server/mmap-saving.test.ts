@@ -17,6 +17,7 @@ import { Errno } from '../../src/protocol/errno.js';
 import { decodeDeviceFeature, decodeMigDeviceState, encodeDeviceFeature, encodeMigDeviceState } from '../../src/protocol/feature.js';
 import { decodeRegionInfo, encodeRegionInfoRequest } from '../../src/protocol/region.js';
 import { decodeVersion } from '../../src/protocol/version.js';
+import { ExtensionFeature, encodeDeadlineStateRequest } from '../../src/protocol/migration-extensions.js';
 import {
   CLIENT_MMAP_SIZE,
   MAX_CLIENT_MMAPS,
@@ -139,6 +140,26 @@ describe('SPARSE_MMAP_SAVING on the server', () => {
         assert.deepEqual(await declared(client), [inside]);
         assert.equal(failed(await declare(client, [])), 0, 'shrinking is fine while saving');
         assert.equal(failed(await setState(client, S.STOP_COPY)), 0);
+        assert.equal(await state(client), S.STOP_COPY);
+      } finally {
+        client.close();
+      }
+    });
+  });
+
+  it('a deadline-bounded SET (x-deadline-state) into a saving state is refused EBUSY too', async () => {
+    await withServed(savingDevice(), async (served) => {
+      const { client, version } = await StepClient.open(served.path, { maxMsgFds: 8, migration: { extra: { 'x-client-mmaps': {}, 'x-deadline-state': {} } } });
+      try {
+        assert.equal(clientMmapsFeatureOf(version.capabilities), FEATURE);
+        assert.equal(failed(await declare(client, [{ region: BAR2, offset: 0x8000n, size: 0x1000n }])), 0);
+        const data = encodeDeadlineStateRequest({ deviceState: S.STOP_COPY, flags: 0, deadlineNs: 0n });
+        const deadline = (): Promise<{ flags: number; errorNo: number }> =>
+          client.request(Command.DEVICE_FEATURE, encodeDeviceFeature({ argsz: 8 + data.length, flags: ExtensionFeature.MIG_STATE_DEADLINE | SET, data }));
+        assert.equal(failed(await deadline()), Errno.EBUSY);
+        assert.equal(await state(client), S.RUNNING);
+        assert.equal(failed(await declare(client, [])), 0);
+        assert.equal(failed(await deadline()), 0);
         assert.equal(await state(client), S.STOP_COPY);
       } finally {
         client.close();
