@@ -6,7 +6,7 @@
  *   --quick        fewer iterations (for a smoke run)
  *   --only NAMES   only these sections (comma separated: transport, codec,
  *                  server, client, migration, orchestrator, qemu, host, cells,
- *                  container, unplug)
+ *                  container, unplug, mediator)
  *   --help         this text
  * LIBVFIO_USER_BUILD=DIR adds libvfio-user's samples/gpio-pci-idio-16 (built
  * in DIR) to the server section, measured against the same C client, and to
@@ -30,6 +30,7 @@ import { runHostBench, type HostResult } from './host.js';
 import { runHostCellsBench, type CellsResult } from './host-cells.js';
 import { runContainerBench, type ContainerResult } from './container.js';
 import { runUnplugBench, type UnplugResult } from './unplug.js';
+import { runMediatorBench, type MediatorResult } from './mediator.js';
 
 interface Report {
   pinnedCpu: string | null;
@@ -44,9 +45,10 @@ interface Report {
   cells?: CellsResult;
   container?: ContainerResult;
   unplug?: UnplugResult;
+  mediator?: MediatorResult;
 }
 
-const SECTIONS = ['transport', 'codec', 'server', 'client', 'migration', 'orchestrator', 'qemu', 'host', 'cells', 'container', 'unplug'] as const;
+const SECTIONS = ['transport', 'codec', 'server', 'client', 'migration', 'orchestrator', 'qemu', 'host', 'cells', 'container', 'unplug', 'mediator'] as const;
 type Section = (typeof SECTIONS)[number];
 
 function sections(): Set<Section> {
@@ -96,7 +98,7 @@ async function main(): Promise<void> {
   try {
     const pin = hasTaskset() ? ['taskset', '-c', '0'] : [];
     const report: Report = { pinnedCpu: pin.length ? '0' : null };
-    const needsEcho = only.has('transport') || only.has('server') || only.has('migration') || only.has('host');
+    const needsEcho = only.has('transport') || only.has('server') || only.has('migration') || only.has('host') || only.has('mediator');
     const echo = needsEcho ? buildC(dir) : '';
     if (only.has('transport')) report.transport = await runTransportBench({ dir, echo, pin, iterations: quick ? 20_000 : 200_000, log: !json });
     if (only.has('codec')) report.codec = runCodecBench({ seconds: quick ? 0.3 : 1, log: !json });
@@ -117,6 +119,9 @@ async function main(): Promise<void> {
     if (only.has('cells')) report.cells = await runHostCellsBench({ counts: quick ? [1, 10] : [1, 10, 100], log: !json });
     if (only.has('container')) report.container = await runContainerBench({ dir, guestBytes: (quick ? 64 : 256) << 20, runs: quick ? 1 : 5, log: !json });
     if (only.has('unplug')) report.unplug = await runUnplugBench({ dir, pin, iterations: quick ? 5 : 30, timeoutsMs: [100, 1000], log: !json });
+    if (only.has('mediator')) {
+      report.mediator = await runMediatorBench({ dir, echo, pin, iterations: quick ? 20_000 : 100_000, dmaBytes: (quick ? 16 : 64) << 20, dmaRuns: quick ? 3 : 5, quick, log: !json });
+    }
     if (json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
   } finally {
     rmSync(dir, { recursive: true, force: true });

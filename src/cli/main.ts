@@ -21,6 +21,8 @@ import { runMigrateListen, type MigrateListenOptions } from './commands/migrate-
 import { runMigrateResolve, type MigrateResolveOptions } from './commands/migrate-resolve.js';
 import { MIN_MEMORY_LIMIT, runHost, type HostCommandOptions } from './commands/host.js';
 import { registerMdev } from './commands/mdev.js';
+import { registerMediate } from './commands/mediate.js';
+import { registerReplay } from './commands/replay.js';
 import { countOption, durationOption, sizeOption } from './values.js';
 import { describeError, type GlobalOptions } from './common.js';
 import { VERSION } from '../version.js';
@@ -202,6 +204,8 @@ program
   .action((args: string[], options: MigrateListenOptions) => runMigrateListen(options, globals(), undefined, args));
 
 registerMdev(program);
+registerMediate(program);
+registerReplay(program);
 
 program
   .command('host')
