@@ -73,6 +73,20 @@ class Area {
     this.#shadow = undefined;
   }
 
+  /** Bytes the next {@link changed} would send: the changed pages of a mapped area (a scan), else all of it. */
+  pending(): number {
+    const shadow = this.#shadow;
+    const view = this.#view;
+    if (!shadow || !view) return this.size;
+    const a = Buffer.from(view.buffer, view.byteOffset, view.length);
+    let n = 0;
+    for (let p = 0; p < this.size; p += PAGE) {
+      const end = Math.min(p + PAGE, this.size);
+      if (a.compare(shadow, p, end, p, end) !== 0) n += end - p;
+    }
+    return n;
+  }
+
   release(): void {
     if (this.#buffer) unmap(this.#buffer);
     this.#buffer = undefined;
@@ -135,6 +149,11 @@ export class DeviceMemory {
     const area = this.#areas.find((a) => a.region === section.index && section.offset >= a.offset && end <= a.offset + BigInt(a.size));
     if (!area) throw new RangeError(`memory section region ${section.index} [0x${section.offset.toString(16)}, +${section.data.length}) is outside the carried areas`);
     await area.write(port, Number(section.offset - area.offset), section.data);
+  }
+
+  /** Bytes the next {@link sections} (not `all`) would carry, section headers aside (MIG_DATA_SIZE). */
+  pending(): number {
+    return this.#areas.reduce((n, a) => n + a.pending(), 0);
   }
 
   /** Drops the shadows (the next sections are whole). */

@@ -111,7 +111,7 @@ export class MediatedSession {
       saveDelta: () => this.#saveDelta(),
       load: (kind, payload) => this.#load(kind, payload),
       transition: (from, to) => this.#transition(from, to),
-      stopCopySize: () => (this.#memory?.size ?? 0) + this.spec.registers.reduce((n, r) => n + r.size + 16, 64),
+      stopCopySize: () => (this.#memory?.pending() ?? 0) + this.#configSize + this.spec.registers.reduce((n, r) => n + r.size + 16, 64),
     };
   }
 
