@@ -94,6 +94,19 @@ export function cMemcpyGBps(echo: string, bytes: number, iterations: number, run
   return best;
 }
 
+/** Builds bench/c/mediator-floor.c (the least a relay can cost: bytes copied, nothing parsed) into `dir`. */
+export function buildFloor(dir: string): string {
+  const out = `${dir}/mediator-floor`;
+  const source = new URL('../../bench/c/mediator-floor.c', import.meta.url).pathname;
+  execFileSync('cc', ['-O2', '-o', out, source], { stdio: 'inherit' });
+  return out;
+}
+
+/** The C floor relay from `upstream` to `listen`, pinned. */
+export function startFloor(pin: readonly string[], binary: string, upstream: string, listen: string): Promise<Started> {
+  return startReady([...pin, binary, upstream, listen]);
+}
+
 /** Builds bench/c/echo.c into `dir` (what bench/run.ts does for the sections that need it). */
 export function buildEcho(dir: string): string {
   const out = `${dir}/echo-mediator`;
