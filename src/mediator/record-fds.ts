@@ -4,7 +4,7 @@
  * content without moving its file offset (`pread`), for recordings that
  * capture DMA memory.
  */
-import { fstatSync, readSync, readlinkSync } from 'node:fs';
+import { fstatSync, readFileSync, readSync, readlinkSync } from 'node:fs';
 import { native } from '../native/addon.js';
 import { RecordLimits, type FdKind, type FdMeta } from './record-format.js';
 
@@ -46,7 +46,23 @@ export function describeFd(fd: number): DescribedFd {
   const kind = kindOf(stat.mode, link);
   const size = kind === 'memfd' || kind === 'file' ? Math.min(stat.size, RecordLimits.fdSize) : 0;
   const seals = native.getSeals(fd);
-  return { meta: { kind, size, seals: seals >= 0 ? seals : undefined, link }, file: `${stat.dev}:${stat.ino}` };
+  return { meta: { kind, size, seals: seals >= 0 ? seals : undefined, link }, file: identity(fd, link, stat) };
+}
+
+/**
+ * What tells one file from another: st_dev/st_ino, except for anonymous
+ * inodes, which every eventfd shares — there the kernel's `eventfd-id`
+ * (/proc/self/fdinfo, Linux ≥ 6.0), or '' (unknown) without it.
+ */
+function identity(fd: number, link: string, stat: { dev: number; ino: number }): string {
+  if (!link.startsWith('anon_inode:')) return `${stat.dev}:${stat.ino}`;
+  if (link !== 'anon_inode:[eventfd]') return '';
+  try {
+    const id = /^eventfd-id:\s*(\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1];
+    return id === undefined ? '' : `eventfd:${id}`;
+  } catch {
+    return '';
+  }
 }
 
 const ZEROS = Buffer.alloc(RecordLimits.chunk);

@@ -135,7 +135,8 @@ export class RecordingReader {
   async #take(n: number): Promise<Uint8Array> {
     while (this.#buffer.length - this.#start < n && !this.#eof) {
       const have = this.#buffer.length - this.#start;
-      const want = Math.max(READ_CHUNK, n - have);
+      // Grow geometrically: a length field claiming more than the file holds costs what the file holds.
+      const want = Math.max(READ_CHUNK, Math.min(n - have, 2 * have));
       const next = new Uint8Array(have + want);
       next.set(this.#buffer.subarray(this.#start), 0);
       const { bytesRead } = await this.#file.read(next, have, want, this.#position);
