@@ -66,7 +66,11 @@ export class MmapSavingSession {
   /** The mappings the rules use: declared, or presumed (the runtime sparse areas of every region given out). */
   mappings(device: SessionDevice): readonly ClientMmap[] {
     if (this.negotiated) return this.#declared;
-    return [...this.#presumed].flatMap((region) => (device.regionInfo(region)?.sparse ?? []).map((a) => ({ region, offset: a.offset, size: a.size })));
+    return [...this.#presumed].flatMap((region) => {
+      const desc = device.regionInfo(region);
+      const areas = desc?.fd === undefined ? [] : (desc.sparse ?? [{ offset: 0n, size: desc.size }]); // as GET_REGION_INFO offered them
+      return areas.map((a) => ({ region, offset: a.offset, size: a.size }));
+    });
   }
 
   /**

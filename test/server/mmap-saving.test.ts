@@ -16,7 +16,7 @@ import { Command, DeviceFeature, DeviceFeatureFlags, HeaderFlags, MigrationState
 import { Errno } from '../../src/protocol/errno.js';
 import { decodeDeviceFeature, decodeMigDeviceState, encodeDeviceFeature, encodeMigDeviceState } from '../../src/protocol/feature.js';
 import { decodeRegionInfo, encodeRegionInfoRequest } from '../../src/protocol/region.js';
-import { decodeVersion } from '../../src/protocol/version.js';
+import { decodeVersion, encodeVersion } from '../../src/protocol/version.js';
 import { ExtensionFeature, encodeDeadlineStateRequest } from '../../src/protocol/migration-extensions.js';
 import {
   CLIENT_MMAP_SIZE,
@@ -224,6 +224,23 @@ describe('SPARSE_MMAP_SAVING on the server', () => {
         assert.deepEqual(info.caps.map((c) => c.kind), ['sparse-mmap']);
         assert.equal(failed(await declare(client, [])), Errno.EINVAL, 'the feature is not offered');
         assert.equal(failed(await setState(client, S.STOP_COPY)), Errno.EBUSY, 'presumed to map all of BAR2');
+      } finally {
+        client.close();
+      }
+    });
+  });
+
+  it('a short VERSION request whose reply must give up the member: no capability, the client cannot declare', async () => {
+    await withServed(savingDevice(), async (served) => {
+      const client = await StepClient.connect(served.path);
+      try {
+        const reply = await client.ok(Command.VERSION, encodeVersion({ major: 0, minor: 2, capabilities: { maxMsgFds: 8, migration: { extra: { 'x-client-mmaps': {} } } } }));
+        assert.equal(clientMmapsFeatureOf(decodeVersion(reply.payload).capabilities), undefined, 'given up to fit the request');
+        const { info, fds } = await regionInfo(client, BAR2);
+        closeAll(fds);
+        assert.deepEqual(info.caps.map((c) => c.kind), ['sparse-mmap']);
+        assert.equal(failed(await declare(client, [])), Errno.EINVAL);
+        assert.equal(failed(await setState(client, S.PRE_COPY)), Errno.EBUSY, 'presumed to map what it was given');
       } finally {
         client.close();
       }
