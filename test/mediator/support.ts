@@ -75,7 +75,7 @@ const CLI_MAIN = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url)
 
 /** Whether `vfio-user mediate` is in the CLI's command table yet (else the command module is run directly). */
 export function cliHasMediate(): boolean {
-  return readFileSync(CLI_MAIN, 'utf8').includes("command('mediate')");
+  return readFileSync(CLI_MAIN, 'utf8').includes('registerMediate(program)');
 }
 
 /**
