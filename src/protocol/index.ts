@@ -221,4 +221,3 @@ export type { DecodedRequest, RequestBodies, RequestCommand, FdRule } from './re
 export * from './migration-extensions.js';
 export * from './isolation-group.js';
 export * from './mmap-saving.js';
-export * from './mmap-saving.js';
