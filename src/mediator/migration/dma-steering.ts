@@ -45,6 +45,8 @@ interface Kept {
   request: DmaMapRequest;
   /** Our own dup of the client's fd (for mapping it back upstream). */
   fd: number | undefined;
+  /** The upstream has it without its fd now. */
+  steered: boolean;
 }
 
 /** A dup of `fd`. @throws {ProtocolError} the errno (EMFILE…). */
@@ -99,7 +101,7 @@ export class DmaSteering {
     this.mirror.map(request, fd === undefined ? undefined : dup(fd));
     let kept: Kept;
     try {
-      kept = { request, fd: fd === undefined ? undefined : dup(fd) };
+      kept = { request, fd: fd === undefined ? undefined : dup(fd), steered: this.#steering && fd !== undefined };
     } catch (error) {
       this.mirror.unmap(request.addr, request.size);
       throw error;
@@ -163,17 +165,17 @@ export class DmaSteering {
 
   /**
    * Re-presents every fd-backed region to the upstream: without fds (`on`) or
-   * with them again. Stops at the first failure, after trying to put that
-   * region back as it was.
-   * @throws the upstream's error.
+   * with them again; new maps follow the same mode. Each region records where
+   * it is, so a failure part-way leaves an exact picture and a later call
+   * (e.g. back to fds) handles only the regions that moved.
+   * @throws the upstream's error (that region is put back as it was, if the upstream lets it).
    */
   async steer(port: UpstreamPort, on: boolean): Promise<void> {
-    if (this.#steering === on) return;
+    if (this.#steering !== on) this.stats.switches++;
     this.#steering = on;
     this.stats.steering = on;
-    this.stats.switches++;
     for (const kept of this.#kept.values()) {
-      if (kept.fd === undefined) continue;
+      if (kept.fd === undefined || kept.steered === on) continue;
       const { addr, size } = kept.request;
       await port.dmaUnmap(addr, size);
       try {
@@ -182,6 +184,7 @@ export class DmaSteering {
         await port.dmaMap(on ? kept.request : withoutFd(kept.request), on ? kept.fd : undefined).catch(() => undefined);
         throw error;
       }
+      kept.steered = on;
     }
   }
 

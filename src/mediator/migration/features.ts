@@ -114,7 +114,11 @@ const FEATURES = new Map<number, Feature>([
         try {
           await s.whileQuiesced(() => s.steering.steer(s.port, true));
         } catch (error) {
-          if (!wasLogging) mirror.stopLogging();
+          if (!wasLogging) {
+            // Not logging after all: the regions switched so far get their fds back (best effort).
+            mirror.stopLogging();
+            await s.whileQuiesced(() => s.steering.steer(s.port, false)).catch(() => undefined);
+          }
           throw error;
         }
         return encodeDmaLoggingControl({ pageSize: mirror.loggingPageSize ?? control.pageSize, ranges: control.ranges });
