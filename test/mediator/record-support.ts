@@ -38,7 +38,7 @@ function u32(v: number): Uint8Array {
   return b;
 }
 
-/** The device: ID, SCRATCH, a copy engine (SRC/DST/LEN, GO runs it and awaits it), SUM of the bytes copied. */
+/** The device: ID, SCRATCH, a copy engine (SRC/DST/LEN, GO runs it and awaits it), SUM: a position-weighted checksum of the bytes copied. */
 export function replayDevice(variant: Variant = {}): VfioUserDevice {
   const regs = new DataView(new ArrayBuffer(0x40));
   regs.setUint32(Reg.ID, variant.id ?? DEVICE_ID_VALUE, true);
@@ -49,7 +49,7 @@ export function replayDevice(variant: Variant = {}): VfioUserDevice {
     let sum = 0;
     for (let i = 0; i < data.length; i++) {
       data[i] = (data[i]! + (variant.add ?? 1)) & 0xff;
-      sum = (sum + data[i]!) >>> 0;
+      sum = (Math.imul(sum, 31) + data[i]!) >>> 0;
     }
     await device.dma.write(dst, data);
     regs.setUint32(Reg.SUM, sum, true);
