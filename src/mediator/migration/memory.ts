@@ -49,20 +49,25 @@ class Area {
 
   /** Sections for the pages that differ from the shadow (all of it without one); the shadow follows. */
   async changed(port: UpstreamPort, all: boolean): Promise<Section[]> {
-    const now = await this.read(port);
     const shadow = this.#shadow;
-    this.#shadow = now;
-    if (all || !shadow) return [{ kind: SectionKind.MEMORY, index: this.region, offset: this.offset, data: now }];
-    const out: Section[] = [];
+    if (all || !shadow) {
+      const now = await this.read(port);
+      this.#shadow = now.slice();
+      return [{ kind: SectionKind.MEMORY, index: this.region, offset: this.offset, data: now }];
+    }
+    // Mapped: compared in place, only the changed runs copied. Otherwise one read, compared with the shadow.
+    const now = this.#view ?? (await this.read(port));
     const a = Buffer.from(now.buffer, now.byteOffset, now.length);
-    const b = Buffer.from(shadow.buffer, shadow.byteOffset, shadow.length);
+    const out: Section[] = [];
     let runStart = -1;
     for (let p = 0; p <= this.size; p += PAGE) {
       const end = Math.min(p + PAGE, this.size);
-      const dirty = p < this.size && a.compare(b, p, end, p, end) !== 0;
+      const dirty = p < this.size && a.compare(shadow, p, end, p, end) !== 0;
       if (dirty && runStart < 0) runStart = p;
       if (!dirty && runStart >= 0) {
-        out.push({ kind: SectionKind.MEMORY, index: this.region, offset: this.offset + BigInt(runStart), data: now.subarray(runStart, p) });
+        const data = now.slice(runStart, p);
+        shadow.set(data, runStart);
+        out.push({ kind: SectionKind.MEMORY, index: this.region, offset: this.offset + BigInt(runStart), data });
         runStart = -1;
       }
     }
