@@ -20,6 +20,7 @@ import { InvalidArgumentError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { Command, DeviceFeature, DeviceFeatureFlags, HeaderFlags, MigrationState, commandName } from '../protocol/constants.js';
 import type { MediatedMessage, MediatorPlugin, MediatorSessionContext, Verdict } from './types.js';
+import { ExtensionCapability } from '../protocol/migration-extensions.js';
 import { FaultPhase, type FaultRule } from './fault-spec.js';
 
 export { parseFaultSpec, FaultKind, FaultPhase, MAX_CORRUPT_BYTES, MAX_DELAY_MS, type Fault, type FaultRule } from './fault-spec.js';
@@ -97,20 +98,37 @@ function isError(reply: MediatedMessage): boolean {
   return (reply.header.flags & HeaderFlags.ERROR) !== 0;
 }
 
+function member(value: unknown, key: string): unknown {
+  return typeof value === 'object' && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>)[key] : undefined;
+}
+
+/** The feature index the upstream advertised for our `x-deadline-state` extension (a MIG_DEVICE_STATE SET with a budget), if any. */
+function deadlineFeature(ctx: MediatorSessionContext): number | undefined {
+  const feature = member(member(member(ctx.version?.upstream, 'capabilities'), 'migration'), ExtensionCapability.MIG_STATE_DEADLINE);
+  const index = member(feature, 'feature');
+  return typeof index === 'number' && Number.isInteger(index) ? index : undefined;
+}
+
+function u32(b: Uint8Array, offset: number): number {
+  return new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(offset, true);
+}
+
 /**
  * The device's migration state after a reply: a successful MIG_DEVICE_STATE SET
- * or GET reports it; a successful DEVICE_RESET puts the device back in RUNNING.
+ * or GET reports it, as does the reply of an `x-deadline-state` SET (the state
+ * reached, whatever the outcome); a successful DEVICE_RESET puts the device back in RUNNING.
  */
-function stateAfter(reply: MediatedMessage, request: MediatedMessage, current: MigrationState): MigrationState {
+function stateAfter(reply: MediatedMessage, request: MediatedMessage, current: MigrationState, ctx: MediatorSessionContext): MigrationState {
   if (isError(reply)) return current;
   if (request.header.cmd === Command.DEVICE_RESET) return MigrationState.RUNNING;
   if (request.header.cmd !== Command.DEVICE_FEATURE || request.payload.length < 8) return current;
-  const view = new DataView(request.payload.buffer, request.payload.byteOffset, request.payload.byteLength);
-  const flags = view.getUint32(4, true);
-  if ((flags & DeviceFeatureFlags.MASK) !== DeviceFeature.MIG_DEVICE_STATE) return current;
-  if (flags & DeviceFeatureFlags.SET) return request.payload.length >= 12 ? (view.getUint32(8, true) as MigrationState) : current;
-  if (flags & DeviceFeatureFlags.GET && reply.payload.length >= 16) {
-    return new DataView(reply.payload.buffer, reply.payload.byteOffset, reply.payload.byteLength).getUint32(8, true) as MigrationState;
+  const flags = u32(request.payload, 4);
+  const index = flags & DeviceFeatureFlags.MASK;
+  if (index === DeviceFeature.MIG_DEVICE_STATE) {
+    if (flags & DeviceFeatureFlags.SET) return request.payload.length >= 12 ? (u32(request.payload, 8) as MigrationState) : current;
+    if (flags & DeviceFeatureFlags.GET && reply.payload.length >= 12) return u32(reply.payload, 8) as MigrationState;
+  } else if (flags & DeviceFeatureFlags.SET && reply.payload.length >= 12 && index === deadlineFeature(ctx)) {
+    return u32(reply.payload, 8) as MigrationState;
   }
   return current;
 }
@@ -207,7 +225,7 @@ export function createFaultPlugin(rules: readonly FaultRule[], o: FaultPluginOpt
     onUpstreamReply: (reply, request, ctx) => {
       const session = sessionOf(ctx);
       // The reply is judged in the state the device reports with it (a SET's reply: the new state).
-      session.state = stateAfter(reply, request, session.state);
+      session.state = stateAfter(reply, request, session.state, ctx);
       return apply(reply, request.header.cmd, FaultPhase.REPLY, ctx);
     },
     onUpstreamCommand: (msg, ctx) => apply(msg, msg.header.cmd, FaultPhase.REQUEST, ctx),

@@ -86,6 +86,17 @@ describe('fault options through a mediator', () => {
       assert.equal(await pattern(await connect(), 1), '.');
     }));
 
+  it('state= also follows our x-deadline-state extension (a SET with a budget: the state its reply says was reached)', () =>
+    withFaults(['REGION_READ:error=EIO:state=STOP_COPY'], async ({ connect }) => {
+      const client = await connect();
+      assert.notEqual(client.migrationExtensions.deadlineState, undefined, 'the card advertises x-deadline-state to our client');
+      const reply = await client.setMigrationStateWithDeadline(S.STOP_COPY, 10_000_000_000n);
+      assert.equal(reply.reachedState, S.STOP_COPY);
+      assert.equal(await pattern(client, 1), 'x');
+      await client.setMigrationStateWithDeadline(S.STOP, 10_000_000_000n);
+      assert.equal(await pattern(client, 1), '.');
+    }));
+
   it('VERSION named explicitly: the client is refused at connect with that errno; the next client gets in', () =>
     withFaults(['VERSION:error=EBUSY:count=1'], async ({ connect, idle }) => {
       await assert.rejects(connect(), (e: unknown) => e instanceof RemoteError && e.errno === 16 && e.command === 1);
