@@ -10,6 +10,8 @@ import { describe, it } from 'node:test';
 import { RemoteError } from '../../src/errors.js';
 import { migrate, MigrationCompatibilityError } from '../../src/orchestrator/migrate.js';
 import { closeFd } from '../../src/native/addon.js';
+import { MappedRegion } from '../../src/client/regions.js';
+import { declaredMmaps } from '../../src/client/mmap-saving.js';
 import { clientMmapsFeatureOf, savingLayoutOf } from '../../src/protocol/mmap-saving.js';
 import { DeviceFeature, DeviceFeatureFlags, MigrationFlags, MigrationState as S, RegionIndex } from '../../src/protocol/constants.js';
 import { encodeMigDeviceState } from '../../src/protocol/feature.js';
@@ -199,6 +201,39 @@ describe('mediated migration', () => {
         await side.close();
       }
       await waitFor(() => side.plugin.stats().length === 0, 'the plugin session to end');
+    });
+  });
+
+  it('a client that maps BAR2 (our client library): its mapping is declared, moved to the message path for the saving states, and BAR2 arrives whole', async () => {
+    await withPair(async (src, dst) => {
+      const bar = await MappedRegion.open(src.client, RegionIndex.BAR2);
+      try {
+        assert.deepEqual(declaredMmaps(src.client), [{ region: RegionIndex.BAR2, offset: 0n, size: BigInt(BAR2_SIZE) }], 'declared to the mediator');
+        assert.equal(src.plugin.stats()[0]?.declaredMmaps, 1);
+        const direct = new Uint8Array(4096).fill(0x5a);
+        assert.equal(bar.pathOf(0x4000n, 4096, 'write'), 'mmap');
+        await bar.write(0x4000n, direct); // through the mapping: the mediator does not see it
+        assert.equal(src.plugin.stats()[0]?.trappedAccesses, 0);
+        let written = false;
+        const report = await migrate({
+          source: src,
+          destination: dst,
+          downtimeBudgetMs: 2000,
+          onProgress: (p) => {
+            if (p.phase !== 'precopy' || written) return;
+            written = true; // while pre-copying: the area is trapped, the write crosses the mediator
+            assert.notEqual(bar.pathOf(0x6000n, 4, 'write'), 'mmap');
+            void bar.write(0x6000n, new Uint8Array([1, 2, 3, 4]));
+          },
+        });
+        assert.equal(report.outcome, 'migrated', report.reason);
+        assert.ok(written && (src.plugin.stats()[0]?.trappedAccesses ?? 0) >= 1, 'the pre-copy write was trapped');
+        const moved = await dst.client.regionRead(RegionIndex.BAR2, 0n, BAR2_SIZE);
+        assert.ok(Buffer.from(moved.subarray(0x4000, 0x5000)).equals(direct), 'the bytes written through the mapping');
+        assert.deepEqual(moved.subarray(0x6000, 0x6004), new Uint8Array([1, 2, 3, 4]), 'the trapped write');
+      } finally {
+        bar.close();
+      }
     });
   });
 });
