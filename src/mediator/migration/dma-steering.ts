@@ -17,7 +17,8 @@
  * its new MAP the upstream has no mapping there (its DMA fails EFAULT): the
  * session quiesces the device around the switch when the spec says how.
  * DMA messages that arrive for a range the mirror maps by fd are applied here
- * whatever the steering state (a message sent just before a switch back).
+ * while steering and while a switch back is under way; outside that the
+ * client answers them, as it would without the mediator.
  */
 import { ProtocolError } from '../../errors.js';
 import { DmaController } from '../../device/dma.js';
@@ -211,13 +212,24 @@ export class DmaSteering {
     return data;
   }
 
+  /**
+   * Whether a DMA message is ours to answer: only while steering (or while a
+   * switch back is under way), and only when every byte is fd-backed. Otherwise
+   * the client answers it as it would without the mediator (its reply layout,
+   * e.g. QEMU's, untouched).
+   */
   #local(addr: bigint, count: number): boolean {
-    if (count === 0) return false;
+    if (count === 0 || !(this.#steering || this.#anySteered())) return false;
     try {
       return this.mirror.scatterGather(addr, count).every((s) => s.region.mode === 'mmap');
     } catch {
       return false;
     }
+  }
+
+  #anySteered(): boolean {
+    for (const kept of this.#kept.values()) if (kept.steered) return true;
+    return false;
   }
 
   /** Closes every kept fd and the mirror (session end). */
