@@ -7,8 +7,13 @@
  * session.
  */
 import { writeSync } from 'node:fs';
+import { StateError } from '../errors.js';
+import { Errno } from '../protocol/errno.js';
 import { createEventFd, memfdCreate, native, socketPair } from '../native/addon.js';
 import type { FdMeta } from './record-format.js';
+
+/** Fds one replayed session may hold (a recording asking for more gets EMFILE for those messages). */
+const MAX_FDS = 4096;
 
 /** The fds of one replayed session. */
 export class ReplayFds {
@@ -25,7 +30,8 @@ export class ReplayFds {
   /**
    * The fds for one recorded message, in order: existing ones for identities
    * seen before, new ones otherwise.
-   * @throws {SystemError} EMFILE, ENOMEM when an fd cannot be created (any created are closed with the session).
+   * @throws {SystemError} EMFILE, ENOMEM when an fd cannot be created (any created are closed with the session);
+   *   {@link StateError} EMFILE beyond 4096 fds in the session.
    */
   forMessage(metas: readonly FdMeta[]): number[] {
     this.#fresh = new Set();
@@ -62,6 +68,7 @@ export class ReplayFds {
   }
 
   #create(meta: FdMeta): number {
+    if (this.#owned.length >= MAX_FDS) throw new StateError(`replay: more than ${MAX_FDS} fds in one session`, { errno: Errno.EMFILE });
     switch (meta.kind) {
       case 'eventfd':
         return this.#own(createEventFd());

@@ -32,6 +32,8 @@ export interface SessionReplayOptions {
   log: Logger;
   seeds: DmaReadSeeds;
   maxSparseBytes?: number;
+  /** Differences listed at most (the rest counted). */
+  maxDifferences: number;
 }
 
 /** What one session's replay found. */
@@ -39,6 +41,8 @@ export interface SessionReplayResult {
   messages: number;
   replies: number;
   differences: ReplayDifference[];
+  /** Differences beyond `maxDifferences`, counted only. */
+  omitted: number;
   notes: string[];
 }
 
@@ -56,6 +60,8 @@ interface Pending {
 
 /** Device requests kept while waiting to be compared (beyond: the oldest are dropped and noted). */
 const MAX_DEVICE_REQUESTS = 4096;
+/** … and their payload bytes. */
+const MAX_DEVICE_BYTES = 64 * 1024 * 1024;
 const MAX_MESSAGE = RecordLimits.payload + 64;
 
 /**
@@ -91,6 +97,8 @@ class SessionReplay {
   #deviceIndex = 0;
   #replies = 0;
   readonly #differences: ReplayDifference[] = [];
+  #omitted = 0;
+  #deviceBytes = 0;
   readonly #notes = new Set<string>();
   #startMs = 0;
   #firstNs: bigint | undefined;
@@ -103,7 +111,7 @@ class SessionReplay {
   }
 
   result(): SessionReplayResult {
-    return { messages: this.#commands, replies: this.#replies, differences: this.#differences, notes: [...this.#notes, ...this.#fds.notes] };
+    return { messages: this.#commands, replies: this.#replies, differences: this.#differences, omitted: this.#omitted, notes: [...this.#notes, ...this.#fds.notes] };
   }
 
   async run(records: AsyncIterable<RecordEntry>): Promise<void> {
@@ -138,13 +146,13 @@ class SessionReplay {
   #defer(r: MessageRecord): void {
     const index = this.#commands++;
     if (r.truncated) {
-      this.#differences.push(this.#difference(r, index, DifferenceKind.SEND_FAILED, [], 'the recorded payload was cut (larger than 16 MiB): not sent'));
+      this.#found(this.#difference(r, index, DifferenceKind.SEND_FAILED, [], 'the recorded payload was cut (larger than 16 MiB): not sent'));
       return;
     }
     try {
       this.#deferred = { record: r, fds: this.#fds.forMessage(r.fds), index };
     } catch (error) {
-      this.#differences.push(this.#difference(r, index, DifferenceKind.SEND_FAILED, [], `its fds could not be recreated: ${(error as Error).message}`));
+      this.#found(this.#difference(r, index, DifferenceKind.SEND_FAILED, [], `its fds could not be recreated: ${(error as Error).message}`));
     }
   }
 
@@ -156,7 +164,7 @@ class SessionReplay {
     if (this.#o.timing === 'recorded') await this.#waitUntil(d.record.timeNs);
     const { header, payload } = d.record;
     if (this.#closed) {
-      this.#differences.push(this.#difference(d.record, d.index, DifferenceKind.CLOSED, [], 'the device closed the connection before this command; the rest of the session was not replayed'));
+      this.#found(this.#difference(d.record, d.index, DifferenceKind.CLOSED, [], 'the device closed the connection before this command; the rest of the session was not replayed'));
       this.#stopped = true;
       return;
     }
@@ -188,17 +196,17 @@ class SessionReplay {
     this.#pending.delete(r.header.msgId);
     if (got === 'timeout') {
       this.#timedOut.add(r.header.msgId);
-      this.#differences.push(this.#difference(r, p.index, DifferenceKind.TIMEOUT, [], `no reply within ${this.#o.timeoutMs} ms`));
+      this.#found(this.#difference(r, p.index, DifferenceKind.TIMEOUT, [], `no reply within ${this.#o.timeoutMs} ms`));
       return;
     }
     if (got === 'closed') {
-      this.#differences.push(this.#difference(r, p.index, DifferenceKind.CLOSED, [], 'the device closed the connection instead of replying; the rest of the session was not replayed'));
+      this.#found(this.#difference(r, p.index, DifferenceKind.CLOSED, [], 'the device closed the connection instead of replying; the rest of the session was not replayed'));
       this.#stopped = true;
       return;
     }
     const expected: ComparedMessage = { header: r.header, payload: r.payload, fds: r.fds.map((f) => f.kind), truncated: r.truncated };
     const diff = compareMessages(expected, got);
-    if (diff.fields.length > 0) this.#differences.push({ ...this.#difference(r, p.index, DifferenceKind.REPLY, diff.fields, describeFields(diff.fields)), ...diff });
+    if (diff.fields.length > 0) this.#found({ ...this.#difference(r, p.index, DifferenceKind.REPLY, diff.fields, describeFields(diff.fields)), ...diff });
   }
 
   #wait(p: Pending): Promise<Actual | 'timeout' | 'closed'> {
@@ -216,7 +224,7 @@ class SessionReplay {
 
   async #expectDeviceRequest(r: MessageRecord): Promise<void> {
     const expected: ComparedMessage = { header: r.header, payload: r.payload, fds: r.fds.map((f) => f.kind), truncated: r.truncated };
-    let got = this.#deviceRequests.shift();
+    let got = this.#takeDeviceRequest();
     if (!got && !this.#closed) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(done, this.#o.timeoutMs || 10_000);
@@ -227,24 +235,36 @@ class SessionReplay {
         this.#deviceWaiter = done;
       });
       this.#deviceWaiter = undefined;
-      got = this.#deviceRequests.shift();
+      got = this.#takeDeviceRequest();
     }
     const index = this.#deviceIndex++;
     if (!got) {
-      this.#differences.push(this.#difference(r, index, DifferenceKind.MISSING_DEVICE_REQUEST, [], 'the device did not send this request'));
+      this.#found(this.#difference(r, index, DifferenceKind.MISSING_DEVICE_REQUEST, [], 'the device did not send this request'));
       return;
     }
     const diff = compareMessages(expected, got);
     if (r.channel !== got.channel) diff.fields.push({ field: 'channel', expected: r.channel, got: got.channel });
-    if (diff.fields.length > 0) this.#differences.push({ ...this.#difference(r, index, DifferenceKind.DEVICE_REQUEST, diff.fields, describeFields(diff.fields)), ...diff });
+    if (diff.fields.length > 0) this.#found({ ...this.#difference(r, index, DifferenceKind.DEVICE_REQUEST, diff.fields, describeFields(diff.fields)), ...diff });
+  }
+
+  #takeDeviceRequest(): Actual | undefined {
+    const got = this.#deviceRequests.shift();
+    if (got) this.#deviceBytes -= got.payload.length;
+    return got;
   }
 
   #unexpectedRequest(got: Actual): void {
     const index = this.#deviceIndex++;
-    this.#differences.push({
+    this.#found({
       session: this.#o.session, index, record: -1, msgId: got.header.msgId, command: commandName(got.header.cmd), kind: DifferenceKind.UNEXPECTED_DEVICE_REQUEST, fields: [],
       summary: `the device sent ${commandName(got.header.cmd)} (${got.payload.length}-byte payload) that the recording does not have`,
     });
+  }
+
+  /** Keeps a difference, or only counts it beyond `maxDifferences`. */
+  #found(d: ReplayDifference): void {
+    if (this.#differences.length < this.#o.maxDifferences) this.#differences.push(d);
+    else this.#omitted++;
   }
 
   #difference(r: MessageRecord, index: number, kind: DifferenceKind, fields: ReplayDifference['fields'], summary: string): ReplayDifference {
@@ -259,17 +279,18 @@ class SessionReplay {
     const actual: Actual = { header: m.header, payload: m.payload, fds, channel };
     if (!isReply(m.header)) {
       this.#answer(m, via);
-      if (this.#deviceRequests.length >= MAX_DEVICE_REQUESTS) {
-        this.#deviceRequests.shift();
-        this.#notes.add(`more than ${MAX_DEVICE_REQUESTS} device requests waited to be compared; the oldest were dropped`);
+      while (this.#deviceRequests.length > 0 && (this.#deviceRequests.length >= MAX_DEVICE_REQUESTS || this.#deviceBytes + m.payload.length > MAX_DEVICE_BYTES)) {
+        this.#deviceBytes -= this.#deviceRequests.shift()!.payload.length;
+        this.#notes.add('more device requests waited to be compared than are kept; the oldest were dropped');
       }
       this.#deviceRequests.push(actual);
+      this.#deviceBytes += m.payload.length;
       this.#deviceWaiter?.();
       return;
     }
     if (!p || p.reply) {
       if (this.#timedOut.delete(m.header.msgId)) this.#notes.add('a reply arrived after its timeout');
-      else this.#differences.push({ session: this.#o.session, index: -1, record: -1, msgId: m.header.msgId, command: commandName(m.header.cmd), kind: DifferenceKind.UNEXPECTED_REPLY, fields: [], summary: `a reply to msgId ${m.header.msgId}, which awaits none` });
+      else this.#found({ session: this.#o.session, index: -1, record: -1, msgId: m.header.msgId, command: commandName(m.header.cmd), kind: DifferenceKind.UNEXPECTED_REPLY, fields: [], summary: `a reply to msgId ${m.header.msgId}, which awaits none` });
       return;
     }
     if (p.unmap && !m.header.errorNo) this.#memory.unmap(p.unmap);

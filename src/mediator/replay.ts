@@ -10,7 +10,7 @@ import { getDefaultLogger, type Logger } from '../log.js';
 import { Command } from '../protocol/constants.js';
 import { isReply } from '../protocol/header.js';
 import { decodeDmaReadReply, decodeDmaReadRequest } from '../protocol/dma.js';
-import { RecordingReader, type Truncation } from './record-reader.js';
+import { RecordingFormatError, RecordingReader, type Truncation } from './record-reader.js';
 import type { RecordEntry, RecordingHeader } from './record-format.js';
 import type { DmaReadSeeds } from './replay-memory.js';
 import { replaySession } from './replay-session.js';
@@ -31,6 +31,8 @@ export interface ReplayOptions {
   log?: Logger;
   /** Bytes of memory for DMA regions mapped without an fd (default 256 MiB). */
   maxSparseBytes?: number;
+  /** Differences listed at most (default 1000); the rest are counted in {@link ReplayReport.omitted}. */
+  maxDifferences?: number;
 }
 
 /** What a replay found. */
@@ -44,8 +46,10 @@ export interface ReplayReport {
   messages: number;
   /** Replies received to them. */
   replies: number;
-  /** Every reply or device request that differs, in the order found. */
+  /** Every reply or device request that differs, in the order found (at most `maxDifferences`). */
   differences: ReplayDifference[];
+  /** Differences found beyond `maxDifferences`, not listed. */
+  omitted: number;
   durationMs: number;
   /** Things the reader should know: records the recorder dropped, fds stood in for, a file cut short. */
   notes: string[];
@@ -55,11 +59,18 @@ export interface ReplayReport {
 
 /** Data the recorded client answered DMA_READs with: at most this much is kept for a replay. */
 const MAX_SEED_BYTES = 64 * 1024 * 1024;
+/** What one kept answer costs besides its data (so that empty answers are bounded too). */
+const SEED_OVERHEAD = 64;
+/** Sessions one file may have. */
+const MAX_SESSIONS = 1_000_000;
 /** Recorded DMA_READ requests awaiting their recorded answer during the survey. */
 const MAX_OPEN_READS = 4096;
 
 interface Survey {
   header: RecordingHeader;
+  /** Every session in the file, in the order they started. */
+  all: number[];
+  /** Those to replay. */
   sessions: number[];
   seeds: Map<number, DmaReadSeeds>;
   notes: string[];
@@ -77,25 +88,28 @@ export async function replay(file: string, options: ReplayOptions): Promise<Repl
   if (timing !== 'asap' && timing !== 'recorded') throw new InvalidArgumentError(`replay: timing must be asap or recorded, not ${String(timing)}`);
   const timeoutMs = options.timeoutMs ?? 10_000;
   if (!Number.isFinite(timeoutMs) || timeoutMs < 0) throw new InvalidArgumentError(`replay: timeoutMs must be ≥ 0, not ${timeoutMs}`);
+  const maxDifferences = options.maxDifferences ?? 1000;
+  if (!Number.isSafeInteger(maxDifferences) || maxDifferences < 0) throw new InvalidArgumentError(`replay: maxDifferences must be a non-negative integer, not ${maxDifferences}`);
   const log = (options.log ?? getDefaultLogger()).child({ replay: file });
   const start = performance.now();
   const survey = await surveyRecording(file, options.session);
   if (options.session !== undefined && !survey.sessions.includes(options.session)) {
-    throw new InvalidArgumentError(`replay: ${file} has no session ${options.session} (it has ${survey.sessions.join(', ') || 'none'})`, { errno: 2 });
+    throw new InvalidArgumentError(`replay: ${file} has no session ${options.session} (it has ${survey.all.join(', ') || 'none'})`, { errno: 2 });
   }
-  const report: ReplayReport = { file, header: survey.header, sessions: 0, messages: 0, replies: 0, differences: [], durationMs: 0, notes: [...survey.notes] };
+  const report: ReplayReport = { file, header: survey.header, sessions: 0, messages: 0, replies: 0, differences: [], omitted: 0, durationMs: 0, notes: [...survey.notes] };
   if (survey.truncated) report.truncated = survey.truncated;
   for (const session of survey.sessions) {
     const reader = await RecordingReader.open(file);
     log.info({ session, to: options.to }, 'replay: session');
     const result = await replaySession(only(reader.records(), session), {
-      session, to: options.to, timing, timeoutMs, log, seeds: survey.seeds.get(session) ?? new Map(),
+      session, to: options.to, timing, timeoutMs, log, seeds: survey.seeds.get(session) ?? new Map(), maxDifferences: maxDifferences - report.differences.length,
       ...(options.maxSparseBytes === undefined ? {} : { maxSparseBytes: options.maxSparseBytes }),
     });
     report.sessions++;
     report.messages += result.messages;
     report.replies += result.replies;
     report.differences.push(...result.differences);
+    report.omitted += result.omitted;
     for (const n of result.notes) if (!report.notes.includes(n)) report.notes.push(n);
   }
   report.durationMs = Math.round(performance.now() - start);
@@ -109,13 +123,18 @@ async function* only(records: AsyncGenerator<RecordEntry>, session: number): Asy
 /** One pass over the file: sessions, notes, DMA_READ answers; the whole file is checked on the way. */
 async function surveyRecording(file: string, wanted: number | undefined): Promise<Survey> {
   const reader = await RecordingReader.open(file);
-  const survey: Survey = { header: reader.header, sessions: [], seeds: new Map(), notes: [], truncated: undefined };
+  const survey: Survey = { header: reader.header, all: [], sessions: [], seeds: new Map(), notes: [], truncated: undefined };
   const reads = new Map<string, string>();
+  const seen = new Set<number>();
   let seedBytes = 0;
   for await (const r of reader.records()) {
     if (r.type === 'note' && r.session === 0) survey.notes.push(noteText(r.note));
     if (r.type !== 'message' || r.side !== 'client' || r.session === 0) continue;
-    if (!survey.sessions.includes(r.session)) survey.sessions.push(r.session);
+    if (!seen.has(r.session)) {
+      if (seen.size >= MAX_SESSIONS) throw new RecordingFormatError(`more than ${MAX_SESSIONS} sessions`, r.index, r.offset);
+      seen.add(r.session);
+      survey.all.push(r.session);
+    }
     if (wanted !== undefined && r.session !== wanted) continue;
     const key = `${r.session}:${r.channel}:${r.header.msgId}`;
     if (r.direction === 'out' && !isReply(r.header) && r.header.cmd === Command.DMA_READ) {
@@ -125,8 +144,8 @@ async function surveyRecording(file: string, wanted: number | undefined): Promis
       const at = reads.get(key)!;
       reads.delete(key);
       const data = tryData(r.payload)?.slice();
-      if (at === '' || !data || seedBytes + data.length > MAX_SEED_BYTES) continue;
-      seedBytes += data.length;
+      if (at === '' || !data || seedBytes + data.length + SEED_OVERHEAD > MAX_SEED_BYTES) continue;
+      seedBytes += data.length + SEED_OVERHEAD;
       let seeds = survey.seeds.get(r.session);
       if (!seeds) survey.seeds.set(r.session, (seeds = new Map()));
       const queue = seeds.get(at) ?? [];
@@ -134,7 +153,7 @@ async function surveyRecording(file: string, wanted: number | undefined): Promis
       seeds.set(at, queue);
     }
   }
-  if (wanted !== undefined) survey.sessions = survey.sessions.filter((s) => s === wanted);
+  survey.sessions = wanted === undefined ? survey.all : survey.all.filter((s) => s === wanted);
   survey.truncated = reader.truncated;
   if (reader.truncated) survey.notes.push(`the file ends inside record ${reader.truncated.record} (byte ${reader.truncated.offset}): replayed up to the last whole record`);
   return survey;

@@ -94,6 +94,8 @@ test('a DMA engine that copies differently: the DMA_WRITE it sends and both chec
       const dma = report.differences[0]!;
       assert.equal(dma.offset, 16); // addr and count agree; the first data byte differs
       assert.deepEqual(dma.fields.map((f) => f.field), ['payload']);
+      const capped = await replay(file, { to: other.path, log: silentLogger(), timeoutMs: 5000, maxDifferences: 1 });
+      assert.deepEqual([capped.differences.length, capped.omitted], [1, 2]);
     } finally {
       await other.close();
     }

@@ -53,9 +53,10 @@ export function formatReport(report: ReplayReport, to: string): string[] {
   const n = report.differences.length;
   const lines = [
     `replayed ${report.file} against ${to}: ${plural(report.sessions, 'session')}, ${plural(report.messages, 'message')}, ` +
-      `${plural(report.replies, 'reply').replace('replys', 'replies')}, ${n === 0 ? 'no differences' : plural(n, 'difference')} (${report.durationMs} ms)`,
+      `${plural(report.replies, 'reply').replace('replys', 'replies')}, ${n + report.omitted === 0 ? 'no differences' : plural(n + report.omitted, 'difference')} (${report.durationMs} ms)`,
   ];
   for (const d of report.differences) lines.push(...formatDifference(d));
+  if (report.omitted > 0) lines.push(`… and ${plural(report.omitted, 'more difference')} not listed`);
   for (const note of report.notes) lines.push(`note: ${note}`);
   return lines;
 }
@@ -79,7 +80,7 @@ export async function runReplay(file: string, options: ReplayCommandOptions, glo
   }
   if (options.json) io.out(JSON.stringify(report, null, 2));
   else for (const line of formatReport(report, options.to)) io.out(line);
-  return report.differences.length === 0 ? ReplayExit.SAME : ReplayExit.DIFFERENT;
+  return report.differences.length + report.omitted === 0 ? ReplayExit.SAME : ReplayExit.DIFFERENT;
 }
 
 /** Usage errors exit 2 (commander would exit 1); --help exits 0. */
