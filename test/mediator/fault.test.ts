@@ -57,6 +57,28 @@ describe('fault: delay', () => {
     }));
 });
 
+describe('fault: delay and the end of a session', () => {
+  it('a client going away while its command is held: the session ends at once, no timer left; the device serves the next client', { timeout: 30_000 }, () =>
+    withFaults(['REGION_READ:delay=1h:count=1'], async ({ connect, idle, faults }) => {
+      const client = await connect();
+      const held = readOutput(client);
+      await waitFor(() => faults.stats()[0]!.injected === 1, 'the command to be held');
+      client.close();
+      await assert.rejects(held, closed);
+      await idle();
+      assert.equal(await readOutput(await connect()), 0);
+    }));
+
+  it('mediator.close() while a reply is held: resolves promptly, the client sees the connection close', { timeout: 30_000 }, () =>
+    withFaults(['REGION_READ:delay=1h:on=reply'], async ({ connect, mediator, faults }) => {
+      const client = await connect();
+      const held = readOutput(client);
+      await waitFor(() => faults.stats()[0]!.injected === 1, 'the reply to be held');
+      await mediator.close();
+      await assert.rejects(held, closed);
+    }));
+});
+
 describe('fault: error', () => {
   it('on=request: RemoteError with that errno, the device never saw the write; the session goes on', () =>
     withFaults(['REGION_WRITE:error=EIO:count=1'], async ({ connect, gpio, outputs }) => {
