@@ -179,20 +179,20 @@ export async function openSide(size: number, spec: MediatedMigrationSpec | Migra
 }
 
 /** Writes a 32-bit register of BAR0 (through the mediator). */
-export async function writeReg(side: MediatedSide, offset: number, value: number): Promise<void> {
+export async function writeReg(side: Pick<MediatedSide, 'client'>, offset: number, value: number): Promise<void> {
   const data = new Uint8Array(4);
   new DataView(data.buffer).setUint32(0, value >>> 0, true);
   await side.client.regionWrite(RegionIndex.BAR0, BigInt(offset), data);
 }
 
 /** Reads a 32-bit register of BAR0 (through the mediator). */
-export async function readReg(side: MediatedSide, offset: number): Promise<number> {
+export async function readReg(side: Pick<MediatedSide, 'client'>, offset: number): Promise<number> {
   const data = await side.client.regionRead(RegionIndex.BAR0, BigInt(offset), 4);
   return new DataView(data.buffer, data.byteOffset).getUint32(0, true);
 }
 
 /** Programs a ticker: ring of `length` bytes at the guest memory's start, seed, enabled. */
-export async function startTicker(side: MediatedSide, length: number, seed: number): Promise<void> {
+export async function startTicker(side: Pick<MediatedSide, 'client' | 'iova'>, length: number, seed: number): Promise<void> {
   await writeReg(side, TickerReg.TARGET_LO, Number(side.iova & 0xffff_ffffn));
   await writeReg(side, TickerReg.TARGET_HI, Number(side.iova >> 32n));
   await writeReg(side, TickerReg.LENGTH, length);
