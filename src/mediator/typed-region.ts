@@ -121,7 +121,8 @@ function closeLater(fd: number | undefined): void {
 export function regionInfoHandler(plugin: string, hook: Hook<RegionInfoEvent, RegionInfoDecision>): CommandHandler {
   return async (msg, ctx) => {
     const req = tryDecode(decodeRegionInfoRequest, msg.payload);
-    if (!req || req.argsz < REGION_INFO_SIZE) return undefined; // the upstream refuses it
+    // Malformed, or before VERSION: the upstream answers it as it would without us.
+    if (!req || req.argsz < REGION_INFO_SIZE || ctx.version === undefined) return undefined;
     const { info, fd } = await upstreamRegionInfo(ctx, req.index, { argsz: Math.max(req.argsz, 4096) });
     try {
       const d = await hook({ index: req.index, info, fd, clientArgsz: req.argsz }, ctx);

@@ -12,11 +12,14 @@
  *
  * Every function rejects with the errors of `upstreamRequest`: RemoteError (the
  * device's errno), ConnectionClosedError (ENOTCONN), TimeoutError (ETIMEDOUT);
- * and ProtocolError (EPROTO) when a reply does not answer the request.
+ * ProtocolError (EPROTO) when a reply does not answer the request; and
+ * StateError (EAGAIN) before the session's VERSION exchange (a device answers
+ * nothing else first: `onSessionStart` runs before it).
  */
-import { ProtocolError } from '../errors.js';
+import { ProtocolError, StateError } from '../errors.js';
 import {
   Command,
+  commandName,
   DEFAULT_MAX_DATA_XFER_SIZE,
   DEVICE_FEATURE_SIZE,
   DEVICE_INFO_SIZE,
@@ -98,6 +101,21 @@ export function sessionMaxTransfer(ctx: MediatorSessionContext): number {
   return Math.max(1, Math.min(client, upstream));
 }
 
+/** @throws {StateError} EAGAIN before VERSION. */
+function negotiated(ctx: MediatorSessionContext, what: string): void {
+  if (ctx.version === undefined) throw new StateError(`${what}: the session has not negotiated VERSION yet`, { errno: Errno.EAGAIN });
+}
+
+/** Sends one of the mediator's own requests upstream, after VERSION. */
+function ask(ctx: MediatorSessionContext, cmd: number, payload: Uint8Array, fds: readonly number[] | undefined, timeoutMs: number | undefined): Promise<MediatedMessage> {
+  try {
+    negotiated(ctx, commandName(cmd));
+  } catch (error) {
+    return Promise.reject(error as Error);
+  }
+  return ctx.upstreamRequest(cmd, payload, fds, timeoutMs);
+}
+
 /** Closes every fd of a reply nobody wants. */
 function dropFds(m: MediatedMessage): void {
   for (const fd of m.fds) native.close(fd);
@@ -105,7 +123,7 @@ function dropFds(m: MediatedMessage): void {
 
 /** Sends a request whose reply carries no fd we keep. */
 async function call(ctx: MediatorSessionContext, cmd: number, payload: Uint8Array, o: UpstreamCallOptions, fds?: readonly number[]): Promise<Uint8Array> {
-  const reply = await ctx.upstreamRequest(cmd, payload, fds, o.timeoutMs);
+  const reply = await ask(ctx, cmd, payload, fds, o.timeoutMs);
   dropFds(reply);
   return reply.payload;
 }
@@ -154,7 +172,7 @@ export async function upstreamRegionWrite(ctx: MediatorSessionContext, region: n
 export async function upstreamRegionInfo(ctx: MediatorSessionContext, index: number, o: UpstreamCallOptions & { argsz?: number } = {}): Promise<UpstreamRegionInfo> {
   let argsz = Math.max(REGION_INFO_SIZE, o.argsz ?? 4096);
   for (let attempt = 0; ; attempt++) {
-    const reply = await ctx.upstreamRequest(Command.DEVICE_GET_REGION_INFO, encodeRegionInfoRequest({ argsz, index }), undefined, o.timeoutMs);
+    const reply = await ask(ctx, Command.DEVICE_GET_REGION_INFO, encodeRegionInfoRequest({ argsz, index }), undefined, o.timeoutMs);
     let info: RegionInfo;
     try {
       info = decodeRegionInfo(reply.payload);
@@ -272,6 +290,7 @@ export async function clientDmaRead(ctx: MediatorSessionContext, addr: bigint, c
   const out = new Uint8Array(count);
   for (let done = 0; done < count; done += chunk) {
     const n = Math.min(chunk, count - done);
+    negotiated(ctx, 'DMA_READ');
     const reply = await ctx.clientRequest(Command.DMA_READ, encodeDmaAccess({ addr: addr + BigInt(done), count: BigInt(n) }), undefined, o.timeoutMs);
     dropFds(reply);
     const access = decodeDmaReadReply(reply.payload);
@@ -286,6 +305,7 @@ export async function clientDmaWrite(ctx: MediatorSessionContext, addr: bigint, 
   const chunk = sessionMaxTransfer(ctx);
   for (let done = 0; done < data.length; done += chunk) {
     const part = data.subarray(done, done + chunk);
+    negotiated(ctx, 'DMA_WRITE');
     const reply = await ctx.clientRequest(Command.DMA_WRITE, encodeDmaAccessWithData({ addr: addr + BigInt(done), count: BigInt(part.length), data: part }), undefined, o.timeoutMs);
     dropFds(reply);
   }

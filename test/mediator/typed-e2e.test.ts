@@ -21,6 +21,11 @@ import { DeviceFeatureFlags, IrqIndex, MigrationState, RegionIndex } from '../..
 import { Errno } from '../../src/protocol/errno.js';
 import { RemoteError } from '../../src/errors.js';
 import { definePlugin, interposeInterrupts, sparseAreasOf, subtractRange, withSparseAreas } from '../../src/mediator/typed.js';
+import { upstreamDeviceInfo, upstreamRegionInfo, upstreamRegionRead } from '../../src/mediator/upstream-ops.js';
+import { Command } from '../../src/protocol/constants.js';
+import { encodeRegionAccess } from '../../src/protocol/region-access.js';
+import { native } from '../../src/native/addon.js';
+import { StepClient } from '../support/step-client.js';
 import type { MediatorPlugin } from '../../src/mediator/types.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
 import { mediate, waitFor, type MediatedDevice } from './support.js';
@@ -219,5 +224,68 @@ describe('typed plugins through a real mediator', () => {
     } finally {
       guest.dispose();
     }
+  });
+
+  it('splits a REGION_WRITE_MULTI: emulated writes answered here, the others written to the device, the client told the total', async () => {
+    const emulated: bigint[] = [];
+    const plugin = definePlugin({ name: 'split', regionWrite: (e) => (e.offset === GPIO_IRQ_ENABLE ? (emulated.push(e.offset), { reply: true }) : undefined) });
+    const gpio = createGpioDevice();
+    await through(gpio.device, [plugin], async (client) => {
+      const done = await client.regionWriteMulti([
+        { region: GPIO_BAR, offset: GPIO_OUTPUT, count: 2, data: new Uint8Array([0x21, 0x43]) },
+        { region: GPIO_BAR, offset: GPIO_IRQ_ENABLE, count: 2, data: new Uint8Array([0xff, 0xff]) },
+      ]);
+      assert.equal(done, 2n);
+      assert.deepEqual(emulated, [GPIO_IRQ_ENABLE]);
+      assert.equal(gpio.outputs, 0x4321, 'the forwarded write reached the card');
+      assert.equal(gpio.irqEnable, 0, 'the emulated one did not');
+    });
+  });
+
+  it('hooks that await the device through upstream-ops: INPUT reads what OUTPUT holds; region info and device info asked by the mediator', async () => {
+    const facts: string[] = [];
+    const plugin = definePlugin({
+      name: 'loopback',
+      onSessionStart: (ctx) => upstreamDeviceInfo(ctx).then(
+        () => assert.fail('answered before VERSION'),
+        (e: unknown) => void facts.push(`before VERSION: ${(e as { code?: string }).code}`),
+      ),
+      regionRead: async (e, ctx) => {
+        if (e.region !== GPIO_BAR || e.offset !== GPIO_INPUT || e.count !== 4) return undefined;
+        facts.push(`regions ${(await upstreamDeviceInfo(ctx)).numRegions}`);
+        const { info, fd } = await upstreamRegionInfo(ctx, GPIO_BAR);
+        if (fd !== undefined) native.close(fd);
+        facts.push(`bar2 ${info.size}`);
+        return { reply: await upstreamRegionRead(ctx, GPIO_BAR, GPIO_OUTPUT, 4) };
+      },
+    });
+    await through(createGpioDevice().device, [plugin], async (client) => {
+      await client.regionWrite(GPIO_BAR, GPIO_OUTPUT, u32(0x55aa));
+      assert.equal(le32(await client.regionRead(GPIO_BAR, GPIO_INPUT, 4)), 0x55aa);
+      assert.deepEqual(facts, ['before VERSION: EAGAIN', 'regions 9', 'bar2 256']);
+    });
+  });
+
+  it('forwards a malformed command untouched: the device refuses it (EINVAL), nothing crashes, the session goes on', async () => {
+    let called = 0;
+    const plugin = definePlugin({ name: 'strict', regionRead: () => (called++, undefined) });
+    await assertNoFdLeak(async () => {
+      const m = await mediate(createGpioDevice().device, { plugins: [plugin] });
+      try {
+        const { client } = await StepClient.open(m.path);
+        try {
+          await client.fails(Command.REGION_READ, new Uint8Array([1, 2, 3]), Errno.EINVAL);
+          assert.equal(called, 0, 'the hook never saw the malformed read');
+          const r = await client.ok(Command.REGION_READ, encodeRegionAccess({ region: GPIO_BAR, offset: GPIO_OUTPUT, count: 4 }));
+          assert.equal(r.payload.length, 20);
+          assert.equal(called, 1);
+        } finally {
+          client.close();
+        }
+        await waitFor(() => m.mediator.sessionCount === 0, 'the mediated session to end');
+      } finally {
+        await m.close();
+      }
+    });
   });
 });

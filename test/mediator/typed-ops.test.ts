@@ -38,7 +38,7 @@ import {
 } from '../../src/protocol/index.js';
 import { createEventFd, memfdCreate, native } from '../../src/native/addon.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
-import { ProtocolError, RemoteError } from '../../src/errors.js';
+import { ProtocolError, RemoteError, StateError } from '../../src/errors.js';
 import type { Verdict } from '../../src/mediator/types.js';
 import { cmdMsg, fakeCtx, onCommand, replyPayload, type FakeUpstream } from './typed-support.js';
 
@@ -182,12 +182,21 @@ describe('upstream-ops', () => {
     });
     assert.equal(sessionMaxTransfer(ctx), 4096);
     assert.equal(sessionMaxTransfer(fakeCtx()), 1 << 20);
+    assert.equal(sessionMaxTransfer(fakeCtx({ beforeVersion: true })), 1 << 20);
     const data = await upstreamRegionRead(ctx, 0, 0n, 10_000);
     assert.deepEqual(reads, [{ offset: 0n, count: 4096 }, { offset: 4096n, count: 4096 }, { offset: 8192n, count: 1808 }]);
     assert.equal(data[0], 0);
     assert.equal(data[9999], 2);
     await upstreamRegionWrite(ctx, 1, 0x100n, new Uint8Array(9000));
     assert.deepEqual(ctx.sent.filter((s) => s.cmd === Command.REGION_WRITE).map((s) => decodeRegionWriteRequest(s.payload).count), [4096, 4096, 808]);
+  });
+
+  it('refuses to ask before VERSION (EAGAIN) without sending anything', async () => {
+    const ctx = fakeCtx({ beforeVersion: true, upstream: () => ({}) });
+    await assert.rejects(upstreamRegionRead(ctx, 0, 0n, 4), (e: unknown) => e instanceof StateError && e.errno === Errno.EAGAIN);
+    await assert.rejects(upstreamRegionInfo(ctx, 0), (e: unknown) => e instanceof StateError && e.errno === Errno.EAGAIN);
+    await assert.rejects(clientDmaRead(ctx, 0n, 4), (e: unknown) => e instanceof StateError && e.errno === Errno.EAGAIN);
+    assert.equal(ctx.sent.length + ctx.clientSent.length, 0);
   });
 
   it('rejects a reply that does not answer the request (EPROTO) and passes the device\'s errno on', async () => {

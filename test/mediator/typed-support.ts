@@ -37,7 +37,7 @@ export interface FakeCtx extends MediatorSessionContext {
 }
 
 /** A fake context; `upstream` answers the mediator's own requests, `client` its requests towards the client. */
-export function fakeCtx(o: { upstream?: FakeUpstream; client?: FakeUpstream; maxXfer?: { client?: number; upstream?: number } } = {}): FakeCtx {
+export function fakeCtx(o: { upstream?: FakeUpstream; client?: FakeUpstream; maxXfer?: { client?: number; upstream?: number }; beforeVersion?: boolean } = {}): FakeCtx {
   const warnings: object[] = [];
   const log: Logger = { error() {}, warn: (obj: object) => void warnings.push(obj), info() {}, debug() {}, child: () => log };
   const sent: SentRequest[] = [];
@@ -57,7 +57,7 @@ export function fakeCtx(o: { upstream?: FakeUpstream; client?: FakeUpstream; max
     client: undefined,
     log,
     state: new Map(),
-    version: o.maxXfer ? { client: caps(o.maxXfer.client), upstream: caps(o.maxXfer.upstream) } : undefined,
+    version: o.beforeVersion ? undefined : { client: caps(o.maxXfer?.client), upstream: caps(o.maxXfer?.upstream) },
     upstreamRequest: (cmd, payload, fds) => answer(o.upstream, sent, cmd, payload, fds),
     clientRequest: (cmd, payload, fds) => answer(o.client, clientSent, cmd, payload, fds),
     close() {},
