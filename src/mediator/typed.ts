@@ -33,6 +33,27 @@ export {
 } from './typed-region.js';
 export { interposeInterrupts, releaseInterposedInterrupts, type InterruptObserver } from './typed-irq.js';
 
+/** Every hook a spec may have (functions under other names are refused: a misspelt hook would never run). */
+const HOOKS: ReadonlySet<string> = new Set([
+  'onSessionStart',
+  'onSessionEnd',
+  'regionInfo',
+  'regionRead',
+  'regionReadReply',
+  'regionWrite',
+  'regionWriteMulti',
+  'setIrqs',
+  'dmaMap',
+  'dmaUnmap',
+  'feature',
+  'featureReply',
+  'migState',
+  'migDataRead',
+  'migDataWrite',
+  'dmaRead',
+  'dmaWrite',
+] satisfies ReadonlyArray<keyof TypedPluginSpec>);
+
 function clientHandlers(s: TypedPluginSpec): Map<number, CommandHandler> {
   const n = s.name;
   const m = new Map<number, CommandHandler>();
@@ -72,20 +93,30 @@ function upstreamHandlers(s: TypedPluginSpec): Map<number, CommandHandler> {
  * answers with that errno; `drop` and `disconnect` as in the core.
  * Hooks that throw become error replies (the error's errno, EIO without one);
  * an undecodable decision is EINVAL. See each hook in {@link TypedPluginSpec}.
- * @throws {InvalidArgumentError} EINVAL when `spec.name` is empty or a hook is not a function.
+ * Hooks are called with `this` = `spec`.
+ * @throws {InvalidArgumentError} EINVAL when `spec.name` is empty, a hook is not a function, or a function is no hook's name.
  */
 export function definePlugin(spec: TypedPluginSpec): MediatorPlugin {
   if (typeof spec?.name !== 'string' || spec.name === '') throw new InvalidArgumentError('definePlugin: spec.name must be a non-empty string');
+  const bound: Record<string, unknown> = { name: spec.name };
   for (const [key, value] of Object.entries(spec)) {
-    if (key !== 'name' && value !== undefined && typeof value !== 'function') throw new InvalidArgumentError(`definePlugin '${spec.name}': ${key} is not a function`);
+    if (key === 'name' || value === undefined) continue;
+    const known = HOOKS.has(key);
+    if (known && typeof value !== 'function') throw new InvalidArgumentError(`definePlugin '${spec.name}': ${key} is not a function`);
+    if (!known && typeof value === 'function') throw new InvalidArgumentError(`definePlugin '${spec.name}': ${key} is not a hook (${[...HOOKS].join(', ')})`);
+    if (known) bound[key] = (value as (...args: unknown[]) => unknown).bind(spec);
   }
+  return build(bound as unknown as TypedPluginSpec);
+}
+
+function build(spec: TypedPluginSpec): MediatorPlugin {
   const commands = clientHandlers(spec);
   const replies = replyHandlers(spec);
   const upstream = upstreamHandlers(spec);
-  const userEnd = spec.onSessionEnd?.bind(spec);
+  const userEnd = spec.onSessionEnd;
   const plugin: MediatorPlugin = {
     name: spec.name,
-    ...(spec.onSessionStart ? { onSessionStart: spec.onSessionStart.bind(spec) } : {}),
+    ...(spec.onSessionStart ? { onSessionStart: spec.onSessionStart } : {}),
     ...(commands.size > 0 ? { onClientCommand: (msg, ctx) => commands.get(msg.header.cmd)?.(msg, ctx) } : {}),
     ...(replies.size > 0 ? { onUpstreamReply: (reply, request, ctx) => replies.get(request.header.cmd)?.(reply, request, ctx) } : {}),
     ...(upstream.size > 0 ? { onUpstreamCommand: (msg, ctx) => upstream.get(msg.header.cmd)?.(msg, ctx) } : {}),

@@ -48,6 +48,19 @@ describe('definePlugin', () => {
   it('refuses a spec without a name or with a hook that is not a function (EINVAL)', () => {
     assert.throws(() => definePlugin({ name: '' }), (e: unknown) => e instanceof InvalidArgumentError && e.errno === Errno.EINVAL);
     assert.throws(() => definePlugin({ name: 'x', regionRead: 3 as never }), /regionRead is not a function/);
+    assert.throws(() => definePlugin({ name: 'x', regionread: () => undefined } as never), (e: unknown) => e instanceof InvalidArgumentError && /regionread is not a hook/.test(e.message));
+  });
+
+  it('calls hooks with this = the spec', () => {
+    const spec = {
+      name: 'self',
+      value: new Uint8Array([9, 9, 9, 9]),
+      regionRead(this: { value: Uint8Array }) {
+        return { reply: this.value };
+      },
+    };
+    const v = onCommand(definePlugin(spec), read(0, 0n, 4), fakeCtx()) as Verdict;
+    assert.deepEqual([...(decodeRegionReadReply(replyPayload(v))?.data ?? [])], [9, 9, 9, 9]);
   });
 
   it('installs only the generic hooks it needs', () => {
