@@ -153,6 +153,16 @@ class FileRecorder implements Recorder {
   ): void {
     if (this.#closed || this.#error) return;
     if (event.side === 'upstream' && !this.upstream) return;
+    try {
+      this.#record(event, ctx);
+    } catch (error) {
+      // A tap must not throw (the mediator would remove it): a message that cannot be encoded is left out, counted.
+      this.#dropped.records++;
+      this.#log.warn({ err: error, cmd: event.header.cmd }, 'recorder: a message could not be recorded; left out');
+    }
+  }
+
+  #record(event: Parameters<MediatorTap['onMessage']>[0], ctx: MediatorSessionContext): void {
     const time = this.#time(event.timeNs);
     const files = this.#session(ctx, time);
     const capture = this.#captureMemory > 0 && event.side === 'client' && event.direction === 'in';

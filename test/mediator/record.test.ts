@@ -152,16 +152,20 @@ test('maxBytes: the file stays under it and ends with a limit note', async () =>
   }
 });
 
-test('createRecorder: a missing directory fails at once (ENOENT), a bad option EINVAL; close is idempotent', async () => {
+test('createRecorder: a missing directory fails at once (ENOENT), a bad option EINVAL; a bad message is left out; close is idempotent', async () => {
   const tmp = tempDir();
   try {
     assert.throws(() => createRecorder(join(tmp.dir, 'no', 'such.vfrec')), { code: 'ENOENT' });
     assert.throws(() => createRecorder(join(tmp.dir, 'x.vfrec'), { maxBytes: -1 }), { name: 'InvalidArgumentError', errno: 22 });
     const recorder = createRecorder(join(tmp.dir, 'empty.vfrec'), { log: silentLogger() });
+    // A tap never throws: a message that cannot be encoded is left out and counted.
+    const bad = { msgId: 0x1_0000, cmd: Command.REGION_READ, msgSize: 16, flags: 0, errorNo: 0 };
+    assert.doesNotThrow(() => recorder.onMessage({ side: 'client', direction: 'in', channel: 'main', header: bad, payload: new Uint8Array(0), fds: [], timeNs: 0n }, fakeContext(1)));
+    assert.equal(recorder.stats().droppedRecords, 1);
     await recorder.close();
     await recorder.close();
     const { records } = await readAll(join(tmp.dir, 'empty.vfrec'));
-    assert.deepEqual(records, []);
+    assert.deepEqual(records.map((r) => r.type), ['session-start']);
   } finally {
     tmp.close();
   }
