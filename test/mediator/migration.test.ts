@@ -10,14 +10,22 @@ import { describe, it } from 'node:test';
 import { RemoteError } from '../../src/errors.js';
 import { migrate, MigrationCompatibilityError } from '../../src/orchestrator/migrate.js';
 import { closeFd } from '../../src/native/addon.js';
+import { encodeRegionInfoRequest } from '../../src/protocol/region.js';
+import { StepClient } from '../support/step-client.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { silentLogger } from '../../src/log.js';
+import { Mediator } from '../../src/mediator/mediator.js';
+import { createMigrationPlugin } from '../../src/mediator/migration/index.js';
 import { MappedRegion } from '../../src/client/regions.js';
 import { declaredMmaps } from '../../src/client/mmap-saving.js';
 import { clientMmapsFeatureOf, savingLayoutOf } from '../../src/protocol/mmap-saving.js';
-import { DeviceFeature, DeviceFeatureFlags, MigrationFlags, MigrationState as S, RegionIndex } from '../../src/protocol/constants.js';
+import { Command, DeviceFeature, DeviceFeatureFlags, MigrationFlags, MigrationState as S, RegionIndex } from '../../src/protocol/constants.js';
 import { encodeMigDeviceState } from '../../src/protocol/feature.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
 import { waitFor } from './support.js';
-import { BAR2_SIZE, RECORD, TICKER_SPEC, TickerReg, openSide, readReg, startTicker, tickerRecord, type MediatedSide } from './migration-support.js';
+import { BAR2_SIZE, RECORD, TICKER_SPEC, TickerReg, createTicker, openSide, readReg, startTicker, tickerRecord, type MediatedSide } from './migration-support.js';
 
 const MiB = 1 << 20;
 const GUEST = 16 * MiB;
@@ -235,5 +243,58 @@ describe('mediated migration', () => {
         bar.close();
       }
     });
+  });
+
+  it('with p2p: RUNNING_P2P quiesces the device (no DMA), RUNNING resumes it', async () => {
+    const side = await openSide(GUEST, { ...TICKER_SPEC, p2p: true });
+    try {
+      assert.equal(await side.client.migrationFlags(), MigrationFlags.STOP_COPY | MigrationFlags.P2P | MigrationFlags.PRE_COPY);
+      await startTicker(side, RING, SEED);
+      await waitFor(() => side.ticker.seq > 5, 'records');
+      await side.client.setMigrationState(S.RUNNING_P2P);
+      await side.ticker.idle();
+      const stopped = side.ticker.seq;
+      assert.equal(await readReg(side, TickerReg.CONTROL), 0, 'quiesced');
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(side.ticker.seq, stopped, 'no DMA in RUNNING_P2P');
+      await side.client.setMigrationState(S.RUNNING);
+      assert.equal(await readReg(side, TickerReg.CONTROL), 1, 'running value written back');
+      await waitFor(() => side.ticker.seq > stopped + 5, 'records after RUNNING');
+    } finally {
+      await side.close();
+    }
+  });
+
+  it('stays transparent for a client that asks for nothing (as QEMU): VERSION and region info replies are the device\'s own', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-user-medmig-transparent-'));
+    const ticker = createTicker();
+    const upstream = join(dir, 'device.sock');
+    const server = ticker.device.serve(upstream);
+    const mediator = await Mediator.listen({ upstream, listen: join(dir, 'med.sock'), plugins: [createMigrationPlugin(TICKER_SPEC)], log: silentLogger() });
+    const replies = async (path: string): Promise<unknown[]> => {
+      const { client, version } = await StepClient.open(path, { maxMsgFds: 8 });
+      try {
+        const out: unknown[] = [version];
+        for (const index of [RegionIndex.BAR0, RegionIndex.BAR2, RegionIndex.CONFIG]) {
+          const r = await client.ok(Command.DEVICE_GET_REGION_INFO, encodeRegionInfoRequest({ argsz: 256, index }));
+          for (const fd of r.fds) closeFd(fd);
+          out.push(r.payload);
+        }
+        return out;
+      } finally {
+        client.close();
+        await waitFor(() => mediator.sessionCount === 0 && server.client === undefined, 'the session to end');
+        await server.idle(); // the device is free for the next client
+      }
+    };
+    try {
+      const direct = await replies(upstream);
+      assert.deepEqual(await replies(mediator.path), direct);
+    } finally {
+      await mediator.close();
+      await server.close();
+      ticker.device.dispose();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
