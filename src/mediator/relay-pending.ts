@@ -20,7 +20,10 @@ export interface PendingEntry {
   readonly origId: number;
   /** For a forwarded command: the channel it came on (its reply goes back there). */
   readonly channel: Channel;
-  /** The command as forwarded or sent (header with the sender's id; fds already closed: none kept). */
+  /**
+   * The command as forwarded or sent: header with the sender's id; the payload only when a plugin has a
+   * reply hook for that direction (else empty: nothing large is retained); no fds (closed once sent).
+   */
   readonly request: MediatedMessage;
   /** `performance.now()` after which it times out (Infinity: never). */
   readonly deadline: number;

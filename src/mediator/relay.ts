@@ -233,7 +233,9 @@ export abstract class Relay {
     let id: number;
     if (wantsReply(h)) {
       const deadline = this.deadline(this.limits.upstreamTimeoutMs);
-      id = this.toUpstream.add({ kind: 'forwarded', origId: clientId, channel: 'main', request: { header: h, payload: msg.payload, fds: NO_FDS }, deadline, expired: false });
+      // The payload is kept for reply hooks only: a pending 1 MiB write would otherwise stay in memory until answered.
+      const payload = this.#hooks.onUpstreamReply.plugins.length > 0 ? msg.payload : EMPTY;
+      id = this.toUpstream.add({ kind: 'forwarded', origId: clientId, channel: 'main', request: { header: h, payload, fds: NO_FDS }, deadline, expired: false });
       this.armTimer(deadline);
       if (this.toUpstream.active >= this.limits.maxPendingRequests) this.syncReading();
     } else {
@@ -327,7 +329,8 @@ export abstract class Relay {
     let id: number;
     if (wantsReply(h)) {
       const deadline = this.deadline(this.limits.upstreamTimeoutMs);
-      id = this.toClient.add({ kind: 'forwarded', origId: h.msgId, channel, request: { header: h, payload: msg.payload, fds: NO_FDS }, deadline, expired: false });
+      const payload = this.#hooks.onClientReply.plugins.length > 0 ? msg.payload : EMPTY;
+      id = this.toClient.add({ kind: 'forwarded', origId: h.msgId, channel, request: { header: h, payload, fds: NO_FDS }, deadline, expired: false });
       this.armTimer(deadline);
       this.syncReading(); // the client must be read while the upstream waits for its answer
     } else {

@@ -19,13 +19,14 @@ import { Mediator } from '../../src/mediator/mediator.js';
 import { Command, HeaderFlags, RegionIndex } from '../../src/protocol/constants.js';
 import { Errno } from '../../src/protocol/errno.js';
 import { encodeDeviceInfo } from '../../src/protocol/device.js';
-import { encodeRegionAccess } from '../../src/protocol/region-access.js';
+import { encodeMessage } from '../../src/protocol/header.js';
+import { encodeRegionAccess, encodeRegionAccessWithData } from '../../src/protocol/region-access.js';
 import { encodeRegionInfoRequest } from '../../src/protocol/region.js';
 import { encodeVersion, VERSION_REQUEST_PAD } from '../../src/protocol/version.js';
 import { createEventFd, memfdCreate, native } from '../../src/native/addon.js';
 import { silentLogger } from '../../src/log.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
-import { FakeServer } from '../support/fake-server.js';
+import { FakeServer, versionPayload } from '../support/fake-server.js';
 import { alive, eventually, fdCount, rssBytes } from '../support/process-stats.js';
 import { startCliServer, type ChildServer } from '../support/qemu/servers.js';
 import { StepClient } from '../support/step-client.js';
@@ -133,6 +134,36 @@ describe('mediator hardening: clients that never read (mediator and device in ch
       await child.stop();
       await upstream.kill();
       rmSync(local, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('mediator hardening: an upstream that stops reading (mediator in a child process)', { timeout: 120_000 }, () => {
+  it("200 MiB of REGION_WRITEs to a device that reads nothing: the mediator stops reading the client, its RSS stays bounded", async (t) => {
+    const fake = FakeServer.start({
+      onVersion: (m, conn) => {
+        conn.reply(m, versionPayload());
+        conn.transport.pause(); // never reads again: the mediator's writes pile up towards it
+      },
+    });
+    const dir = mkdtempSync(join(tmpdir(), 'vfio-user-mediator-bp-'));
+    const child = await startMediatorChild(fake.path, join(dir, 'm.sock'));
+    const pid = child.child.pid as number;
+    try {
+      const before = rssBytes(pid);
+      const socket = await deafClient(child.path);
+      const write = encodeMessage({ msgId: 1, cmd: Command.REGION_WRITE }, encodeRegionAccessWithData({ region: 0, offset: 0n, count: MiB, data: new Uint8Array(MiB) }));
+      for (let i = 0; i < 200; i++) socket.write(write); // one buffer, written 200 times (the ids need not differ)
+      await new Promise((r) => setTimeout(r, 2000));
+      const grown = rssBytes(pid) - before;
+      t.diagnostic(`mediator RSS ${(before / MiB).toFixed(1)} → ${((before + grown) / MiB).toFixed(1)} MiB with 200 MiB of writes towards a device that reads nothing`);
+      assert.ok(alive(pid), child.output());
+      assert.ok(grown < 48 * MiB, `mediator RSS grew by ${(grown / MiB).toFixed(1)} MiB`);
+      socket.destroy();
+    } finally {
+      await child.stop();
+      await fake.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
