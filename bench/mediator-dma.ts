@@ -26,6 +26,14 @@ export interface DmaPathResult {
   bestGBps: number;
   /** Median GB/s. */
   medianGBps: number;
+  /** Copies measured. */
+  runs: number;
+}
+
+/** Best and median of GB/s samples. */
+export function summariseRates(rates: readonly number[]): DmaPathResult {
+  const sorted = [...rates].sort((a, b) => a - b);
+  return { bestGBps: round2(sorted[sorted.length - 1] ?? 0), medianGBps: round2(sorted[Math.floor(sorted.length / 2)] ?? 0), runs: sorted.length };
 }
 
 function u32(v: number): Uint8Array {
@@ -62,9 +70,10 @@ async function copyOnce(client: VfioUserClient, guest: GuestMemory, slot: number
 /**
  * Copies `bytes` of guest RAM `runs` times (after one warm-up copy) through
  * the device at `path` (direct or mediated).
+ * @returns GB/s of each copy.
  * @throws {Error} when a copy is wrong (bytes or checksum) or fails.
  */
-export async function dmaCopyThroughput(path: string, bytes: number, runs: number): Promise<DmaPathResult> {
+export async function dmaCopyThroughput(path: string, bytes: number, runs: number): Promise<number[]> {
   const guest = GuestMemory.create(Number(SRC_GPA) + 2 * bytes);
   const client = await VfioUserClient.connect(path);
   try {
@@ -84,8 +93,7 @@ export async function dmaCopyThroughput(path: string, bytes: number, runs: numbe
     if (Buffer.compare(guest.read(SRC_GPA + BigInt(bytes), bytes), src) !== 0) throw new Error('the copied bytes differ from the source');
     await client.regionWrite(RegionIndex.BAR0, BigInt(DmaEngineReg.CONTROL), u32(0));
     await guest.detach(client);
-    rates.sort((a, b) => a - b);
-    return { bestGBps: round2(rates[rates.length - 1] ?? 0), medianGBps: round2(rates[Math.floor(rates.length / 2)] ?? 0) };
+    return rates;
   } finally {
     await client.close();
     guest.dispose();
