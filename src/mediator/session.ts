@@ -5,7 +5,7 @@
  * connecting, flow control (pausing one side while the other is congested or
  * too many requests are pending), timeouts, the plugin context, teardown.
  */
-import { ConnectionClosedError, TimeoutError } from '../errors.js';
+import { ConnectionClosedError, StateError, TimeoutError } from '../errors.js';
 import { Errno } from '../protocol/errno.js';
 import { HEADER_SIZE } from '../protocol/constants.js';
 import type { MessageHeader } from '../protocol/header.js';
@@ -23,6 +23,8 @@ import type { MediatedMessage, MediatorLimits, MediatorPlugin, MediatorSessionCo
 const MAX_EXPIRED = 1024;
 /** How long a session that ends because of the upstream waits for the client to take its last error replies. */
 const FLUSH_GRACE_MS = 2000;
+/** The mediator's own requests in flight towards one side beyond which more are refused (EBUSY). */
+const MAX_IN_FLIGHT = 32_768;
 const EMPTY = new Uint8Array(0);
 const NO_FDS: readonly number[] = Object.freeze([]);
 
@@ -119,9 +121,14 @@ export class MediatorSession extends Relay implements MediatorSessionContext {
         reject(new ConnectionClosedError(`${side} request: the session is closed`));
         return;
       }
+      const table = side === 'upstream' ? this.toUpstream : this.toClient;
+      if (table.map.size >= MAX_IN_FLIGHT) {
+        // Half the msg_id space: forwarded commands always find a free id.
+        reject(new StateError(`${side} request: ${table.map.size} requests already in flight`, { errno: Errno.EBUSY }));
+        return;
+      }
       const header: MessageHeader = { msgId: 0, cmd, msgSize: HEADER_SIZE + payload.length, flags: 0, errorNo: 0 };
       const deadline = this.deadline(timeoutMs ?? this.limits.upstreamTimeoutMs);
-      const table = side === 'upstream' ? this.toUpstream : this.toClient;
       const id = table.add({ kind: 'own', origId: 0, channel: 'main', request: { header, payload, fds: NO_FDS }, deadline, expired: false, resolve, reject });
       const channel: Channel = transport === this.clientTwin ? 'twin' : 'main';
       this.send(transport, side, channel, { msgId: id, cmd, flags: 0 }, payload, fds);
