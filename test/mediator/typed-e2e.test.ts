@@ -17,7 +17,7 @@ import { createGpioDevice } from '../../src/devices/gpio.js';
 import { createMemoryDevice } from '../../src/devices/memory.js';
 import { createDmaEngineDevice, DmaEngineControl, DmaEngineReg } from '../../src/devices/dma-engine.js';
 import { DESCRIPTOR_SIZE, DescriptorFlags, DescriptorStatus, decodeResult, encodeDescriptor } from '../../src/devices/dma-descriptor.js';
-import { DeviceFeatureFlags, IrqIndex, MigrationState, RegionIndex } from '../../src/protocol/constants.js';
+import { DeviceFeature, DeviceFeatureFlags, IrqIndex, MigrationState, RegionIndex } from '../../src/protocol/constants.js';
 import { Errno } from '../../src/protocol/errno.js';
 import { RemoteError } from '../../src/errors.js';
 import { definePlugin, interposeInterrupts, sparseAreasOf, subtractRange, withSparseAreas } from '../../src/mediator/typed.js';
@@ -132,6 +132,22 @@ describe('typed plugins through a real mediator', () => {
     });
     await through(createGpioDevice().device, [], async (client) => {
       await assert.rejects(client.deviceFeature(FEATURE | DeviceFeatureFlags.GET), (e: unknown) => e instanceof RemoteError && e.errno === Errno.EINVAL, 'without the plugin: the device has no such feature');
+    });
+  });
+
+  it('rewrites the device\'s answers: a read\'s data masked, a feature hidden', async () => {
+    const plugin = definePlugin({
+      name: 'rewrite-replies',
+      regionReadReply: (e) => (e.region === GPIO_BAR && e.offset === GPIO_OUTPUT ? { reply: e.data.map((b, i) => (i === 0 ? b & 0x0f : b)) } : undefined),
+      featureReply: (e) => (e.feature === DeviceFeature.MIGRATION && e.errno === 0 ? { error: Errno.ENOTSUP } : undefined),
+    });
+    const gpio = createGpioDevice();
+    await through(gpio.device, [plugin], async (client) => {
+      await client.regionWrite(GPIO_BAR, GPIO_OUTPUT, u32(0x12ab));
+      assert.equal(le32(await client.regionRead(GPIO_BAR, GPIO_OUTPUT, 4)), 0x120b, 'the client reads the rewritten data');
+      assert.equal(gpio.outputs, 0x12ab, 'the device holds what was written');
+      await assert.rejects(client.migrationFlags(), (e: unknown) => e instanceof RemoteError && e.errno === Errno.ENOTSUP);
+      assert.equal(await client.migrationState(), MigrationState.RUNNING, 'other features pass');
     });
   });
 
