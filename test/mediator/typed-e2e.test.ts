@@ -200,7 +200,7 @@ describe('typed plugins through a real mediator', () => {
         const fired = irqs.waitFor(0, 10_000);
         gpio.setInput(3, true);
         assert.ok((await fired) >= 1n);
-        assert.deepEqual(counted, [0]);
+        assert.ok(counted.length >= 1 && counted.every((v) => v === 0), `counted before delivery: ${counted.join(',')}`);
       } finally {
         await irqs.disable();
       }
