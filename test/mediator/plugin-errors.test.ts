@@ -5,8 +5,11 @@
  * (throw, reject, a value that is no verdict, a failing onSessionStart /
  * onSessionEnd, a throwing tap) — an error reply or a log line, never a crash.
  */
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createGpioDevice } from '../../src/devices/gpio.js';
 import { createDmaEngineDevice } from '../../src/devices/dma-engine.js';
 import { Command, DmaMapFlags } from '../../src/protocol/constants.js';
@@ -14,7 +17,8 @@ import { Errno } from '../../src/protocol/errno.js';
 import { decodeRegionReadReply, encodeRegionAccess } from '../../src/protocol/region-access.js';
 import { decodeDeviceInfo } from '../../src/protocol/device.js';
 import { decodeDmaReadReply, encodeDmaAccess, encodeDmaAccessWithData, encodeDmaMapRequest } from '../../src/protocol/dma.js';
-import { RemoteError, StateError } from '../../src/errors.js';
+import { InvalidArgumentError, RemoteError, StateError } from '../../src/errors.js';
+import { loadPlugins } from '../../src/mediator/plugin-loader.js';
 import type { Logger } from '../../src/log.js';
 import type { MediatedMessage, MediatorPlugin, MediatorSessionContext, MediatorTap } from '../../src/mediator/types.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
@@ -242,3 +246,50 @@ describe('mediator plugins', () => {
   });
 });
 
+
+describe('loadPlugins', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vfio-user-plugins-'));
+  const write = (name: string, text: string): string => {
+    writeFileSync(join(dir, name), text);
+    return `./${name}`;
+  };
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('takes `plugin` (one or an array), `createPlugin(args)` (async too) or a default export', async () => {
+    const one = write('one.mjs', "export const plugin = { name: 'one' };\n");
+    const many = write('many.mjs', "export const plugin = [{ name: 'a' }, { name: 'b' }];\n");
+    const factory = write('factory.mjs', "export async function createPlugin(args) { return { name: `f-${args.join('-')}` }; }\n");
+    const byDefault = write('default.mjs', "export default (args) => [{ name: 'd' + args.length }];\n");
+    assert.deepEqual((await loadPlugins(one, [], dir)).map((p) => p.name), ['one']);
+    assert.deepEqual((await loadPlugins(many, [], dir)).map((p) => p.name), ['a', 'b']);
+    assert.deepEqual((await loadPlugins(factory, ['x', 'y'], dir)).map((p) => p.name), ['f-x-y']);
+    assert.deepEqual((await loadPlugins(byDefault, ['1'], dir)).map((p) => p.name), ['d1']);
+  });
+
+  it('fails with one line naming the module: missing (ENOENT), no plugin, no name, empty, a throwing factory (its errno)', async () => {
+    const cases: [string, number, RegExp][] = [
+      ['./absent.mjs', Errno.ENOENT, /no such file/],
+      [write('none.mjs', 'export const other = 1;\n'), Errno.EINVAL, /exports none of plugin, createPlugin, default \(exports: other\)/],
+      [write('nameless.mjs', 'export const plugin = { onClientCommand() {} };\n'), Errno.EINVAL, /has no name/],
+      [write('empty.mjs', 'export const plugin = [];\n'), Errno.EINVAL, /empty array/],
+      [write('number.mjs', 'export default 42;\n'), Errno.EINVAL, /gave number/],
+      [write('throws.mjs', "export function createPlugin() { throw Object.assign(new Error('no config'), { errno: 2 }); }\n"), Errno.EINVAL, /its factory failed: no config/],
+      [write('syntax.mjs', 'export const plugin = {\n'), Errno.EINVAL, /cannot load mediator plugin/],
+    ];
+    for (const [spec, errno, message] of cases) {
+      await assert.rejects(loadPlugins(spec, [], dir), (e: unknown) => {
+        assert.ok(e instanceof InvalidArgumentError, String(e));
+        assert.equal(e.errno, errno, `${spec}: ${e.message}`);
+        assert.match(e.message, message);
+        assert.ok(e.message.includes(spec), `names the module: ${e.message}`);
+        assert.equal(e.message.split('\n').length, 1);
+        return true;
+      });
+    }
+  });
+
+  it('a factory throwing a VfioUserError keeps its errno', async () => {
+    const spec = write('busy.mjs', `import { StateError } from ${JSON.stringify(new URL('../../src/errors.js', import.meta.url).href)};\nexport function createPlugin() { throw new StateError('device busy', { errno: 16 }); }\n`);
+    await assert.rejects(loadPlugins(spec, [], dir), (e: unknown) => e instanceof InvalidArgumentError && e.errno === Errno.EBUSY);
+  });
+});

@@ -167,7 +167,7 @@ describe('mediator relay', () => {
       }
     }));
 
-  it('reports the upstream socket in fstat terms: region fds through the mediator are the device files', () =>
+  it('hands out the device\'s own region file: same st_dev/st_ino through the mediator as direct', () =>
     assertNoFdLeak(async () => {
       const memory = createMemoryDevice({ size: 64 * 1024 });
       const m = await mediate(memory.device);
