@@ -175,6 +175,7 @@ const CHANNELS = ['main', 'twin'] as const;
 export const WireCodes = { SIDES, DIRECTIONS, CHANNELS } as const;
 
 const utf8 = new TextEncoder();
+const NO_LINKS: readonly Uint8Array[] = [];
 
 /** The file's first bytes: magic, version, header JSON. @throws {InvalidArgumentError} EINVAL if the JSON exceeds 64 KiB. */
 export function encodeFilePrefix(header: RecordingHeader): Uint8Array {
@@ -189,11 +190,33 @@ export function encodeFilePrefix(header: RecordingHeader): Uint8Array {
   return out;
 }
 
+const SLAB_SIZE = 256 * 1024;
+const SLAB_MAX_RECORD = 16 * 1024;
+let slab = new Uint8Array(0);
+let slabUsed = 0;
+
+/**
+ * `n` zeroed bytes: small records are cut from a shared slab (never reused:
+ * a new slab replaces a full one), so that recording a message costs no
+ * buffer allocation of its own and consecutive records stay contiguous for
+ * the writer to coalesce.
+ */
+function allocate(n: number): Uint8Array {
+  if (n > SLAB_MAX_RECORD) return new Uint8Array(n);
+  if (slab.length - slabUsed < n) {
+    slab = new Uint8Array(SLAB_SIZE);
+    slabUsed = 0;
+  }
+  const out = slab.subarray(slabUsed, slabUsed + n);
+  slabUsed += n;
+  return out;
+}
+
 /** Builds a framed record: `bodySize` bytes of body after the common fields, filled by `fill(view, bytes, at)`. */
 function frame(type: RecordType, session: number, timeNs: bigint, bodySize: number, fill: (view: DataView, bytes: Uint8Array, at: number) => void): Uint8Array {
   const total = RECORD_FRAME_SIZE + RECORD_COMMON_SIZE + bodySize;
-  const bytes = new Uint8Array(total);
-  const view = new DataView(bytes.buffer);
+  const bytes = allocate(total);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, total);
   view.setUint32(0, RECORD_COMMON_SIZE + bodySize, true);
   view.setUint8(8, type);
   view.setUint32(12, session >>> 0, true);
@@ -216,12 +239,13 @@ function cutUtf8(text: string, max: number): Uint8Array {
 export function encodeMessageRecord(
   session: number,
   timeNs: bigint,
-  m: { side: TapSide; direction: 'in' | 'out'; channel: 'main' | 'twin'; header: MessageHeader; payload: Uint8Array; fds: readonly FdMeta[] },
+  m: { side: TapSide; direction: 'in' | 'out'; channel: 'main' | 'twin'; header: MessageHeader; payload: Uint8Array },
+  fdMetas: readonly FdMeta[],
 ): Uint8Array {
   const truncated = m.payload.length > RecordLimits.payload;
   const payload = truncated ? m.payload.subarray(0, RecordLimits.payload) : m.payload;
-  const fds = m.fds.slice(0, RecordLimits.fds);
-  const links = fds.map((f) => cutUtf8(f.link, RecordLimits.link));
+  const fds = fdMetas.length > RecordLimits.fds ? fdMetas.slice(0, RecordLimits.fds) : fdMetas;
+  const links = fds.length === 0 ? NO_LINKS : fds.map((f) => cutUtf8(f.link, RecordLimits.link));
   const size = 4 + HEADER_SIZE + 4 + payload.length + 4 + links.reduce((n, l) => n + FD_ENTRY_SIZE + l.length, 0);
   return frame(RecordType.MESSAGE, session, timeNs, size, (view, bytes, at) => {
     view.setUint8(at, SIDES.indexOf(m.side));

@@ -65,6 +65,11 @@ export interface Recorder extends MediatorTap {
 const DEFAULT_BUFFER = 16 * 1024 * 1024;
 /** Room kept below `maxBytes` for the note saying it was reached. */
 const NOTE_ROOM = 4096;
+/** Queued bytes that are written at the next turn … */
+const FLUSH_BYTES = 64 * 1024;
+/** … and how long fewer may wait (what a crash can lose). */
+const FLUSH_MS = 10;
+const NO_FDS: readonly FdMeta[] = [];
 
 function checkSize(value: number | undefined, name: string, fallback: number): number {
   if (value === undefined) return fallback;
@@ -94,6 +99,11 @@ class FileRecorder implements Recorder {
   readonly #sessions = new Map<number, Map<string, number>>();
   #sessionCount = 0;
   #queue: Uint8Array[] = [];
+  /** The last queued bytes, still growing: a slab's subarray and how much of it is queued. */
+  #open: Uint8Array | undefined;
+  #openLength = 0;
+  #timer: NodeJS.Timeout | undefined;
+  #immediate: NodeJS.Immediate | undefined;
   #queued = 0;
   #writing = 0;
   #bytes = 0;
@@ -165,6 +175,10 @@ class FileRecorder implements Recorder {
   #record(event: Parameters<MediatorTap['onMessage']>[0], ctx: MediatorSessionContext): void {
     const time = this.#time(event.timeNs);
     const files = this.#session(ctx, time);
+    if (event.fds.length === 0) {
+      this.#enqueue(encodeMessageRecord(ctx.id, time, event, NO_FDS), undefined);
+      return;
+    }
     const capture = this.#captureMemory > 0 && event.side === 'client' && event.direction === 'in';
     const metas: FdMeta[] = [];
     const contents: Uint8Array[] = [];
@@ -174,23 +188,23 @@ class FileRecorder implements Recorder {
       const ident = file === '' ? 0 : (files.get(file) ?? files.size + 1);
       if (file !== '' && !known) files.set(file, ident);
       const wanted = capture && !known && (meta.kind === 'memfd' || meta.kind === 'file') && meta.size <= this.#captureMemory;
+      const before = contents.length;
       if (wanted) {
         try {
           for (const chunk of readContent(fd, meta.size)) contents.push(encodeContentRecord(ctx.id, time, i, chunk.at, chunk.data));
         } catch (error) {
           this.#log.warn({ err: error, fd: i }, 'recorder: the content of an fd could not be read; recorded without it');
-          contents.length = 0;
+          contents.length = before;
         }
       }
-      metas.push({ ...meta, content: wanted && contents.length > 0, ident });
+      metas.push({ ...meta, content: contents.length > before, ident });
     });
-    const record = encodeMessageRecord(ctx.id, time, { ...event, fds: metas });
-    this.#enqueue([record, ...contents]);
+    this.#enqueue(encodeMessageRecord(ctx.id, time, event, metas), contents);
   }
 
   onSessionEnd(ctx: MediatorSessionContext, reason: string): void {
     if (this.#closed || this.#error || !this.#sessions.has(ctx.id)) return;
-    this.#enqueue([encodeSessionEnd(ctx.id, this.#time(process.hrtime.bigint()), reason)]);
+    this.#enqueue(encodeSessionEnd(ctx.id, this.#time(process.hrtime.bigint()), reason), undefined);
     this.#sessions.delete(ctx.id);
   }
 
@@ -198,6 +212,10 @@ class FileRecorder implements Recorder {
     if (!this.#closed) {
       this.#closed = true;
       this.#noteDrops(this.#time(process.hrtime.bigint()), true);
+      clearTimeout(this.#timer);
+      clearImmediate(this.#immediate);
+      this.#timer = undefined;
+      this.#immediate = undefined;
       this.#flush();
       await new Promise<void>((resolve) => (this.#queued + this.#writing === 0 || this.#error ? resolve() : this.#idle.push(resolve)));
       closeSync(this.#fd);
@@ -219,13 +237,14 @@ class FileRecorder implements Recorder {
     files = new Map();
     this.#sessions.set(ctx.id, files);
     this.#sessionCount++;
-    this.#enqueue([encodeSessionStart(ctx.id, time, { client: ctx.client ?? null })]);
+    this.#enqueue(encodeSessionStart(ctx.id, time, { client: ctx.client ?? null }), undefined);
     return files;
   }
 
-  /** Queues a group of records (a message and its content) whole, or drops it whole. */
-  #enqueue(group: Uint8Array[]): void {
-    const size = group.reduce((n, b) => n + b.length, 0);
+  /** Queues a record and the content records that go with it whole, or drops them whole. */
+  #enqueue(record: Uint8Array, contents: readonly Uint8Array[] | undefined): void {
+    let size = record.length;
+    if (contents) for (const c of contents) size += c.length;
     if (this.#limitReached || this.#bytes + size > this.#maxBytes - NOTE_ROOM) return this.#limit(size);
     if (this.#queued + this.#writing + size > this.#bufferBytes) {
       if (this.#dropped.pending === 0) this.#log.warn({ queued: this.#queued + this.#writing }, 'recorder: the disk is slower than the traffic; dropping records');
@@ -235,16 +254,57 @@ class FileRecorder implements Recorder {
       this.#dropped.bytes += size;
       return;
     }
-    this.#noteDrops(this.#time(process.hrtime.bigint()), false);
-    for (const b of group) this.#push(b);
-    this.#records += group.length;
-    this.#flush();
+    if (this.#dropped.pending > 0) this.#noteDrops(this.#time(process.hrtime.bigint()), false);
+    this.#push(record);
+    this.#records++;
+    if (contents) {
+      for (const c of contents) this.#push(c);
+      this.#records += contents.length;
+    }
+    this.#schedule();
   }
 
+  /** Queues bytes; records cut one after the other from one slab extend the open chunk (one writev entry). */
   #push(bytes: Uint8Array): void {
-    this.#queue.push(bytes);
+    const open = this.#open;
+    if (open && open.buffer === bytes.buffer && open.byteOffset + this.#openLength === bytes.byteOffset) {
+      this.#openLength += bytes.length;
+    } else {
+      this.#closeOpen();
+      this.#open = bytes;
+      this.#openLength = bytes.length;
+    }
     this.#queued += bytes.length;
     this.#bytes += bytes.length;
+  }
+
+  #closeOpen(): void {
+    if (!this.#open) return;
+    this.#queue.push(this.#openLength === this.#open.length ? this.#open : new Uint8Array(this.#open.buffer, this.#open.byteOffset, this.#openLength));
+    this.#open = undefined;
+    this.#openLength = 0;
+  }
+
+  /**
+   * Writes in batches: within {@link FLUSH_MS} of the first queued record, or
+   * at the next turn once {@link FLUSH_BYTES} are queued (a write per message
+   * would cost the relay a thread-pool round trip each).
+   */
+  #schedule(): void {
+    if (this.#queued >= FLUSH_BYTES) {
+      if (this.#immediate) return;
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+      this.#immediate = setImmediate(() => {
+        this.#immediate = undefined;
+        this.#flush();
+      });
+    } else if (!this.#timer && !this.#immediate) {
+      this.#timer = setTimeout(() => {
+        this.#timer = undefined;
+        this.#flush();
+      }, FLUSH_MS);
+    }
   }
 
   /** After a run of drops: a note saying how many records are missing there. */
@@ -264,12 +324,13 @@ class FileRecorder implements Recorder {
     this.#limitReached = true;
     this.#log.warn({ maxBytes: this.#maxBytes }, 'recorder: the size limit is reached; recording stops');
     this.#push(encodeNote(0, this.#time(process.hrtime.bigint()), { kind: 'limit', maxBytes: this.#maxBytes, reason: 'the size limit was reached; nothing after this was recorded' }));
-    this.#flush();
+    this.#schedule();
   }
 
   /** Starts one writev of everything queued, unless one is under way. */
   #flush(): void {
     if (this.#writing > 0 || this.#queued === 0 || this.#error) return;
+    this.#closeOpen();
     const chunks = this.#queue;
     const total = this.#queued;
     this.#queue = [];
@@ -279,7 +340,7 @@ class FileRecorder implements Recorder {
       this.#writing = 0;
       if (error) return this.#fail(error);
       if (written < total) this.#requeue(chunks, written);
-      if (this.#queued > 0) return this.#flush();
+      if (this.#queued > 0) return this.#closed ? this.#flush() : this.#schedule();
       for (const resolve of this.#idle.splice(0)) resolve();
     });
   }
@@ -305,6 +366,8 @@ class FileRecorder implements Recorder {
     this.#log.error({ err: error }, 'recorder: writing the recording failed; recording stops');
     this.#queue = [];
     this.#queued = 0;
+    this.#open = undefined;
+    this.#openLength = 0;
     for (const resolve of this.#idle.splice(0)) resolve();
   }
 }

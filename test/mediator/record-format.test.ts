@@ -40,10 +40,9 @@ function sample(): { bytes: Uint8Array; bounds: number[] } {
     encodeSessionStart(1, 10n, { client: { pid: 42, uid: 0, gid: 0 } }),
     encodeMessageRecord(1, 20n, {
       side: 'client', direction: 'in', channel: 'main', header: { msgId: 3, cmd: Command.DMA_MAP, msgSize: 24, flags: 0, errorNo: 0 }, payload,
-      fds: [{ kind: 'memfd', size: 8192, seals: 7, link: '/memfd:ram (deleted)', content: true, ident: 1 }, { kind: 'eventfd', size: 0, seals: undefined, link: 'anon_inode:[eventfd]', content: false, ident: 0 }],
-    }),
+    }, [{ kind: 'memfd', size: 8192, seals: 7, link: '/memfd:ram (deleted)', content: true, ident: 1 }, { kind: 'eventfd', size: 0, seals: undefined, link: 'anon_inode:[eventfd]', content: false, ident: 0 }]),
     encodeContentRecord(1, 20n, 0, 4096, new Uint8Array([9, 9, 9])),
-    encodeMessageRecord(1, 30n, { side: 'upstream', direction: 'out', channel: 'twin', header: { msgId: 3, cmd: Command.DMA_MAP, msgSize: 16, flags: 0x21, errorNo: 22 }, payload: new Uint8Array(0), fds: [] }),
+    encodeMessageRecord(1, 30n, { side: 'upstream', direction: 'out', channel: 'twin', header: { msgId: 3, cmd: Command.DMA_MAP, msgSize: 16, flags: 0x21, errorNo: 22 }, payload: new Uint8Array(0) }, []),
     encodeNote(0, 35n, { kind: 'dropped', records: 2 }),
     encodeSessionEnd(1, 40n, 'client closed'),
   ];
