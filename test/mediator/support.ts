@@ -3,10 +3,10 @@
  * socket with a mediator in front of it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import type { VfioUserDevice } from '../../src/device/device.js';
 import type { DeviceServer, ServeOptions } from '../../src/server/server.js';
 import { Mediator } from '../../src/mediator/mediator.js';
@@ -70,37 +70,31 @@ export interface MediatorChild {
   stop(): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-const MEDIATE = fileURLToPath(new URL('../../src/cli/commands/mediate.js', import.meta.url));
 const CLI_MAIN = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
 
-/** Whether `vfio-user mediate` is in the CLI's command table yet (else the command module is run directly). */
-export function cliHasMediate(): boolean {
-  return readFileSync(CLI_MAIN, 'utf8').includes('registerMediate(program)');
-}
+/** Children still running: killed if the test process exits first. */
+const live = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const child of live) child.kill('SIGKILL');
+});
 
 /**
  * Starts `vfio-user mediate --upstream U --listen L ...args` in a child process; resolves
  * once it printed its ready line.
  */
 export async function startMediatorChild(upstream: string, listen: string, args: readonly string[] = []): Promise<MediatorChild> {
-  const argv = ['--upstream', upstream, '--listen', listen, ...args];
-  const script = `import { runMediate } from ${JSON.stringify(pathToFileURL(MEDIATE).href)};
-const argv = ${JSON.stringify(argv)};
-const o = { upstream: argv[1], listen: argv[3] };
-for (let i = 4; i < argv.length; i += 2) {
-  const k = argv[i].slice(2).replace(/-([a-z])/g, (_, c) => c.toUpperCase());
-  if (k === 'json') { o.json = true; i--; continue; }
-  if (k === 'plugin' || k === 'fault') (o[k] ??= []).push(argv[i + 1]); else o[k] = argv[i + 1];
-}
-await runMediate(o);`;
-  const command = cliHasMediate() ? [CLI_MAIN, 'mediate', ...argv] : ['--input-type=module', '-e', script];
+  const command = [CLI_MAIN, 'mediate', '--upstream', upstream, '--listen', listen, ...args];
   const child = spawn(process.execPath, command, { stdio: ['ignore', 'pipe', 'pipe'] });
+  live.add(child);
   let output = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
   child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
   let ended: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('close', (code, signal) => resolve((ended = { code, signal }))),
+    child.once('close', (code, signal) => {
+      live.delete(child);
+      resolve((ended = { code, signal }));
+    }),
   );
   const stop = async (): Promise<{ code: number | null; signal: NodeJS.Signals | null }> => {
     if (!ended) {
