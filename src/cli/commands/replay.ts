@@ -8,7 +8,7 @@
  * the device (one line on stderr).
  */
 import { Command, Option, type CommanderError } from 'commander';
-import { replay, type ReplayReport } from '../../mediator/replay.js';
+import type { ReplayReport } from '../../mediator/replay.js';
 import type { ReplayDifference } from '../../mediator/replay-compare.js';
 import { describeError, parseTimeout, type GlobalOptions } from '../common.js';
 import { countOption } from '../values.js';
@@ -68,6 +68,7 @@ export function formatReport(report: ReplayReport, to: string): string[] {
 export async function runReplay(file: string, options: ReplayCommandOptions, global: GlobalOptions = {}, io: ReplayIo = stdio): Promise<number> {
   let report: ReplayReport;
   try {
+    const { replay } = await import('../../mediator/replay.js'); // loaded when used: the CLI starts faster
     report = await replay(file, {
       to: options.to,
       timing: options.timing ?? 'asap',
