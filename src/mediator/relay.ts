@@ -97,6 +97,8 @@ export abstract class Relay {
   abstract clientBroken(reason: string): void;
   abstract close(reason?: string): void;
   abstract transportOptions(): UnixSocketTransportOptions;
+  /** Both sides' VERSION JSON, set by the relay when the first successful VERSION reply is forwarded. */
+  abstract version: { client: Record<string, unknown>; upstream: Record<string, unknown> } | undefined;
 
   /** Starts reading the upstream's main socket. */
   attachUpstream(t: Transport): void {
@@ -417,8 +419,6 @@ export abstract class Relay {
     this.clientTwin = this.#openTwin(pair[0], 'client');
     return { index, theirs: pair[1] };
   }
-
-  abstract version: { client: Record<string, unknown>; upstream: Record<string, unknown> } | undefined;
 
   #openTwin(fd: number, side: TapSide): Transport {
     const t = new UnixSocketTransport(fd, this.transportOptions());
