@@ -42,7 +42,7 @@ export interface ReplayReport {
   header: RecordingHeader;
   /** Sessions replayed. */
   sessions: number;
-  /** Client commands sent. */
+  /** Client commands replayed (a command that could not be sent is counted, and listed as send-failed). */
   messages: number;
   /** Replies received to them. */
   replies: number;

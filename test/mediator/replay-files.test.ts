@@ -11,6 +11,8 @@ import { join } from 'node:path';
 import { replay } from '../../src/mediator/replay.js';
 import { RecordingFormatError, RecordingReader } from '../../src/mediator/record-reader.js';
 import { createRecorder } from '../../src/mediator/record.js';
+import { encodeFilePrefix, encodeMessageRecord, encodeSessionStart } from '../../src/mediator/record-format.js';
+import { Command, HeaderFlags } from '../../src/protocol/constants.js';
 import { Mediator } from '../../src/mediator/mediator.js';
 import { silentLogger } from '../../src/log.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
@@ -150,6 +152,36 @@ test('a device that cannot be reached, a file that is not there: the system erro
     await assert.rejects(replay(file, { to: join(tmp.dir, 'nobody.sock') }), { name: 'SystemError', errno: 2 });
     await assert.rejects(replay(join(tmp.dir, 'missing.vfrec'), { to: join(tmp.dir, 'nobody.sock') }), { code: 'ENOENT' });
     await assert.rejects(replay(file, { to: 'x', timing: 'fast' as 'asap' }), { name: 'InvalidArgumentError' });
+  } finally {
+    tmp.close();
+  }
+});
+
+test('a hostile recording asking for thousands of fds: refused beyond 4096 per session (send-failed), all closed after', async () => {
+  const tmp = tempDir();
+  try {
+    const file = join(tmp.dir, 'fds.vfrec');
+    const metas = Array.from({ length: 253 }, () => ({ kind: 'eventfd' as const, size: 0, seals: undefined, link: 'anon_inode:[eventfd]', content: false, ident: 0 }));
+    const records = [encodeSessionStart(1, 0n, {})];
+    for (let i = 0; i < 20; i++) {
+      const header = { msgId: i, cmd: Command.DEVICE_SET_IRQS, msgSize: 16 + 20, flags: HeaderFlags.NO_REPLY, errorNo: 0 };
+      records.push(encodeMessageRecord(1, BigInt(i), { side: 'client', direction: 'in', channel: 'main', header, payload: new Uint8Array(20) }, metas));
+    }
+    writeFileSync(file, Buffer.concat([encodeFilePrefix({ format: 'vfio-user-recording', version: 1, created: '', createdUnixMs: 0, package: 'x', packageVersion: 'x', upstreamSide: false, captureMemory: 0 }), ...records]));
+    const path = join(tmp.dir, 'sink.sock');
+    await assertNoFdLeak(async () => {
+      const sockets: import('node:net').Socket[] = [];
+      const server = await listen(path, (socket) => void sockets.push(socket.on('data', () => {})));
+      try {
+        const report = await replay(file, { to: path, log: silentLogger(), timeoutMs: 1000 });
+        assert.equal(report.messages, 20);
+        assert.deepEqual(report.differences.map((d) => d.kind), ['send-failed', 'send-failed', 'send-failed', 'send-failed']);
+        assert.match(report.differences[0]!.summary, /more than 4096 fds in one session/);
+      } finally {
+        for (const s of sockets) s.destroy();
+        await new Promise((resolve) => server.close(resolve));
+      }
+    });
   } finally {
     tmp.close();
   }
