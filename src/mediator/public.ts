@@ -11,3 +11,4 @@ export { createRecorder, type Recorder, type RecorderOptions, type RecorderStats
 export { replay, DifferenceKind, type ReplayOptions, type ReplayReport, type ReplayDifference, type FieldDifference } from './replay.js';
 export { RecordingReader, RecordingFormatError, type Truncation } from './record-reader.js';
 export { RECORD_FORMAT_VERSION, type RecordEntry, type RecordingHeader, type MessageRecord, type FdMeta, type FdKind } from './record-format.js';
+export * from './migration/index.js';
