@@ -9,7 +9,7 @@ import { SERVER_MAX_MSG_SIZE } from '../protocol/constants.js';
 import { getDefaultLogger, type Logger } from '../log.js';
 import { UnixListener } from '../transport/unix-listener.js';
 import type { Transport } from '../transport/transport.js';
-import { MediatorSession } from './session.js';
+import { MediatorSession, mediatorTransportOptions } from './session.js';
 import type { MediatorLimits, MediatorOptions, MediatorPlugin, MediatorTap } from './types.js';
 
 /** The limits a mediator applies when {@link MediatorOptions.limits} leaves them out. */
@@ -58,7 +58,7 @@ export class Mediator {
     this.#taps = [...(o.taps ?? [])];
     this.#log = log;
     this.#allowedUids = new Set([process.getuid?.() ?? 0, ...(o.allowedUids ?? [])]);
-    const transport = { maxMessageSize: limits.maxMessageSize, highWaterMark: limits.highWaterMark };
+    const transport = mediatorTransportOptions(limits);
     this.#listener = UnixListener.listen(o.listen, { ...(o.mode === undefined ? {} : { mode: o.mode }), transport }, (t) => this.#onConnection(t));
   }
 

@@ -28,6 +28,15 @@ const MAX_IN_FLIGHT = 32_768;
 const EMPTY = new Uint8Array(0);
 const NO_FDS: readonly number[] = Object.freeze([]);
 
+/**
+ * The options of every transport of a session. `coalesceWrites`: the messages forwarded in one read turn leave
+ * in one sendmsg (each sendmsg wakes the peer): bench `mediator` (taskset -c 0), 16 in flight 7.0 → 3.3 µs per
+ * request; 1 in flight costs ~0.9 µs more (25.3 → 26.2 µs, the microtask that flushes).
+ */
+export function mediatorTransportOptions(limits: MediatorLimits): UnixSocketTransportOptions {
+  return { maxMessageSize: limits.maxMessageSize, highWaterMark: limits.highWaterMark, coalesceWrites: true };
+}
+
 /** What a session needs from its mediator. */
 export interface SessionConfig {
   id: number;
@@ -97,7 +106,7 @@ export class MediatorSession extends Relay implements MediatorSessionContext {
 
   /** The options of every transport the session opens (the listener gives the client's the same). */
   transportOptions(): UnixSocketTransportOptions {
-    return { maxMessageSize: this.limits.maxMessageSize, highWaterMark: this.limits.highWaterMark };
+    return mediatorTransportOptions(this.limits);
   }
 
   // ---- plugin context -------------------------------------------------------
@@ -304,8 +313,13 @@ export class MediatorSession extends Relay implements MediatorSessionContext {
     this.upstreamTwin?.close();
     this.clientTwin?.close();
     if (this.#started) this.#notifyEnd(reason);
-    if (flushClient && !this.clientMain.closed && this.clientMain.pendingWriteBytes > 0) {
+    if (flushClient && !this.clientMain.closed) {
+      // The last error replies may still be staged (coalesced writes go out from a microtask) or queued: close once
+      // they left — after this turn if nothing is queued then, else on drain — or after a grace period.
       this.#closeOnDrain = true;
+      setImmediate(() => {
+        if (this.clientMain.pendingWriteBytes === 0) this.clientMain.close();
+      });
       setTimeout(() => this.clientMain.close(), FLUSH_GRACE_MS).unref();
       this.clientMain.resume(); // its reading stays harmless: closing drops what arrives
       return;
