@@ -110,6 +110,27 @@ describe('vfio-user mediate', { timeout: 120_000 }, () => {
     assert.ok(statSync(record).size > 64, 'the recording has records');
   });
 
+  it('--record-upstream records more (the upstream side too); --record-memory is a size', async () => {
+    const sizes: number[] = [];
+    for (const extra of [[], ['--record-upstream', '--record-memory', '64K']]) {
+      const listen = join(dir, `rec${sizes.length}.sock`);
+      const record = join(dir, `rec${sizes.length}.vfur`);
+      const m = await startMediatorChild(device.path, listen, ['--record', record, ...extra]);
+      try {
+        const client = await VfioUserClient.connect(listen);
+        await client.deviceInfo();
+        await client.close();
+      } finally {
+        await m.stop();
+      }
+      sizes.push(statSync(record).size);
+    }
+    assert.ok(sizes[1]! > sizes[0]!, `with the upstream side: ${sizes[1]} > ${sizes[0]} bytes`);
+    const r = runCli(['mediate', '--upstream', 'u.sock', '--listen', 'l.sock', '--record', join(dir, 'x.vfur'), '--record-memory', 'lots']);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /--record-memory/);
+  });
+
   for (const [what, args, pattern] of [
     ['no --upstream', ['mediate', '--listen', '/tmp/x.sock'], /upstream/],
     ['a bad fault spec', ['mediate', '--upstream', 'u.sock', '--listen', 'l.sock', '--fault', 'NOPE:explode'], /fault/],

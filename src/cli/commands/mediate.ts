@@ -1,6 +1,6 @@
 /**
  * `vfio-user mediate --upstream SOCK --listen SOCK [--plugin MODULE]...
- * [--record FILE] [--fault SPEC]... [--fault-seed N] [--allow-uid UID]...
+ * [--record FILE [--record-memory BYTES] [--record-upstream]] [--fault SPEC]... [--fault-seed N] [--allow-uid UID]...
  * [--json] [-- ARGS...]`: a transparent vfio-user proxy in front of a device
  * (src/mediator/, docs/mediation.md) until SIGINT or SIGTERM, then closes
  * every session and removes its socket.
@@ -17,11 +17,11 @@
 import { Option, type Command } from 'commander';
 import { createJsonLogger, getDefaultLogger, type Logger } from '../../log.js';
 import type { Mediator } from '../../mediator/mediator.js';
-import type { Recorder } from '../../mediator/record.js';
+import type { Recorder, RecorderOptions } from '../../mediator/record.js';
 import type { FaultPlugin } from '../../mediator/fault.js';
 import type { MediatorPlugin } from '../../mediator/types.js';
 import { untilSignal } from '../signals.js';
-import { parseCount } from '../values.js';
+import { parseCount, parseSize } from '../values.js';
 
 /**
  * Adds `mediate` to `program` (the CLI's command table calls this). The
@@ -36,7 +36,9 @@ export function registerMediate(program: Command): Command {
     .requiredOption('--listen <socket>', 'socket path to create for clients (removed on exit)')
     .option('--plugin <module...>', 'a plugin module exporting `plugin`, `createPlugin(args)` or a default of either (repeatable)')
     .option('--record <file>', 'record every session to FILE (replay it with `vfio-user replay FILE --to SOCK`)')
-    .option('--fault <spec...>', "inject faults: 'CMD[,CMD]|*:KIND[=V][:p=P][:after=N][:count=N][:on=request|reply]' (repeatable; docs/fault-injection.md)")
+    .option('--record-memory <bytes>', 'with --record: capture the content of DMA memfds up to this size per fd (4K, 64M), so a replay recreates guest RAM')
+    .option('--record-upstream', 'with --record: record the upstream side too')
+    .option('--fault <spec...>', "inject faults: 'CMD[,CMD]|*:KIND[=V][:p=P][:after=N][:count=N][:on=request|reply][:state=MIGSTATE]', KIND delay=50ms|error=EIO|drop|corrupt[=N]|disconnect (repeatable; docs/fault-injection.md)")
     .option('--fault-seed <n>', 'PRNG seed of --fault (without it a random seed is chosen and printed)')
     .option('--allow-uid <uid...>', 'also accept clients running as these uids')
     .addOption(new Option('--json', 'the ready line as one JSON object'))
@@ -51,6 +53,9 @@ export interface MediateCommandOptions {
   listen: string;
   plugin?: string[];
   record?: string;
+  /** `--record-memory 64M`: DMA memfd content captured up to this size per fd. */
+  recordMemory?: string;
+  recordUpstream?: boolean;
   fault?: string[];
   faultSeed?: string;
   allowUid?: string[];
@@ -93,7 +98,7 @@ export async function runMediate(options: MediateCommandOptions, io: MediateIo =
   const fault = await faultPlugin(options, io.logger);
   const plugins: MediatorPlugin[] = fault ? [fault] : [];
   for (const spec of options.plugin ?? []) plugins.push(...(await loadPlugins(spec, args)));
-  const recorder: Recorder | undefined = options.record === undefined ? undefined : createRecorder(options.record, { upstreamPath: options.upstream, log: io.logger });
+  const recorder: Recorder | undefined = options.record === undefined ? undefined : createRecorder(options.record, recorderOptions(options, io.logger));
   let mediator: Mediator;
   try {
     mediator = await Mediator.listen({
@@ -120,6 +125,16 @@ export async function runMediate(options: MediateCommandOptions, io: MediateIo =
   await mediator.close();
   if (fault) io.logger.info({ event: 'fault-stats', stats: fault.stats() }, 'faults injected');
   await recorder?.close();
+}
+
+function recorderOptions(options: MediateCommandOptions, log: Logger): RecorderOptions {
+  const captureMemory = options.recordMemory === undefined ? undefined : parseSize(options.recordMemory, '--record-memory');
+  return {
+    upstreamPath: options.upstream,
+    log,
+    ...(captureMemory === undefined ? {} : { captureMemory }),
+    ...(options.recordUpstream ? { upstream: true } : {}),
+  };
 }
 
 async function faultPlugin(options: MediateCommandOptions, log: Logger): Promise<FaultPlugin | undefined> {
