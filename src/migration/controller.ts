@@ -10,6 +10,9 @@ import { MigrationState } from '../protocol/constants.js';
 import { Errno } from '../protocol/errno.js';
 import { ArcEstimateSource, DeadlineOutcome, DeadlineReplyFlags, type ArcLatency, type PrecopyInfo } from '../protocol/migration-extensions.js';
 import type { ConfigSpace } from '../pci/config-space.js';
+
+/** What the controller needs of a config space: its snapshot for the stream and its restore from one. */
+export type MigratedConfig = Pick<ConfigSpace, 'snapshot' | 'restore'>;
 import { StreamSource } from './stream.js';
 import { StreamReader } from './stream-reader.js';
 import { StreamFlag, type StreamIdentity, type StreamRecord } from './stream-format.js';
@@ -71,7 +74,7 @@ export class MigrationController {
   readonly caps: MigrationCapabilities;
   readonly identity: StreamIdentity;
   readonly #def: MigrationDefinition;
-  readonly #config: ConfigSpace;
+  readonly #config: MigratedConfig;
   readonly #onConfigRestored: (() => void) | undefined;
   #state: number = MigrationState.RUNNING;
   #source: StreamSource | undefined;
@@ -86,7 +89,7 @@ export class MigrationController {
    * @param onConfigRestored - called after config space was restored from a stream
    *   (the device adopts the pending interrupts it holds).
    */
-  constructor(def: MigrationDefinition, config: ConfigSpace, pci: { vendorId: number; deviceId: number }, onConfigRestored?: () => void) {
+  constructor(def: MigrationDefinition, config: MigratedConfig, pci: { vendorId: number; deviceId: number }, onConfigRestored?: () => void) {
     this.#def = def;
     this.#config = config;
     this.#onConfigRestored = onConfigRestored;

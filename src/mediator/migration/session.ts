@@ -8,7 +8,6 @@
 import { ProtocolError, TimeoutError } from '../../errors.js';
 import { MigrationController } from '../../migration/controller.js';
 import type { MigrationDefinition } from '../../migration/types.js';
-import type { ConfigSpace } from '../../pci/config-space.js';
 import { MigrationState, RegionIndex } from '../../protocol/constants.js';
 import { Errno } from '../../protocol/errno.js';
 import { describeMmap, isSavingState, savingConflicts, type ClientMmap } from '../../protocol/mmap-saving.js';
@@ -97,7 +96,7 @@ export class MediatedSession {
     this.#memory = memory;
     const config = { snapshot: () => this.#configSaved, restore: (bytes: Uint8Array) => void (this.#configPending = bytes.slice()) };
     const pci = { vendorId: readUint(ids.subarray(0, 2)), deviceId: readUint(ids.subarray(2, 4)) };
-    this.#controller = new MigrationController(this.#definition(), config as unknown as ConfigSpace, pci);
+    this.#controller = new MigrationController(this.#definition(), config, pci);
     return this.#controller;
   }
 
