@@ -22,6 +22,7 @@ import { Command, DeviceFeature, DeviceFeatureFlags, HeaderFlags, MigrationState
 import type { MediatedMessage, MediatorPlugin, MediatorSessionContext, Verdict } from './types.js';
 import { ExtensionCapability } from '../protocol/migration-extensions.js';
 import { FaultPhase, type FaultRule } from './fault-spec.js';
+import { prngU32 } from '../prng.js';
 
 export { parseFaultSpec, FaultKind, FaultPhase, MAX_CORRUPT_BYTES, MAX_DELAY_MS, type Fault, type FaultRule } from './fault-spec.js';
 
@@ -49,17 +50,6 @@ export interface FaultPlugin extends MediatorPlugin {
   readonly seed: number;
   /** Per-rule counters, in rule order. */
   stats(): FaultRuleStats[];
-}
-
-/** mulberry32: integers in 0..2^32-1 from `seed`. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), 1 | s);
-    t ^= t + Math.imul(t ^ (t >>> 7), 61 | t);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
 }
 
 /** A rule with its counters and its own random stream (so rules do not disturb each other's draws). */
@@ -178,7 +168,7 @@ function delayed(session: SessionFaults, ms: number, verdict: Verdict): Promise<
 export function createFaultPlugin(rules: readonly FaultRule[], o: FaultPluginOptions = {}): FaultPlugin {
   const seed = o.seed ?? Math.floor(Math.random() * 2 ** 32);
   if (!Number.isInteger(seed)) throw new InvalidArgumentError(`fault: seed ${String(seed)} is not an integer`);
-  const live: LiveRule[] = rules.map((rule, i) => ({ rule, random: prng((seed + Math.imul(i + 1, 0x9e3779b9)) >>> 0), matched: 0, injected: 0 }));
+  const live: LiveRule[] = rules.map((rule, i) => ({ rule, random: prngU32((seed + Math.imul(i + 1, 0x9e3779b9)) >>> 0), matched: 0, injected: 0 }));
 
   function fits(rule: FaultRule, cmd: number, phase: FaultPhase, state: MigrationState): boolean {
     if (rule.on !== phase) return false;

@@ -12,41 +12,26 @@ import { VfioUserClient } from '../../src/client/client.js';
 import type { ClientOptions } from '../../src/client/core.js';
 import { ConnectionClosedError, ProtocolError, RemoteError, TimeoutError } from '../../src/errors.js';
 import { createEventFd, native } from '../../src/native/addon.js';
-import type { Logger } from '../../src/log.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
 import { FakeServer, Wire, answerDeviceInfo, deviceInfoPayload, versionPayload, type FakeConnection, type FakeServerOptions, type Responder } from '../support/fake-server.js';
 import { buildMessage, pattern, wb } from '../support/wire-builder.js';
+import { warningsLogger } from '../support/recording-logger.js';
 
 const E = { EPERM: 1, EIO: 5, EFAULT: 14, EBUSY: 16, EINVAL: 22, EPROTO: 71, ENOTCONN: 107, ETIMEDOUT: 110 } as const;
 const REGION_READ = 9;
 
-/** A logger that records warnings. */
-function recordingLogger(): Logger & { warnings: string[] } {
-  const warnings: string[] = [];
-  const logger = {
-    warnings,
-    error() {},
-    warn(_obj: object, msg?: string) {
-      warnings.push(msg ?? '');
-    },
-    info() {},
-    debug() {},
-    child: () => logger,
-  };
-  return logger;
-}
 
 interface Ctx {
   fake: FakeServer;
   client: VfioUserClient;
   conn: FakeConnection;
-  logger: ReturnType<typeof recordingLogger>;
+  logger: ReturnType<typeof warningsLogger>;
 }
 
 /** Runs `fn` with a fake server and a connected client; closes both even on failure. */
 async function withFake(fn: (ctx: Ctx) => Promise<void>, options: { fake?: FakeServerOptions; client?: ClientOptions } = {}): Promise<void> {
   const fake = FakeServer.start(options.fake);
-  const logger = recordingLogger();
+  const logger = warningsLogger();
   let client: VfioUserClient | undefined;
   try {
     client = await VfioUserClient.connect(fake.path, { logger, ...options.client });

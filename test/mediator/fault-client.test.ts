@@ -11,29 +11,14 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { VfioUserClient } from '../../src/client/client.js';
 import { TimeoutError } from '../../src/errors.js';
-import type { Logger } from '../../src/log.js';
 import { assertNoFdLeak } from '../support/fd-count.js';
 import { withFaults } from './fault-support.js';
+import { warningsLogger } from '../support/recording-logger.js';
 
 const ETIMEDOUT = 110;
 /** The GPIO card's DEVICE_GET_INFO: PCI | RESET, 9 regions, 5 IRQ indexes. */
 const GPIO_INFO = { argsz: 16, flags: 3, numRegions: 9, numIrqs: 5 };
 
-/** A logger that records warnings. */
-function recordingLogger(): Logger & { warnings: string[] } {
-  const warnings: string[] = [];
-  const logger = {
-    warnings,
-    error() {},
-    warn(_obj: object, msg?: string) {
-      warnings.push(msg ?? '');
-    },
-    info() {},
-    debug() {},
-    child: () => logger,
-  };
-  return logger;
-}
 
 async function staysUsable(client: VfioUserClient): Promise<void> {
   assert.deepEqual(await client.deviceInfo(), GPIO_INFO);
@@ -55,7 +40,7 @@ describe('client vs a device whose replies are lost or late (fault injection)', 
   it('a late reply after a timeout is dropped without crashing (logged); the next request resolves', () =>
     assertNoFdLeak(() =>
       withFaults(['DEVICE_GET_INFO:delay=1500ms:on=reply:count=1'], async ({ connect }) => {
-        const logger = recordingLogger();
+        const logger = warningsLogger();
         // The timeout also bounds the VERSION handshake: generous for a loaded machine, still below the delay.
         const client = await connect({ timeoutMs: 1000, logger });
         await assert.rejects(client.deviceInfo(), (e: unknown) => e instanceof TimeoutError && e.errno === ETIMEDOUT);

@@ -16,6 +16,7 @@ import {
 } from '../../src/mediator/record-format.js';
 import { Command } from '../../src/protocol/constants.js';
 import { prngU32 } from '../support/prng.js';
+import { concat } from '../migration/stream-fixtures.js';
 import { tempDir } from './record-support.js';
 
 const HEADER: RecordingHeader = {
@@ -23,15 +24,6 @@ const HEADER: RecordingHeader = {
   package: 'vfio-user', packageVersion: 'test', upstreamSide: false, captureMemory: 0,
 };
 
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
 
 /** A small recording: one of each record type. */
 function sample(): { bytes: Uint8Array; bounds: number[] } {
