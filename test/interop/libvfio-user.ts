@@ -5,7 +5,7 @@
  * one that holds `samples/client`. Without it the interop tests skip.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
 /** Where the samples are, or why the interop tests skip. */
@@ -113,10 +113,22 @@ export async function startSampleServer(file: string, args: readonly string[], s
   };
 }
 
+/**
+ * Whether a socket is listening on `path`: the file exists *and* the kernel lists it with
+ * __SO_ACCEPTCON (/proc/net/unix flag 0x10000). The samples bind() before they listen(), so the file
+ * alone is not enough (a connect in between is refused), and a probing connect would take the
+ * sample's one session.
+ */
 function isSocket(path: string): boolean {
   try {
-    return statSync(path).isSocket();
+    if (!statSync(path).isSocket()) return false;
   } catch {
     return false;
   }
+  return readFileSync('/proc/net/unix', 'utf8')
+    .split('\n')
+    .some((line) => {
+      const f = line.trim().split(/\s+/);
+      return f[7] === path && (parseInt(f[3] ?? '0', 16) & 0x10000) !== 0;
+    });
 }
