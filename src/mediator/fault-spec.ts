@@ -11,7 +11,6 @@
  * upstream device's commands to the client. KIND is one of `delay=DURATION`,
  * `error=ERRNO`, `drop`, `corrupt[=BYTES]`, `disconnect`.
  */
-import ms from 'ms';
 import { InvalidArgumentError } from '../errors.js';
 import { Command, MigrationState } from '../protocol/constants.js';
 import { Errno, MAX_ERRNO } from '../protocol/errno.js';
@@ -89,12 +88,17 @@ function parseTarget(spec: string, text: string): readonly number[] | '*' {
   return commands;
 }
 
+/** Milliseconds per unit of a delay. */
+const DURATION_UNITS_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 } as const;
+
 function parseDelay(spec: string, text: string | undefined): number {
   if (text === undefined) fail(spec, "delay needs a duration (delay=50ms)");
   const t = text.trim();
-  // ms() also reads "-5s" and "1e3"; only non-negative decimal amounts are durations here.
-  const value = /^\d+(\.\d+)?\s*[a-z]*$/i.test(t) ? (ms(t as ms.StringValue) as number | undefined) : undefined;
-  if (value === undefined || !Number.isFinite(value)) fail(spec, `delay '${text}' is not a duration (e.g. 300ms, 5s, 1.5s; a plain number is milliseconds)`);
+  // The CLI's duration syntax (a decimal amount, then ms / s / m / h; none = milliseconds), read here without the
+  // CLI's `ms` package: the library itself depends on node-gyp-build only.
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/i.exec(t);
+  const value = m ? Number(m[1]) * DURATION_UNITS_MS[(m[2] ?? 'ms').toLowerCase() as keyof typeof DURATION_UNITS_MS] : undefined;
+  if (value === undefined || !Number.isFinite(value)) fail(spec, `delay '${text}' is not a duration (e.g. 300ms, 5s, 1.5s, 2m; a plain number is milliseconds)`);
   if (value > MAX_DELAY_MS) fail(spec, `delay '${text}' is longer than ${MAX_DELAY_MS} ms`);
   return value;
 }

@@ -46,6 +46,9 @@ describe('struct sizes match the specification', () => {
     ['ARC_LATENCY_ENTRY_SIZE', p.ARC_LATENCY_ENTRY_SIZE, 48],
     ['MIG_IDENTITY_HEADER_SIZE', p.MIG_IDENTITY_HEADER_SIZE, 16],
     ['ISOLATION_GROUP_HEADER_SIZE', p.ISOLATION_GROUP_HEADER_SIZE, 8],
+    ['SAVING_CAP_BODY_SIZE', p.SAVING_CAP_BODY_SIZE, 8],
+    ['SAVING_AREA_SIZE', p.SAVING_AREA_SIZE, 16],
+    ['CLIENT_MMAP_SIZE', p.CLIENT_MMAP_SIZE, 24],
   ];
   for (const [name, actual, spec] of sizes) {
     it(`${name} = ${spec}`, () => assert.equal(actual, spec));
