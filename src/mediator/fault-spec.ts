@@ -98,7 +98,7 @@ function parseDelay(spec: string, text: string | undefined): number {
   // CLI's `ms` package: the library itself depends on node-gyp-build only.
   const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/i.exec(t);
   const value = m ? Number(m[1]) * DURATION_UNITS_MS[(m[2] ?? 'ms').toLowerCase() as keyof typeof DURATION_UNITS_MS] : undefined;
-  if (value === undefined || !Number.isFinite(value)) fail(spec, `delay '${text}' is not a duration (e.g. 300ms, 5s, 1.5s, 2m; a plain number is milliseconds)`);
+  if (value === undefined || !Number.isFinite(value)) fail(spec, `delay '${text}' is not a duration (e.g. 300ms, 5s, 1.5s; a plain number is milliseconds)`);
   if (value > MAX_DELAY_MS) fail(spec, `delay '${text}' is longer than ${MAX_DELAY_MS} ms`);
   return value;
 }
